@@ -1,0 +1,41 @@
+# `make demo` runs the main job, `make test` the whole test suite.
+# Both build a local virtual environment in .venv on first use and reuse it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch on machines without CUDA; a CUDA user can override,
+# e.g. `make TORCH_SPEC="torch --index-url ..." demo`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all lint bench venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first, so nothing that depends on it pulls a multi-GB CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@bash scripts/with_display.sh $(BIN)/napari-hila demo
+
+test: $(STAMP)
+	@bash scripts/system_deps.sh
+	$(BIN)/ruff check napari_hila tests scripts
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	@bash scripts/system_deps.sh
+	HILA_SLOW=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check napari_hila tests scripts
+	$(BIN)/ruff format --check napari_hila tests scripts
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,171 @@
+"""The per-slide feature file.
+
+Layout (HDF5): ``features`` (M, D) and ``coords`` (M, 2) at the patch level, the
+datasets CLAM and TRIDENT write, so their files open here unchanged; then
+``region_features`` (R, Dr), ``region_coords`` (R, 2) and ``patch_to_region``
+(M,). Coordinates are level-0 pixels (x, y) of the tile's top-left corner.
+Optional multi-magnification groups (``scales/<name>/features|coords``) and a
+cross-scale index serve CrossFusion. Attributes record the encoder, tile sizes,
+mpp and the slide fingerprint so a mismatch is caught, not silently used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from napari_hila.errors import FeatureFileError
+from napari_hila.io_utils import atomic_path
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SlideFeatures:
+    """Everything a features-based model needs from one slide."""
+
+    features: np.ndarray  # (M, D) float32, patch level
+    coords: np.ndarray  # (M, 2) int64, level-0 (x, y)
+    region_features: np.ndarray  # (R, Dr) float32
+    region_coords: np.ndarray  # (R, 2) int64
+    patch_to_region: np.ndarray  # (M,) int64, index into the regions, -1 if none
+    attrs: dict[str, Any] = field(default_factory=dict)
+    # Extra magnifications for CrossFusion: name -> (features, coords); plus
+    # "cross_scale_index" arrays, all keyed by name.
+    scales: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.region_features.shape[0])
+
+    @property
+    def patch_size(self) -> int:
+        """Patch side in level-0 pixels (e.g. 256 at 0.5 um/px, 512 at 0.25)."""
+        return int(self.attrs.get("patch_size", 256))
+
+    @property
+    def region_size(self) -> int:
+        """Region side in level-0 pixels."""
+        return int(self.attrs.get("region_size", 4096))
+
+    @property
+    def encoder(self) -> str:
+        return str(self.attrs.get("encoder", "unknown"))
+
+    @property
+    def region_encoder(self) -> str:
+        return str(self.attrs.get("region_encoder", self.encoder))
+
+
+def save_features(path: str | os.PathLike, feats: SlideFeatures) -> Path:
+    """Write ``feats`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=np.asarray(feats.features, np.float32))
+        h5.create_dataset("coords", data=np.asarray(feats.coords, np.int64))
+        h5.create_dataset("region_features", data=np.asarray(feats.region_features, np.float32))
+        h5.create_dataset("region_coords", data=np.asarray(feats.region_coords, np.int64))
+        h5.create_dataset("patch_to_region", data=np.asarray(feats.patch_to_region, np.int64))
+        for name, (f, c) in feats.scales.items():
+            grp = h5.require_group(f"scales/{name}")
+            grp.create_dataset("features", data=np.asarray(f, np.float32))
+            grp.create_dataset("coords", data=np.asarray(c, np.int64))
+        for name, arr in feats.extras.items():
+            h5.create_dataset(f"extras/{name}", data=np.asarray(arr))
+        h5.attrs["format_version"] = FORMAT_VERSION
+        for key, value in feats.attrs.items():
+            h5.attrs[key] = value
+    return path
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def load_features(path: str | os.PathLike) -> SlideFeatures:
+    """Read a feature file written here, by CLAM or by TRIDENT.
+
+    CLAM/TRIDENT files carry only ``features`` and ``coords``; region arrays are
+    then left empty and ``features.pooling.ensure_regions`` pools them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: feature file not found; run `napari-hila extract` first")
+    try:
+        with h5py.File(path, "r") as h5:
+            if "features" not in h5 or "coords" not in h5:
+                raise FeatureFileError(
+                    f"{path}: not a feature file (needs datasets 'features' and 'coords')"
+                )
+            features = np.asarray(h5["features"][()], np.float32)
+            coords = np.asarray(h5["coords"][()], np.int64)
+            if features.ndim == 3 and features.shape[0] == 1:  # some tools keep a batch axis
+                features = features[0]
+            if coords.ndim == 3 and coords.shape[0] == 1:
+                coords = coords[0]
+            attrs = {k: _attr_value(v) for k, v in h5.attrs.items()}
+            attrs.update({f"coords.{k}": _attr_value(v) for k, v in h5["coords"].attrs.items()})
+            empty = np.zeros((0, features.shape[1] if features.ndim == 2 else 0), np.float32)
+            region_features = (
+                np.asarray(h5["region_features"][()], np.float32) if "region_features" in h5 else empty
+            )
+            region_coords = (
+                np.asarray(h5["region_coords"][()], np.int64)
+                if "region_coords" in h5
+                else np.zeros((0, 2), np.int64)
+            )
+            patch_to_region = (
+                np.asarray(h5["patch_to_region"][()], np.int64)
+                if "patch_to_region" in h5
+                else np.full(len(coords), -1, np.int64)
+            )
+            scales = {}
+            if "scales" in h5:
+                for name, grp in h5["scales"].items():
+                    scales[name] = (
+                        np.asarray(grp["features"][()], np.float32),
+                        np.asarray(grp["coords"][()], np.int64),
+                    )
+            extras = {}
+            if "extras" in h5:
+                extras = {name: np.asarray(ds[()]) for name, ds in h5["extras"].items()}
+    except FeatureFileError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise FeatureFileError(
+            f"{path}: cannot read feature file ({err}); delete it and run `napari-hila extract` again"
+        ) from err
+    if features.ndim != 2 or coords.shape != (features.shape[0], 2):
+        raise FeatureFileError(
+            f"{path}: 'features' {features.shape} and 'coords' {coords.shape} do not match "
+            "(expected (M, D) and (M, 2))"
+        )
+    # CLAM stores patch_size/patch_level on the coords dataset.
+    if "patch_size" not in attrs and "coords.patch_size" in attrs:
+        level = int(attrs.get("coords.patch_level", 0))
+        downsample = float(attrs.get("coords.level_downsample", 1.0)) if level else 1.0
+        attrs["patch_size"] = int(round(int(attrs["coords.patch_size"]) * downsample))
+    return SlideFeatures(
+        features=features,
+        coords=coords,
+        region_features=region_features,
+        region_coords=region_coords,
+        patch_to_region=patch_to_region,
+        attrs=attrs,
+        scales=scales,
+        extras=extras,
+    )

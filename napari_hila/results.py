@@ -1,0 +1,181 @@
+"""The one result type: what the CLI writes, the viewer draws and exports use.
+
+A :class:`PredictionResult` is plain numpy and JSON, no torch and no Qt. It
+saves to a folder as ``result.json`` (human-readable summary) plus
+``result.npz`` (per-token arrays), and loads back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_hila.io_utils import atomic_path, write_json_atomic
+
+
+@dataclass
+class LevelExplanation:
+    """Per-token evidence at one level of one slide.
+
+    ``level`` is "patch" or "region" for HiLa, a magnification ("5x", "10x",
+    "20x") for CrossFusion, "tiles" for VPTSurv. ``maps`` has one column per
+    named map: the OT plan column P*[:, k] per prompt for HiLa, attention maps
+    for the other models. ``scores`` is the token's alignment score (or
+    attention) and ``selected`` the selection map.
+    """
+
+    level: str
+    coords: np.ndarray  # (N, 2) int64, level-0 (x, y) top-left
+    tile_size: int  # level-0 px side
+    scores: np.ndarray  # (N,) float32
+    selected: np.ndarray  # (N,) bool
+    maps: np.ndarray  # (N, K) float32
+    map_names: list[str]  # K short names (prompt names)
+    map_texts: list[str]  # K long descriptions (prompt texts)
+    parent: np.ndarray | None = None  # (N,) index of the enclosing region, -1 if none
+
+
+@dataclass
+class PromptContribution:
+    """How much one prompt moves this slide's risk (positive raises it)."""
+
+    level: str
+    name: str
+    text: str
+    delta_risk: float
+
+
+@dataclass
+class Explanation:
+    """Everything one forward pass says about one slide."""
+
+    risk: float
+    hazards: np.ndarray  # (T,)
+    survival: np.ndarray  # (T,)
+    levels: dict[str, LevelExplanation] = field(default_factory=dict)
+    contributions: list[PromptContribution] = field(default_factory=list)
+    contribution_method: str = ""
+
+
+@dataclass
+class PredictionResult:
+    """A model's prediction on one slide, tied to the slide and the model."""
+
+    slide_path: str
+    slide_fingerprint: str
+    mpp: float
+    model_name: str  # registry name, e.g. "hila"
+    model_label: str  # shown to users, e.g. "HiLa (demo, synthetic cohort, not for clinical use)"
+    model_path: str
+    explanation: Explanation
+    time_bin_edges: np.ndarray  # (T+1,) in the cohort's time unit
+    time_unit: str = "months"
+    risk_threshold: float | None = None
+    risk_group: str | None = None  # "high" or "low" against the model's cohort threshold
+    risk_percentile: float | None = None  # where the risk falls in the model's cohort, 0-100
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def risk(self) -> float:
+        return self.explanation.risk
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (no per-token arrays)."""
+        exp = self.explanation
+        return {
+            "slide": self.slide_path,
+            "slide_fingerprint": self.slide_fingerprint,
+            "mpp": self.mpp,
+            "model": self.model_name,
+            "model_label": self.model_label,
+            "model_path": self.model_path,
+            "risk": exp.risk,
+            "risk_group": self.risk_group,
+            "risk_threshold": self.risk_threshold,
+            "risk_percentile": self.risk_percentile,
+            "time_unit": self.time_unit,
+            "time_bin_edges": np.asarray(self.time_bin_edges, float).tolist(),
+            "hazards": np.asarray(exp.hazards, float).tolist(),
+            "survival": np.asarray(exp.survival, float).tolist(),
+            "contribution_method": exp.contribution_method,
+            "contributions": [asdict(c) for c in exp.contributions],
+            "levels": {
+                name: {
+                    "tokens": int(len(lv.coords)),
+                    "selected": int(np.count_nonzero(lv.selected)),
+                    "tile_size": int(lv.tile_size),
+                    "maps": list(lv.map_names),
+                    "map_texts": list(lv.map_texts),
+                }
+                for name, lv in exp.levels.items()
+            },
+            "warnings": list(self.warnings),
+            "extra": self.extra,
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``result.json`` and ``result.npz`` into ``folder`` (atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        for name, lv in self.explanation.levels.items():
+            arrays[f"{name}/coords"] = np.asarray(lv.coords, np.int64)
+            arrays[f"{name}/scores"] = np.asarray(lv.scores, np.float32)
+            arrays[f"{name}/selected"] = np.asarray(lv.selected, bool)
+            arrays[f"{name}/maps"] = np.asarray(lv.maps, np.float32)
+            if lv.parent is not None:
+                arrays[f"{name}/parent"] = np.asarray(lv.parent, np.int64)
+        with atomic_path(folder / "result.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        write_json_atomic(folder / "result.json", self.summary())
+        return folder / "result.json"
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> PredictionResult:
+        folder = Path(folder)
+        info = json.loads((folder / "result.json").read_text())
+        with np.load(folder / "result.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        levels = {}
+        for name, meta in info["levels"].items():
+            levels[name] = LevelExplanation(
+                level=name,
+                coords=arrays[f"{name}/coords"],
+                tile_size=int(meta["tile_size"]),
+                scores=arrays[f"{name}/scores"],
+                selected=arrays[f"{name}/selected"],
+                maps=arrays[f"{name}/maps"],
+                map_names=list(meta["maps"]),
+                map_texts=list(meta["map_texts"]),
+                parent=arrays.get(f"{name}/parent"),
+            )
+        exp = Explanation(
+            risk=float(info["risk"]),
+            hazards=np.asarray(info["hazards"], np.float32),
+            survival=np.asarray(info["survival"], np.float32),
+            levels=levels,
+            contributions=[PromptContribution(**c) for c in info["contributions"]],
+            contribution_method=info.get("contribution_method", ""),
+        )
+        return cls(
+            slide_path=info["slide"],
+            slide_fingerprint=info["slide_fingerprint"],
+            mpp=float(info["mpp"]),
+            model_name=info["model"],
+            model_label=info["model_label"],
+            model_path=info["model_path"],
+            explanation=exp,
+            time_bin_edges=np.asarray(info["time_bin_edges"], float),
+            time_unit=info.get("time_unit", "months"),
+            risk_threshold=info.get("risk_threshold"),
+            risk_group=info.get("risk_group"),
+            risk_percentile=info.get("risk_percentile"),
+            warnings=list(info.get("warnings", [])),
+            extra=dict(info.get("extra", {})),
+        )
