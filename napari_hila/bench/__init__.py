@@ -1,0 +1,1 @@
+"""Benchmark implementations for `napari-hila bench`."""

@@ -1,0 +1,61 @@
+"""Benchmarks that print one JSON object: ours side by side with the peer.
+
+``napari-hila bench io|model|extract|train``. Each benchmark module in
+``napari_hila.bench`` defines ``add_arguments(parser)`` and ``run(args) -> dict``.
+These are measurements for humans and notes, never pass/fail tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "io": ("napari_hila.bench.io", "open time, first render, random tile reads vs raw OpenSlide"),
+    "model": ("napari_hila.bench.model", "forward/backward time and memory per model; Sinkhorn vs POT"),
+    "extract": ("napari_hila.bench.extract", "tiles per second end to end vs decode only"),
+    "train": ("napari_hila.bench.train", "seconds per epoch and peak memory for hila and abmil"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(cmd)
+        cmd.set_defaults(_bench=module.run, _bench_name=name)
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    import os
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = {"benchmark": args._bench_name, "machine": machine_info()}
+    result.update(args._bench(args))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from napari_hila.io_utils import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
+    sys.stdout.flush()
+    return 0
