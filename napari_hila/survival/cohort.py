@@ -1,0 +1,210 @@
+"""The cohort CSV: which slides belong to which patient, and their survival.
+
+Columns: ``patient_id, slide_id, time, event`` (event 1 = death observed,
+0 = censored) and optionally ``fold`` (an integer, to impose splits). A patient
+may have several slides (one row each, same time and event). Every bad row is
+collected and reported in one :class:`CohortError` with its line number, so a
+user fixes the file once instead of once per row, before any training starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_hila.errors import CohortError
+
+__all__ = ["CohortRow", "Cohort", "read_cohort", "feature_file_for", "REQUIRED_COLUMNS"]
+
+REQUIRED_COLUMNS = ("patient_id", "slide_id", "time", "event")
+_MAX_REPORTED = 50
+
+
+@dataclass(frozen=True)
+class CohortRow:
+    """One slide of one patient, with the CSV line it came from."""
+
+    line: int
+    patient_id: str
+    slide_id: str
+    time: float
+    event: int
+    fold: int | None = None
+
+
+@dataclass
+class Cohort:
+    """Validated cohort rows plus per-patient views (patients in order of first row)."""
+
+    path: Path
+    rows: list[CohortRow]
+    time_unit: str = "months"
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return list(dict.fromkeys(r.patient_id for r in self.rows))
+
+    def _first_rows(self) -> list[CohortRow]:
+        first: dict[str, CohortRow] = {}
+        for row in self.rows:
+            first.setdefault(row.patient_id, row)
+        return list(first.values())
+
+    @property
+    def patient_times(self) -> np.ndarray:
+        return np.array([r.time for r in self._first_rows()], float)
+
+    @property
+    def patient_events(self) -> np.ndarray:
+        return np.array([r.event for r in self._first_rows()], int)
+
+    @property
+    def patient_folds(self) -> list[int | None]:
+        return [r.fold for r in self._first_rows()]
+
+    def slides_of(self, patient_ids) -> list[CohortRow]:
+        """Rows (slides) of the given patients, in file order."""
+        wanted = set(patient_ids)
+        return [r for r in self.rows if r.patient_id in wanted]
+
+
+def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
+    """The feature file of ``slide_id`` in ``features_dir``: ``<slide_id>.h5``.
+
+    A slide id given with a file extension (``TCGA-XX.svs``) also finds
+    ``TCGA-XX.h5``, the name ``napari-hila extract`` writes.
+    """
+    folder = Path(features_dir)
+    if slide_id.endswith(".h5"):
+        return folder / slide_id
+    direct = folder / f"{slide_id}.h5"
+    stem = folder / f"{Path(slide_id).stem}.h5"
+    return stem if not direct.exists() and stem.exists() else direct
+
+
+def _parse_row(values: dict[str, str], has_fold: bool) -> tuple[dict, list[str]]:
+    problems = []
+    pid = (values.get("patient_id") or "").strip()
+    sid = (values.get("slide_id") or "").strip()
+    if not pid:
+        problems.append("empty patient_id")
+    if not sid:
+        problems.append("empty slide_id")
+    raw_time = (values.get("time") or "").strip()
+    time = float("nan")
+    try:
+        time = float(raw_time)
+    except ValueError:
+        problems.append(f"time {raw_time!r} is not a number")
+    else:
+        if math.isnan(time) or math.isinf(time):
+            problems.append(f"time {raw_time!r} is missing or not finite")
+        elif time < 0:
+            problems.append(f"time {raw_time} is negative")
+    raw_event = (values.get("event") or "").strip()
+    event = -1
+    if raw_event in ("0", "1", "0.0", "1.0"):
+        event = int(float(raw_event))
+    else:
+        problems.append(f"event {raw_event!r} is not 0 (censored) or 1 (death observed)")
+    fold = None
+    if has_fold:
+        raw_fold = (values.get("fold") or "").strip()
+        if raw_fold:
+            try:
+                fold = int(raw_fold)
+                if fold < 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"fold {raw_fold!r} is not a non-negative integer")
+    return {
+        "patient_id": pid,
+        "slide_id": sid,
+        "time": time,
+        "event": event,
+        "fold": fold,
+    }, problems
+
+
+def read_cohort(
+    csv_path: str | os.PathLike,
+    features_dir: str | os.PathLike | None = None,
+    time_unit: str = "months",
+) -> Cohort:
+    """Read and validate a cohort CSV; raise :class:`CohortError` listing every bad row.
+
+    With ``features_dir``, also checks that every slide has a feature file.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise CohortError(f"{path}: cohort CSV not found; give the path of an existing file")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise CohortError(
+                f"{path}: the file is empty; it needs a header {', '.join(REQUIRED_COLUMNS)}"
+            ) from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise CohortError(
+                f"{path}: line 1: missing column(s) {', '.join(missing)}; the header must contain "
+                f"{', '.join(REQUIRED_COLUMNS)} (optional: fold). Found: {', '.join(header) or 'nothing'}"
+            )
+        has_fold = "fold" in header
+        errors: list[str] = []
+        rows: list[CohortRow] = []
+        seen_slides: dict[str, int] = {}
+        patient_outcome: dict[str, tuple[int, float, int, int | None]] = {}
+        for values in reader:
+            line = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                errors.append(f"line {line}: {len(values)} fields, the header has {len(header)}")
+                continue
+            parsed, problems = _parse_row(dict(zip(header, values, strict=True)), has_fold)
+            sid, pid = parsed["slide_id"], parsed["patient_id"]
+            if sid and sid in seen_slides:
+                problems.append(f"slide {sid!r} already listed on line {seen_slides[sid]}")
+            elif sid:
+                seen_slides[sid] = line
+            if not problems and pid in patient_outcome:
+                first_line, t, e, f = patient_outcome[pid]
+                if (t, e) != (parsed["time"], parsed["event"]):
+                    problems.append(
+                        f"patient {pid!r} has time/event {parsed['time']:g}/{parsed['event']} here "
+                        f"but {t:g}/{e} on line {first_line}"
+                    )
+                if f != parsed["fold"]:
+                    problems.append(
+                        f"patient {pid!r} has fold {parsed['fold']} here but {f} on line {first_line}"
+                    )
+            elif not problems:
+                patient_outcome[pid] = (line, parsed["time"], parsed["event"], parsed["fold"])
+            if features_dir is not None and sid:
+                feature_path = feature_file_for(features_dir, sid)
+                if not feature_path.exists():
+                    problems.append(f"no feature file {feature_path} for slide {sid!r}")
+            if problems:
+                errors.append(f"line {line}: " + "; ".join(problems))
+            else:
+                rows.append(CohortRow(line=line, **parsed))
+    if not errors and not rows:
+        errors.append("no data rows after the header")
+    if errors:
+        shown = errors[:_MAX_REPORTED]
+        more = f"\n  ... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+        hint = " (run `napari-hila extract` for slides without features)" if features_dir else ""
+        raise CohortError(
+            f"{path}: {len(errors)} bad row(s); fix them and run again{hint}:\n  "
+            + "\n  ".join(shown)
+            + more
+        )
+    return Cohort(path=path, rows=rows, time_unit=time_unit)
