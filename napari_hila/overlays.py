@@ -1,0 +1,392 @@
+"""Turn a :class:`~napari_hila.results.PredictionResult` into napari layer data.
+
+Qt-free and napari-free: every function returns plain arrays or napari
+``LayerData`` tuples ``(data, kwargs, layer_type)`` that
+``viewer._add_layer_from_data`` or ``viewer.add_<type>(data, **kwargs)`` accept.
+
+Geometry. World coordinates are microns, axes (y, x). The slide layer shows
+level-0 pixel (x, y) with its centre at world ``(y * mpp, x * mpp)`` (napari
+places pixel centres at ``index * scale + translate``; the slide has translate
+0). A grid of tiles becomes an image with **one pixel per grid cell**, never
+resampled to full resolution: scale is the grid step in microns and the
+translate puts each cell's centre on its tile's centre,
+``(origin + tile / 2 - 0.5) * mpp``, so the cell's edges fall exactly on the
+tile's edge pixels of the slide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from math import gcd
+from typing import Any
+
+import numpy as np
+
+from napari_hila.results import LevelExplanation, PredictionResult
+
+__all__ = [
+    "GridLayout",
+    "LayerData",
+    "TokenInfo",
+    "camera_for_token",
+    "grid_layout",
+    "heatmap_layer",
+    "heatmap_values",
+    "prompt_index",
+    "region_outline_layer",
+    "result_layers",
+    "selection_layer",
+    "tissue_layer",
+    "token_at",
+    "token_info",
+    "top_tokens",
+]
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+# A heatmap bigger than this many cells means the coordinates are not on a
+# lattice (e.g. jittered); we then fall back to a step of one tile.
+MAX_GRID_CELLS = 64_000_000
+
+SELECTED_RGBA = (0.10, 0.75, 0.35, 0.55)
+UNSELECTED_RGBA = (0.55, 0.55, 0.55, 0.18)
+TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+OVERLAY_KEY = "hila_overlay"  # layer.metadata key naming the overlay kind
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where each token of a level sits on a regular lattice.
+
+    ``origin`` is the level-0 (x, y) of the top-left tile, ``step`` the lattice
+    spacing in level-0 px (the tile side, or less when tiles overlap), and
+    ``rows``/``cols`` each token's cell.
+    """
+
+    origin: tuple[int, int]
+    step: int
+    tile_size: int
+    shape: tuple[int, int]  # (rows, cols)
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def scale(self, mpp: float) -> tuple[float, float]:
+        """Layer scale (y, x) in microns per grid cell."""
+        return (self.step * mpp, self.step * mpp)
+
+    def translate(self, mpp: float) -> tuple[float, float]:
+        """Layer translate (y, x) in microns: cell (0, 0)'s centre on tile 0's centre."""
+        half = self.tile_size / 2.0 - 0.5
+        return ((self.origin[1] + half) * mpp, (self.origin[0] + half) * mpp)
+
+    def index_image(self) -> np.ndarray:
+        """(rows, cols) int64: the token in each cell, -1 where there is none."""
+        image = np.full(self.shape, -1, np.int64)
+        image[self.rows, self.cols] = np.arange(len(self.rows))
+        return image
+
+    def paint(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """(rows, cols) float32 image of per-token ``values``; ``fill`` elsewhere."""
+        image = np.full(self.shape, fill, np.float32)
+        image[self.rows, self.cols] = np.asarray(values, np.float32)
+        return image
+
+
+def grid_layout(coords: np.ndarray, tile_size: int) -> GridLayout:
+    """Fit the lattice the tokens' level-0 top-left ``coords`` (N, 2) lie on."""
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    tile_size = int(tile_size)
+    if len(coords) == 0:
+        empty = np.zeros(0, np.int64)
+        return GridLayout((0, 0), tile_size, tile_size, (0, 0), empty, empty)
+    origin = coords.min(axis=0)
+    offsets = coords - origin
+    step = reduce(gcd, np.unique(offsets).tolist(), 0) or tile_size
+    step = min(step, tile_size)
+    extent = offsets.max(axis=0) // step + 1
+    if int(extent[0]) * int(extent[1]) > MAX_GRID_CELLS:
+        step = tile_size
+        extent = offsets.max(axis=0) // step + 1
+    cols = offsets[:, 0] // step
+    rows = offsets[:, 1] // step
+    return GridLayout(
+        (int(origin[0]), int(origin[1])),
+        int(step),
+        tile_size,
+        (int(extent[1]), int(extent[0])),
+        rows.astype(np.int64),
+        cols.astype(np.int64),
+    )
+
+
+def prompt_index(level: LevelExplanation, prompt: int | str) -> int:
+    """Column of ``level.maps`` for a prompt given by index or short name."""
+    if isinstance(prompt, (int, np.integer)):
+        if not 0 <= int(prompt) < len(level.map_names):
+            raise IndexError(
+                f"level {level.level!r} has {len(level.map_names)} prompts, not {prompt}"
+            )
+        return int(prompt)
+    try:
+        return level.map_names.index(prompt)
+    except ValueError:
+        raise KeyError(
+            f"level {level.level!r} has no prompt {prompt!r}; it has {', '.join(level.map_names)}"
+        ) from None
+
+
+def heatmap_values(level: LevelExplanation, prompt: int | str) -> np.ndarray:
+    """A prompt's per-token alignment relative to its slide mean (1 = average share).
+
+    For HiLa's OT plan with uniform prompt marginals this is ``M * K * P*[i, k]``;
+    for an attention map summing to one it is ``M * a_i``. Either way the number
+    reads the same on every slide and every prompt.
+    """
+    column = np.asarray(level.maps, np.float64)[:, prompt_index(level, prompt)]
+    mean = column.mean() if len(column) else 0.0
+    if not np.isfinite(mean) or mean <= 0:
+        return np.zeros(len(column), np.float32)
+    return (column / mean).astype(np.float32)
+
+
+def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict[str, Any]:
+    return {
+        OVERLAY_KEY: kind,
+        "level": level,
+        "slide_path": result.slide_path,
+        "model": result.model_label or result.model_name,
+        **extra,
+    }
+
+
+def heatmap_layer(
+    result: PredictionResult, level_name: str, prompt: int | str, colormap: str = "turbo"
+) -> LayerData:
+    """Image layer data: one pixel per tile, the prompt's relative alignment, NaN off-tissue."""
+    level = result.explanation.levels[level_name]
+    k = prompt_index(level, prompt)
+    layout = grid_layout(level.coords, level.tile_size)
+    values = heatmap_values(level, k)
+    image = layout.paint(values)
+    high = float(np.percentile(values, 99)) if len(values) else 1.0
+    kwargs = {
+        "name": f"{level_name} prompt: {level.map_names[k]}",
+        "scale": layout.scale(result.mpp),
+        "translate": layout.translate(result.mpp),
+        "colormap": colormap,
+        "opacity": 0.6,
+        "contrast_limits": (0.0, max(high, 1e-6)),
+        "interpolation2d": "nearest",
+        "blending": "translucent",
+        "metadata": _meta(
+            result,
+            "heatmap",
+            level_name,
+            prompt=level.map_names[k],
+            prompt_index=k,
+            prompt_text=level.map_texts[k] if k < len(level.map_texts) else "",
+        ),
+    }
+    return image, kwargs, "image"
+
+
+def selection_layer(result: PredictionResult, level_name: str = "patch") -> LayerData:
+    """Labels layer data: each tile its own label (token index + 1), coloured by selection.
+
+    The features table (one row per tile) makes napari's status bar show the
+    tile's alignment score, selection and region when the layer is active.
+    """
+    level = result.explanation.levels[level_name]
+    layout = grid_layout(level.coords, level.tile_size)
+    labels = (layout.index_image() + 1).astype(np.int32)
+    n = len(level.coords)
+    selected = np.asarray(level.selected, bool)
+    colors: dict[int | None, tuple[float, ...]] = {None: TRANSPARENT, 0: TRANSPARENT}
+    for i in range(n):
+        colors[i + 1] = SELECTED_RGBA if selected[i] else UNSELECTED_RGBA
+    parent = level.parent if level.parent is not None else np.full(n, -1)
+    features = {
+        "index": np.arange(1, n + 1),
+        "tile": np.arange(n),
+        "alignment_score": np.asarray(level.scores, np.float32),
+        "selected": selected,
+        "region": np.asarray(parent, np.int64),
+    }
+    kwargs = {
+        "name": f"{level_name} selection",
+        "scale": layout.scale(result.mpp),
+        "translate": layout.translate(result.mpp),
+        "colormap": colors,
+        "opacity": 1.0,
+        "features": features,
+        "metadata": _meta(result, "selection", level_name),
+    }
+    return labels, kwargs, "labels"
+
+
+def region_outline_layer(result: PredictionResult, level_name: str = "region") -> LayerData:
+    """Shapes layer data: one rectangle per region, selected ones in a strong colour.
+
+    Vertices are world microns on the slide's pixel edges, ``(x - 0.5) * mpp``.
+    """
+    level = result.explanation.levels[level_name]
+    mpp = result.mpp
+    size = level.tile_size
+    rectangles = []
+    for x0, y0 in np.asarray(level.coords, np.int64):
+        top, left = (y0 - 0.5) * mpp, (x0 - 0.5) * mpp
+        bottom, right = (y0 + size - 0.5) * mpp, (x0 + size - 0.5) * mpp
+        rectangles.append(np.array([[top, left], [top, right], [bottom, right], [bottom, left]]))
+    selected = np.asarray(level.selected, bool)
+    edge = np.array(
+        [SELECTED_RGBA[:3] + (1.0,) if s else UNSELECTED_RGBA[:3] + (0.6,) for s in selected]
+    )
+    kwargs = {
+        "name": f"{level_name} selection",
+        "shape_type": "rectangle",
+        "edge_color": edge if len(edge) else "white",
+        "face_color": "transparent",
+        "edge_width": max(size * mpp / 80.0, 2 * mpp),
+        "features": {
+            "region": np.arange(len(rectangles)),
+            "alignment_score": np.asarray(level.scores, np.float32),
+            "selected": selected,
+        },
+        "metadata": _meta(result, "regions", level_name),
+    }
+    return rectangles, kwargs, "shapes"
+
+
+def tissue_layer(mask: np.ndarray, downsample: float, mpp: float) -> LayerData:
+    """Labels layer data for a tissue mask computed at ``downsample`` times level 0.
+
+    Mask pixel j covers level-0 pixels [j * ds, (j + 1) * ds); its centre sits at
+    world ``(j * ds + ds / 2 - 0.5) * mpp``.
+    """
+    ds = float(downsample)
+    offset = (ds / 2.0 - 0.5) * mpp
+    kwargs = {
+        "name": "tissue",
+        "scale": (ds * mpp, ds * mpp),
+        "translate": (offset, offset),
+        "colormap": {None: TRANSPARENT, 0: TRANSPARENT, 1: (0.2, 0.45, 1.0, 0.25)},
+        "opacity": 1.0,
+        "visible": False,
+        "metadata": {OVERLAY_KEY: "tissue"},
+    }
+    return np.asarray(mask, bool).astype(np.uint8), kwargs, "labels"
+
+
+def result_layers(
+    result: PredictionResult,
+    prompts: dict[str, int | str] | None = None,
+    tissue: tuple[np.ndarray, float] | None = None,
+) -> list[LayerData]:
+    """All overlays for a result, bottom to top.
+
+    Tissue mask (when given as ``(mask, downsample)``), then per level with
+    tokens: the selection map (Labels for small tiles, outlines for levels
+    with a parent-less coarse grid) and one heatmap (``prompts[level]``,
+    default the first prompt).
+    """
+    prompts = prompts or {}
+    layers: list[LayerData] = []
+    if tissue is not None:
+        layers.append(tissue_layer(tissue[0], tissue[1], result.mpp))
+    levels = result.explanation.levels
+    coarse = _coarse_level(result)
+    for name, level in levels.items():
+        if len(level.coords) == 0 or level.maps.shape[1] == 0:
+            continue
+        layers.append(heatmap_layer(result, name, prompts.get(name, 0)))
+    for name, level in levels.items():
+        if len(level.coords) == 0:
+            continue
+        if name == coarse:
+            layers.append(region_outline_layer(result, name))
+        else:
+            layers.append(selection_layer(result, name))
+    return layers
+
+
+def _coarse_level(result: PredictionResult) -> str | None:
+    """The level drawn as outlines: the one other levels point into (HiLa's regions)."""
+    levels = result.explanation.levels
+    if len(levels) < 2:
+        return None
+    return max(levels, key=lambda n: levels[n].tile_size)
+
+
+def token_at(level: LevelExplanation, world_yx: tuple[float, float], mpp: float) -> int:
+    """Index of the token whose tile contains the world point, or -1."""
+    x = world_yx[1] / mpp + 0.5  # back to level-0 px (pixel-edge frame)
+    y = world_yx[0] / mpp + 0.5
+    coords = np.asarray(level.coords, np.float64)
+    if len(coords) == 0:
+        return -1
+    size = level.tile_size
+    inside = (coords[:, 0] <= x) & (x < coords[:, 0] + size)
+    inside &= (coords[:, 1] <= y) & (y < coords[:, 1] + size)
+    hits = np.flatnonzero(inside)
+    return int(hits[0]) if len(hits) else -1
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the viewer says about the tile under the cursor."""
+
+    level: str
+    index: int
+    score: float
+    selected: bool
+    region: int
+    prompt: str
+    alignment: float
+
+    def text(self) -> str:
+        region = f", region {self.region}" if self.region >= 0 else ""
+        kept = "selected" if self.selected else "not selected"
+        return (
+            f"{self.level} {self.index}: alignment score {self.score:.3g}, {kept}{region}; "
+            f"{self.prompt} {self.alignment:.2f}x mean"
+        )
+
+
+def token_info(
+    result: PredictionResult, level_name: str, world_yx: tuple[float, float], prompt: int | str
+) -> TokenInfo | None:
+    """The tile under a world point at one level, with the chosen prompt's alignment."""
+    level = result.explanation.levels[level_name]
+    i = token_at(level, world_yx, result.mpp)
+    if i < 0:
+        return None
+    k = prompt_index(level, prompt)
+    region = int(level.parent[i]) if level.parent is not None else -1
+    return TokenInfo(
+        level=level_name,
+        index=i,
+        score=float(level.scores[i]),
+        selected=bool(level.selected[i]),
+        region=region,
+        prompt=level.map_names[k],
+        alignment=float(heatmap_values(level, k)[i]),
+    )
+
+
+def top_tokens(level: LevelExplanation, prompt: int | str, count: int = 8) -> np.ndarray:
+    """Indices of the ``count`` tiles most aligned with a prompt, best first."""
+    column = np.asarray(level.maps, np.float64)[:, prompt_index(level, prompt)]
+    order = np.argsort(-column, kind="stable")
+    return order[: max(int(count), 0)]
+
+
+def camera_for_token(
+    level: LevelExplanation, index: int, mpp: float, full_resolution: bool = True
+) -> tuple[tuple[float, float], float]:
+    """Camera ``(center_yx, zoom)`` showing a tile; zoom 1/mpp is one screen px per slide px."""
+    x0, y0 = np.asarray(level.coords[index], np.float64)
+    half = level.tile_size / 2.0 - 0.5
+    center = ((y0 + half) * mpp, (x0 + half) * mpp)
+    zoom = 1.0 / mpp if full_resolution else 256.0 / (level.tile_size * mpp)
+    return center, zoom

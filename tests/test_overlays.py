@@ -1,0 +1,158 @@
+"""Overlay geometry: heatmaps sit exactly on their tiles in napari's world frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hila_fake_results import PATCH_NAMES, fake_result
+from napari.layers import Image, Labels, Layer
+
+from napari_hila import overlays
+
+
+@pytest.fixture
+def result():
+    return fake_result()
+
+
+def test_grid_layout_recovers_lattice(result):
+    level = result.explanation.levels["patch"]
+    layout = overlays.grid_layout(level.coords, level.tile_size)
+    assert layout.origin == (12, 20)
+    assert layout.step == 256
+    assert layout.shape == (8, 6)
+    np.testing.assert_array_equal(layout.cols * 256 + 12, level.coords[:, 0])
+    np.testing.assert_array_equal(layout.rows * 256 + 20, level.coords[:, 1])
+    index = layout.index_image()
+    assert (index >= 0).sum() == len(level.coords)
+    assert index[layout.rows[5], layout.cols[5]] == 5
+    assert index[0, 3] == -1  # token 3 was dropped as background
+
+
+def test_grid_layout_overlapping_tiles_use_stride():
+    coords = np.array([[0, 0], [128, 0], [256, 128]])
+    layout = overlays.grid_layout(coords, 256)
+    assert layout.step == 128
+    assert layout.shape == (2, 3)
+
+
+def test_heatmap_cells_align_with_slide_pixels(result):
+    """Each heatmap pixel covers exactly its tile's level-0 pixels on the slide layer."""
+    mpp = result.mpp
+    level = result.explanation.levels["patch"]
+    data, kwargs, kind = overlays.heatmap_layer(result, "patch", "necrosis")
+    assert kind == "image"
+    heat = Image(data, **kwargs)
+    slide = Image(np.zeros((3000, 2300), np.uint8), scale=(mpp, mpp))
+    layout = overlays.grid_layout(level.coords, level.tile_size)
+    for i in (0, 7, len(level.coords) - 1):
+        x0, y0 = level.coords[i]
+        r, c = layout.rows[i], layout.cols[i]
+        # the heatmap pixel's top-left edge and bottom-right edge, in slide pixels
+        top_left = slide.world_to_data(heat.data_to_world((r - 0.5, c - 0.5)))
+        bottom_right = slide.world_to_data(heat.data_to_world((r + 0.5, c + 0.5)))
+        np.testing.assert_allclose(top_left, (y0 - 0.5, x0 - 0.5), atol=1e-6)
+        np.testing.assert_allclose(bottom_right, (y0 + 255.5, x0 + 255.5), atol=1e-6)
+        assert data[r, c] == pytest.approx(overlays.heatmap_values(level, "necrosis")[i])
+    assert np.isnan(data[0, 3])  # no token there: transparent
+    assert heat.metadata["prompt"] == "necrosis"
+    assert "necrosis" in heat.name
+
+
+def test_heatmap_values_are_relative_to_mean(result):
+    level = result.explanation.levels["patch"]
+    values = overlays.heatmap_values(level, 2)
+    assert values.mean() == pytest.approx(1.0, rel=1e-5)
+    column = level.maps[:, 2]
+    np.testing.assert_allclose(values, column / column.mean(), rtol=1e-5)
+    with pytest.raises(KeyError, match="no prompt 'nope'"):
+        overlays.heatmap_values(level, "nope")
+
+
+def test_token_at_and_info(result):
+    level = result.explanation.levels["patch"]
+    mpp = result.mpp
+    x0, y0 = level.coords[10]
+    inside = ((y0 + 0.0) * mpp, (x0 + 255.0) * mpp)  # first and last pixel centres
+    assert overlays.token_at(level, inside, mpp) == 10
+    outside = ((y0 + 0.0) * mpp, (x0 + 256.0) * mpp)  # first pixel of the next tile
+    assert overlays.token_at(level, outside, mpp) != 10
+    assert overlays.token_at(level, (-100.0, -100.0), mpp) == -1
+    info = overlays.token_info(result, "patch", inside, "mitoses")
+    assert info.index == 10
+    assert info.selected == bool(level.selected[10])
+    assert info.region == int(level.parent[10])
+    assert "mitoses" in info.text() and "region" in info.text()
+
+
+def test_selection_labels_status_shows_score_and_region(result):
+    level = result.explanation.levels["patch"]
+    data, kwargs, kind = overlays.selection_layer(result, "patch")
+    layer = Layer.create(data, kwargs, kind)
+    assert isinstance(layer, Labels)
+    i = 10
+    x0, y0 = level.coords[i]
+    world = ((y0 + 100) * result.mpp, (x0 + 100) * result.mpp)
+    assert layer.get_value(world, world=True) == i + 1
+    props = layer._get_properties(world, world=True)
+    text = " ".join(props)
+    assert f"alignment_score: {level.scores[i]:.3g}"[:20] in text
+    assert f"region: {level.parent[i]}" in text
+    colors = kwargs["colormap"]
+    selected = np.flatnonzero(level.selected)[0]
+    assert colors[selected + 1] == overlays.SELECTED_RGBA
+
+
+def test_region_outlines_on_pixel_edges(result):
+    level = result.explanation.levels["region"]
+    data, kwargs, kind = overlays.region_outline_layer(result, "region")
+    assert kind == "shapes" and len(data) == len(level.coords)
+    x0, y0 = level.coords[1]
+    rect = data[1]
+    np.testing.assert_allclose(rect.min(axis=0), ((y0 - 0.5) * result.mpp, (x0 - 0.5) * result.mpp))
+    np.testing.assert_allclose(
+        rect.max(axis=0), ((y0 + 1024 - 0.5) * result.mpp, (x0 + 1024 - 0.5) * result.mpp)
+    )
+    Layer.create(data, kwargs, kind)  # napari accepts the kwargs
+
+
+def test_tissue_mask_alignment():
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:7] = True
+    data, kwargs, _ = overlays.tissue_layer(mask, 16.0, 0.5)
+    layer = Labels(data, **kwargs)
+    # mask pixel (2, 3) covers level-0 pixels y 32..47, x 48..63
+    np.testing.assert_allclose(
+        layer.data_to_world((2 - 0.5, 3 - 0.5)), ((32 - 0.5) * 0.5, (48 - 0.5) * 0.5)
+    )
+    layer.visible = True
+    assert layer.get_value((32 * 0.5, 48 * 0.5), world=True) == 1
+    assert layer.get_value((48 * 0.5, 111 * 0.5), world=True) == 1  # row 3, col 6
+    assert layer.get_value((48 * 0.5, 112 * 0.5), world=True) == 0  # row 3, col 7
+    assert layer.get_value((31 * 0.5, 48 * 0.5), world=True) == 0  # row 1
+
+
+def test_result_layers_one_heatmap_per_level(result):
+    layers = [
+        Layer.create(*spec) for spec in overlays.result_layers(result, {"patch": "lymphocytes"})
+    ]
+    kinds = [(ly.metadata.get(overlays.OVERLAY_KEY), ly.metadata.get("level")) for ly in layers]
+    assert kinds.count(("heatmap", "patch")) == 1
+    assert kinds.count(("heatmap", "region")) == 1
+    assert ("selection", "patch") in kinds and ("regions", "region") in kinds
+    heat = next(
+        ly for ly in layers if ly.metadata.get("level") == "patch" and "prompt" in ly.metadata
+    )
+    assert heat.metadata["prompt"] == "lymphocytes"
+    assert heat.metadata["prompt_text"].startswith("Tumour shows lymphocytes")
+
+
+def test_top_tokens_and_camera(result):
+    level = result.explanation.levels["patch"]
+    top = overlays.top_tokens(level, PATCH_NAMES[0], 5)
+    column = level.maps[:, 0]
+    assert list(column[top]) == sorted(column, reverse=True)[:5]
+    center, zoom = overlays.camera_for_token(level, int(top[0]), result.mpp)
+    x0, y0 = level.coords[top[0]]
+    assert center == pytest.approx(((y0 + 127.5) * result.mpp, (x0 + 127.5) * result.mpp))
+    assert zoom == pytest.approx(1 / result.mpp)
