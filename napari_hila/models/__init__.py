@@ -5,7 +5,7 @@ models; look them up with :func:`build_model` / :func:`get_model_spec`.
 """
 
 # Model modules: imported for their registrations.
-from napari_hila.models import baselines, hila  # noqa: F401
+from napari_hila.models import baselines, crossfusion, hila, vptsurv  # noqa: F401
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.batch import SlideBatch, collate
 from napari_hila.models.registry import (

@@ -1,0 +1,330 @@
+"""VPTSurv: end-to-end multi-source visual prompt tuning on raw tiles (METHODS section 3).
+
+A frozen ViT encodes each tile. Every encoder layer gets a small adaptor
+(down-projection to ``adaptor_dim``, an attention layer whose keys and values
+are visual prompts, up-projection, added to the layer's output). The prompts
+come from two sources, both embedded with the frozen patch embedding:
+
+- scale prompt: the 2 x 2 block of grid tiles around the tile, resized to one tile;
+- structure prompt: the tile with its low spatial frequencies removed
+  (inverse FFT of the FFT times a high-pass mask).
+
+Each tile's tokens are pooled to one token; a two-layer decoder lets learned
+survival queries cross-attend to the tile tokens and outputs hazards. Only the
+adaptors and the decoder train. Tiles arrive as a :class:`TileBatch` that reads
+pixels chunk by chunk, so inference over 1000+ tiles never holds them all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from napari_hila.errors import HilaError
+from napari_hila.models.base import SurvivalOutput, survival_from_logits
+from napari_hila.models.crossfusion import Attention, feed_forward
+from napari_hila.models.registry import register_model
+from napari_hila.results import Explanation, LevelExplanation
+from napari_hila.training.tiles import TileBatch
+
+__all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor"]
+
+
+@dataclass
+class VPTSurvConfig:
+    """VPTSurv settings. Values the paper does not give are marked (not from the paper)."""
+
+    encoder: str = "vit"  # encoder registry name: fixes the pre-processing (mean/std)
+    encoder_weights: str = ""  # local ViT checkpoint, read when a new model is built
+    encoder_source: str = ""  # where the frozen weights came from (recorded, never read)
+    vit: dict = field(default_factory=dict)  # ViTConfig fields; filled from the checkpoint
+    adaptor_dim: int = 24
+    adaptor_heads: int = 1  # (not from the paper)
+    highpass_cutoff: float = (
+        0.05  # cycles/pixel below which the structure prompt drops frequencies (not from the paper)
+    )
+    tile_pooling: str = "mean"  # "mean" of the patch tokens or the "cls" token (not from the paper)
+    decoder_dim: int = 256  # (not from the paper)
+    decoder_heads: int = 4  # (not from the paper)
+    decoder_layers: int = 2
+    num_queries: int = 4  # learned survival queries (not from the paper)
+    dropout: float = 0.1
+    n_bins: int = 4
+    nll_alpha: float = 0.0
+    train_tiles: int = 200  # tiles sampled per slide per training step
+    inference_tiles: int = 1000  # tiles per slide at inference (all when the slide has fewer)
+    target_mpp: float = 0.5  # tile resolution, um/px
+    tile_chunk: int = 32  # tiles through the encoder at once (bounds memory)
+    checkpoint_tiles: bool = (
+        True  # recompute encoder activations in backward: memory per chunk, not per slide
+    )
+    explain_top_fraction: float = 0.1
+
+    @property
+    def tile_px(self) -> int:
+        return int(self.vit.get("image_size", 224))
+
+
+def high_pass(images: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Remove spatial frequencies below ``cutoff`` cycles/pixel from (..., H, W) images.
+
+    Inverse FFT of the FFT times a circular high-pass mask; the mean (zero
+    frequency) is always removed, frequencies at or above ``cutoff`` kept as they are.
+    """
+    h, w = images.shape[-2:]
+    fy = torch.fft.fftfreq(h, device=images.device)[:, None]
+    fx = torch.fft.fftfreq(w, device=images.device)[None, :]
+    keep = (fy.square() + fx.square()).sqrt() >= cutoff
+    keep[0, 0] = False
+    spectrum = torch.fft.fft2(images.float())
+    return torch.fft.ifft2(spectrum * keep).real
+
+
+class PromptAdaptor(nn.Module):
+    """Down-project, attend to the visual prompts (keys and values), up-project.
+
+    The up-projection starts at zero, so an untrained adaptor leaves the frozen
+    encoder's output exactly as it was.
+    """
+
+    def __init__(self, width: int, bottleneck: int, heads: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.act = nn.GELU()
+        self.attn = Attention(bottleneck, heads, 0.0)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, tokens: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        queries = self.act(self.down(tokens))
+        context = self.act(self.down(prompts))
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        return self.up(self.attn(queries, context, mask))
+
+
+class DecoderLayer(nn.Module):
+    """Survival queries: self-attention, cross-attention to the tile tokens, feed-forward."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.self_attn = Attention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width)
+        self.cross_attn = Attention(width, heads, dropout)
+        self.norm3 = nn.LayerNorm(width)
+        self.ff = feed_forward(width, 2.0, dropout)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        tiles: torch.Tensor,
+        mask: torch.Tensor,
+        need_weights: bool = False,
+    ):
+        h = self.norm1(queries)
+        queries = queries + self.self_attn(
+            h, h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        )
+        h = self.norm2(queries)
+        weights = self.cross_attn.weights(h, tiles, mask) if need_weights else None
+        queries = queries + self.cross_attn(h, tiles, mask)
+        return queries + self.ff(self.norm3(queries)), weights
+
+
+def build_frozen_vit(config: VPTSurvConfig) -> nn.Module:
+    """The encoder: from ``encoder_weights`` when given, else an empty ViT of shape ``config.vit``.
+
+    An empty ViT is what a saved model is loaded into (its weights come with the
+    model file), or a tiny random ViT for tests. Training from a random encoder
+    without saying so is refused.
+    """
+    from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+
+    if config.encoder_weights:
+        from napari_hila.encoders.checkpoints import load_vision_tower
+
+        tower = load_vision_tower(config.encoder_weights)
+        config.vit = dict(tower.config.to_dict())
+        config.encoder_source = str(config.encoder_weights)
+        config.encoder_weights = ""  # the frozen weights travel with the model file from here on
+    elif config.vit:
+        tower = VisionTransformer(ViTConfig(**config.vit))
+    else:
+        raise HilaError(
+            "VPTSurv needs a ViT encoder: set encoder_weights=PATH to a local ViT checkpoint "
+            "(e.g. `--set encoder_weights=/models/uni/pytorch_model.bin`); napari-hila never downloads weights"
+        )
+    for param in tower.parameters():
+        param.requires_grad_(False)
+    return tower.eval()
+
+
+@register_model(
+    "vptsurv",
+    VPTSurvConfig,
+    "VPTSurv: end-to-end visual prompt tuning of a frozen ViT on raw tiles (arXiv 2409.03804)",
+    inputs="tiles",
+)
+class VPTSurv(nn.Module):
+    """VPTSurv survival model; input is a :class:`~napari_hila.training.tiles.TileBatch`."""
+
+    def __init__(self, config: VPTSurvConfig) -> None:
+        super().__init__()
+        from napari_hila.encoders.registry import get_encoder_spec
+
+        self.config = cfg = config
+        self.encoder = build_frozen_vit(cfg)
+        spec = get_encoder_spec(cfg.encoder)
+        mean, std = spec.mean or (0.5, 0.5, 0.5), spec.std or (0.5, 0.5, 0.5)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        width = int(self.encoder.config.width)
+        self.adaptors = nn.ModuleList(
+            PromptAdaptor(width, cfg.adaptor_dim, cfg.adaptor_heads) for _ in self.encoder.blocks
+        )
+        self.tile_proj = nn.Sequential(
+            nn.Linear(width, cfg.decoder_dim), nn.LayerNorm(cfg.decoder_dim)
+        )
+        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, cfg.decoder_dim) * 0.02)
+        self.decoder = nn.ModuleList(
+            DecoderLayer(cfg.decoder_dim, cfg.decoder_heads, cfg.dropout)
+            for _ in range(cfg.decoder_layers)
+        )
+        self.head = nn.Sequential(
+            nn.LayerNorm(cfg.decoder_dim), nn.Linear(cfg.decoder_dim, cfg.n_bins)
+        )
+
+    def train(self, mode: bool = True) -> VPTSurv:
+        super().train(mode)
+        self.encoder.eval()  # frozen: never in training mode
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- tiles -> one token per tile ---------------------------------------------------
+    def _pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> normalised (n, 3, S, S) float on the model's device."""
+        x = torch.as_tensor(np.ascontiguousarray(images), device=self.pixel_mean.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        side = self.config.tile_px
+        if x.shape[-2:] != (side, side):
+            x = F.interpolate(
+                x, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+            )
+        return (x - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def _prompt_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen patch embedding plus patch positions: (n, L, width)."""
+        return self.encoder.patch_embed(images) + self.encoder.pos_embed[:, 1:]
+
+    def _encode_pixels(self, pixels: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        prompts = torch.cat(
+            [
+                self._prompt_tokens(context),
+                self._prompt_tokens(high_pass(pixels, self.config.highpass_cutoff)),
+            ],
+            dim=1,
+        )
+        with torch.no_grad():
+            tokens = self.encoder.embed(pixels)
+        for block, adaptor in zip(self.encoder.blocks, self.adaptors, strict=True):
+            tokens = block(tokens) + adaptor(tokens, prompts)
+        tokens = self.encoder.norm(tokens)
+        return tokens[:, 1:].mean(dim=1) if self.config.tile_pooling == "mean" else tokens[:, 0]
+
+    def encode_tiles(self, tiles: np.ndarray, context: np.ndarray) -> torch.Tensor:
+        """(n, H, W, 3) uint8 tiles and their 2 x 2 context -> (n, width) tile tokens."""
+        pixels, ctx = self._pixels(tiles), self._pixels(context)
+        if self.training and self.config.checkpoint_tiles and torch.is_grad_enabled():
+            return checkpoint(self._encode_pixels, pixels, ctx, use_reentrant=False)
+        return self._encode_pixels(pixels, ctx)
+
+    def tile_tokens(self, batch: TileBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every slide chunk by chunk: (B, N, width) tokens and a (B, N) mask."""
+        per_slide = []
+        for tiles in batch.slides:
+            if len(tiles) == 0:
+                raise HilaError("a slide has no tiles to encode; check its tissue detection")
+            chunks = [self.encode_tiles(t, c) for t, c in tiles.chunks(self.config.tile_chunk)]
+            per_slide.append(torch.cat(chunks))
+        longest = max(len(t) for t in per_slide)
+        width = per_slide[0].shape[1]
+        tokens = per_slide[0].new_zeros(len(per_slide), longest, width)
+        mask = torch.zeros(len(per_slide), longest, dtype=torch.bool, device=tokens.device)
+        for i, t in enumerate(per_slide):
+            tokens[i, : len(t)] = t
+            mask[i, : len(t)] = True
+        return tokens, mask
+
+    # -- tile tokens -> hazards --------------------------------------------------------
+    def decode(
+        self, tokens: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+    ) -> SurvivalOutput:
+        memory = self.tile_proj(tokens)
+        queries = self.queries.expand(tokens.shape[0], -1, -1)
+        weights = []
+        for layer in self.decoder:
+            queries, w = layer(queries, memory, mask, need_weights)
+            weights.append(w)
+        logits = self.head(queries.mean(dim=1))
+        details = {"cross_attention": weights} if need_weights else {}
+        return survival_from_logits(logits, **details)
+
+    def forward(self, batch: TileBatch, need_weights: bool = False) -> SurvivalOutput:
+        tokens, mask = self.tile_tokens(batch)
+        return self.decode(tokens, mask, need_weights)
+
+    @torch.no_grad()
+    def explain(self, batch: TileBatch, tile_sizes: Mapping[str, int] | None = None) -> Explanation:
+        """Risk, survival and the decoder's cross-attention over the slide's tiles."""
+        if batch.batch_size != 1:
+            raise ValueError(f"explain() takes a batch of one slide, got {batch.batch_size}")
+        out = self.forward(batch, need_weights=True)
+        weights = out.details["cross_attention"]  # per layer (1, Q, N), rows sum to 1
+        last, first = weights[-1][0], weights[0][0]
+        columns = [last.mean(dim=0), first.mean(dim=0), *last]
+        names = ["cross-attention (last layer)", "cross-attention (first layer)"]
+        names += [f"query {k + 1} (last layer)" for k in range(last.shape[0])]
+        texts = [
+            "Attention of the survival queries to each tile in the last decoder layer (mean over queries and heads)",
+            "Attention of the survival queries to each tile in the first decoder layer (mean over queries and heads)",
+        ]
+        texts += [
+            f"Attention of survival query {k + 1} to each tile, last decoder layer"
+            for k in range(last.shape[0])
+        ]
+        maps = torch.stack(columns, dim=1).cpu().numpy().astype(np.float32)
+        maps /= np.maximum(maps.sum(axis=0, keepdims=True), 1e-12)
+        scores = maps[:, 0]
+        keep = max(1, int(math.ceil(self.config.explain_top_fraction * len(scores))))
+        selected = np.zeros(len(scores), bool)
+        selected[np.argsort(-scores, kind="stable")[:keep]] = True
+        tiles = batch.slides[0]
+        size = int((tile_sizes or {}).get("tiles", tiles.tile_size))
+        level = LevelExplanation(
+            level="tiles",
+            coords=np.asarray(tiles.coords, np.int64),
+            tile_size=size,
+            scores=scores,
+            selected=selected,
+            maps=maps,
+            map_names=names,
+            map_texts=texts,
+        )
+        return Explanation(
+            risk=float(out.risk[0]),
+            hazards=out.hazards[0].cpu().numpy().astype(np.float32),
+            survival=out.survival[0].cpu().numpy().astype(np.float32),
+            levels={"tiles": level},
+            contribution_method="none: VPTSurv has no prompts with texts",
+        )

@@ -1,0 +1,252 @@
+"""Raw tiles for end-to-end models (VPTSurv): sampled from slides, read lazily.
+
+A model whose registry spec has ``inputs="tiles"`` consumes a :class:`TileBatch`:
+one :class:`TileSet` per slide, each a list of tile positions that reads its
+pixels only when asked, a chunk at a time. So a training step holds the 200
+sampled tiles of one slide at most, and inference over 1000+ tiles never holds
+them all: the model pulls chunks, encodes them and keeps one token per tile.
+
+Each tile comes with its *scale context*: the 2 x 2 block of grid tiles that
+contains it, read as one image and resized to the tile's size (VPTSurv's scale
+prompt). Sampling is deterministic given (seed, epoch, slide index).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "TileSet",
+    "InMemoryTiles",
+    "SlideTiles",
+    "TileBatch",
+    "TileGrid",
+    "tile_grid",
+    "sample_indices",
+    "read_tile",
+    "resize_tiles",
+    "SlideTileSource",
+]
+
+
+class TileSet:
+    """Tiles of one slide: positions known up front, pixels read chunk by chunk."""
+
+    coords: np.ndarray  # (N, 2) int64 level-0 (x, y) of each tile's top-left corner
+    tile_size: int  # level-0 px side of one tile
+
+    def __len__(self) -> int:
+        return int(len(self.coords))
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles ``start:stop`` and their 2 x 2 context, both (n, H, W, 3) uint8."""
+        raise NotImplementedError
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Consecutive chunks of at most ``size`` tiles; the next chunk is read in the background."""
+        bounds = [(s, min(s + size, len(self))) for s in range(0, len(self), max(1, size))]
+        if len(bounds) <= 1:
+            for start, stop in bounds:
+                yield self.read(start, stop)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.read, *bounds[0])
+            for nxt in bounds[1:]:
+                current = pending.result()
+                pending = pool.submit(self.read, *nxt)
+                yield current
+            yield pending.result()
+
+
+@dataclass
+class InMemoryTiles(TileSet):
+    """Tiles already in memory (tests, synthetic inputs, benchmarks)."""
+
+    tiles: np.ndarray  # (N, H, W, 3) uint8
+    context: np.ndarray  # (N, H, W, 3) uint8
+    coords: np.ndarray
+    tile_size: int
+
+    def __post_init__(self) -> None:
+        if self.tiles.shape != self.context.shape or len(self.tiles) != len(self.coords):
+            raise ValueError(
+                f"tiles {self.tiles.shape}, context {self.context.shape} and coords "
+                f"{self.coords.shape} do not match"
+            )
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.tiles[start:stop], self.context[start:stop]
+
+
+@dataclass
+class TileGrid:
+    """The tissue tile grid of one slide at the model's resolution."""
+
+    path: Path
+    coords: np.ndarray  # (M, 2) int64 level-0
+    tile_size: int  # level-0 px
+    mpp: float
+
+
+def tile_grid(path: str | os.PathLike, tile_px: int, target_mpp: float) -> TileGrid:
+    """Tissue tiles of ``tile_px`` pixels at ``target_mpp`` (through napari_hila.slides)."""
+    from napari_hila.errors import SlideError
+    from napari_hila.slides import detect_tissue, make_grids, open_slide
+
+    with open_slide(path) as slide:
+        tissue = detect_tissue(slide)
+        grids = make_grids(slide, tissue, patch_px=tile_px, target_mpp=target_mpp)
+        coords = np.asarray(grids.patch_coords, np.int64).reshape(-1, 2)
+        if len(coords) == 0:
+            raise SlideError(
+                f"{path}: no tissue tiles found; check the slide is an H&E section with tissue "
+                "(or lower the tissue threshold)"
+            )
+        return TileGrid(Path(path), coords, int(grids.patch_size), float(slide.mpp))
+
+
+def sample_indices(n_total: int, n_sample: int, seed: int, *keys: int) -> np.ndarray:
+    """Sorted indices of ``min(n_sample, n_total)`` distinct tiles; same keys, same tiles."""
+    if n_sample <= 0 or n_sample >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    rng = np.random.default_rng([seed, *keys])
+    return np.sort(rng.choice(n_total, size=n_sample, replace=False)).astype(np.int64)
+
+
+def resize_tiles(images: np.ndarray, out_px: int) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n, out_px, out_px, 3) uint8, antialiased when shrinking."""
+    if images.shape[1:3] == (out_px, out_px):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(
+        x, size=(out_px, out_px), mode="bilinear", antialias=True, align_corners=False
+    )
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def read_tile(slide, location: tuple[int, int], size: int, out_px: int) -> np.ndarray:
+    """A level-0 square of side ``size`` at ``location``, as ``out_px`` pixels (read at the best level)."""
+    wanted = size / out_px
+    level = 0
+    for i, ds in enumerate(slide.level_downsamples):
+        if ds <= wanted * 1.001:
+            level = i
+    ds = slide.level_downsamples[level]
+    side = max(1, int(math.ceil(size / ds)))
+    pixels = slide.read_region((int(location[0]), int(location[1])), level, (side, side))
+    return resize_tiles(pixels[None], out_px)[0]
+
+
+@dataclass
+class SlideTiles(TileSet):
+    """Tiles of one slide on disk, read through ``napari_hila.slides`` only when asked."""
+
+    path: Path
+    coords: np.ndarray
+    tile_size: int
+    tile_px: int  # pixels the model gets per tile
+    origin: tuple[int, int] = (0, 0)  # grid origin, so 2 x 2 blocks align with the grid
+    workers: int = 2
+    _slide: object = field(default=None, repr=False)
+
+    def _open(self):
+        if self._slide is None:
+            from napari_hila.slides import open_slide
+
+            self._slide = open_slide(self.path)
+        return self._slide
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def context_origin(self, xy: np.ndarray) -> np.ndarray:
+        """Top-left corner of the aligned 2 x 2 block holding each tile."""
+        block = 2 * self.tile_size
+        origin = np.asarray(self.origin, np.int64)
+        return (xy - origin) // block * block + origin
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        slide = self._open()
+        coords = self.coords[start:stop]
+        blocks = self.context_origin(coords)
+
+        def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+            tile = read_tile(slide, coords[i], self.tile_size, self.tile_px)
+            context = read_tile(slide, blocks[i], 2 * self.tile_size, self.tile_px)
+            return tile, context
+
+        if self.workers > 1 and len(coords) > 1:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                pairs = list(pool.map(one, range(len(coords))))
+        else:
+            pairs = [one(i) for i in range(len(coords))]
+        empty = np.zeros((0, self.tile_px, self.tile_px, 3), np.uint8)
+        tiles = np.stack([p[0] for p in pairs]) if pairs else empty
+        context = np.stack([p[1] for p in pairs]) if pairs else empty
+        return tiles, context
+
+
+@dataclass
+class TileBatch:
+    """One :class:`TileSet` per slide: the input of a ``inputs="tiles"`` model."""
+
+    slides: list[TileSet]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.slides)
+
+    def to(self, device: torch.device | str) -> TileBatch:
+        """Tiles move to the model's device chunk by chunk inside the model."""
+        return self
+
+
+class SlideTileSource:
+    """Tile grids of a cohort's slides, and tile batches sampled from them.
+
+    Grids are computed once per slide and kept (positions only, a few KB);
+    pixels are read only when a model pulls a chunk.
+    """
+
+    def __init__(
+        self,
+        slide_paths: Sequence[str | os.PathLike],
+        tile_px: int = 224,
+        target_mpp: float = 0.5,
+        seed: int = 0,
+        workers: int = 2,
+    ) -> None:
+        self.paths = [Path(p) for p in slide_paths]
+        self.tile_px = int(tile_px)
+        self.target_mpp = float(target_mpp)
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self._grids: dict[int, TileGrid] = {}
+
+    def grid(self, index: int) -> TileGrid:
+        if index not in self._grids:
+            self._grids[index] = tile_grid(self.paths[index], self.tile_px, self.target_mpp)
+        return self._grids[index]
+
+    def tiles(self, index: int, n_tiles: int, epoch: int = 0) -> SlideTiles:
+        """``n_tiles`` tiles of slide ``index`` (all when it has fewer), fixed by seed and epoch."""
+        grid = self.grid(index)
+        chosen = sample_indices(len(grid.coords), n_tiles, self.seed, epoch, index)
+        origin = tuple(int(v) for v in grid.coords.min(axis=0))
+        return SlideTiles(
+            grid.path, grid.coords[chosen], grid.tile_size, self.tile_px, origin, self.workers
+        )
+
+    def batch(self, indices: Sequence[int], n_tiles: int, epoch: int = 0) -> TileBatch:
+        return TileBatch([self.tiles(i, n_tiles, epoch) for i in indices])
