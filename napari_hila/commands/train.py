@@ -1,0 +1,177 @@
+"""Train and cross-validate a survival model on extracted features.
+
+Patient-level k-fold cross-validation (stratified by event, splits saved in
+RUN_DIR), a fixed number of epochs (no model selection on the reported fold),
+then a final model trained on all patients for use in the viewer
+(RUN_DIR/final_model). Re-running the same command resumes an interrupted run.
+
+Example:
+  napari-hila train --cohort cohort.csv --features feats/ --out runs/hila --prompts brca
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from napari_hila.errors import HilaError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cohort", required=True, help="CSV: patient_id, slide_id, time, event [, fold]"
+    )
+    parser.add_argument("--features", required=True, help="folder of <slide_id>.h5 feature files")
+    parser.add_argument("--out", required=True, help="run folder (created; re-use it to resume)")
+    parser.add_argument("--model", default="hila", help="registry model name (default: hila)")
+    parser.add_argument(
+        "--prompts", default=None, help="prompt set name or YAML file (models with prompts)"
+    )
+    parser.add_argument(
+        "--text-encoder", default=None, help="text encoder for the prompts (default: the set's)"
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-5)
+    parser.add_argument(
+        "--bins", type=int, default=4, help="time bins (quantiles of uncensored times)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="slides per optimiser step")
+    parser.add_argument(
+        "--max-patches", type=int, default=None, help="random patches per bag per step"
+    )
+    parser.add_argument("--splits", default=None, help="reuse a splits.json from an earlier run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--time-unit", default="months")
+    parser.add_argument("--label", default=None, help="label shown with the model in the viewer")
+    parser.add_argument("--cancer-type", default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model setting, e.g. --set select_ratio=0.5 (value parsed as JSON when it can be)",
+    )
+    parser.add_argument("--no-final", action="store_true", help="skip the final all-patient model")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (JSON values where they parse)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise HilaError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def embed_prompt_set(name: str, text_encoder: str | None, device: str = "cpu") -> dict[str, Any]:
+    """Load a prompt set and embed its texts once: ``{name, text_encoder, text_dim, levels}``."""
+    from napari_hila.encoders.registry import get_text_encoder
+    from napari_hila.prompts import load_prompt_set
+
+    prompt_set = load_prompt_set(name)
+    encoder_name = text_encoder or getattr(prompt_set, "text_encoder", None) or "minilm"
+    encoder = get_text_encoder(encoder_name, device=device)
+    levels = {}
+    for level in prompt_set.levels:
+        prompts = prompt_set.level(level)
+        names = [p.name for p in prompts]
+        texts = [p.text for p in prompts]
+        levels[level] = {
+            "names": names,
+            "texts": texts,
+            "embeddings": encoder.encode(texts).tolist(),
+        }
+    return {
+        "name": prompt_set.name,
+        "text_encoder": encoder_name,
+        "text_dim": int(encoder.output_dim),
+        "levels": levels,
+    }
+
+
+def print_fold_table(metrics: dict[str, Any], out=sys.stdout) -> None:
+    """The per-fold C-index table with mean and standard deviation."""
+    print(f"\n{'fold':>6}  {'C-index':>8}", file=out)
+    for k, c in enumerate(metrics["c_index_per_fold"]):
+        print(f"{k + 1:>6}  {c:>8.4f}", file=out)
+    print(
+        f"{'mean':>6}  {metrics['c_index_mean']:>8.4f}  (std {metrics['c_index_std']:.4f}, ddof=1)",
+        file=out,
+    )
+    print(
+        f"log-rank p (high vs low at training-fold median risk, out of fold): {metrics['logrank_p']:.3g}",
+        file=out,
+    )
+    print(f"{metrics['patient_risk']}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from napari_hila.devices import resolve_device
+    from napari_hila.models.registry import get_model_spec
+    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
+    from napari_hila.training.trainer import wants_prompts
+
+    try:
+        spec = get_model_spec(args.model)
+    except KeyError as err:
+        raise HilaError(str(err.args[0])) from None
+    if spec.inputs != "features":
+        raise HilaError(
+            f"model {args.model!r} trains on {spec.inputs}, not on cached features; "
+            "`napari-hila train` handles feature-based models"
+        )
+    device = str(resolve_device(args.device))
+    cohort = read_cohort(args.cohort, args.features, time_unit=args.time_unit)
+    bags = load_cohort_features(cohort, args.features)
+    prompt_set = None
+    if wants_prompts(spec.config_cls):
+        from napari_hila.prompts import DEFAULT_PROMPT_SET
+
+        prompt_set = embed_prompt_set(args.prompts or DEFAULT_PROMPT_SET, args.text_encoder, device)
+    settings = RunSettings(
+        model=args.model,
+        model_config=parse_settings(args.set),
+        prompts=prompt_set["name"] if prompt_set else None,
+        folds=args.folds,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        n_bins=args.bins,
+        batch_size=args.batch_size,
+        max_patches=args.max_patches,
+        seed=args.seed,
+        time_unit=args.time_unit,
+        label=args.label,
+        cancer_type=args.cancer_type,
+        train_final=not args.no_final,
+    )
+    metrics = run_training(
+        cohort,
+        bags,
+        args.out,
+        settings,
+        prompt_set=prompt_set,
+        splits_file=args.splits,
+        device=device,
+        show_progress=not args.quiet,
+    )
+    print_fold_table(metrics)
+    out = Path(args.out)
+    print(f"\nmetrics: {out / 'metrics.json'}\nsplits:  {out / 'splits.json'}")
+    if settings.train_final:
+        print(f"model:   {out / 'final_model'} (trained on all patients, for the viewer)")
+    return 0

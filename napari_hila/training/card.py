@@ -1,0 +1,171 @@
+"""Fold summaries (metrics.json) and the final model's card."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_hila import __version__
+from napari_hila.survival.km import logrank_p
+from napari_hila.survival.metrics import concordance_index
+from napari_hila.training.modelfile import config_to_dict
+
+__all__ = ["summarise_folds", "build_card", "out_of_fold"]
+
+_NOT_GRID = ("region_encoder", "region_encoder_version", "region_size", "region_px")
+
+
+def out_of_fold(folds: list[dict]) -> dict[str, dict]:
+    """Per patient: the out-of-fold risk, its fold, and high/low at that fold's training median."""
+    oof = {}
+    for fold in folds:
+        for pid, risk in zip(fold["test_patients"], fold["test_risk"], strict=True):
+            oof[pid] = {
+                "risk": float(risk),
+                "fold": int(fold["fold"]),
+                "high": bool(risk > fold["train_median_risk"]),
+            }
+    return oof
+
+
+def summarise_folds(folds: list[dict], patient_time: dict, patient_event: dict) -> dict[str, Any]:
+    """Per-fold C-index, mean, sample std, and the log-rank p of the pooled high/low split."""
+    c = np.array([f["c_index"] for f in folds], float)
+    oof = out_of_fold(folds)
+    ids = list(oof)
+    times = np.array([patient_time[p] for p in ids], float)
+    events = np.array([patient_event[p] for p in ids], int)
+    high = np.array([oof[p]["high"] for p in ids], bool)
+    risks = np.array([oof[p]["risk"] for p in ids], float)
+    return {
+        "c_index_per_fold": c.tolist(),
+        "c_index_mean": float(np.nanmean(c)),
+        "c_index_std": float(np.nanstd(c, ddof=1)) if len(c) > 1 else 0.0,
+        "std_note": "sample standard deviation (ddof=1) over folds",
+        "logrank_p": logrank_p(times, events, high),
+        "logrank_note": (
+            "out-of-fold patients split high/low at their fold's training-set median risk, pooled over folds"
+        ),
+        "n_high": int(high.sum()),
+        "n_low": int((~high).sum()),
+        "c_index_pooled_out_of_fold": concordance_index(times, events, risks),
+        "n_patients": len(ids),
+        "n_events": int(events.sum()),
+        "n_folds": len(folds),
+    }
+
+
+def _encoders(feats) -> dict[str, Any]:
+    attrs = feats.attrs
+    return {
+        "patch": {
+            "name": feats.encoder,
+            "version": str(attrs.get("encoder_version", "")),
+            "dim": int(feats.features.shape[1]),
+        },
+        "region": {
+            "name": feats.region_encoder,
+            "version": str(attrs.get("region_encoder_version", attrs.get("encoder_version", ""))),
+            "dim": int(feats.region_features.shape[1]),
+        },
+    }
+
+
+def _grid(feats) -> dict[str, Any]:
+    attrs = feats.attrs
+    grid = {
+        "patch_px": int(attrs.get("patch_px", feats.patch_size)),
+        "region_px": int(attrs.get("region_px", feats.region_size)),
+        "target_mpp": float(attrs.get("target_mpp", 0.5)),
+    }
+    # Any other extraction setting recorded with the features (e.g. how region
+    # features were made) travels with the model so prediction can repeat it.
+    for key, value in attrs.items():
+        if key.startswith("region_") and key not in _NOT_GRID:
+            grid.setdefault(
+                key, value if isinstance(value, (int, float, str, bool)) else str(value)
+            )
+    return grid
+
+
+def build_card(
+    config: Any,
+    settings,
+    cohort,
+    example_feats,
+    edges: np.ndarray,
+    patient_ids: list[str],
+    final_risk: np.ndarray,
+    metrics: dict,
+    folds: list[dict],
+    prompt_set: dict | None,
+    losses: list[float],
+) -> dict[str, Any]:
+    """Everything the viewer and prediction need besides the weights."""
+    from napari_hila.models.registry import get_model_spec
+    from napari_hila.training.crossval import KM_NOTE, THRESHOLD_NOTE, edges_to_json
+
+    spec = get_model_spec(settings.model)
+    config = config_to_dict(config)
+    oof = out_of_fold(folds)
+    times = dict(zip(cohort.patient_ids, cohort.patient_times.tolist(), strict=True))
+    events = dict(zip(cohort.patient_ids, cohort.patient_events.tolist(), strict=True))
+    final = dict(zip(patient_ids, np.asarray(final_risk, float).tolist(), strict=True))
+    ids = [p for p in cohort.patient_ids if p in oof]
+    used_levels = {
+        level: {"names": list(v["names"]), "texts": list(v["texts"])}
+        for level, v in (prompt_set or {}).get("levels", {}).items()
+        if f"{level}_prompt_texts" in config
+    }
+    label = settings.label or f"{spec.name} trained on {cohort.path.name}"
+    return {
+        "model": settings.model,
+        "config": config,
+        "label": label,
+        "cancer_type": settings.cancer_type,
+        "description": spec.description,
+        "encoders": _encoders(example_feats),
+        "prompts": {
+            "set": (prompt_set or {}).get("name"),
+            "text_encoder": (prompt_set or {}).get("text_encoder"),
+            **used_levels,
+        },
+        "time_bin_edges": edges_to_json(edges),
+        "time_unit": settings.time_unit,
+        "risk_threshold": float(np.median(list(final.values()))),
+        "risk_threshold_method": THRESHOLD_NOTE,
+        "cohort": {
+            "patient_id": ids,
+            "time": [float(times[p]) for p in ids],
+            "event": [int(events[p]) for p in ids],
+            "risk": [oof[p]["risk"] for p in ids],
+            "risk_group": ["high" if oof[p]["high"] else "low" for p in ids],
+            "fold": [oof[p]["fold"] for p in ids],
+            "final_model_risk": [final[p] for p in ids],
+            "note": KM_NOTE + "; 'final_model_risk' is the final model's in-sample risk, "
+            "the scale new slides' risk percentiles are read on",
+        },
+        "metrics": metrics,
+        "grid": _grid(example_feats),
+        "training": {
+            "epochs": settings.epochs,
+            "lr": settings.lr,
+            "weight_decay": settings.weight_decay,
+            "optimiser": "Adam",
+            "seed": settings.seed,
+            "n_bins": len(edges) - 1,
+            "n_patients": len(cohort.patient_ids),
+            "n_slides": len(cohort.rows),
+            "cohort_file": cohort.path.name,
+            "final_model": "trained on all patients after cross-validation; the metrics are the "
+            "cross-validated fold models', not this model's",
+            "final_epoch_losses": losses,
+            "max_patches": settings.max_patches,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "version": __version__,
+    }

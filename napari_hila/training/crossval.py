@@ -1,0 +1,326 @@
+"""A training run: k-fold cross-validation, then a final model on all patients.
+
+Writes into RUN_DIR:
+
+- ``settings.json``  what was asked (a resumed run must ask the same),
+- ``splits.json``    the patient folds (reusable with ``--splits``),
+- ``fold_<k>.json``  each fold's test patients, their risks, its threshold and C-index,
+- ``metrics.json``   per-fold C-index, mean, standard deviation, log-rank p,
+- ``final_model/``   the model trained on every patient, for the viewer.
+
+Each file is written atomically when its step completes, so an interrupted run
+resumes at the first fold without a ``fold_<k>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_hila.errors import FeatureFileError, HilaError
+from napari_hila.features.store import SlideFeatures, load_features
+from napari_hila.io_utils import write_json_atomic
+from napari_hila.survival.cohort import Cohort, feature_file_for
+from napari_hila.survival.metrics import concordance_index, patient_risks
+from napari_hila.training.splits import (
+    Splits,
+    load_splits,
+    make_splits,
+    save_splits,
+    splits_from_folds,
+)
+from napari_hila.training.trainer import (
+    FitSettings,
+    data_config,
+    fit_model,
+    install_prompt_embeddings,
+    slide_risks,
+)
+
+__all__ = [
+    "RunSettings",
+    "run_training",
+    "load_cohort_features",
+    "edges_to_json",
+    "edges_from_json",
+]
+
+PATIENT_RISK_NOTE = "one risk per patient: the mean of the risks of the patient's slides"
+THRESHOLD_NOTE = "median of the final model's per-patient risk over the training cohort"
+KM_NOTE = (
+    "cohort 'risk' is out-of-fold (cross-validated): each patient scored by the fold model that "
+    "did not train on them; 'risk_group' splits it at that fold's training-set median risk"
+)
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a run (saved as settings.json)."""
+
+    model: str = "hila"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    prompts: str | None = None
+    folds: int = 5
+    epochs: int = 20
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    n_bins: int = 4
+    batch_size: int = 1
+    max_patches: int | None = None
+    seed: int = 0
+    time_unit: str = "months"
+    label: str | None = None
+    cancer_type: str | None = None
+    train_final: bool = True
+
+    def fit_settings(self, device: str, seed_offset: int, show_progress: bool) -> FitSettings:
+        return FitSettings(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            max_patches=self.max_patches,
+            seed=self.seed + seed_offset,
+            device=device,
+            show_progress=show_progress,
+        )
+
+
+def edges_to_json(edges: np.ndarray) -> list[float | None]:
+    """Bin edges for JSON: the open last edge (inf) becomes null."""
+    return [None if math.isinf(e) else float(e) for e in np.asarray(edges, float)]
+
+
+def edges_from_json(values: list[float | None]) -> np.ndarray:
+    return np.array([math.inf if v is None else float(v) for v in values], float)
+
+
+def load_cohort_features(cohort: Cohort, features_dir: str | os.PathLike) -> list[SlideFeatures]:
+    """Every slide's features, checked to come from one encoder with one width."""
+    bags = []
+    first = None
+    for row in cohort.rows:
+        path = feature_file_for(features_dir, row.slide_id)
+        feats = load_features(path)
+        key = (
+            feats.encoder,
+            feats.features.shape[1],
+            feats.region_encoder,
+            feats.region_features.shape[1],
+        )
+        if first is None:
+            first = (path, key)
+        elif key != first[1]:
+            raise FeatureFileError(
+                f"{path}: features from encoder {key[0]!r} (width {key[1]}), region {key[2]!r} "
+                f"(width {key[3]}) but {first[0]} has {first[1][0]!r} (width {first[1][1]}), "
+                f"region {first[1][2]!r} (width {first[1][3]}); extract all slides with the same encoders"
+            )
+        if feats.num_patches == 0:
+            raise FeatureFileError(
+                f"{path}: no patches (no tissue found); remove slide {row.slide_id!r} from the cohort"
+            )
+        bags.append(feats)
+    return bags
+
+
+def _prepare_run_dir(run_dir: Path, settings: RunSettings) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wanted = json.loads(json.dumps(asdict(settings)))
+    path = run_dir / "settings.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if changed:
+            raise HilaError(
+                f"{run_dir} holds a run with other settings ({', '.join(changed)} differ); "
+                "resume it with the same settings or choose a new --out"
+            )
+    else:
+        write_json_atomic(path, wanted)
+
+
+def _choose_splits(cohort: Cohort, run_dir: Path, settings: RunSettings, splits_file) -> Splits:
+    ids = cohort.patient_ids
+    saved = run_dir / "splits.json"
+    if splits_file is not None:
+        splits = load_splits(splits_file, ids)
+    elif saved.exists():
+        splits = load_splits(saved, ids)
+    elif any(f is not None for f in cohort.patient_folds):
+        splits = splits_from_folds(ids, cohort.patient_folds)
+    else:
+        splits = make_splits(ids, cohort.patient_events, settings.folds, settings.seed)
+    save_splits(saved, splits)
+    return splits
+
+
+class _Data:
+    """The cohort's bags with per-slide labels and patient lookups."""
+
+    def __init__(self, cohort: Cohort, bags: list[SlideFeatures]):
+        self.cohort = cohort
+        self.bags = bags
+        self.slide_patient = [r.patient_id for r in cohort.rows]
+        self.slide_time = np.array([r.time for r in cohort.rows], float)
+        self.slide_event = np.array([r.event for r in cohort.rows], int)
+        ids = cohort.patient_ids
+        self.patient_time = dict(zip(ids, cohort.patient_times, strict=True))
+        self.patient_event = dict(zip(ids, cohort.patient_events, strict=True))
+
+    def slide_indices(self, patients) -> list[int]:
+        wanted = set(patients)
+        return [i for i, p in enumerate(self.slide_patient) if p in wanted]
+
+    def patient_scores(self, model, slides: list[int], device: str) -> tuple[list[str], np.ndarray]:
+        risks = slide_risks(model, [self.bags[i] for i in slides], device)
+        return patient_risks([self.slide_patient[i] for i in slides], risks)
+
+
+def _build_and_fit(
+    data: _Data, slides, settings, prompt_set, device, seed_offset, desc, show_progress
+):
+    from napari_hila.models.registry import build_model, get_model_spec
+    from napari_hila.survival.losses import make_time_bins, time_to_bin
+
+    # Bins from patients, not slides: a patient with three slides must not count three times.
+    pids = list(dict.fromkeys(data.slide_patient[i] for i in slides))
+    edges = make_time_bins(
+        np.array([data.patient_time[p] for p in pids]),
+        np.array([data.patient_event[p] for p in pids]),
+        settings.n_bins,
+    )
+    spec = get_model_spec(settings.model)
+    bag0 = data.bags[slides[0]]
+    values = data_config(
+        spec.config_cls,
+        bag0.features.shape[1],
+        bag0.region_features.shape[1],
+        len(edges) - 1,
+        prompt_set,
+    )
+    values.update(settings.model_config)
+    torch.manual_seed(settings.seed + seed_offset)
+    model = build_model(settings.model, **values)
+    install_prompt_embeddings(model, prompt_set)
+    fit = settings.fit_settings(device, seed_offset, show_progress)
+    bins = time_to_bin(data.slide_time[slides], edges)
+    losses = fit_model(
+        model, [data.bags[i] for i in slides], bins, data.slide_event[slides], fit, desc
+    )
+    return model, spec.make_config(**values), edges, losses
+
+
+def run_training(
+    cohort: Cohort,
+    bags: list[SlideFeatures],
+    run_dir: str | os.PathLike,
+    settings: RunSettings,
+    prompt_set: dict[str, Any] | None = None,
+    splits_file: str | os.PathLike | None = None,
+    device: str = "cpu",
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate, train the final model, write everything; return the metrics.
+
+    ``prompt_set`` is ``{"name", "text_encoder", "levels": {level: {"names", "texts",
+    "embeddings"}}}``; only the levels the model's config asks for are used.
+    """
+    from napari_hila.training.card import build_card, summarise_folds
+
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, settings)
+    splits = _choose_splits(cohort, run_dir, settings, splits_file)
+    data = _Data(cohort, bags)
+    say(
+        f"{settings.model}: {len(cohort.patient_ids)} patients, {len(bags)} slides, "
+        f"{splits.n_folds}-fold cross-validation ({splits.method}), {settings.epochs} epochs each "
+        f"(fixed, no model selection on the test fold); {PATIENT_RISK_NOTE}"
+    )
+    folds = []
+    for k in range(splits.n_folds):
+        path = run_dir / f"fold_{k}.json"
+        if path.exists():
+            folds.append(json.loads(path.read_text()))
+            say(
+                f"fold {k + 1}/{splits.n_folds}: already done (C-index {folds[-1]['c_index']:.4f}), skipped"
+            )
+            continue
+        train_slides = data.slide_indices(splits.train_patients(k))
+        test_slides = data.slide_indices(splits.test_patients(k))
+        model, _, edges, losses = _build_and_fit(
+            data,
+            train_slides,
+            settings,
+            prompt_set,
+            device,
+            k,
+            f"fold {k + 1}/{splits.n_folds}",
+            show_progress,
+        )
+        train_ids, train_risk = data.patient_scores(model, train_slides, device)
+        test_ids, test_risk = data.patient_scores(model, test_slides, device)
+        times = np.array([data.patient_time[p] for p in test_ids])
+        events = np.array([data.patient_event[p] for p in test_ids])
+        record = {
+            "fold": k,
+            "c_index": concordance_index(times, events, test_risk),
+            "n_test_patients": len(test_ids),
+            "n_test_events": int(events.sum()),
+            "train_median_risk": float(np.median(train_risk)),
+            "time_bin_edges": edges_to_json(edges),
+            "epoch_losses": losses,
+            "test_patients": test_ids,
+            "test_risk": test_risk.tolist(),
+        }
+        write_json_atomic(path, record)
+        folds.append(record)
+        say(
+            f"fold {k + 1}/{splits.n_folds}: C-index {record['c_index']:.4f} on {len(test_ids)} patients"
+        )
+    metrics = summarise_folds(folds, data.patient_time, data.patient_event)
+    metrics["patient_risk"] = PATIENT_RISK_NOTE
+    metrics["model"] = settings.model
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    if settings.train_final:
+        final_dir = run_dir / "final_model"
+        if (final_dir / "card.json").exists():
+            say(f"final model: already in {final_dir}, skipped")
+        else:
+            say(
+                "final model: training on all patients (for the viewer; its C-index is not reported)"
+            )
+            all_slides = list(range(len(bags)))
+            model, config, edges, losses = _build_and_fit(
+                data, all_slides, settings, prompt_set, device, 1000, "final model", show_progress
+            )
+            ids, risk = data.patient_scores(model, all_slides, device)
+            card = build_card(
+                config,
+                settings,
+                cohort,
+                bags[0],
+                edges,
+                ids,
+                risk,
+                metrics,
+                folds,
+                prompt_set,
+                losses,
+            )
+            from napari_hila.training.modelfile import save_model
+
+            save_model(final_dir, model, card)
+            say(f"final model: written to {final_dir}")
+    return metrics

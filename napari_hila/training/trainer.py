@@ -1,0 +1,200 @@
+"""Fitting one survival model on bags of slide features, and scoring slides.
+
+Generic over the model registry: a model is built from its registry name and
+config values; the loop only relies on ``model(batch) -> SurvivalOutput``.
+One bag per slide; a patient's slides all carry the patient's time and event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_hila.features.store import SlideFeatures
+from napari_hila.models.batch import collate
+
+__all__ = [
+    "FitSettings",
+    "data_config",
+    "fit_model",
+    "install_prompt_embeddings",
+    "slide_risks",
+    "subsample_patches",
+    "wants_prompts",
+]
+
+EpochCallback = Callable[[int, float], None]
+
+
+@dataclass
+class FitSettings:
+    """How to fit: fixed epochs (no model selection on the evaluated fold)."""
+
+    epochs: int = 20
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 1  # slides per optimiser step (padded into one batch)
+    max_patches: int | None = None  # random patch subset per bag per step (None = all)
+    seed: int = 0
+    device: str = "cpu"
+    show_progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def data_config(
+    config_cls: type,
+    patch_dim: int,
+    region_dim: int,
+    n_bins: int,
+    prompt_set: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Config values the data decides, for the fields ``config_cls`` declares.
+
+    The contract (docs/ARCHITECTURE.md, "Trainer <-> models"): ``patch_dim``,
+    ``region_dim``, ``n_bins``, ``text_dim`` and ``<level>_prompt_names`` /
+    ``<level>_prompt_texts`` are filled only when the model's config has a
+    field of that name, so the trainer needs no knowledge of any model.
+    """
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    offered: dict[str, Any] = {"patch_dim": patch_dim, "region_dim": region_dim, "n_bins": n_bins}
+    if prompt_set:
+        offered["text_dim"] = int(prompt_set["text_dim"])
+        for level, entry in prompt_set["levels"].items():
+            offered[f"{level}_prompt_names"] = list(entry["names"])
+            offered[f"{level}_prompt_texts"] = list(entry["texts"])
+    return {k: v for k, v in offered.items() if k in names}
+
+
+def wants_prompts(config_cls: type) -> bool:
+    """True when a model's config takes prompt texts (``<level>_prompt_texts``)."""
+    return any(f.name.endswith("_prompt_texts") for f in dataclasses.fields(config_cls))
+
+
+def install_prompt_embeddings(model: torch.nn.Module, prompt_set: dict[str, Any] | None) -> None:
+    """Give a prompt-using model its frozen text embeddings, level by level.
+
+    A model that uses prompts exposes ``prompt_levels()`` and
+    ``set_prompt_embeddings(level, E)``; the embeddings then live in its
+    buffers and are saved with the weights.
+    """
+    if not hasattr(model, "set_prompt_embeddings"):
+        return
+    levels = (prompt_set or {}).get("levels", {})
+    for level in model.prompt_levels():
+        if level not in levels:
+            raise ValueError(f"the prompt set has no {level!r} level, which this model needs")
+        model.set_prompt_embeddings(level, np.asarray(levels[level]["embeddings"], np.float32))
+
+
+def subsample_patches(feats: SlideFeatures, n: int, rng: np.random.Generator) -> SlideFeatures:
+    """A random subset of ``n`` patches (all regions kept), for cheaper training steps."""
+    if n is None or feats.num_patches <= n:
+        return feats
+    keep = np.sort(rng.choice(feats.num_patches, size=n, replace=False))
+    return dataclasses.replace(
+        feats,
+        features=feats.features[keep],
+        coords=feats.coords[keep],
+        patch_to_region=feats.patch_to_region[keep],
+        scales={},
+        extras={},
+    )
+
+
+def _nll_alpha(model: torch.nn.Module) -> float:
+    config = getattr(model, "config", None)
+    return float(getattr(config, "nll_alpha", 0.0) or 0.0)
+
+
+def fit_model(
+    model: torch.nn.Module,
+    bags: Sequence[SlideFeatures],
+    bins: np.ndarray,
+    events: np.ndarray,
+    settings: FitSettings,
+    desc: str = "",
+    on_epoch: EpochCallback | None = None,
+) -> list[float]:
+    """Train ``model`` in place for ``settings.epochs`` epochs; return the mean loss per epoch.
+
+    ``bins`` and ``events`` give each bag's time-bin index and event (1 = death).
+    """
+    from tqdm.auto import tqdm
+
+    from napari_hila.survival.losses import nll_loss
+
+    device = torch.device(settings.device)
+    model.to(device)
+    optimiser = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+    )
+    alpha = _nll_alpha(model)
+    rng = np.random.default_rng(settings.seed)
+    bins_t = torch.as_tensor(np.asarray(bins), dtype=torch.long)
+    events_t = torch.as_tensor(np.asarray(events), dtype=torch.float32)
+    losses = []
+    step = max(1, settings.batch_size)
+    for epoch in range(settings.epochs):
+        model.train()
+        order = rng.permutation(len(bags))
+        started = time.perf_counter()
+        total, count = 0.0, 0
+        batches = [order[i : i + step] for i in range(0, len(order), step)]
+        bar = tqdm(
+            batches,
+            desc=f"{desc} epoch {epoch + 1}/{settings.epochs}".strip(),
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+            disable=not settings.show_progress,
+        )
+        for idx in bar:
+            batch = collate([subsample_patches(bags[i], settings.max_patches, rng) for i in idx])
+            out = model(batch.to(device))
+            loss = nll_loss(out.logits, bins_t[idx].to(device), events_t[idx].to(device), alpha)
+            loss = loss + out.aux_loss
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        mean_loss = total / max(count, 1)
+        if not np.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch + 1} (loss {mean_loss}); lower --lr"
+            )
+        losses.append(mean_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, mean_loss)
+        if settings.show_progress:
+            elapsed = time.perf_counter() - started
+            print(
+                f"{desc} epoch {epoch + 1}/{settings.epochs}  loss {mean_loss:.4f}  ({elapsed:.1f} s)".strip(),
+                file=sys.stderr,
+            )
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def slide_risks(
+    model: torch.nn.Module, bags: Sequence[SlideFeatures], device: str = "cpu"
+) -> np.ndarray:
+    """Risk (= -sum_j S_j, higher = shorter survival) of each bag, one slide at a time."""
+    model.eval()
+    model.to(device)
+    risks = np.empty(len(bags), dtype=float)
+    for i, bag in enumerate(bags):
+        risks[i] = float(model(collate([bag]).to(device)).risk[0])
+    return risks

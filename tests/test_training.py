@@ -1,0 +1,144 @@
+"""A tiny end-to-end training run on synthetic feature files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import napari_hila.models.baselines  # noqa: F401  (registers abmil)
+from napari_hila.errors import FeatureFileError, HilaError
+from napari_hila.features.store import SlideFeatures, save_features
+from napari_hila.survival.cohort import read_cohort
+from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
+from napari_hila.training.modelfile import load_model
+
+
+def write_synthetic_cohort(folder, n_patients=14, dim=6, seed=0, encoder="fake-encoder"):
+    """Feature files whose first feature carries the hazard; some patients have two slides."""
+    rng = np.random.default_rng(seed)
+    rows = ["patient_id,slide_id,time,event"]
+    for i in range(n_patients):
+        hazard = rng.normal()
+        time = rng.exponential(20 * np.exp(-hazard))
+        event = int(rng.random() < 0.75)
+        for s in range(2 if i % 4 == 0 else 1):
+            m = int(rng.integers(12, 24))
+            feats = rng.normal(size=(m, dim)).astype(np.float32)
+            feats[:, 0] += 2 * hazard
+            coords = np.stack([np.arange(m) % 4 * 256, np.arange(m) // 4 * 256], 1)
+            save_features(
+                folder / "feats" / f"S{i}-{s}.h5",
+                SlideFeatures(
+                    feats,
+                    coords,
+                    rng.normal(size=(2, dim)).astype(np.float32),
+                    np.array([[0, 0], [0, 1024]]),
+                    (coords[:, 1] >= 1024).astype(np.int64),
+                    attrs={"encoder": encoder, "region_encoder": encoder, "patch_px": 256},
+                ),
+            )
+            rows.append(f"P{i},S{i}-{s},{time:.3f},{event}")
+    (folder / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return folder / "cohort.csv", folder / "feats"
+
+
+@pytest.fixture
+def tiny_cohort(tmp_path):
+    csv, feats = write_synthetic_cohort(tmp_path)
+    cohort = read_cohort(csv, feats)
+    return cohort, load_cohort_features(cohort, feats)
+
+
+def test_tiny_run_writes_metrics_splits_and_final_model(tiny_cohort, tmp_path):
+    cohort, bags = tiny_cohort
+    run_dir = tmp_path / "run"
+    settings = RunSettings(model="abmil", folds=2, epochs=2, seed=1)
+    metrics = run_training(cohort, bags, run_dir, settings, show_progress=False, log=lambda m: None)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["c_index_per_fold"] == metrics["c_index_per_fold"]
+    assert len(saved["c_index_per_fold"]) == 2
+    assert saved["c_index_mean"] == pytest.approx(np.mean(saved["c_index_per_fold"]))
+    assert saved["c_index_std"] == pytest.approx(np.std(saved["c_index_per_fold"], ddof=1))
+    assert 0.0 <= saved["logrank_p"] <= 1.0
+    assert "mean of the risks" in saved["patient_risk"]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    tested = [p for f in splits["folds"] for p in f["test"]]
+    assert sorted(tested) == sorted(cohort.patient_ids)
+    loaded = load_model(run_dir / "final_model", "cpu")
+    card = loaded.card
+    assert card["model"] == "abmil" and card["config"]["patch_dim"] == 6
+    assert card["encoders"]["patch"] == {"name": "fake-encoder", "version": "", "dim": 6}
+    assert len(card["cohort"]["risk"]) == len(cohort.patient_ids)
+    assert card["risk_threshold"] == pytest.approx(np.median(card["cohort"]["final_model_risk"]))
+    assert card["time_bin_edges"][0] == 0.0 and card["time_bin_edges"][-1] is None
+    # The per-fold C-index in the metrics is recomputable from the fold files.
+    from napari_hila.survival.metrics import concordance_index
+
+    fold0 = json.loads((run_dir / "fold_0.json").read_text())
+    t = {p: tt for p, tt in zip(cohort.patient_ids, cohort.patient_times, strict=True)}
+    e = {p: ee for p, ee in zip(cohort.patient_ids, cohort.patient_events, strict=True)}
+    ids = fold0["test_patients"]
+    assert fold0["c_index"] == pytest.approx(
+        concordance_index([t[p] for p in ids], [e[p] for p in ids], fold0["test_risk"])
+    )
+
+
+def test_interrupted_run_resumes_completed_folds(tiny_cohort, tmp_path, monkeypatch):
+    cohort, bags = tiny_cohort
+    run_dir = tmp_path / "run"
+    settings = RunSettings(model="abmil", folds=2, epochs=1, seed=0, train_final=False)
+    from napari_hila.training import crossval
+
+    calls = []
+    real = crossval.fit_model
+
+    def failing_second_fold(*args, **kwargs):
+        calls.append(kwargs.get("desc", args[-1] if args else ""))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crossval, "fit_model", failing_second_fold)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cohort, bags, run_dir, settings, show_progress=False, log=lambda m: None)
+    assert (run_dir / "fold_0.json").exists() and not (run_dir / "fold_1.json").exists()
+    first = json.loads((run_dir / "fold_0.json").read_text())
+    calls.clear()
+    monkeypatch.setattr(crossval, "fit_model", real)
+    messages = []
+    run_training(cohort, bags, run_dir, settings, show_progress=False, log=messages.append)
+    assert any("fold 1/2: already done" in m for m in messages)
+    assert json.loads((run_dir / "fold_0.json").read_text()) == first
+    assert (run_dir / "metrics.json").exists()
+    # Resuming with other settings is refused rather than mixing two runs.
+    with pytest.raises(HilaError, match="epochs"):
+        run_training(
+            cohort,
+            bags,
+            run_dir,
+            RunSettings(model="abmil", folds=2, epochs=3),
+            show_progress=False,
+        )
+
+
+def test_same_seed_same_results(tiny_cohort, tmp_path):
+    cohort, bags = tiny_cohort
+    settings = RunSettings(model="abmil", folds=2, epochs=1, seed=4, train_final=False)
+    a = run_training(
+        cohort, bags, tmp_path / "a", settings, show_progress=False, log=lambda m: None
+    )
+    b = run_training(
+        cohort, bags, tmp_path / "b", settings, show_progress=False, log=lambda m: None
+    )
+    assert a["c_index_per_fold"] == b["c_index_per_fold"]
+
+
+def test_mixed_encoders_refused(tmp_path):
+    csv, feats = write_synthetic_cohort(tmp_path, n_patients=4)
+    other = write_synthetic_cohort(tmp_path / "other", n_patients=1, encoder="other-encoder")[1]
+    (other / "S0-0.h5").replace(feats / "S1-0.h5")
+    cohort = read_cohort(csv, feats)
+    with pytest.raises(FeatureFileError, match="other-encoder.*fake-encoder"):
+        load_cohort_features(cohort, feats)
