@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import napari_hila.models.baselines  # noqa: F401  (registers abmil)
 from napari_hila.errors import FeatureFileError, HilaError
 from napari_hila.features.store import SlideFeatures, save_features
 from napari_hila.survival.cohort import read_cohort
