@@ -1,0 +1,1 @@
+"""The napari layer: dock widgets, result layers and screenshot export (Qt only here)."""

@@ -1,0 +1,48 @@
+"""Opening napari with a slide, the HiLa dock and (optionally) a finished result.
+
+:func:`launch_viewer` is what ``napari-hila view`` and ``napari-hila demo``
+call; its name and arguments are kept stable for them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from napari_hila.results import PredictionResult
+
+PLUGIN = "napari-hila"
+
+
+def launch_viewer(
+    slide_path: str | os.PathLike | None = None,
+    result: PredictionResult | str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    viewer: Any = None,
+    show: bool = True,
+) -> Any:
+    """A napari viewer showing ``slide_path`` with the HiLa and Kaplan-Meier docks.
+
+    ``result`` is a :class:`PredictionResult` or a folder written by
+    ``PredictionResult.save`` (e.g. by ``napari-hila predict``); its overlays
+    are drawn at once. ``model`` preselects a model directory in the dock.
+    The slide is opened with napari-hila's reader, so it is the same layer a
+    user gets from File > Open. Call ``napari.run()`` afterwards to block.
+    """
+    import napari
+
+    if isinstance(result, (str, os.PathLike)):
+        result = PredictionResult.load(result)
+    if slide_path is None and result is not None:
+        slide_path = result.slide_path
+    if viewer is None:
+        viewer = napari.Viewer(show=show, title="napari-hila")
+    if slide_path is not None:
+        viewer.open(str(Path(slide_path)), plugin=PLUGIN)
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "HiLa survival")
+    if model is not None:
+        dock.model_picker.set_model(model)
+    if result is not None:
+        dock.show_result(result)
+    return viewer

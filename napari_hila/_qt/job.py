@@ -1,0 +1,170 @@
+"""Running a prediction off the GUI thread, with progress by stage and a Cancel.
+
+The work itself (:func:`run_prediction`) is plain Python that never raises: it
+returns a :class:`JobOutcome` saying what happened, so no traceback ever
+reaches napari. :class:`PredictionJob` runs it in a napari thread worker and
+relays progress to the GUI thread through a Qt signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+
+from napari_hila.errors import Cancelled, HilaError
+from napari_hila.results import PredictionResult
+
+log = logging.getLogger(__name__)
+
+# The stages the progress bar shows, in order; others are placed after them.
+STAGES = ("tissue", "tiles", "features", "model")
+
+
+@dataclass
+class JobOutcome:
+    """What a prediction run ended with: a result, a cancellation or a message."""
+
+    result: PredictionResult | None = None
+    tissue: tuple[np.ndarray, float] | None = None
+    cancelled: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def overall_fraction(stage: str, fraction: float) -> float:
+    """Progress over the whole run when ``stage`` is ``fraction`` done."""
+    order = STAGES.index(stage) if stage in STAGES else len(STAGES) - 1
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    return (order + fraction) / len(STAGES)
+
+
+def tissue_of(result: PredictionResult) -> tuple[np.ndarray, float] | None:
+    """The tissue mask the prediction used, from the result or recomputed from the slide."""
+    mask = result.extra.get("tissue_mask") if isinstance(result.extra, dict) else None
+    if mask is not None:
+        return np.asarray(mask, bool), float(result.extra.get("tissue_downsample", 1.0))
+    from napari_hila.slides import detect_tissue
+    from napari_hila.slides.opener import open_slide
+
+    with open_slide(result.slide_path) as slide:
+        tissue = detect_tissue(slide)
+    return np.asarray(tissue.mask, bool), float(tissue.downsample)
+
+
+def run_prediction(
+    slide_path: str | Path,
+    model: Any,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> JobOutcome:
+    """Predict one slide; every failure becomes a message, never an exception.
+
+    The progress callback also checks ``cancel`` so a cancel lands at the next
+    progress report even inside a long stage.
+    """
+    from napari_hila.predict import predict_slide
+
+    cancel = cancel or threading.Event()
+    started = time.perf_counter()
+
+    def report(stage: str, fraction: float) -> None:
+        if cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        if progress is not None:
+            progress(stage, fraction)
+
+    try:
+        result = predict_slide(
+            str(slide_path),
+            model,
+            cache_dir=cache_dir,
+            device=device,
+            progress=report,
+            cancel=cancel,
+        )
+        if cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        tissue = tissue_of(result)
+        return JobOutcome(result=result, tissue=tissue, seconds=time.perf_counter() - started)
+    except Cancelled:
+        return JobOutcome(cancelled=True, seconds=time.perf_counter() - started)
+    except HilaError as err:
+        return JobOutcome(error=str(err), seconds=time.perf_counter() - started)
+    except MemoryError:
+        return JobOutcome(
+            error=f"{slide_path}: out of memory; close other programs or use a smaller cache",
+            seconds=time.perf_counter() - started,
+        )
+    except Exception as err:  # a bug: log it in full, tell the user in one line
+        log.exception("prediction failed on %s", slide_path)
+        return JobOutcome(
+            error=f"{slide_path}: prediction failed ({type(err).__name__}: {err}); "
+            "see the log and report it with the slide's format",
+            seconds=time.perf_counter() - started,
+        )
+
+
+class PredictionJob(QObject):
+    """One prediction in a napari thread worker; signals arrive on the GUI thread."""
+
+    progress = Signal(str, float)  # stage, fraction of that stage
+    finished = Signal(object)  # JobOutcome
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        model: Any,
+        device: str = "auto",
+        cache_dir: str | Path | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.slide_path = str(slide_path)
+        self.model = model
+        self.device = device
+        self.cache_dir = cache_dir
+        self.cancel_event = threading.Event()
+        self.outcome: JobOutcome | None = None
+        self._worker = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self.outcome is None
+
+    def start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        self._worker = create_worker(
+            run_prediction,
+            self.slide_path,
+            self.model,
+            self.device,
+            self.cache_dir,
+            self.progress.emit,
+            self.cancel_event,
+            _ignore_errors=True,
+        )
+        self._worker.returned.connect(self._on_returned)
+        self._worker.errored.connect(self._on_errored)
+        self._worker.start()
+
+    def cancel(self) -> None:
+        """Ask the run to stop at its next check (within a batch of tiles)."""
+        self.cancel_event.set()
+
+    def _on_returned(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
+        self.finished.emit(outcome)
+
+    def _on_errored(self, err: BaseException) -> None:  # only on a bug in run_prediction
+        self._on_returned(JobOutcome(error=f"prediction failed: {type(err).__name__}: {err}"))

@@ -1,0 +1,126 @@
+"""The "Kaplan-Meier" dock: the model's cohort, and this patient against it.
+
+Top: the cohort's high- and low-risk Kaplan-Meier curves with confidence
+bands, numbers at risk and the log-rank p-value, with this patient's predicted
+survival over them (drawn by :func:`napari_hila.plotting.plot_cohort_km`).
+Bottom: where the patient's risk falls in the cohort's risk distribution.
+Colours follow napari's theme and change with it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from napari_hila._qt.theme import apply_theme, theme_colors
+from napari_hila.results import PredictionResult
+
+_DOCKS: dict[int, weakref.ref] = {}  # id(viewer) -> the viewer's Kaplan-Meier dock
+
+
+def km_dock_for(viewer: Any, create: bool = True) -> KaplanMeierDock | None:
+    """The viewer's Kaplan-Meier dock; docked on the right if ``create`` and none is open."""
+    ref = _DOCKS.get(id(viewer))
+    dock = ref() if ref is not None else None
+    if dock is not None:
+        try:
+            dock.isVisible()  # raises if Qt already deleted the widget
+            return dock
+        except RuntimeError:
+            _DOCKS.pop(id(viewer), None)
+    if not create:
+        return None
+    dock = KaplanMeierDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Kaplan-Meier", area="right")
+    return dock
+
+
+class KaplanMeierDock(QWidget):
+    """Cohort Kaplan-Meier curves and the current patient's place among them."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.result: PredictionResult | None = None
+        self.card: dict[str, Any] | None = None
+        self.figure = Figure(figsize=(4.2, 4.6), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(320)
+        self.message = QLabel(
+            "Run a prediction in the HiLa survival dock to see the cohort here.", self
+        )
+        self.message.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.message)
+        _DOCKS[id(napari_viewer)] = weakref.ref(self)
+        napari_viewer.events.theme.connect(self.redraw)
+        self.destroyed.connect(lambda *_: napari_viewer.events.theme.disconnect(self.redraw))
+        self.redraw()
+
+    def show_result(self, result: PredictionResult | None, card: dict[str, Any] | None) -> None:
+        """Draw the cohort of ``card`` with ``result``'s patient over it."""
+        self.result, self.card = result, card
+        self.redraw()
+
+    def redraw(self, *_: Any) -> None:
+        self.figure.clear()
+        if self.card is None or not (self.card.get("cohort") or {}).get("risk"):
+            ax = self.figure.add_subplot(1, 1, 1)
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no cohort to show", ha="center", va="center")
+            if self.card is not None:
+                self.message.setText("This model's card stores no cohort; retrain to include one.")
+            apply_theme(self.figure, self.viewer)
+            self.canvas.draw_idle()
+            return
+        from napari_hila.plotting import plot_cohort_km
+
+        km_ax, risk_ax = self.figure.subplots(2, 1, height_ratios=(3, 1))
+        info = plot_cohort_km(self.card, ax=km_ax, patient_survival=self._patient_curve())
+        self._draw_risk_position(risk_ax)
+        apply_theme(self.figure, self.viewer)
+        self.message.setText(self._caption(info))
+        self.canvas.draw_idle()
+
+    def _patient_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.result is None:
+            return None
+        edges = np.asarray(self.result.time_bin_edges, float)
+        survival = np.asarray(self.result.explanation.survival, float)
+        return edges, survival
+
+    def _draw_risk_position(self, ax: Any) -> None:
+        """Histogram of the cohort's risks, the threshold and this patient's risk."""
+        colors = theme_colors(self.viewer)
+        cohort = np.asarray(self.card["cohort"]["risk"], float)
+        ax.hist(
+            cohort, bins=min(30, max(5, len(cohort) // 4)), color=colors["secondary"], alpha=0.8
+        )
+        threshold = self.card.get("risk_threshold")
+        if threshold is not None:
+            ax.axvline(float(threshold), color=colors["foreground"], linestyle="--", linewidth=1)
+        if self.result is not None:
+            ax.axvline(self.result.risk, color="#e0524f", linewidth=2)
+            pct = (
+                self.result.risk_percentile
+                if self.result.risk_percentile is not None
+                else 100.0 * float(np.mean(cohort <= self.result.risk))
+            )
+            ax.set_title(f"this patient: {pct:.0f}th percentile of cohort risk", fontsize=9)
+        ax.set_xlabel("risk (higher = shorter predicted survival)")
+        ax.set_yticks([])
+
+    def _caption(self, info: Any) -> str:
+        label = str(self.card.get("label") or self.card.get("model", ""))
+        text = f"Cohort of {label}, split at the model's risk threshold."
+        if isinstance(info, dict) and info.get("logrank_p") is not None:
+            text += f" Log-rank p = {float(info['logrank_p']):.3g}."
+        if self.result is not None and self.result.risk_group:
+            text += f" This patient: {self.result.risk_group} risk."
+        return text

@@ -1,0 +1,171 @@
+"""Choosing a model: the shipped demo by default, any model directory by dialog.
+
+The card is read (JSON only, no weights) as soon as a model is chosen, so the
+user sees what it is before running it.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hila.errors import HilaError
+
+NOT_CLINICAL = "not for clinical use"
+
+
+def demo_model_path() -> Path | None:
+    """The shipped demo model directory, or None when this install has none."""
+    from napari_hila.resources import resource_path
+
+    try:
+        return resource_path("demo_model")
+    except FileNotFoundError:
+        return None
+
+
+def cross_validated_cindex(metrics: Any) -> tuple[float, float | None] | None:
+    """(mean, sd) of the C-index from a card's ``metrics``, whatever its nesting."""
+    if not isinstance(metrics, dict):
+        return None
+    for key, value in metrics.items():
+        name = str(key).lower().replace("-", "_")
+        if "c_index" in name or "cindex" in name or name == "c":
+            if isinstance(value, dict):
+                if "mean" in value:
+                    sd = value.get("std", value.get("sd"))
+                    return float(value["mean"]), (float(sd) if sd is not None else None)
+                inner = cross_validated_cindex(value)
+                if inner:
+                    return inner
+            elif isinstance(value, (list, tuple)) and value:
+                folds = np.asarray(value, float)
+                return float(folds.mean()), float(folds.std(ddof=1)) if len(folds) > 1 else None
+            elif isinstance(value, (int, float)):
+                sd_key = next(
+                    (k for k in metrics if str(k).lower() in (f"{name}_std", f"{name}_sd")), None
+                )
+                return float(value), (float(metrics[sd_key]) if sd_key else None)
+    for value in metrics.values():
+        inner = cross_validated_cindex(value) if isinstance(value, dict) else None
+        if inner:
+            return inner
+    return None
+
+
+def is_not_for_clinical_use(card: dict[str, Any]) -> bool:
+    """True when the card marks the model as research/demo only."""
+    text = " ".join(str(card.get(k, "")) for k in ("label", "intended_use", "note")).lower()
+    return NOT_CLINICAL in text or card.get("clinical_use") is False or "synthetic" in text
+
+
+def card_summary(card: dict[str, Any]) -> str:
+    """The card as short rich text: name, cancer type, encoders, cohort, C-index."""
+    encoders = card.get("encoders", {}) or {}
+    enc_names = []
+    for level in ("patch", "region"):
+        entry = encoders.get(level)
+        if isinstance(entry, dict):
+            enc_names.append(f"{level}: {entry.get('name', '?')} ({entry.get('dim', '?')})")
+        elif entry:
+            enc_names.append(f"{level}: {entry}")
+    cohort = card.get("cohort", {}) or {}
+    size = len(cohort.get("risk", []) or [])
+    events = int(np.sum(cohort.get("event", []) or [0]))
+    cidx = cross_validated_cindex(card.get("metrics"))
+    lines = [
+        f"<b>{html.escape(str(card.get('label') or card.get('model', '?')))}</b>",
+        f"model: {html.escape(str(card.get('model', '?')))}; "
+        f"cancer type: {html.escape(str(card.get('cancer_type', 'unknown')))}",
+        "encoders: " + html.escape("; ".join(enc_names) or "unknown"),
+        f"cohort: {size} patients, {events} events" if size else "cohort: not stored",
+    ]
+    if cidx is not None:
+        sd = f" &plusmn; {cidx[1]:.3f}" if cidx[1] is not None else ""
+        lines.append(f"cross-validated C-index: {cidx[0]:.3f}{sd}")
+    if is_not_for_clinical_use(card):
+        lines.append("<span style='color:#e0524f'><b>Not for clinical use.</b></span>")
+    return "<br>".join(lines)
+
+
+class ModelPicker(QWidget):
+    """Combo of known models plus a Browse button; shows the chosen model's card."""
+
+    model_changed = Signal(str)  # model directory ("" when none)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox(self)
+        self.combo.setToolTip("The survival model to run; its card is shown below")
+        self.browse = QPushButton("Browse…", self)
+        self.browse.setToolTip("Choose a model directory written by `napari-hila train`")
+        self.card_label = QLabel(self)
+        self.card_label.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.browse)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.card_label)
+        self.card: dict[str, Any] | None = None
+        self.error: str | None = None
+        demo = demo_model_path()
+        if demo is not None:
+            self.combo.addItem("Demo model (shipped)", str(demo))
+        self.combo.currentIndexChanged.connect(self._on_index)
+        self.browse.clicked.connect(self._on_browse)
+        self._on_index(self.combo.currentIndex())
+
+    @property
+    def model_path(self) -> str:
+        return str(self.combo.currentData() or "")
+
+    def set_model(self, path: str | Path) -> None:
+        """Select ``path`` (adding it to the list if new) and read its card."""
+        path = str(Path(path).expanduser())
+        index = self.combo.findData(path)
+        if index < 0:
+            self.combo.addItem(Path(path).name or path, path)
+            index = self.combo.count() - 1
+        if index == self.combo.currentIndex():
+            self._on_index(index)
+        else:
+            self.combo.setCurrentIndex(index)
+
+    def _on_browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model directory")
+        if folder:
+            self.set_model(folder)
+
+    def _on_index(self, _index: int) -> None:
+        from napari_hila.training.modelfile import read_card
+
+        path = self.model_path
+        self.card, self.error = None, None
+        if not path:
+            self.error = "no model chosen: use Browse… to pick a model directory"
+            self.card_label.setText(self.error)
+        else:
+            try:
+                self.card = read_card(path)
+                self.card_label.setText(card_summary(self.card))
+            except HilaError as err:
+                self.error = str(err)
+                self.card_label.setText(
+                    f"<span style='color:#e0524f'>{html.escape(self.error)}</span>"
+                )
+        self.model_changed.emit(path)

@@ -1,0 +1,137 @@
+"""Prompt panel: contributions to the risk as bars, and the top tiles of a prompt.
+
+Clicking a bar shows that prompt's heatmap; clicking a thumbnail centres the
+viewer on the tile at full resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import QGridLayout, QToolButton, QWidget
+
+from napari_hila._qt.theme import apply_theme, theme_colors
+from napari_hila.results import PredictionResult, PromptContribution
+
+THUMB_PX = 88
+RAISES_RISK = "#d9534f"
+LOWERS_RISK = "#4a90d9"
+
+
+def ranked_contributions(contributions: list[PromptContribution]) -> list[PromptContribution]:
+    """Prompts ordered by how strongly they move the risk, strongest first."""
+    return sorted(contributions, key=lambda c: -abs(c.delta_risk))
+
+
+class ContributionChart(FigureCanvasQTAgg):
+    """Horizontal bars: each prompt's change of this patient's risk."""
+
+    prompt_clicked = Signal(str, str)  # level, prompt name
+
+    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+        self.figure = Figure(figsize=(3.4, 2.6), layout="constrained")
+        super().__init__(self.figure)
+        self.setParent(parent)
+        self.viewer = viewer
+        self.bars: list[tuple[Any, PromptContribution]] = []
+        self.setMinimumHeight(180)
+        self.mpl_connect("pick_event", self._on_pick)
+
+    def show_contributions(self, result: PredictionResult, highlight: dict[str, str]) -> None:
+        """Draw the ranked contributions; ``highlight`` maps level -> shown prompt."""
+        self.figure.clear()
+        ax = self.figure.add_subplot(1, 1, 1)
+        colors = theme_colors(self.viewer)
+        ranked = ranked_contributions(result.explanation.contributions)[::-1]
+        self.bars = []
+        if not ranked:
+            ax.text(
+                0.5, 0.5, "this model reports no prompt contributions", ha="center", va="center"
+            )
+            ax.set_axis_off()
+        for row, contrib in enumerate(ranked):
+            color = RAISES_RISK if contrib.delta_risk > 0 else LOWERS_RISK
+            shown = highlight.get(contrib.level) == contrib.name
+            (bar,) = ax.barh(
+                row,
+                contrib.delta_risk,
+                color=color,
+                edgecolor=colors["foreground"] if shown else color,
+                linewidth=1.5 if shown else 0.0,
+                picker=True,
+            )
+            self.bars.append((bar, contrib))
+        ax.set_yticks(range(len(ranked)), [f"{c.level[:1].upper()}: {c.name}" for c in ranked])
+        ax.axvline(0.0, color=colors["secondary"], linewidth=0.8)
+        method = result.explanation.contribution_method
+        ax.set_xlabel("change in risk" + (f" ({method})" if method else ""))
+        ax.tick_params(axis="y", labelsize=8)
+        apply_theme(self.figure, self.viewer)
+        self.draw_idle()
+
+    def _on_pick(self, event: Any) -> None:
+        for bar, contrib in self.bars:
+            if event.artist is bar:
+                self.prompt_clicked.emit(contrib.level, contrib.name)
+                return
+
+
+def read_thumbnail(
+    slide: Any, coords: tuple[int, int], tile: int, side: int = THUMB_PX
+) -> np.ndarray:
+    """A tile as a ``side`` x ``side`` RGB thumbnail, read at the coarsest adequate level."""
+    from skimage.transform import resize
+
+    wanted = tile / side
+    level = 0
+    for i, downsample in enumerate(slide.level_downsamples):
+        if downsample <= wanted:
+            level = i
+    downsample = slide.level_downsamples[level]
+    size = max(1, int(round(tile / downsample)))
+    region = slide.read_region((int(coords[0]), int(coords[1])), level, (size, size))
+    image = resize(region, (side, side), order=1, anti_aliasing=True, preserve_range=True)
+    return np.ascontiguousarray(image.astype(np.uint8))
+
+
+def _icon(rgb: np.ndarray) -> QIcon:
+    height, width = rgb.shape[:2]
+    image = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+    return QIcon(QPixmap.fromImage(image))
+
+
+class TileGallery(QWidget):
+    """A grid of tile thumbnails; clicking one emits its level and index."""
+
+    tile_clicked = Signal(str, int)
+
+    def __init__(self, parent: QWidget | None = None, columns: int = 4) -> None:
+        super().__init__(parent)
+        self.columns = columns
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.buttons: list[QToolButton] = []
+
+    def show_tiles(
+        self, level: str, indices: list[int], thumbnails: list[np.ndarray], captions: list[str]
+    ) -> None:
+        for button in self.buttons:
+            self.grid.removeWidget(button)
+            button.deleteLater()
+        self.buttons = []
+        for n, (index, thumb, caption) in enumerate(
+            zip(indices, thumbnails, captions, strict=True)
+        ):
+            button = QToolButton(self)
+            button.setIcon(_icon(thumb))
+            button.setIconSize(QSize(THUMB_PX, THUMB_PX))
+            button.setToolTip(caption)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
+            button.clicked.connect(lambda _=False, i=int(index): self.tile_clicked.emit(level, i))
+            self.grid.addWidget(button, n // self.columns, n % self.columns)
+            self.buttons.append(button)

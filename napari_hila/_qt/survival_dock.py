@@ -1,0 +1,390 @@
+"""The "HiLa survival" dock: pick a slide and a model, run, and see why.
+
+Runs the prediction in a thread worker (the viewer stays responsive), shows
+progress by stage with a Cancel, then the risk, the overlays aligned to the
+slide and the prompt panel. Every problem is a napari notification saying what
+to do; nothing here lets an exception reach napari.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hila import overlays
+from napari_hila._qt.job import STAGES, JobOutcome, PredictionJob, overall_fraction
+from napari_hila._qt.layers import ResultLayers, slide_path_of
+from napari_hila._qt.model_picker import ModelPicker
+from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
+from napari_hila.devices import available_devices
+from napari_hila.errors import HilaError
+from napari_hila.results import PredictionResult
+
+GALLERY_SIZE = 8
+
+
+def user_cache_dir() -> Path:
+    """Where features are cached between runs (``NAPARI_HILA_CACHE`` overrides)."""
+    if os.environ.get("NAPARI_HILA_CACHE"):
+        return Path(os.environ["NAPARI_HILA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "napari-hila" / "features"
+
+
+def describe_risk(result: PredictionResult) -> str:
+    """One paragraph: risk score, group against the cohort threshold, percentile."""
+    parts = [f"<b>Risk score {result.risk:.3f}</b>"]
+    if result.risk_group:
+        threshold = (
+            f" (cohort threshold {result.risk_threshold:.3f})"
+            if result.risk_threshold is not None
+            else ""
+        )
+        parts.append(f"<b>{result.risk_group} risk</b>{threshold}")
+    if result.risk_percentile is not None:
+        parts.append(f"{result.risk_percentile:.0f}th percentile of the model's cohort")
+    survival = np.asarray(result.explanation.survival, float)
+    edges = np.asarray(result.time_bin_edges, float)
+    if len(edges) == len(survival) + 1:
+        steps = ", ".join(
+            f"{edge:g} {result.time_unit}: {s:.2f}"
+            for edge, s in zip(edges[1:], survival, strict=True)
+            if np.isfinite(edge)
+        )
+        parts.append(f"predicted survival S(t): {steps}")
+    return "<br>".join(parts)
+
+
+class HilaSurvivalDock(QWidget):
+    """Run a survival model on a slide layer and show its evidence as layers."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.cache_dir: Path | None = user_cache_dir()
+        self.job: PredictionJob | None = None
+        self.result: PredictionResult | None = None
+        self.card: dict[str, Any] | None = None
+        self.gallery_level: str | None = None
+        self._slide = None  # opened lazily for thumbnails
+        self.layers = ResultLayers(napari_viewer, on_hover=self._show_hover)
+        self._build()
+        for event in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
+        self.refresh_slides()
+
+    # -- layout ---------------------------------------------------------------
+    def _build(self) -> None:
+        self.slide_combo = QComboBox(self)
+        self.slide_combo.setToolTip("Slide layers opened with napari-hila's reader")
+        self.model_picker = ModelPicker(self)
+        self.device_combo = QComboBox(self)
+        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.setToolTip("Where the model runs; only devices present are listed")
+        self.run_button = QPushButton("Run", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 1000)
+        self.stage_label = QLabel("idle", self)
+        self.risk_label = QLabel(self)
+        self.risk_label.setWordWrap(True)
+        self.risk_label.setTextFormat(Qt.TextFormat.RichText)
+
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("Model", self.model_picker)
+        form.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+
+        self.prompt_combos: dict[str, QComboBox] = {}
+        self.prompt_box = QGroupBox("Prompts", self)
+        self.prompt_form = QFormLayout()
+        self.prompt_text = QLabel(self)
+        self.prompt_text.setWordWrap(True)
+        self.chart = ContributionChart(self.viewer, self)
+        self.gallery = TileGallery(self)
+        self.gallery_title = QLabel(self)
+        prompt_layout = QVBoxLayout(self.prompt_box)
+        prompt_layout.addLayout(self.prompt_form)
+        prompt_layout.addWidget(self.prompt_text)
+        prompt_layout.addWidget(self.chart)
+        prompt_layout.addWidget(self.gallery_title)
+        prompt_layout.addWidget(self.gallery)
+        self.prompt_box.setVisible(False)
+
+        self.hover_label = QLabel(self)
+        self.hover_label.setWordWrap(True)
+        self.export_button = QPushButton("Export…", self)
+        self.export_button.setEnabled(False)
+        self.export_button.setToolTip("Annotated screenshot, region figure, GeoJSON and CSV")
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.stage_label)
+        layout.addWidget(self.risk_label)
+        layout.addWidget(self.prompt_box)
+        layout.addWidget(self.hover_label)
+        layout.addWidget(self.export_button)
+        layout.addStretch(1)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.chart.prompt_clicked.connect(self.set_prompt)
+        self.gallery.tile_clicked.connect(self.center_on_tile)
+        self.export_button.clicked.connect(self._on_export_clicked)
+
+    # -- slide layers -----------------------------------------------------------
+    def slide_layers(self) -> list[Any]:
+        return [layer for layer in self.viewer.layers if slide_path_of(layer)]
+
+    def refresh_slides(self, *_: Any) -> None:
+        current = self.slide_combo.currentData()
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        for layer in self.slide_layers():
+            self.slide_combo.addItem(layer.name, layer)
+        index = self.slide_combo.findData(current) if current is not None else -1
+        self.slide_combo.setCurrentIndex(max(index, 0))
+        self.slide_combo.blockSignals(False)
+
+    # -- running ------------------------------------------------------------------
+    def run(self) -> bool:
+        """Start a prediction on the chosen slide; False (with a notification) if it cannot."""
+        if self.job is not None and self.job.running:
+            show_warning("A prediction is already running; wait for it to finish or press Cancel.")
+            return False
+        layer = self.slide_combo.currentData()
+        if layer is None or layer not in self.viewer.layers:
+            others = [ly.name for ly in self.viewer.layers if ly.__class__.__name__ == "Image"]
+            if others:
+                show_warning(
+                    f"Layer '{others[0]}' is not a whole-slide image opened by napari-hila. "
+                    "Open the slide file with File > Open (reader: napari-hila), then press Run."
+                )
+            else:
+                show_warning(
+                    "No slide layer: open a whole-slide image (File > Open) or the sample "
+                    "(File > Open Sample > napari-hila), then press Run."
+                )
+            return False
+        if self.model_picker.error or not self.model_picker.model_path:
+            show_error(self.model_picker.error or "No model chosen: use Browse… to pick one.")
+            return False
+        self.card = self.model_picker.card
+        self.job = PredictionJob(
+            slide_path_of(layer),
+            self.model_picker.model_path,
+            self.device_combo.currentText(),
+            self.cache_dir,
+            parent=self,
+        )
+        self.job.progress.connect(self._on_progress)
+        self.job.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.job.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running prediction; nothing it produced is shown."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.stage_label.setText("cancelling…")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress.setValue(0)
+            self.stage_label.setText("starting…")
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        if self.job is None or self.job.cancel_event.is_set():
+            return
+        self.progress.setValue(int(1000 * overall_fraction(stage, fraction)))
+        step = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES)
+        self.stage_label.setText(f"{stage} ({step}/{len(STAGES)}): {100 * fraction:.0f}%")
+
+    def _on_finished(self, outcome: JobOutcome) -> None:
+        self._set_running(False)
+        if outcome.cancelled:
+            self.progress.setValue(0)
+            self.stage_label.setText("cancelled")
+            show_info("Prediction cancelled; no layers were added and the feature cache is intact.")
+        elif outcome.error:
+            self.progress.setValue(0)
+            self.stage_label.setText("failed")
+            show_error(outcome.error)
+        elif outcome.result is not None:
+            self.progress.setValue(1000)
+            self.stage_label.setText(f"done in {outcome.seconds:.1f} s")
+            self.show_result(outcome.result, outcome.tissue, card=self.card)
+
+    # -- showing a result ---------------------------------------------------------
+    def show_result(
+        self,
+        result: PredictionResult,
+        tissue: tuple[np.ndarray, float] | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock."""
+        self.result = result
+        self.card = card or self.card or _card_of(result)
+        self._close_slide()
+        layer = next(
+            (ly for ly in self.slide_layers() if slide_path_of(ly) == result.slide_path), None
+        )
+        units = layer.units if layer is not None and str(layer.units[0]) != "pixel" else None
+        self.layers.show(result, tissue=tissue, units=units)
+        self.risk_label.setText(describe_risk(result))
+        for message in result.warnings:
+            show_warning(message)
+        self._build_prompt_rows()
+        self.gallery_level = self.layers.finest_level()
+        self._refresh_prompt_panel()
+        self.export_button.setEnabled(True)
+        from napari_hila._qt.km_dock import km_dock_for
+
+        km = km_dock_for(self.viewer, create=self.card is not None)
+        if km is not None:
+            km.show_result(result, self.card)
+
+    def _build_prompt_rows(self) -> None:
+        while self.prompt_form.rowCount():
+            self.prompt_form.removeRow(0)
+        self.prompt_combos = {}
+        levels = self.result.explanation.levels
+        for name in sorted(levels, key=lambda n: levels[n].tile_size):
+            if not levels[name].map_names:
+                continue
+            combo = QComboBox(self)
+            combo.addItems(levels[name].map_names)
+            combo.setCurrentIndex(self.layers.prompts.get(name, 0))
+            combo.currentTextChanged.connect(lambda text, lv=name: self.set_prompt(lv, text))
+            self.prompt_form.addRow(f"{name} prompt", combo)
+            self.prompt_combos[name] = combo
+        self.prompt_box.setVisible(bool(self.prompt_combos))
+
+    def set_prompt(self, level: str, prompt: str) -> None:
+        """Show ``prompt``'s heatmap at ``level`` (from the list, a bar or the API)."""
+        if self.result is None or level not in self.prompt_combos:
+            return
+        combo = self.prompt_combos[level]
+        if combo.currentText() != prompt:
+            combo.setCurrentText(prompt)  # re-enters through currentTextChanged
+            return
+        self.layers.set_prompt(level, prompt)
+        self.gallery_level = level
+        self._refresh_prompt_panel()
+
+    def _refresh_prompt_panel(self) -> None:
+        level = self.gallery_level
+        if self.result is None or level is None or level not in self.prompt_combos:
+            return
+        prompt = self.prompt_combos[level].currentText()
+        self.prompt_text.setText(f"<b>{level} · {prompt}</b>: {self.layers.prompt_text(level)}")
+        shown = {lv: combo.currentText() for lv, combo in self.prompt_combos.items()}
+        self.chart.show_contributions(self.result, shown)
+        self._fill_gallery(level, prompt)
+
+    def _fill_gallery(self, level_name: str, prompt: str) -> None:
+        level = self.result.explanation.levels[level_name]
+        indices = [int(i) for i in overlays.top_tokens(level, prompt, GALLERY_SIZE)]
+        values = overlays.heatmap_values(level, prompt)
+        try:
+            slide = self._open_slide()
+            thumbs = [read_thumbnail(slide, level.coords[i], level.tile_size) for i in indices]
+        except (HilaError, OSError, ValueError) as err:  # the slide moved or changed
+            self.gallery_title.setText(f"thumbnails unavailable: {err}")
+            self.gallery.show_tiles(level_name, [], [], [])
+            return
+        captions = [
+            f"{level_name} {i}: {values[i]:.2f}x mean alignment with '{prompt}'" for i in indices
+        ]
+        self.gallery_title.setText(
+            f"Top {len(indices)} {level_name} tiles for '{prompt}' (click one to zoom)"
+        )
+        self.gallery.show_tiles(level_name, indices, thumbs, captions)
+
+    def center_on_tile(self, level: str, index: int) -> None:
+        """Centre the viewer on a tile, at full resolution (one screen px per slide px)."""
+        if self.result is None:
+            return
+        tile = self.result.explanation.levels[level]
+        center, zoom = overlays.camera_for_token(tile, index, self.result.mpp)
+        self.viewer.camera.center = center
+        self.viewer.camera.zoom = zoom
+
+    def _show_hover(self, text: str) -> None:
+        self.hover_label.setText(text)
+
+    def _open_slide(self) -> Any:
+        if self._slide is None:
+            from napari_hila.slides.opener import open_slide
+
+            self._slide = open_slide(self.result.slide_path)
+        return self._slide
+
+    def _close_slide(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    # -- export -------------------------------------------------------------------
+    def export(self, path: str | Path) -> dict[str, Path]:
+        """Write the annotated screenshot, region figure, GeoJSON and CSV beside ``path``."""
+        from napari_hila._qt.export import export_all
+
+        if self.result is None:
+            raise HilaError("nothing to export yet: run the model first")
+        return export_all(self.viewer, self.result, path, slide=self._open_slide())
+
+    def _on_export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export", "hila.png", "PNG image (*.png)")
+        if not path:
+            return
+        try:
+            written = self.export(path)
+        except (HilaError, OSError) as err:
+            show_error(f"Export failed: {err}")
+            return
+        show_info("Exported " + ", ".join(str(p) for p in written.values()))
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.cancel()
+        self.layers.detach()
+        self._close_slide()
+        super().closeEvent(event)
+
+
+def _card_of(result: PredictionResult) -> dict[str, Any] | None:
+    """The card of the model a result came from, when its directory is still there."""
+    from napari_hila.training.modelfile import read_card
+
+    if not result.model_path:
+        return None
+    try:
+        return read_card(result.model_path)
+    except HilaError:
+        return None

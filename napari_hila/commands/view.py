@@ -1,0 +1,46 @@
+"""Open napari with a slide and the HiLa survival dock.
+
+``napari-hila view SLIDE --model MODEL_DIR`` opens the slide with the
+napari-hila reader and docks the HiLa survival and Kaplan-Meier widgets;
+``--result DIR`` also draws a saved prediction (from ``napari-hila predict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", nargs="?", help="whole-slide image to open (optional)")
+    parser.add_argument("--model", help="model directory to preselect (default: the shipped demo)")
+    parser.add_argument("--result", help="folder with result.json/result.npz to show at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from napari_hila.errors import HilaError, ModelFileError
+
+    if args.slide:
+        from napari_hila.slides.opener import open_slide
+
+        with open_slide(args.slide):  # a clear SlideError now rather than a napari dialog later
+            pass
+    if args.model:
+        from napari_hila.training.modelfile import read_card
+
+        read_card(args.model)
+    if args.result and not (Path(args.result) / "result.json").is_file():
+        raise ModelFileError(
+            f"{args.result}: no result.json here; give the --out folder of `napari-hila predict`"
+        )
+    import napari
+
+    from napari_hila._qt.app import launch_viewer
+
+    try:
+        launch_viewer(args.slide, result=args.result, model=args.model)
+    except (OSError, ValueError) as err:
+        raise HilaError(f"{args.slide or args.result}: cannot show it in napari ({err})") from err
+    napari.run()
+    return 0

@@ -1,0 +1,109 @@
+"""The dock's result-display path on a hand-built result: layers, prompts, gallery, hover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hila_fake_results import PATCH_NAMES, REGION_NAMES, fake_result
+
+from napari_hila import overlays
+from napari_hila._qt.survival_dock import HilaSurvivalDock
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer_and_dock(make_napari_viewer, sample_slide):
+    viewer = make_napari_viewer(show=True)
+    mpp = 0.499
+    viewer.add_image(
+        np.full((2967, 2220, 3), 230, np.uint8),
+        rgb=True,
+        scale=(mpp, mpp),
+        name="sample",
+        metadata={"slide_path": str(sample_slide)},
+    )
+    dock = HilaSurvivalDock(viewer)
+    viewer.window.add_dock_widget(dock, name="HiLa survival")
+    return viewer, dock
+
+
+def overlay_layers(viewer, kind):
+    return [ly for ly in viewer.layers if ly.metadata.get(overlays.OVERLAY_KEY) == kind]
+
+
+def test_show_result_adds_aligned_layers(viewer_and_dock, sample_slide):
+    viewer, dock = viewer_and_dock
+    result = fake_result(str(sample_slide))
+    assert dock.slide_combo.count() == 1
+    dock.show_result(result)
+    heatmaps = overlay_layers(viewer, "heatmap")
+    assert sorted(ly.metadata["level"] for ly in heatmaps) == ["patch", "region"]
+    patch_heat = next(ly for ly in heatmaps if ly.metadata["level"] == "patch")
+    np.testing.assert_allclose(patch_heat.scale, (256 * 0.499, 256 * 0.499))
+    np.testing.assert_allclose(patch_heat.translate, ((20 + 127.5) * 0.499, (12 + 127.5) * 0.499))
+    assert patch_heat.data.shape == (8, 6)  # one pixel per grid cell, not resampled
+    assert len(overlay_layers(viewer, "selection")) == 1
+    assert len(overlay_layers(viewer, "regions")) == 1
+    assert "Risk score" in dock.risk_label.text()
+    assert "high risk" in dock.risk_label.text() or "low risk" in dock.risk_label.text()
+    # a second result replaces the first's layers instead of stacking them
+    dock.show_result(fake_result(str(sample_slide), seed=1))
+    assert len(overlay_layers(viewer, "heatmap")) == 2
+
+
+def test_switching_prompt_keeps_user_settings(viewer_and_dock, sample_slide):
+    viewer, dock = viewer_and_dock
+    result = fake_result(str(sample_slide))
+    dock.show_result(result)
+    heat = dock.layers.heatmaps["patch"]
+    heat.colormap = "magma"
+    heat.opacity = 0.3
+    dock.prompt_combos["patch"].setCurrentText("necrosis")
+    assert dock.layers.heatmaps["patch"] is heat
+    assert heat.metadata["prompt"] == "necrosis" and "necrosis" in heat.name
+    assert heat.colormap.name == "magma" and heat.opacity == pytest.approx(0.3)
+    level = result.explanation.levels["patch"]
+    expected = overlays.heatmap_values(level, "necrosis")
+    layout = overlays.grid_layout(level.coords, 256)
+    np.testing.assert_allclose(heat.data[layout.rows, layout.cols], expected)
+    assert "necrosis" in dock.prompt_text.text()
+    # the region level has its own prompt list
+    assert [dock.prompt_combos["region"].itemText(i) for i in range(3)] == REGION_NAMES
+    dock.set_prompt("region", "glands")
+    assert dock.layers.heatmaps["region"].metadata["prompt"] == "glands"
+
+
+def test_bar_click_and_gallery_zoom(viewer_and_dock, sample_slide):
+    viewer, dock = viewer_and_dock
+    result = fake_result(str(sample_slide))
+    dock.show_result(result)
+    # clicking a bar emits its prompt: simulate the pick on the "mitoses" bar
+    bar = next(b for b, c in dock.chart.bars if c.name == "mitoses")
+    dock.chart._on_pick(type("Pick", (), {"artist": bar})())
+    assert dock.prompt_combos["patch"].currentText() == "mitoses"
+    # ranked by absolute contribution: the strongest is drawn on top (last)
+    assert dock.chart.bars[-1][1].name == PATCH_NAMES[0]
+    assert len(dock.gallery.buttons) == 8
+    level = result.explanation.levels["patch"]
+    best = int(overlays.top_tokens(level, "mitoses", 1)[0])
+    dock.gallery.buttons[0].click()
+    x0, y0 = level.coords[best]
+    np.testing.assert_allclose(
+        viewer.camera.center[-2:], ((y0 + 127.5) * 0.499, (x0 + 127.5) * 0.499)
+    )
+    assert viewer.camera.zoom == pytest.approx(1 / 0.499)
+
+
+def test_hover_reports_tile(viewer_and_dock, sample_slide):
+    viewer, dock = viewer_and_dock
+    result = fake_result(str(sample_slide))
+    dock.show_result(result)
+    level = result.explanation.levels["patch"]
+    x0, y0 = level.coords[4]
+    world = ((y0 + 10) * 0.499, (x0 + 10) * 0.499)
+    dock.layers._on_mouse_move(viewer, type("Move", (), {"position": world})())
+    text = dock.hover_label.text()
+    assert text.startswith("patch 4:") and f"region {level.parent[4]}" in text
+    status = dock.layers.heatmaps["patch"].get_status(world, world=True)
+    assert "patch 4:" in status["coordinates"]
