@@ -1,0 +1,151 @@
+"""Bad input and concurrency in the dock: notifications, never exceptions or frozen runs."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_hila import overlays
+from napari_hila._qt.survival_dock import HilaSurvivalDock
+from napari_hila.errors import Cancelled
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def notes():
+    """Messages napari notifications received during the test, as (severity, text)."""
+    seen: list[tuple[str, str]] = []
+
+    def record(event):
+        note = getattr(event, "value", event)
+        seen.append((str(note.severity), str(note.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def dock(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    widget = HilaSurvivalDock(viewer)
+    widget.cache_dir = tmp_path / "cache"
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def add_slide_layer(viewer, path):
+    return viewer.add_image(
+        np.full((64, 64, 3), 200, np.uint8),
+        rgb=True,
+        name="slide",
+        metadata={"slide_path": str(path)},
+    )
+
+
+def test_no_slide_layer(dock, notes):
+    assert dock.run() is False
+    assert any("No slide layer" in text for _, text in notes)
+
+
+def test_non_slide_image_layer(dock, notes):
+    dock.viewer.add_image(np.zeros((10, 10)), name="cells")
+    assert dock.slide_combo.count() == 0
+    assert dock.run() is False
+    assert any("'cells' is not a whole-slide image" in text for _, text in notes)
+
+
+def test_model_without_card(dock, notes, tmp_path, sample_slide):
+    add_slide_layer(dock.viewer, sample_slide)
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    dock.model_picker.set_model(empty)
+    assert "no card.json" in dock.model_picker.card_label.text()
+    assert dock.run() is False
+    assert any(sev == "error" and "no card.json" in text for sev, text in notes)
+
+
+@pytest.fixture
+def card_only_model(tmp_path, dock):
+    """A model directory with just a card: enough to pass the dock's checks."""
+    import json
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    card = {"model": "hila", "config": {}, "encoders": {}, "time_bin_edges": [0, 1], "label": "t"}
+    (folder / "card.json").write_text(json.dumps(card))
+    dock.model_picker.set_model(folder)
+    return folder
+
+
+@pytest.fixture
+def slow_predict(monkeypatch):
+    """predict_slide replaced by one that reports progress for ~10 s unless cancelled."""
+    calls = []
+
+    def predict_slide(slide_path, model, cache_dir=None, device="auto", progress=None, cancel=None):
+        calls.append(threading.current_thread().name)
+        for i in range(200):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            progress("features", i / 200)
+            time.sleep(0.05)
+        raise AssertionError("should have been cancelled")
+
+    module = sys.modules.get("napari_hila.predict")
+    if module is None:
+        module = types.ModuleType("napari_hila.predict")
+        monkeypatch.setitem(sys.modules, "napari_hila.predict", module)
+    monkeypatch.setattr(module, "predict_slide", predict_slide, raising=False)
+    return calls
+
+
+def test_cancel_stops_within_a_second_and_adds_nothing(
+    dock, notes, qtbot, sample_slide, slow_predict, card_only_model
+):
+    add_slide_layer(dock.viewer, sample_slide)
+    layers_before = len(dock.viewer.layers)
+    assert dock.run() is True
+    qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=5000)
+    assert "features" in dock.stage_label.text()
+    assert slow_predict[0] != threading.main_thread().name  # ran off the GUI thread
+    # the viewer stays usable while it runs
+    dock.viewer.add_points([[1, 1]], name="probe")
+    dock.viewer.layers.remove("probe")
+    # a second run while one is going is refused with a notification
+    assert dock.run() is False
+    assert any("already running" in text for _, text in notes)
+    started = time.perf_counter()
+    dock.cancel_button.click()
+    qtbot.waitUntil(lambda: not dock.job.running, timeout=3000)
+    assert time.perf_counter() - started < 1.0
+    assert dock.stage_label.text() == "cancelled"
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert len(dock.viewer.layers) == layers_before
+    assert not any(ly.metadata.get(overlays.OVERLAY_KEY) for ly in dock.viewer.layers)
+    assert any("cancelled" in text for _, text in notes)
+
+
+def test_failure_becomes_one_notification(
+    dock, notes, qtbot, sample_slide, monkeypatch, card_only_model
+):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    module = sys.modules.get("napari_hila.predict") or types.ModuleType("napari_hila.predict")
+    monkeypatch.setitem(sys.modules, "napari_hila.predict", module)
+    monkeypatch.setattr(module, "predict_slide", broken, raising=False)
+    add_slide_layer(dock.viewer, sample_slide)
+    assert dock.run() is True
+    qtbot.waitUntil(lambda: not dock.job.running, timeout=5000)
+    errors = [text for sev, text in notes if sev == "error"]
+    assert len(errors) == 1 and "ZeroDivisionError: boom" in errors[0]
+    assert str(sample_slide) in errors[0]
+    assert dock.stage_label.text() == "failed"
