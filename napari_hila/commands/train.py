@@ -18,6 +18,8 @@ from typing import Any
 
 from napari_hila.errors import HilaError
 
+DEFAULT_PROMPT_SET = "BRCA"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -74,32 +76,6 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def embed_prompt_set(name: str, text_encoder: str | None, device: str = "cpu") -> dict[str, Any]:
-    """Load a prompt set and embed its texts once: ``{name, text_encoder, text_dim, levels}``."""
-    from napari_hila.encoders.registry import get_text_encoder
-    from napari_hila.prompts import load_prompt_set
-
-    prompt_set = load_prompt_set(name)
-    encoder_name = text_encoder or getattr(prompt_set, "text_encoder", None) or "minilm"
-    encoder = get_text_encoder(encoder_name, device=device)
-    levels = {}
-    for level in prompt_set.levels:
-        prompts = prompt_set.level(level)
-        names = [p.name for p in prompts]
-        texts = [p.text for p in prompts]
-        levels[level] = {
-            "names": names,
-            "texts": texts,
-            "embeddings": encoder.encode(texts).tolist(),
-        }
-    return {
-        "name": prompt_set.name,
-        "text_encoder": encoder_name,
-        "text_dim": int(encoder.output_dim),
-        "levels": levels,
-    }
-
-
 def print_fold_table(metrics: dict[str, Any], out=sys.stdout) -> None:
     """The per-fold C-index table with mean and standard deviation."""
     print(f"\n{'fold':>6}  {'C-index':>8}", file=out)
@@ -122,7 +98,12 @@ def run(args: argparse.Namespace) -> int:
     from napari_hila.devices import resolve_device
     from napari_hila.models.registry import get_model_spec
     from napari_hila.survival.cohort import read_cohort
-    from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
+    from napari_hila.training.crossval import (
+        RunSettings,
+        embed_prompts,
+        load_cohort_features,
+        run_training,
+    )
     from napari_hila.training.trainer import wants_prompts
 
     try:
@@ -139,9 +120,7 @@ def run(args: argparse.Namespace) -> int:
     bags = load_cohort_features(cohort, args.features)
     prompt_set = None
     if wants_prompts(spec.config_cls):
-        from napari_hila.prompts import DEFAULT_PROMPT_SET
-
-        prompt_set = embed_prompt_set(args.prompts or DEFAULT_PROMPT_SET, args.text_encoder, device)
+        prompt_set = embed_prompts(args.prompts, args.text_encoder, device)
     settings = RunSettings(
         model=args.model,
         model_config=parse_settings(args.set),
@@ -156,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_unit=args.time_unit,
         label=args.label,
-        cancer_type=args.cancer_type,
+        cancer_type=args.cancer_type or (prompt_set or {}).get("cancer_type"),
         train_final=not args.no_final,
     )
     metrics = run_training(

@@ -95,6 +95,36 @@ class RunSettings:
         )
 
 
+def embed_prompts(
+    name_or_path: str, text_encoder: str = "minilm", device: str = "cpu"
+) -> dict[str, Any]:
+    """Load a prompt set and embed its texts once for the whole run.
+
+    Returns ``{"name", "cancer_type", "text_encoder", "text_dim", "levels": {level:
+    {"names", "texts", "embeddings"}}}``, the form :func:`run_training` takes.
+    """
+    from napari_hila.encoders.registry import get_text_encoder
+    from napari_hila.prompts import LEVELS, embed_prompt_set, load_prompt_set
+
+    prompt_set = load_prompt_set(name_or_path)
+    encoder = get_text_encoder(text_encoder, device=device)
+    embedded = embed_prompt_set(prompt_set, encoder)
+    return {
+        "name": str(name_or_path),
+        "cancer_type": prompt_set.cancer_type,
+        "text_encoder": f"{encoder.name} ({getattr(encoder, 'version', '')})",
+        "text_dim": int(embedded["patch"].shape[1]),
+        "levels": {
+            level: {
+                "names": prompt_set.names(level),
+                "texts": prompt_set.texts(level),
+                "embeddings": embedded[level].tolist(),
+            }
+            for level in LEVELS
+        },
+    }
+
+
 def edges_to_json(edges: np.ndarray) -> list[float | None]:
     """Bin edges for JSON: the open last edge (inf) becomes null."""
     return [None if math.isinf(e) else float(e) for e in np.asarray(edges, float)]
