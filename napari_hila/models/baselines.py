@@ -163,10 +163,14 @@ class TransMIL(_AttentionMIL):
             tokens = tokens.new_zeros(1, 1, tokens.shape[-1])
         side = math.ceil(math.sqrt(tokens.shape[1]))
         extra = side * side - tokens.shape[1]
-        repeats = tokens[:, torch.arange(extra, device=tokens.device) % tokens.shape[1]]
-        x = torch.cat([self.cls_token, tokens, repeats], dim=1)
+        sources = torch.arange(extra, device=tokens.device) % tokens.shape[1]
+        x = torch.cat([self.cls_token, tokens, tokens[:, sources]], dim=1)
         x = self.ppeg(self.layer1(x), side)
-        attention = self.layer2.class_attention(x)[0, 1 : 1 + n_tokens]
+        # Class-token attention on the tokens: the square's padding copies give
+        # theirs to the originals, then it is renormalised without the class token.
+        raw = self.layer2.class_attention(x)[0, 1:]
+        attention = raw[: tokens.shape[1]].index_add(0, sources, raw[tokens.shape[1] :])
+        attention = (attention / attention.sum().clamp(min=1e-12))[:n_tokens]
         x = self.norm(self.layer2(x))
         return x[0, 0], attention
 

@@ -88,7 +88,7 @@ def level_explanation(
         tile_size=tile_size_for(level, xy, tile_sizes),
         scores=scores[0].detach().cpu().float().numpy()[keep],
         selected=selected[0].cpu().numpy().astype(bool)[keep],
-        maps=maps[0].detach().cpu().float().numpy()[keep].reshape(int(keep.sum()), -1),
+        maps=maps[0].detach().cpu().float().numpy()[keep].reshape(-1, maps.shape[-1]),
         map_names=list(map_names),
         map_texts=list(map_texts),
         parent=None if parent is None else parent[0].cpu().numpy()[keep].astype(np.int64),

@@ -1,0 +1,250 @@
+"""Model behaviour: masking, invariances, gradients, switches, explanations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _model_fixtures import ALL_MODELS, PROMPT_MODELS, make_model, make_slide
+
+from napari_hila.models import available_models, collate, get_model_spec
+from napari_hila.models.hila import HiLa
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_registry_lists_every_variant():
+    assert set(ALL_MODELS) <= set(available_models())
+    assert get_model_spec("hila-no-clp").make_config().use_clp is False
+    assert get_model_spec("vl-cosine").make_config().alignment == "cosine"
+    for name in ALL_MODELS:
+        assert get_model_spec(name).inputs == "features"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_batched_equals_one_slide_at_a_time(name, rng):
+    slides = [make_slide(rng, 37, 5), make_slide(rng, 9, 2), make_slide(rng, 20, 3)]
+    model = make_model(name).eval()
+    batch = collate(slides)
+    # Junk in the padding must not change anything.
+    batch.patch_features[~batch.patch_mask] = 1e3
+    batch.region_features[~batch.region_mask] = -1e3
+    with torch.no_grad():
+        together = model(batch)
+        for b, slide in enumerate(slides):
+            alone = model(collate([slide]))
+            torch.testing.assert_close(together.risk[b], alone.risk[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(together.hazards[b], alone.hazards[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hila", "hila-patch", "vl-cosine", "abmil"])
+def test_risk_is_invariant_to_token_order(name, rng):
+    slide = make_slide(rng, 60, 6)
+    patch_order = rng.permutation(60)
+    region_order = rng.permutation(6)
+    new_index_of_region = np.argsort(region_order)
+    shuffled = make_slide(rng, 1, 1)
+    shuffled.features = slide.features[patch_order]
+    shuffled.coords = slide.coords[patch_order]
+    shuffled.region_features = slide.region_features[region_order]
+    shuffled.region_coords = slide.region_coords[region_order]
+    shuffled.patch_to_region = new_index_of_region[slide.patch_to_region[patch_order]]
+    model = make_model(name).eval()
+    with torch.no_grad():
+        a = model(collate([slide])).risk
+        b = model(collate([shuffled])).risk
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_gradients_reach_every_parameter_and_no_frozen_input(name, rng):
+    # Slide 2 has no regions, slide 3 regions no selected patch lies in and
+    # slide 4 no patches, so the learned fallback tokens are used too.
+    slides = [make_slide(rng, 30, 4), make_slide(rng, 12, 0), make_slide(rng, 8, 3)]
+    slides.append(make_slide(rng, 0, 2))
+    slides[2].patch_to_region[:] = 0
+    model = make_model(name, min_selected=1) if name in PROMPT_MODELS else make_model(name)
+    model.train()
+    batch = collate(slides)
+    batch.patch_features.requires_grad_(True)
+    for _ in range(2):  # the second step has MCL negatives in the queue
+        model.zero_grad()
+        out = model(batch)
+        (out.risk.sum() + out.aux_loss).backward()
+    missing = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert missing == []
+    for name_, buffer in model.named_buffers():
+        assert not buffer.requires_grad, name_
+    # The features are an input the model must not alter (no in-place use).
+    assert batch.patch_features.grad is not None and torch.isfinite(batch.patch_features.grad).all()
+
+
+def test_same_seed_same_model_and_output(rng):
+    batch = collate([make_slide(rng, 25, 3)])
+    a, b = make_model("hila", seed=3), make_model("hila", seed=3)
+    a.train(), b.train()
+    torch.manual_seed(9)
+    out_a = a(batch)
+    torch.manual_seed(9)
+    out_b = b(batch)
+    torch.testing.assert_close(out_a.logits, out_b.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out_a.aux_loss, out_b.aux_loss, rtol=0, atol=0)
+
+
+def test_clp_and_mcl_switch_off_cleanly(rng):
+    batch = collate([make_slide(rng, 30, 4), make_slide(rng, 20, 3)])
+    full = make_model("hila").train()
+    no_clp = make_model("hila-no-clp").train()
+    no_mcl = make_model("hila-no-mcl").train()
+    patch_only = make_model("hila-patch").train()
+    assert no_clp.clp is None and not any("clp" in n for n, _ in no_clp.named_parameters())
+    assert no_mcl.mcl is None and not any("mcl" in n for n, _ in no_mcl.named_parameters())
+    assert patch_only.clp is None and patch_only.mcl is None and "region" not in patch_only.text
+    assert float(no_mcl(batch).aux_loss) == 0.0 and float(patch_only(batch).aux_loss) == 0.0
+    full(batch)  # fills the queue
+    assert float(full(batch).aux_loss.detach()) > 0.0
+    assert int(full.mcl.queue_filled) == 4
+    # Inference neither uses nor updates the queues.
+    full.eval()
+    queue = full.mcl.queue_patch.clone()
+    assert float(full(batch).aux_loss) == 0.0
+    assert torch.equal(queue, full.mcl.queue_patch)
+    # Without CLP the region tokens are the projection alone: changing the
+    # patches leaves the region plan unchanged.
+    no_clp.eval()
+    changed = collate([make_slide(np.random.default_rng(5), 30, 4), make_slide(rng, 20, 3)])
+    changed.region_features = batch.region_features
+    changed.region_mask = batch.region_mask
+    with torch.no_grad():
+        plan_a = no_clp(batch).details["levels"]["region"].plan
+        plan_b = no_clp(changed).details["levels"]["region"].plan
+    torch.testing.assert_close(plan_a, plan_b)
+
+
+def test_mcl_queue_wraps_around(rng):
+    model = make_model("hila", mcl_queue_size=5).train()
+    batch = collate([make_slide(rng, 10, 2) for _ in range(3)])
+    for _ in range(3):
+        model(batch)
+    assert int(model.mcl.queue_filled) == 5 and int(model.mcl.queue_next) == 9 % 5
+
+
+@pytest.mark.parametrize("name", PROMPT_MODELS)
+def test_explanation_maps_are_the_plan(name, rng):
+    slide = make_slide(rng, 47, 5)
+    model = make_model(name).train()
+    exp = model.explain(collate([slide]), tile_sizes={"patch": 256, "region": 1024})
+    assert model.training  # mode restored
+    config = model.config
+    levels = ("patch", "region") if config.use_region_level else ("patch",)
+    assert tuple(exp.levels) == levels
+    for level in levels:
+        lv = exp.levels[level]
+        n = 47 if level == "patch" else 5
+        k = len(model.prompt_names(level))
+        assert lv.maps.shape == (n, k) and lv.coords.shape == (n, 2) and lv.scores.shape == (n,)
+        assert lv.map_names == model.prompt_names(level)
+        assert lv.map_texts == model.prompt_texts(level)
+        if config.alignment == "ot":  # softmax attention has no row marginal
+            np.testing.assert_allclose(lv.maps.sum(axis=1), 1.0 / n, rtol=1e-3)
+        # Rows exact, columns within the Sinkhorn tolerance (L1), exact for softmax.
+        assert np.abs(lv.maps.sum(axis=0) - 1.0 / k).sum() < config.sinkhorn_tol
+        expected = min(n, max(math.ceil(round(config.select_ratio * n, 9)), config.min_selected))
+        assert int(lv.selected.sum()) == expected
+        # Selected tokens are those with the highest alignment scores.
+        assert lv.scores[lv.selected].min() >= lv.scores[~lv.selected].max(initial=-np.inf)
+    patch = exp.levels["patch"]
+    assert patch.tile_size == 256 and np.array_equal(patch.parent, slide.patch_to_region)
+    np.testing.assert_array_equal(patch.coords, slide.coords)
+    if "region" in exp.levels:
+        assert exp.levels["region"].tile_size == 1024 and exp.levels["region"].parent is None
+    n_prompts = sum(len(model.prompt_names(lv)) for lv in levels)
+    assert len(exp.contributions) == n_prompts
+    with torch.no_grad():
+        risk = float(model.eval()(collate([slide])).risk[0])
+    assert exp.risk == pytest.approx(risk, abs=1e-6)
+    assert np.all(np.diff(exp.survival) <= 0) and exp.hazards.shape == (config.n_bins,)
+
+
+def test_contribution_is_leave_one_out_risk_change(rng):
+    batch = collate([make_slide(rng, 30, 4)])
+    model = make_model("hila").eval()
+    exp = model.explain(batch)
+    with torch.no_grad():
+        levels = model(batch).details["levels"]
+        z_patch, z_region = levels["patch"].features[0], levels["region"].features[0]
+        others = torch.cat([z_patch[1:]]).mean(0)
+        logits = model.fusion(torch.cat([others, z_region.mean(0)])[None])
+        survival = torch.cumprod(1 - torch.sigmoid(logits), dim=-1)
+        risk_without_first = float(-survival.sum())
+    assert exp.contributions[0].name == model.prompt_names("patch")[0]
+    assert exp.contributions[0].delta_risk == pytest.approx(exp.risk - risk_without_first, abs=1e-6)
+    assert "leave-one-out" in exp.contribution_method
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil"])
+def test_baseline_explains_with_attention(name, rng):
+    slide = make_slide(rng, 33, 3)
+    exp = make_model(name).explain(collate([slide]))
+    lv = exp.levels["patch"]
+    assert lv.map_names == ["attention"] and lv.maps.shape == (33, 1)
+    assert lv.maps.sum() == pytest.approx(1.0, abs=1e-5) and (lv.maps >= 0).all()
+    assert lv.tile_size == 256  # from the coordinate spacing
+    assert exp.contributions == []
+
+
+def test_small_and_degenerate_slides(rng):
+    model = make_model("hila", min_selected=8).eval()
+    tiny = make_slide(rng, 3, 1)  # fewer tokens than the selection minimum
+    no_regions = make_slide(rng, 20, 0)
+    empty_regions = make_slide(rng, 10, 4)
+    empty_regions.patch_to_region[:] = -1  # no patch lies in any region
+    for slide in (tiny, no_regions, empty_regions):
+        exp = model.explain(collate([slide]))
+        assert math.isfinite(exp.risk)
+        assert exp.levels["patch"].selected.all() == (slide.num_patches <= 8)
+    exp = model.explain(collate([no_regions]))
+    assert exp.levels["region"].coords.shape == (0, 2)
+    # A slide without regions gets the learned empty region feature.
+    with torch.no_grad():
+        z = model(collate([no_regions])).details["levels"]["region"].features[0]
+    torch.testing.assert_close(z, model.empty_level["region"].expand_as(z))
+
+
+def test_large_bag_runs(rng):
+    slide = make_slide(rng, 100_000, 400)
+    model = make_model("hila").eval()
+    with torch.no_grad():
+        out = model(collate([slide]))
+    assert torch.isfinite(out.risk).all()
+    assert int(out.details["levels"]["patch"].selected.sum()) == 60_000
+
+
+def test_saved_state_restores_prompts_and_queues(rng):
+    batch = collate([make_slide(rng, 15, 2)])
+    model = make_model("hila").train()
+    model(batch)
+    state = model.state_dict()
+    assert {"prompt_embeddings_patch", "prompt_embeddings_region", "mcl.queue_patch"} <= set(state)
+    fresh = HiLa(model.config)
+    with pytest.raises(RuntimeError, match="prompt embeddings"):
+        fresh(batch)
+    fresh.load_state_dict(state)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch).risk, fresh(batch).risk)
+
+
+def test_bad_prompt_settings_are_refused():
+    with pytest.raises(ValueError, match="as many texts"):
+        make_model("hila", patch_prompt_names=["a", "b"], patch_prompt_texts=["only one"])
+    model = make_model("hila")
+    with pytest.raises(ValueError, match="prompt embeddings must be"):
+        model.set_prompt_embeddings("patch", np.zeros((2, 3)))
