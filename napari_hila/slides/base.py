@@ -1,0 +1,246 @@
+"""The backend-independent part of a slide: the contract every backend fulfils.
+
+A backend supplies the file's levels as lazy dask arrays and a native region
+reader; this class adds what is the same everywhere: white outside the image,
+extra coarse levels for slides without a pyramid, thumbnails, the fingerprint.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from napari_hila.errors import SlideError
+
+#: mpp used when the file does not say; flagged with ``mpp_is_assumed``.
+ASSUMED_MPP = 0.5
+#: Extra coarse levels are added until the coarsest one is at most this wide.
+MAX_COARSEST_SIDE = 2048
+#: Bytes hashed from each of the start, middle and end of the file.
+_FINGERPRINT_CHUNK = 1 << 16
+
+
+def rgba_over_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite straight-alpha RGBA on white, so areas outside a slide are white."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.uint16)
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+class Slide(abc.ABC):
+    """One whole-slide image opened read-only; see docs/ARCHITECTURE.md."""
+
+    backend: str = ""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        level_dimensions: list[tuple[int, int]],
+        level_downsamples: list[float],
+        tile_size: tuple[int, int],
+        mpp: float | None,
+        objective_power: float | None,
+        vendor: str,
+        properties: dict[str, str],
+        associated_image_names: list[str],
+    ) -> None:
+        self.path = Path(path)
+        self.level_dimensions = [(int(w), int(h)) for w, h in level_dimensions]
+        self.level_downsamples = [float(d) for d in level_downsamples]
+        self.tile_size = (int(tile_size[0]), int(tile_size[1]))
+        self.mpp_is_assumed = mpp is None or not math.isfinite(mpp) or mpp <= 0
+        self.mpp = ASSUMED_MPP if self.mpp_is_assumed else float(mpp)
+        self.objective_power = objective_power
+        self.vendor = vendor
+        self.properties = dict(properties)
+        self.associated_image_names = list(associated_image_names)
+
+    # -- what a backend provides -------------------------------------------------
+    @abc.abstractmethod
+    def _level_array(self, level: int) -> da.Array:
+        """The file's level as a lazy (h, w, 3) uint8 array chunked at the tile size."""
+
+    @abc.abstractmethod
+    def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels of a box that lies inside ``level``, in that level's pixels."""
+
+    @abc.abstractmethod
+    def read_associated(self, name: str) -> np.ndarray:
+        """An associated image (label, macro, thumbnail) as (h, w, 3) uint8."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file handle."""
+
+    # -- shared behaviour ---------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """(h, w, 3) uint8 pixels of ``level``; ``location`` is level-0 (x, y).
+
+        Parts outside the image are white, as OpenSlide paints them.
+        """
+        if not 0 <= level < self.level_count:
+            raise ValueError(
+                f"{self.path}: level {level} does not exist (0..{self.level_count - 1})"
+            )
+        w, h = int(size[0]), int(size[1])
+        if w < 0 or h < 0:
+            raise ValueError(f"region size must be non-negative, got {size}")
+        ds = self.level_downsamples[level]
+        lx, ly = int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
+        lw, lh = self.level_dimensions[level]
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, y0 = max(lx, 0), max(ly, 0)
+        x1, y1 = min(lx + w, lw), min(ly + h, lh)
+        if x1 > x0 and y1 > y0:
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read_level_box(
+                level, x0, y0, x1 - x0, y1 - y0
+            )
+        return out
+
+    @cached_property
+    def _pyramid(self) -> tuple[list[da.Array], list[float]]:
+        arrays = [self._level_array(i) for i in range(self.level_count)]
+        downsamples = list(self.level_downsamples)
+        while max(arrays[-1].shape[:2]) > MAX_COARSEST_SIDE:
+            arrays.append(_halve(arrays[-1]))
+            downsamples.append(downsamples[-1] * 2)
+        return arrays, downsamples
+
+    def pyramid(self) -> list[da.Array]:
+        """One lazy (h, w, 3) uint8 dask array per level, finest first.
+
+        The file's own levels come first, chunked at its tile size; a slide
+        whose coarsest level is wider than ``MAX_COARSEST_SIDE`` gets extra
+        levels computed lazily by 2x2 averaging, so napari and the tissue
+        detector never have to load a full-resolution image.
+        """
+        return list(self._pyramid[0])
+
+    def pyramid_downsamples(self) -> list[float]:
+        """Downsample of each array of :meth:`pyramid` relative to level 0."""
+        return list(self._pyramid[1])
+
+    def best_pyramid_level(self, downsample: float) -> int:
+        """Index of the coarsest pyramid level at least as fine as ``downsample``."""
+        downsamples = self.pyramid_downsamples()
+        fine_enough = [i for i, d in enumerate(downsamples) if d <= downsample * 1.01]
+        return fine_enough[-1] if fine_enough else 0
+
+    def read_pyramid_level(self, index: int) -> np.ndarray:
+        """A whole pyramid level as numpy (refuses levels too large to hold)."""
+        array = self.pyramid()[index]
+        h, w = array.shape[:2]
+        if h * w > 64_000_000:
+            raise SlideError(
+                f"{self.path}: level {index} is {w} x {h} px, too large to load whole; "
+                "read it by region instead"
+            )
+        return np.asarray(array.compute(scheduler="threads"))
+
+    def get_thumbnail(self, max_side: int = 1024) -> np.ndarray:
+        """An RGB overview whose longer side is at most ``max_side`` px."""
+        w0, h0 = self.dimensions
+        downsample = max(w0, h0) / max_side
+        level = self.best_pyramid_level(max(downsample, 1.0))
+        image = self.read_pyramid_level(level)
+        return resize_to_max_side(image, max_side)
+
+    def fingerprint(self) -> str:
+        """A stable, cheap identity of the slide's content (the feature-cache key).
+
+        Hashes the file size, level-0 size and 64 KiB from the start, middle
+        and end of the file, so it does not depend on the file's name, place or
+        backend and costs the same for a 100 MB or a 10 GB slide.
+        """
+        return _file_fingerprint(self.path, self.dimensions)
+
+    def describe_levels(self) -> list[dict[str, Any]]:
+        """Per-level dimensions and downsamples, JSON-ready."""
+        return [
+            {"level": i, "width": w, "height": h, "downsample": round(d, 4)}
+            for i, ((w, h), d) in enumerate(
+                zip(self.level_dimensions, self.level_downsamples, strict=True)
+            )
+        ]
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (
+            f"<{type(self).__name__} {self.path.name} {w}x{h} levels={self.level_count} "
+            f"mpp={self.mpp:.4g}{' (assumed)' if self.mpp_is_assumed else ''} backend={self.backend}>"
+        )
+
+
+def _halve(array: da.Array) -> da.Array:
+    """Lazy 2x2 mean of an (h, w, 3) uint8 array, rechunked to keep chunks large."""
+    h, w = array.shape[:2]
+    even = array[: h - h % 2, : w - w % 2]
+    chunk_h = max(c for c in even.chunks[0])
+    chunk_w = max(c for c in even.chunks[1])
+    # coarsen needs even chunks; doubling them also keeps halved chunks tile-sized
+    even = even.rechunk((_even(chunk_h * 2, even.shape[0]), _even(chunk_w * 2, even.shape[1]), 3))
+    halved = da.coarsen(np.mean, even, {0: 2, 1: 2}, trim_excess=True, dtype=np.float32)
+    return (halved + 0.5).astype(np.uint8)
+
+
+def _even(chunk: int, length: int) -> int:
+    chunk = min(chunk, length)
+    return chunk - chunk % 2 if chunk > 1 else chunk
+
+
+def resize_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Area-average ``image`` down so its longer side is at most ``max_side``."""
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    resized = resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
+    return np.clip(resized + 0.5, 0, 255).astype(np.uint8)
+
+
+def _file_fingerprint(path: Path, dimensions: tuple[int, int]) -> str:
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(f"napari-hila-slide-v1|{size}|{dimensions[0]}x{dimensions[1]}|".encode())
+    with open(path, "rb") as fh:
+        for offset in (
+            0,
+            max(0, size // 2 - _FINGERPRINT_CHUNK // 2),
+            max(0, size - _FINGERPRINT_CHUNK),
+        ):
+            fh.seek(offset)
+            digest.update(fh.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()[:32]

@@ -1,0 +1,106 @@
+"""Slides, tissue masks and grids as napari layer-data tuples (no Qt, no napari import).
+
+The reader, the sample-data contribution and ``napari-hila view`` all build
+their layers here, so a slide looks and measures the same wherever it opens.
+Layer coordinates are micrometres: scale = (mpp, mpp), units um.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_hila.slides.base import Slide
+from napari_hila.slides.grids import TilingGrids
+from napari_hila.slides.tissue import TissueMask
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+
+def mpp_warning(slide: Slide) -> str | None:
+    """The message shown when the slide does not say its pixel size."""
+    if not slide.mpp_is_assumed:
+        return None
+    return (
+        f"{slide.path.name}: the file does not record its pixel size; assuming {slide.mpp} um/px "
+        "(20x). Lengths, the scale bar and the patch grid depend on it: set the true value "
+        "in the layer's scale if you know it."
+    )
+
+
+def slide_metadata(slide: Slide) -> dict[str, Any]:
+    """Everything the file says, plus how napari-hila read it, for ``layer.metadata``."""
+    return {
+        "path": str(slide.path),
+        "backend": slide.backend,
+        "vendor": slide.vendor,
+        "mpp": slide.mpp,
+        "mpp_is_assumed": slide.mpp_is_assumed,
+        "objective_power": slide.objective_power,
+        "fingerprint": slide.fingerprint(),
+        "tile_size": list(slide.tile_size),
+        "levels": slide.describe_levels(),
+        "pyramid_downsamples": slide.pyramid_downsamples(),
+        "associated_images": list(slide.associated_image_names),
+        "properties": dict(slide.properties),
+    }
+
+
+def slide_layer_data(slide: Slide, name: str | None = None) -> LayerDataTuple:
+    """A multiscale RGB image layer of ``slide`` in micrometres."""
+    kwargs = {
+        "name": name or slide.path.name,
+        "multiscale": True,
+        "rgb": True,
+        "scale": (slide.mpp, slide.mpp),
+        "units": ("um", "um"),
+        # fixed limits: napari would otherwise compute them from the pixels
+        "contrast_limits": (0, 255),
+        "metadata": slide_metadata(slide),
+    }
+    return (slide.pyramid(), kwargs, "image")
+
+
+def tissue_layer_data(tissue: TissueMask, mpp: float, name: str = "tissue") -> LayerDataTuple:
+    """The tissue mask as a labels layer (1 = tissue) over the slide."""
+    scale = tissue.downsample * mpp
+    kwargs = {
+        "name": name,
+        "scale": (scale, scale),
+        # mask pixel centres sit half a mask pixel in from the level-0 corner
+        "translate": ((scale - mpp) / 2, (scale - mpp) / 2),
+        "units": ("um", "um"),
+        "opacity": 0.35,
+        "metadata": {"tissue_fraction": tissue.tissue_fraction, "downsample": tissue.downsample},
+    }
+    return (tissue.mask.astype(np.uint8), kwargs, "labels")
+
+
+def grid_rectangles(coords: np.ndarray, size: int) -> np.ndarray:
+    """(N, 4, 2) rectangle corners (row, col) in level-0 px for a shapes layer."""
+    coords = np.asarray(coords, np.float64).reshape(-1, 2)
+    x, y = coords[:, 0], coords[:, 1]
+    corners = [(y, x), (y, x + size), (y + size, x + size), (y + size, x)]
+    return np.stack([np.stack(c, axis=1) for c in corners], axis=1) - 0.5
+
+
+def grid_layer_data(grids: TilingGrids, which: str = "region") -> LayerDataTuple:
+    """Patch or region outlines as a shapes layer over the slide."""
+    if which == "region":
+        coords, size, colour = grids.region_coords, grids.region_size, "yellow"
+    elif which == "patch":
+        coords, size, colour = grids.patch_coords, grids.patch_size, "cyan"
+    else:
+        raise ValueError(f"which must be 'patch' or 'region', got {which!r}")
+    kwargs = {
+        "name": f"{which}s ({len(coords)})",
+        "shape_type": "rectangle",
+        "edge_color": colour,
+        "face_color": "transparent",
+        "edge_width": max(1.0, size / 64),
+        "scale": (grids.mpp, grids.mpp),
+        "units": ("um", "um"),
+        "metadata": {"tile_size": size, **grids.settings()},
+    }
+    return (grid_rectangles(coords, size), kwargs, "shapes")

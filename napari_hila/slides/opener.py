@@ -1,0 +1,133 @@
+"""``open_slide``: the one way to open a slide, whatever its format.
+
+Checks the file first (exists, is a file, is not empty, is what its name says,
+is complete, holds 8-bit RGB) so every bad input gives one message naming the
+file and what to do. Then picks the backend per file: OpenSlide where it sees
+the whole pyramid (it reads tiles faster, see ``napari-hila bench io``),
+tifffile + zarr for TIFF pyramids OpenSlide sees as one level.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import openslide
+
+from napari_hila.errors import SlideError
+from napari_hila.slides.base import Slide
+
+BACKENDS = ("openslide", "tifffile")
+#: Extensions whose files must be TIFFs; a text file named .svs is caught early.
+TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".bif", ".scn", ".btf", ".svslide", ".qptiff"}
+#: Every extension napari-hila opens (OpenSlide's formats and the TIFF family).
+SLIDE_SUFFIXES = TIFF_SUFFIXES | {".mrxs", ".vms", ".vmu"}
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff_file(path: Path) -> bool:
+    """True when the file starts with a TIFF or BigTIFF header."""
+    with open(path, "rb") as fh:
+        return fh.read(4) in _TIFF_MAGIC
+
+
+def check_slide_path(path: str | os.PathLike) -> Path:
+    """The path as a Path, or SlideError if it is missing, a folder or empty."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SlideError(f"{path}: file not found; check the path and the spelling")
+    if path.is_dir():
+        raise SlideError(
+            f"{path}: is a folder, not a slide file; give the slide file itself "
+            "(for MIRAX give the .mrxs file beside the folder)"
+        )
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: the file is empty (0 bytes); copy or download it again")
+    return path
+
+
+def _describe_start(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    text = head.decode("ascii", errors="replace")
+    if text.isprintable():
+        return f"it starts with the text {text!r}"
+    return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
+def open_slide(path: str | os.PathLike, backend: str | None = None) -> Slide:
+    """Open a whole-slide image read-only.
+
+    ``backend`` forces ``"openslide"`` or ``"tifffile"``; by default the faster
+    one that sees the whole pyramid is used. Raises :class:`SlideError` naming
+    the file and the fix for anything that cannot be read.
+    """
+    from napari_hila.slides.openslide_backend import OpenSlideSlide
+    from napari_hila.slides.tifffile_backend import (
+        TifffileSlide,
+        check_tiff_complete,
+        check_tiff_pixels,
+        open_tiff,
+        tiff_pyramid_series,
+    )
+
+    if backend is not None and backend not in BACKENDS:
+        raise SlideError(f"unknown slide backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = check_slide_path(path)
+    suffix = path.suffix.lower()
+    is_tiff = is_tiff_file(path)
+    if suffix in TIFF_SUFFIXES and not is_tiff:
+        raise SlideError(
+            f"{path}: not a {suffix} slide: {_describe_start(path)}, not a TIFF header; "
+            "check that this is the slide file and that it was copied completely"
+        )
+    try:
+        osr_format = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError:
+        osr_format = None
+    tiff_levels = 0
+    if is_tiff:
+        with open_tiff(path) as tif:
+            check_tiff_complete(path, tif)
+            if osr_format in (None, "generic-tiff") or backend == "tifffile":
+                check_tiff_pixels(path, tif)
+            tiff_levels = len(tiff_pyramid_series(tif))
+
+    if backend == "tifffile":
+        if not is_tiff:
+            raise SlideError(
+                f"{path}: the tifffile backend reads TIFF files only; use backend='openslide'"
+            )
+        return _probed(TifffileSlide(path))
+    if backend == "openslide" or (osr_format is not None and not is_tiff):
+        if osr_format is None:
+            raise SlideError(f"{path}: OpenSlide does not recognise this file's format")
+        return _probed(OpenSlideSlide(path))
+    if osr_format is not None:
+        slide = OpenSlideSlide(path)
+        if slide.level_count >= tiff_levels:
+            return _probed(slide)
+        slide.close()  # tifffile sees levels OpenSlide misses (OME SubIFDs, unflagged pages)
+    if is_tiff:
+        return _probed(TifffileSlide(path))
+    raise SlideError(
+        f"{path}: unsupported slide format ({_describe_start(path)}); napari-hila opens "
+        f"{', '.join(sorted(SLIDE_SUFFIXES))} files"
+    )
+
+
+def _probed(slide: Slide) -> Slide:
+    """Read one small block of the coarsest level so a corrupt file fails now, not in napari."""
+    level = slide.level_count - 1
+    w, h = slide.level_dimensions[level]
+    try:
+        slide.read_region((0, 0), level, (min(w, 64), min(h, 64)))
+    except SlideError:
+        slide.close()
+        raise
+    except Exception as err:
+        slide.close()
+        raise SlideError(
+            f"{slide.path}: the image data cannot be decoded ({err}); the file is corrupt"
+        ) from err
+    return slide
