@@ -1,0 +1,201 @@
+"""CrossFusion: masking, explanations, training on a planted signal, model file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lifelines.utils import concordance_index
+
+from napari_hila.errors import FeatureFileError
+from napari_hila.features.store import SlideFeatures
+from napari_hila.models import build_model, collate, get_model_spec
+from napari_hila.models.crossfusion import CrossFusion, SquareGrid
+
+DIM = 8
+SMALL = dict(patch_dim=DIM, width=32, heads=4, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_slide(
+    rng: np.random.Generator, side: int, signal: float = 0.0, main_20x: bool = True
+) -> SlideFeatures:
+    """A ``side`` x ``side`` grid of 10x tiles (512 px), their 20x children and 5x parents.
+
+    ``signal`` is the share of 20x tiles whose feature 0 is raised: only the
+    fine scale carries it, so the model must use the fine cross-attention.
+    """
+    c10 = np.array([(x * 512, y * 512) for y in range(side) for x in range(side)], np.int64)
+    c20 = np.concatenate([c10 + np.array(o) for o in [(0, 0), (256, 0), (0, 256), (256, 256)]])
+    c5 = np.unique(c10 // 1024 * 1024, axis=0)
+
+    def noise(n: int) -> np.ndarray:
+        return rng.normal(size=(n, DIM)).astype(np.float32)
+
+    f20 = noise(len(c20))
+    marked = rng.random(len(c20)) < signal
+    f20[marked, 0] += 3.0
+    scales = {"5x": (noise(len(c5)), c5), "10x": (noise(len(c10)), c10)}
+    if not main_20x:
+        scales["20x"] = (f20, c20)
+        f20, c20 = noise(3), np.zeros((3, 2), np.int64)
+    empty = np.zeros((0, DIM), np.float32)
+    return SlideFeatures(
+        f20, c20, empty, np.zeros((0, 2), np.int64), np.full(len(c20), -1), scales=scales
+    )
+
+
+def test_registered_as_multiscale():
+    spec = get_model_spec("crossfusion")
+    assert spec.inputs == "multiscale"
+    assert spec.make_config().nll_alpha == pytest.approx(0.2)
+    assert spec.make_config().width == 512
+
+
+def test_padding_does_not_change_the_output():
+    rng = np.random.default_rng(0)
+    small, large = make_slide(rng, 3), make_slide(rng, 7)  # squares of side 3 and 7
+    torch.manual_seed(0)
+    model = build_model("crossfusion", **SMALL).eval()
+    with torch.no_grad():
+        alone = model(collate([small]))
+        padded = model(collate([large, small]))
+        large_alone = model(collate([large]))
+    torch.testing.assert_close(padded.logits[1], alone.logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.logits[0], large_alone.logits[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone.logits, large_alone.logits)
+
+
+def test_square_grid_places_each_slide_on_its_own_square():
+    mask = torch.tensor([[True] * 5 + [False] * 5, [True] * 10])
+    grid = SquareGrid(mask)
+    assert grid.side == 4  # ceil(sqrt(10))
+    # slide 0 (5 tokens, side 3): rows of 3 inside the 4 x 4 grid
+    assert grid.index[0, :5].tolist() == [0, 1, 2, 4, 5]
+    assert grid.index[1].tolist() == list(range(10))
+    assert grid.mask.sum(1).tolist() == [5, 10]
+    values = torch.arange(16.0).expand(2, 16)
+    assert grid.gather(values)[0].tolist() == [0, 1, 2, 4, 5, 0, 0, 0, 0, 0]
+
+
+def test_20x_scale_may_come_from_scales_or_patch_features():
+    rng = np.random.default_rng(1)
+    a = make_slide(rng, 4)
+    b = SlideFeatures(
+        np.zeros((3, DIM), np.float32),
+        np.zeros((3, 2), np.int64),
+        a.region_features,
+        a.region_coords,
+        np.full(3, -1),
+        scales={**a.scales, "20x": (a.features, a.coords)},
+    )
+    model = build_model("crossfusion", **SMALL).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(collate([a])).logits, model(collate([b])).logits)
+
+
+def test_missing_scale_is_a_clear_error():
+    rng = np.random.default_rng(2)
+    slide = make_slide(rng, 3)
+    del slide.scales["5x"]
+    model = build_model("crossfusion", **SMALL)
+    with pytest.raises(FeatureFileError, match="5x.*multi-magnification"):
+        model(collate([slide]))
+    wrong = make_slide(rng, 3)
+    with pytest.raises(FeatureFileError, match="width 8 .* expects 16"):
+        build_model("crossfusion", **{**SMALL, "patch_dim": 16})(collate([wrong]))
+
+
+def test_explanation_levels_and_normalisation():
+    rng = np.random.default_rng(3)
+    slide = make_slide(rng, 5)
+    model = build_model("crossfusion", **SMALL).eval()
+    batch = collate([slide])
+    exp = model.explain(batch)
+    with torch.no_grad():
+        out = model(batch)
+    assert exp.risk == pytest.approx(float(out.risk[0]), abs=1e-6)
+    np.testing.assert_allclose(exp.survival, out.survival[0].numpy(), atol=1e-6)
+    expected = {
+        "5x": (slide.scales["5x"][1], 1024),
+        "10x": (slide.scales["10x"][1], 512),
+        "20x": (slide.coords, 256),
+    }
+    assert set(exp.levels) == set(expected)
+    for name, (coords, size) in expected.items():
+        level = exp.levels[name]
+        np.testing.assert_array_equal(level.coords, coords)
+        assert level.tile_size == size
+        assert (
+            level.maps.shape
+            == (len(coords), len(level.map_names))
+            == (len(coords), len(level.map_texts))
+        )
+        np.testing.assert_allclose(
+            level.maps.sum(axis=0), 1.0, atol=1e-5
+        )  # each map is a distribution
+        assert (level.maps >= 0).all()
+        np.testing.assert_array_equal(level.scores, level.maps[:, 0])
+        assert level.selected.sum() == int(np.ceil(0.1 * len(coords)))
+        assert level.scores[level.selected].min() >= level.scores[~level.selected].max()
+    # the rolled-out 20x map is the class attention pushed through the fine cross-attention
+    with torch.no_grad():
+        q, _ = model._embed(batch, "10x")
+        f, fm = model._embed(batch, "20x")
+        attn = model.fine_cross.attn.weights(q, f, fm)[0].numpy()
+    rollout = exp.levels["10x"].maps[:, 0] @ attn
+    np.testing.assert_allclose(exp.levels["20x"].maps[:, 0], rollout / rollout.sum(), atol=1e-5)
+    given = model.explain(batch, tile_sizes={"patch": 512, "5x": 2048})
+    assert given.levels["20x"].tile_size == 512 and given.levels["5x"].tile_size == 2048
+
+
+def planted_cohort(n: int, seed: int):
+    """Patients whose 20x signal share sets the hazard; 75 % events."""
+    rng = np.random.default_rng(seed)
+    share = rng.uniform(0.0, 0.8, n)
+    time = rng.exponential(1.0 / np.exp(4.0 * share)) * 30 + 1
+    event = (rng.random(n) < 0.75).astype(int)
+    slides = [make_slide(rng, int(rng.integers(3, 6)), s) for s in share]
+    return slides, time, event
+
+
+def test_trains_on_a_planted_signal_with_the_generic_trainer():
+    from napari_hila.survival.losses import make_time_bins, time_to_bin
+    from napari_hila.training.trainer import FitSettings, fit_model, slide_risks
+
+    slides, time, event = planted_cohort(40, seed=4)
+    edges = make_time_bins(time[:30], event[:30])
+    torch.manual_seed(0)
+    model = build_model("crossfusion", **SMALL)
+    settings = FitSettings(epochs=12, lr=1e-3, batch_size=4, show_progress=False)
+    losses = fit_model(model, slides[:30], time_to_bin(time[:30], edges), event[:30], settings)
+    assert losses[-1] < 0.8 * losses[0]
+    risk = slide_risks(model, slides)
+    # lifelines wants higher score = longer survival: pass -risk
+    train_c = concordance_index(time[:30], -risk[:30], event[:30])
+    test_c = concordance_index(time[30:], -risk[30:], event[30:])
+    assert train_c > 0.75
+    assert test_c > 0.6
+
+
+def test_model_file_round_trip(tmp_path):
+    from napari_hila.training.modelfile import config_to_dict, load_model, save_model
+
+    rng = np.random.default_rng(5)
+    batch = collate([make_slide(rng, 4)])
+    model = build_model("crossfusion", **SMALL).eval()
+    save_model(
+        tmp_path / "m", model, {"model": "crossfusion", "config": config_to_dict(model.config)}
+    )
+    loaded = load_model(tmp_path / "m", device="cpu").model
+    assert isinstance(loaded, CrossFusion)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch).logits, model(batch).logits)
