@@ -1,0 +1,242 @@
+"""Writing a :class:`PredictionResult` as files other tools open.
+
+- ``<name>.geojson``: a QuPath-style FeatureCollection in level-0 pixels; one
+  ``detection`` per selected patch and one ``annotation`` per region, each with
+  a ``classification`` and ``measurements`` (score and per-prompt alignment);
+- ``patch_scores.csv``: every patch with its score, selection and maps;
+- PNGs aligned pixel for pixel with ``thumbnail.png``: the selection map and one
+  heatmap per prompt and level, each token's square filled on the thumbnail;
+- ``km.png`` (the patient against the cohort) and ``contributions.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_hila.io_utils import atomic_path
+from napari_hila.results import LevelExplanation, PredictionResult
+
+__all__ = [
+    "write_geojson",
+    "write_csv",
+    "render_level_maps",
+    "write_prediction_outputs",
+    "token_raster",
+]
+
+SELECTED_COLOUR = (255, 200, 0)  # QuPath classification colours, RGB
+REGION_COLOUR = (0, 160, 255)
+OVERLAY_ALPHA = 0.55
+
+
+def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
+    return [[[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]]
+
+
+def _measurements(lv: LevelExplanation, i: int) -> dict[str, float]:
+    values = {"alignment score": float(lv.scores[i])}
+    for k, name in enumerate(lv.map_names):
+        values[f"prompt: {name}"] = float(lv.maps[i, k])
+    return values
+
+
+def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
+    """QuPath GeoJSON features: selected patches as detections, regions as annotations."""
+    features = []
+    levels = result.explanation.levels
+    for name, lv in levels.items():
+        is_patch = name == "patch" or (len(levels) == 1)
+        for i in range(len(lv.coords)):
+            selected = bool(lv.selected[i])
+            if is_patch and not selected:
+                continue
+            x, y = (float(v) for v in lv.coords[i])
+            if is_patch:
+                cls = {"name": f"Selected {name}", "color": list(SELECTED_COLOUR)}
+                kind = "detection"
+            else:
+                label = f"Selected {name}" if selected else name.capitalize()
+                cls = {"name": label, "color": list(REGION_COLOUR)}
+                kind = "annotation"
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": _square(x, y, float(lv.tile_size)),
+                    },
+                    "properties": {
+                        "objectType": kind,
+                        "name": f"{name} {i}",
+                        "classification": cls,
+                        "isLocked": False,
+                        "measurements": _measurements(lv, i),
+                    },
+                }
+            )
+    return features
+
+
+def write_geojson(result: PredictionResult, path: str | os.PathLike) -> Path:
+    """Selected patches and all regions as a GeoJSON FeatureCollection (level-0 px)."""
+    collection = {"type": "FeatureCollection", "features": geojson_features(result)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection))
+    return Path(path)
+
+
+def write_csv(result: PredictionResult, path: str | os.PathLike) -> Path:
+    """One row per token of every level: position, score, selection, each map."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        names = sorted({n for lv in result.explanation.levels.values() for n in lv.map_names})
+        writer.writerow(["level", "index", "x", "y", "size", "region", "selected", "score", *names])
+        for level, lv in result.explanation.levels.items():
+            column = {n: k for k, n in enumerate(lv.map_names)}
+            for i in range(len(lv.coords)):
+                parent = int(lv.parent[i]) if lv.parent is not None else -1
+                maps = [f"{lv.maps[i, column[n]]:.6g}" if n in column else "" for n in names]
+                writer.writerow(
+                    [
+                        level,
+                        i,
+                        int(lv.coords[i, 0]),
+                        int(lv.coords[i, 1]),
+                        lv.tile_size,
+                        parent,
+                        int(bool(lv.selected[i])),
+                        f"{lv.scores[i]:.6g}",
+                        *maps,
+                    ]
+                )
+    return Path(path)
+
+
+def token_raster(
+    lv: LevelExplanation, values: np.ndarray, shape: tuple[int, int], downsample: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint each token's square onto a (h, w) canvas at ``downsample`` (level-0 px per pixel).
+
+    Returns the painted values and a mask of painted pixels. Later tokens
+    overwrite earlier ones where squares overlap.
+    """
+    h, w = shape
+    out = np.zeros((h, w), np.float32)
+    mask = np.zeros((h, w), bool)
+    x0 = np.floor(lv.coords[:, 0] / downsample).astype(int)
+    y0 = np.floor(lv.coords[:, 1] / downsample).astype(int)
+    x1 = np.ceil((lv.coords[:, 0] + lv.tile_size) / downsample).astype(int)
+    y1 = np.ceil((lv.coords[:, 1] + lv.tile_size) / downsample).astype(int)
+    for i in range(len(values)):
+        ys, ye = max(y0[i], 0), min(y1[i], h)
+        xs, xe = max(x0[i], 0), min(x1[i], w)
+        if ys < ye and xs < xe:
+            out[ys:ye, xs:xe] = values[i]
+            mask[ys:ye, xs:xe] = True
+    return out, mask
+
+
+def _blend(thumbnail: np.ndarray, values: np.ndarray, mask: np.ndarray, cmap: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    lo, hi = (
+        float(values[mask].min()) if mask.any() else 0.0,
+        float(values[mask].max()) if mask.any() else 1.0,
+    )
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
+    colours = (colormaps[cmap](scaled)[..., :3] * 255).astype(np.float32)
+    out = thumbnail.astype(np.float32).copy()
+    out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * colours[mask]
+    return out.round().astype(np.uint8)
+
+
+def _save_png(rgb: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "map"
+
+
+def render_level_maps(
+    result: PredictionResult, thumbnail: np.ndarray, downsample: float, out_dir: str | os.PathLike
+) -> dict[str, Path]:
+    """Selection map and per-prompt heatmaps of every level, blended on the thumbnail.
+
+    Each heatmap's colours span that map's own min..max over the slide's
+    tokens (stated in the file name's map, not comparable across maps).
+    """
+    out_dir = Path(out_dir)
+    written = {}
+    shape = thumbnail.shape[:2]
+    for level, lv in result.explanation.levels.items():
+        if len(lv.coords) == 0:
+            continue
+        sel, mask = token_raster(lv, lv.selected.astype(np.float32), shape, downsample)
+        written[f"selection_{level}"] = _save_png(
+            _blend(thumbnail, sel, mask, "cividis"), out_dir / f"selection_{level}.png"
+        )
+        for k, name in enumerate(lv.map_names):
+            values, mask = token_raster(lv, lv.maps[:, k], shape, downsample)
+            path = out_dir / f"heatmap_{level}_{k:02d}_{_slug(name)}.png"
+            written[f"heatmap_{level}_{name}"] = _save_png(
+                _blend(thumbnail, values, mask, "inferno"), path
+            )
+    return written
+
+
+def write_prediction_outputs(
+    result: PredictionResult,
+    out_dir: str | os.PathLike,
+    card: dict[str, Any] | None = None,
+    thumbnail: np.ndarray | None = None,
+    thumbnail_max_side: int = 1024,
+) -> dict[str, Path]:
+    """Everything ``napari-hila predict`` writes, into ``out_dir``; returns the paths."""
+    from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"result": result.save(out_dir)}
+    written["geojson"] = write_geojson(result, out_dir / "patches.geojson")
+    written["csv"] = write_csv(result, out_dir / "patch_scores.csv")
+    if thumbnail is None:
+        from napari_hila.slides import open_slide
+
+        with open_slide(result.slide_path) as slide:
+            thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
+            level0_width = slide.level_dimensions[0][0]
+    else:
+        level0_width = int(result.extra.get("level0_width", thumbnail.shape[1]))
+    downsample = level0_width / thumbnail.shape[1]
+    written["thumbnail"] = _save_png(
+        np.ascontiguousarray(thumbnail, np.uint8), out_dir / "thumbnail.png"
+    )
+    written.update(render_level_maps(result, thumbnail, downsample, out_dir))
+    from matplotlib.figure import Figure
+
+    if card is not None:
+        survival = (
+            np.asarray(result.time_bin_edges, float),
+            np.asarray(result.explanation.survival, float),
+        )
+        ax = Figure(figsize=(6.4, 5.2), dpi=110).add_subplot(1, 1, 1)
+        plot_cohort_km(card, ax=ax, patient_survival=survival)
+        written["km"] = save_figure(ax, out_dir / "km.png")
+    n = len(result.explanation.contributions)
+    if n:
+        ax = Figure(figsize=(7.0, 0.32 * n + 1.4), dpi=110).add_subplot(1, 1, 1)
+        plot_prompt_contributions(result, ax=ax)
+        written["contributions"] = save_figure(ax, out_dir / "contributions.png")
+    return written

@@ -1,0 +1,216 @@
+"""Matplotlib figures of a model's cohort and of one prediction.
+
+Every function takes an optional ``ax``: without one it makes its own figure
+(for PNG reports), with one it draws into it (the viewer's Qt canvas). They
+return a small dict of the numbers they drew so captions can quote them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_hila.results import PredictionResult
+from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk
+
+__all__ = ["plot_cohort_km", "plot_prompt_contributions", "cohort_groups", "finite_edges"]
+
+HIGH_COLOUR = "#d62728"
+LOW_COLOUR = "#1f77b4"
+PATIENT_COLOUR = "#2ca02c"
+
+
+def _new_axes(ax, size=(6.4, 4.8)):
+    if ax is not None:
+        return ax
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    return fig.add_subplot(1, 1, 1)
+
+
+def finite_edges(edges, horizon: float) -> np.ndarray:
+    """Bin edges with a missing or infinite last edge replaced by ``horizon``."""
+    values = np.array([np.inf if e is None else float(e) for e in edges], float)
+    values[~np.isfinite(values)] = horizon
+    return values
+
+
+def cohort_groups(card: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(time, event, high-risk mask, how the split was made) from a model card.
+
+    Uses the card's out-of-fold risk groups when present (the honest split),
+    else risk above the card's threshold.
+    """
+    cohort = card.get("cohort") or {}
+    time = np.asarray(cohort.get("time", []), float)
+    event = np.asarray(cohort.get("event", []), int)
+    if cohort.get("risk_group"):
+        high = np.asarray([g == "high" for g in cohort["risk_group"]], bool)
+        how = "out-of-fold risk, split at each fold's training median"
+    else:
+        high = np.asarray(cohort.get("risk", []), float) > float(card.get("risk_threshold") or 0.0)
+        how = "risk above the model's threshold"
+    return time, event, high, how
+
+
+def _step(ax, curve, colour, label):
+    ax.step(curve.times, curve.survival, where="post", color=colour, label=label, linewidth=1.8)
+    ax.fill_between(
+        curve.times, curve.lower, curve.upper, step="post", color=colour, alpha=0.18, linewidth=0
+    )
+
+
+def plot_cohort_km(
+    card: dict[str, Any],
+    ax=None,
+    patient_survival: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
+    time_bin_edges=None,
+    patient_label: str = "this slide (predicted)",
+    at_risk_rows: int = 5,
+) -> dict[str, Any]:
+    """Kaplan-Meier curves of the cohort's high- and low-risk groups, with 95% bands.
+
+    ``patient_survival`` is the slide's predicted S(t) per time bin, either
+    ``(edges, survival)`` or just ``survival`` with ``time_bin_edges`` (default:
+    the card's); it is drawn as a step over the bins. Numbers at risk are
+    written under the x axis. Returns ``logrank_p``, group sizes and medians.
+    """
+    ax = _new_axes(ax)
+    time, event, high, how = cohort_groups(card)
+    unit = card.get("time_unit", "months")
+    info: dict[str, Any] = {"split": how, "n_high": int(high.sum()), "n_low": int((~high).sum())}
+    if len(time) == 0:
+        ax.text(
+            0.5,
+            0.5,
+            "this model's card stores no cohort",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        info["logrank_p"] = None
+        return info
+    p = logrank_p(time, event, high)
+    info["logrank_p"] = None if np.isnan(p) else p
+    for mask, colour, name in ((high, HIGH_COLOUR, "high risk"), (~high, LOW_COLOUR, "low risk")):
+        if mask.any():
+            curve = kaplan_meier(time[mask], event[mask])
+            _step(ax, curve, colour, f"{name} (n={int(mask.sum())})")
+            info[f"median_{name.split()[0]}"] = curve.median()
+    horizon = float(time.max())
+    if patient_survival is not None:
+        if isinstance(patient_survival, tuple):
+            edges, surv = patient_survival
+        else:
+            edges, surv = (
+                (time_bin_edges if time_bin_edges is not None else card["time_bin_edges"]),
+                patient_survival,
+            )
+        edges = finite_edges(edges, horizon)
+        surv = np.asarray(surv, float)
+        xs = np.r_[edges[0], edges[1 : len(surv) + 1]]
+        ys = np.r_[1.0, surv]
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=PATIENT_COLOUR,
+            linestyle="--",
+            linewidth=2,
+            label=patient_label,
+        )
+    ax.set_xlim(0, horizon)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_ylabel("survival probability")
+    p_text = "n/a" if info["logrank_p"] is None else f"{info['logrank_p']:.3g}"
+    ax.set_title(
+        f"{card.get('label') or card.get('model', '')}\nlog-rank p = {p_text} ({how})", fontsize=8
+    )
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    ticks = np.linspace(0, horizon, at_risk_rows)
+    info["at_risk_times"] = ticks.tolist()
+    for row, (mask, colour, name) in enumerate(
+        ((high, HIGH_COLOUR, "high"), (~high, LOW_COLOUR, "low"))
+    ):
+        counts = numbers_at_risk(time[mask], ticks)
+        info[f"at_risk_{name}"] = counts.tolist()
+        y = -0.2 - 0.08 * row
+        ax.text(
+            -0.06,
+            y,
+            f"at risk, {name}",
+            transform=ax.transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+            color=colour,
+        )
+        for t, n in zip(ticks, counts, strict=True):
+            ax.annotate(
+                str(int(n)),
+                (t, y),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=colour,
+            )
+    return info
+
+
+def plot_prompt_contributions(
+    result: PredictionResult, ax=None, top: int | None = None
+) -> dict[str, Any]:
+    """Horizontal bars: how much each prompt moves this slide's risk (red raises it)."""
+    contributions = list(result.explanation.contributions)
+    ax = _new_axes(ax, size=(6.4, 0.35 * max(len(contributions), 4) + 1.2))
+    if not contributions:
+        ax.text(
+            0.5,
+            0.5,
+            "this model gives no per-prompt contributions",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        return {"n": 0}
+    ranked = sorted(contributions, key=lambda c: abs(c.delta_risk), reverse=True)
+    if top:
+        ranked = ranked[:top]
+    ranked = ranked[::-1]  # largest at the top of a barh chart
+    values = np.array([c.delta_risk for c in ranked], float)
+    labels = [f"[{c.level}] {c.name}" for c in ranked]
+    colours = [HIGH_COLOUR if v > 0 else LOW_COLOUR for v in values]
+    ax.barh(np.arange(len(values)), values, color=colours)
+    ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("change in risk from this prompt (positive raises risk)", fontsize=8)
+    method = result.explanation.contribution_method
+    ax.set_title(
+        f"prompt contributions: {method[:90]}{'...' if len(method) > 90 else ''}", fontsize=7
+    )
+    return {
+        "n": len(values),
+        "names": [c.name for c in ranked[::-1]],
+        "delta_risk": values[::-1].tolist(),
+    }
+
+
+def save_figure(ax, path):
+    """Write the figure holding ``ax`` to ``path`` atomically (PNG by suffix)."""
+    from napari_hila.io_utils import atomic_path
+
+    fig = ax.figure
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
+    return Path(path)

@@ -1,0 +1,170 @@
+"""One slide in, one :class:`PredictionResult` out: the CLI's and the viewer's path.
+
+Extraction goes through the feature cache (a slide seen before costs nothing),
+with the encoders and tiling grid the model was trained with (from its card);
+then one ``explain()`` pass gives risk, survival, maps and prompt contributions.
+The risk is placed against the model's cohort: group by the card's threshold,
+percentile among the final model's cohort risks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_hila.errors import Cancelled
+from napari_hila.results import PredictionResult
+
+__all__ = ["predict_slide", "risk_group", "risk_percentile", "features_for_model"]
+
+Progress = Callable[[str, float], None]
+_SYNTHETIC_WARNING = "this model was trained on a synthetic demo cohort: not for clinical use"
+
+
+def risk_group(risk: float, threshold: float | None) -> str | None:
+    """ "high" when the risk is above the model's threshold, else "low"."""
+    if threshold is None:
+        return None
+    return "high" if risk > float(threshold) else "low"
+
+
+def risk_percentile(risk: float, cohort_risks) -> float | None:
+    """Percentage of the cohort with a risk at or below ``risk`` (0-100)."""
+    values = np.asarray(cohort_risks if cohort_risks is not None else [], float)
+    if values.size == 0:
+        return None
+    return float(100.0 * np.mean(values <= risk))
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("prediction cancelled by the user")
+
+
+def features_for_model(
+    slide_path: str | os.PathLike,
+    card: dict[str, Any],
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+):
+    """The slide's features with the model's encoders and grid (cached by the features package)."""
+    from napari_hila.features.extract import load_or_extract
+
+    grid = card.get("grid") or {}
+    encoders = card.get("encoders") or {}
+    return load_or_extract(
+        slide_path,
+        encoder=(encoders.get("patch") or {}).get("name", "hila-descriptor"),
+        patch_px=int(grid.get("patch_px", 256)),
+        region_px=int(grid.get("region_px", 4096)),
+        target_mpp=float(grid.get("target_mpp", 0.5)),
+        cache_dir=cache_dir,
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
+
+
+def _explain(model, feats, device):
+    import inspect
+
+    from napari_hila.models.batch import collate
+
+    batch = collate([feats]).to(device)
+    kwargs = {}
+    if "tile_sizes" in inspect.signature(model.explain).parameters:
+        kwargs["tile_sizes"] = {"patch": feats.patch_size, "region": feats.region_size}
+    return model.explain(batch, **kwargs)
+
+
+def _warnings(card: dict[str, Any], feats) -> list[str]:
+    notes = []
+    label = str(card.get("label", "")).lower()
+    if "synthetic" in label or "not for clinical use" in label:
+        notes.append(_SYNTHETIC_WARNING)
+    if feats.attrs.get("mpp_is_assumed"):
+        notes.append(
+            "the slide does not record its pixel size; 0.5 um/px was assumed, so tile sizes may be wrong"
+        )
+    if feats.num_patches < 16:
+        notes.append(
+            f"only {feats.num_patches} tissue patches: the prediction rests on very little tissue"
+        )
+    return notes
+
+
+def predict_slide(
+    slide_path: str | os.PathLike,
+    model,
+    out_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> PredictionResult:
+    """Run ``model`` (a model directory or a loaded model) on one slide.
+
+    ``progress(stage, fraction)`` is called with stages "model", "features",
+    "explain" and "export"; ``cancel`` (a ``threading.Event``) stops the job
+    between steps with :class:`~napari_hila.errors.Cancelled`. With ``out_dir``
+    every output file is written there too (see :mod:`napari_hila.export`).
+    """
+    from napari_hila.training.crossval import edges_from_json
+    from napari_hila.training.modelfile import LoadedModel, check_features_match, load_model
+
+    report = progress or (lambda stage, fraction: None)
+    slide_path = Path(slide_path)
+    report("model", 0.0)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
+    card = loaded.card
+    report("model", 1.0)
+    _check_cancel(cancel)
+    feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel)
+    check_features_match(card, feats, str(slide_path))
+    _check_cancel(cancel)
+    report("explain", 0.0)
+    explanation = _explain(loaded.model, feats, loaded.device)
+    report("explain", 1.0)
+    threshold = card.get("risk_threshold")
+    cohort = card.get("cohort") or {}
+    mpp = feats.attrs.get("mpp")
+    result = PredictionResult(
+        slide_path=str(slide_path),
+        slide_fingerprint=str(feats.attrs.get("slide_fingerprint", "")),
+        mpp=float(mpp) if mpp is not None else float("nan"),
+        model_name=loaded.name,
+        model_label=loaded.label,
+        model_path=str(loaded.path),
+        explanation=explanation,
+        time_bin_edges=edges_from_json(card["time_bin_edges"]),
+        time_unit=str(card.get("time_unit", "months")),
+        risk_threshold=None if threshold is None else float(threshold),
+        risk_group=risk_group(explanation.risk, threshold),
+        risk_percentile=risk_percentile(
+            explanation.risk, cohort.get("final_model_risk", cohort.get("risk"))
+        ),
+        warnings=_warnings(card, feats),
+        extra={
+            "risk_percentile_of": "the final model's risks over its training cohort",
+            "risk_threshold_method": card.get("risk_threshold_method", ""),
+            "encoder": feats.encoder,
+            "patches": feats.num_patches,
+            "regions": feats.num_regions,
+            "grid": card.get("grid", {}),
+        },
+    )
+    if out_dir is not None:
+        _check_cancel(cancel)
+        report("export", 0.0)
+        from napari_hila.export import write_prediction_outputs
+
+        write_prediction_outputs(result, out_dir, card=card)
+        report("export", 1.0)
+    return result

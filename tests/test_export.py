@@ -1,0 +1,167 @@
+"""Prediction outputs: QuPath GeoJSON, CSV, aligned PNGs, Kaplan-Meier and contribution plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_hila.export import token_raster, write_csv, write_geojson, write_prediction_outputs
+from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions
+from napari_hila.results import Explanation, LevelExplanation, PredictionResult, PromptContribution
+
+
+def make_result(seed=0):
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(6) * 256, np.arange(4) * 256)
+    coords = np.stack([xs.ravel(), ys.ravel()], 1)
+    m = len(coords)
+    patch = LevelExplanation(
+        "patch",
+        coords,
+        256,
+        rng.random(m).astype(np.float32),
+        np.arange(m) % 3 == 0,
+        rng.random((m, 2)).astype(np.float32),
+        ["dense nuclei", "stroma"],
+        ["text a", "text b"],
+        parent=(coords[:, 0] >= 768).astype(np.int64),
+    )
+    region = LevelExplanation(
+        "region",
+        np.array([[0, 0], [768, 0]]),
+        768,
+        np.array([0.2, 0.9], np.float32),
+        np.array([False, True]),
+        np.array([[0.3], [0.7]], np.float32),
+        ["solid sheets"],
+        ["text c"],
+    )
+    exp = Explanation(
+        risk=-2.0,
+        hazards=np.array([0.1, 0.2, 0.3, 0.4], np.float32),
+        survival=np.array([0.9, 0.72, 0.5, 0.3], np.float32),
+        levels={"patch": patch, "region": region},
+        contributions=[
+            PromptContribution("patch", "dense nuclei", "text a", 0.3),
+            PromptContribution("region", "solid sheets", "text c", -0.1),
+        ],
+        contribution_method="leave-one-out",
+    )
+    return PredictionResult(
+        "slide.svs",
+        "abc",
+        0.5,
+        "hila",
+        "test (synthetic)",
+        "/m",
+        exp,
+        np.array([0, 5, 10, 20, np.inf]),
+        risk_threshold=-2.5,
+        risk_group="high",
+        risk_percentile=70.0,
+        extra={"level0_width": 1536},
+    )
+
+
+def make_card(seed=1, n=60):
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(size=n)
+    time = rng.exponential(20 * np.exp(-risk))
+    return {
+        "model": "hila",
+        "label": "test model (synthetic)",
+        "time_unit": "months",
+        "risk_threshold": 0.0,
+        "time_bin_edges": [0, 5, 10, 20, None],
+        "cohort": {
+            "time": time.tolist(),
+            "event": (rng.random(n) < 0.7).astype(int).tolist(),
+            "risk": risk.tolist(),
+            "risk_group": ["high" if r > 0 else "low" for r in risk],
+        },
+    }
+
+
+def test_geojson_is_qupath_style_with_one_feature_per_selected_patch(tmp_path):
+    result = make_result()
+    path = write_geojson(result, tmp_path / "p.geojson")
+    data = json.loads(path.read_text())
+    assert data["type"] == "FeatureCollection"
+    det = [f for f in data["features"] if f["properties"]["objectType"] == "detection"]
+    ann = [f for f in data["features"] if f["properties"]["objectType"] == "annotation"]
+    patch = result.explanation.levels["patch"]
+    assert len(det) == int(patch.selected.sum()) and len(ann) == 2
+    first = det[0]
+    assert first["geometry"]["type"] == "Polygon"
+    ring = np.array(first["geometry"]["coordinates"][0])
+    x, y = patch.coords[np.flatnonzero(patch.selected)[0]]
+    assert ring[0].tolist() == [x, y] and ring[2].tolist() == [x + 256, y + 256]
+    assert ring[0].tolist() == ring[-1].tolist()
+    props = first["properties"]
+    assert props["classification"]["name"] == "Selected patch"
+    assert set(props["measurements"]) == {
+        "alignment score",
+        "prompt: dense nuclei",
+        "prompt: stroma",
+    }
+    assert ann[1]["properties"]["classification"]["name"] == "Selected region"
+
+
+def test_csv_has_every_token(tmp_path):
+    result = make_result()
+    with open(write_csv(result, tmp_path / "s.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 24 + 2
+    patch_rows = [r for r in rows if r["level"] == "patch"]
+    lv = result.explanation.levels["patch"]
+    assert [int(r["selected"]) for r in patch_rows] == lv.selected.astype(int).tolist()
+    assert float(patch_rows[5]["stroma"]) == pytest.approx(lv.maps[5, 1], rel=1e-5)
+    assert patch_rows[5]["solid sheets"] == ""
+
+
+def test_token_raster_aligns_tiles_to_thumbnail_pixels():
+    lv = make_result().explanation.levels["patch"]
+    values, mask = token_raster(lv, np.arange(24, dtype=np.float32), (64, 96), downsample=16.0)
+    assert mask.all()
+    # tile 7 is at x=256, y=256 -> thumbnail pixels [16:32, 16:32]
+    assert (values[16:32, 16:32] == 7).all() and values[15, 15] == 0
+
+
+def test_all_outputs_written(tmp_path):
+    result = make_result()
+    thumb = np.full((64, 96, 3), 240, np.uint8)
+    written = write_prediction_outputs(result, tmp_path, card=make_card(), thumbnail=thumb)
+    for key in ("result", "geojson", "csv", "thumbnail", "selection_patch", "km", "contributions"):
+        assert written[key].exists(), key
+    from PIL import Image
+
+    heat = Image.open(written["heatmap_patch_stroma"])
+    assert heat.size == (96, 64)
+    assert len([k for k in written if k.startswith("heatmap_")]) == 3
+    assert PredictionResult.load(tmp_path).risk_group == "high"
+
+
+def test_km_plot_numbers_match_lifelines():
+    from lifelines.statistics import logrank_test
+
+    card = make_card()
+    info = plot_cohort_km(
+        card, patient_survival=(np.array([0, 5, 10, 20, np.inf]), np.array([0.9, 0.7, 0.5, 0.3]))
+    )
+    t = np.array(card["cohort"]["time"])
+    e = np.array(card["cohort"]["event"])
+    high = np.array(card["cohort"]["risk"]) > 0
+    assert info["logrank_p"] == pytest.approx(
+        logrank_test(t[high], t[~high], e[high], e[~high]).p_value
+    )
+    assert info["n_high"] == high.sum()
+    assert info["at_risk_high"][0] == high.sum() and info["at_risk_low"][0] == (~high).sum()
+
+
+def test_contribution_plot_ranks_by_size():
+    info = plot_prompt_contributions(make_result())
+    assert info["names"] == ["dense nuclei", "solid sheets"]
+    assert info["delta_risk"] == pytest.approx([0.3, -0.1])
