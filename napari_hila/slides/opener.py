@@ -49,9 +49,9 @@ def check_slide_path(path: str | os.PathLike) -> Path:
 def _describe_start(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(16)
-    text = head.decode("ascii", errors="replace")
-    if text.isprintable():
-        return f"it starts with the text {text!r}"
+    text = head.decode("utf-8", errors="replace")
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"it is a text file starting {text.strip()[:16]!r}"
     return f"it starts with the bytes {head[:8].hex(' ')}"
 
 

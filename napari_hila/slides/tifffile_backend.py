@@ -28,11 +28,19 @@ _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-
 def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
     """Open ``path`` with tifffile, or raise SlideError saying it is not a TIFF."""
     try:
-        return tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError, OSError, struct.error) as err:
         raise SlideError(
             f"{path}: not a readable TIFF ({err}); the file may be truncated or corrupt"
         ) from err
+    try:
+        has_image = len(tif.pages) > 0 and len(tif.series) > 0
+    except Exception:  # tifffile parses lazily; a broken directory fails here
+        has_image = False
+    if not has_image:
+        tif.close()
+        raise SlideError(f"{path}: the TIFF's image directory is missing or corrupt; copy it again")
+    return tif
 
 
 def check_tiff_pixels(path: str | os.PathLike, tif: tifffile.TiffFile) -> None:

@@ -1,0 +1,69 @@
+"""Describe a slide as JSON: backend, vendor, levels, mpp, tissue, grid sizes.
+
+Example: ``napari-hila info slide.svs --backend tifffile``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+GRID_DEFAULTS = {"patch_px": 256, "region_px": 4096, "target_mpp": 0.5}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", help="slide file (.svs, .ndpi, .mrxs, .tif, OME-TIFF, ...)")
+    parser.add_argument(
+        "--backend",
+        choices=("openslide", "tifffile"),
+        default=None,
+        help="force a reader (default: the faster one that sees the whole pyramid)",
+    )
+    parser.add_argument(
+        "--no-tissue", action="store_true", help="skip tissue detection and grid counts"
+    )
+
+
+def describe_slide(path: str, backend: str | None = None, tissue: bool = True) -> dict[str, Any]:
+    """The JSON description ``napari-hila info`` prints."""
+    from napari_hila.slides import DEFAULT_MIN_TISSUE, detect_tissue, make_grids, open_slide
+
+    with open_slide(path, backend=backend) as slide:
+        info: dict[str, Any] = {
+            "path": str(slide.path),
+            "backend": slide.backend,
+            "vendor": slide.vendor,
+            "dimensions": list(slide.dimensions),
+            "levels": slide.describe_levels(),
+            "pyramid_downsamples": slide.pyramid_downsamples(),
+            "mpp": slide.mpp,
+            "mpp_is_assumed": slide.mpp_is_assumed,
+            "objective_power": slide.objective_power,
+            "tile_size": list(slide.tile_size),
+            "associated_images": {
+                name: list(slide.read_associated(name).shape[1::-1])
+                for name in slide.associated_image_names
+            },
+            "fingerprint": slide.fingerprint(),
+        }
+        if tissue:
+            mask = detect_tissue(slide)
+            grids = make_grids(slide, mask, **GRID_DEFAULTS)
+            info["tissue_fraction"] = round(mask.tissue_fraction, 4)
+            info["grid"] = {
+                **GRID_DEFAULTS,
+                "min_tissue": DEFAULT_MIN_TISSUE,
+                "patch_size_level0": grids.patch_size,
+                "region_size_level0": grids.region_size,
+                "patches": grids.num_patches,
+                "regions": grids.num_regions,
+            }
+        info["property_count"] = len(slide.properties)
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe_slide(args.slide, backend=args.backend, tissue=not args.no_tissue)
+    print(json.dumps(info, indent=2))
+    return 0

@@ -1,0 +1,165 @@
+"""open_slide: both backends give OpenSlide's pixels, levels, mpp and metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+
+from napari_hila.slides import ASSUMED_MPP, open_slide
+from napari_hila.slides.synthetic import expected_level_count, write_test_slide
+
+W, H = 3000, 2400  # small enough to write in about a second, big enough for levels
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """Generated slides by layout (plus one flat slide without mpp)."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    slides = {
+        "svs": write_test_slide(folder / "s.svs", W, H, layout="svs", mpp=0.25),
+        "ome": write_test_slide(folder / "s.ome.tif", W, H, layout="ome", mpp=0.5),
+        "flat": write_test_slide(folder / "flat.tif", W, H, layout="flat", mpp=0.25),
+        "pages": write_test_slide(folder / "pages.tif", W, H, layout="pages", mpp=0.25),
+        "nompp": write_test_slide(folder / "nompp.tif", 1200, 900, layout="flat", mpp=None),
+    }
+    return slides
+
+
+def _regions(level_w: int, level_h: int) -> list[tuple[int, int, int, int]]:
+    """Level-pixel boxes: origin, interior crossing tile borders, right/bottom edges, outside."""
+    return [
+        (0, 0, 300, 300),
+        (230, 250, 300, 40),  # crosses the 240/256 px tile borders
+        (level_w - 100, level_h - 60, 256, 256),  # slide edge: part outside
+        (-10, -20, 64, 64),  # before the slide's origin
+    ]
+
+
+def _assert_matches_openslide(path, backend, levels):
+    ref = openslide.OpenSlide(str(path))
+    with open_slide(path, backend=backend) as slide:
+        for level in levels:
+            ds = ref.level_downsamples[level]
+            lw, lh = ref.level_dimensions[level]
+            for lx, ly, w, h in _regions(lw, lh):
+                loc = (int(round(lx * ds)), int(round(ly * ds)))
+                expected = np.asarray(ref.read_region(loc, level, (w, h)))
+                got = slide.read_region(loc, level, (w, h))
+                assert got.shape == (h, w, 3) and got.dtype == np.uint8
+                inside = expected[..., 3] == 255
+                np.testing.assert_array_equal(got[inside], expected[..., :3][inside])
+                assert (got[~inside] == 255).all(), "outside the slide must be white"
+    ref.close()
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_sample_pixels_equal_openslide(sample_slide, backend):
+    _assert_matches_openslide(sample_slide, backend, levels=[0])
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_generated_svs_pixels_equal_openslide_on_every_level(synthetic, backend):
+    # level 1 has an exact 4x downsample; compare it edges included
+    _assert_matches_openslide(synthetic["svs"], backend, levels=[0, 1])
+
+
+def test_pyramid_chunks_equal_openslide(synthetic):
+    path = synthetic["svs"]
+    ref = openslide.OpenSlide(str(path))
+    with open_slide(path, backend="tifffile") as slide:
+        pyramid = slide.pyramid()
+        for level, array in enumerate(pyramid[: ref.level_count]):
+            assert array.dtype == np.uint8 and array.shape[2] == 3
+            assert array.chunksize[:2] == (256, 256), "chunks must be the file's tiles"
+            lw, lh = ref.level_dimensions[level]
+            assert array.shape[:2] == (lh, lw)
+            block = array[100:500, 200:700].compute()
+            ds = ref.level_downsamples[level]
+            expected = np.asarray(
+                ref.read_region((round(200 * ds), round(100 * ds)), level, (500, 400))
+            )
+            np.testing.assert_array_equal(block, expected[..., :3])
+
+
+def test_levels_mpp_and_metadata_of_sample(sample_slide):
+    with open_slide(sample_slide) as slide:
+        assert slide.backend == "openslide"  # faster on Aperio, see `napari-hila bench io`
+        assert slide.level_dimensions == [(2220, 2967)]
+        assert slide.mpp == pytest.approx(0.499) and not slide.mpp_is_assumed
+        assert slide.objective_power == 20
+        assert slide.vendor == "aperio"
+        assert slide.tile_size == (240, 240)
+        assert set(slide.associated_image_names) == {"label", "macro", "thumbnail"}
+        label = slide.read_associated("label")
+        assert label.shape == (463, 387, 3) and label.dtype == np.uint8
+        assert slide.properties["aperio.AppMag"] == "20"
+    with open_slide(sample_slide, backend="tifffile") as slide:
+        assert slide.mpp == pytest.approx(0.499) and slide.objective_power == 20
+        assert slide.vendor == "aperio" and slide.tile_size == (240, 240)
+        assert set(slide.associated_image_names) == {"label", "macro", "thumbnail"}
+        np.testing.assert_array_equal(slide.read_associated("macro").shape, (431, 1280, 3))
+
+
+def test_generated_svs_is_multilevel_for_openslide(synthetic):
+    ref = openslide.OpenSlide(str(synthetic["svs"]))
+    assert ref.level_count == expected_level_count(W, H, "svs") == 2
+    assert ref.properties["openslide.vendor"] == "aperio"
+    assert float(ref.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+    with open_slide(synthetic["svs"]) as slide:
+        assert slide.backend == "openslide"
+        assert slide.level_dimensions == [(W, H), (W // 4, H // 4)]
+        assert "label" in slide.associated_image_names
+
+
+@pytest.mark.parametrize("layout", ["ome", "pages"])
+def test_tiff_pyramids_openslide_sees_as_one_level_use_tifffile(synthetic, layout):
+    path = synthetic[layout]
+    assert openslide.OpenSlide(str(path)).level_count == 1
+    with open_slide(path) as slide:
+        assert slide.backend == "tifffile"
+        assert slide.level_count == expected_level_count(W, H, layout) == 3
+        assert slide.level_dimensions == [(W, H), (W // 2, H // 2), (W // 4, H // 4)]
+        assert slide.level_downsamples == [1.0, 2.0, 4.0]
+        assert slide.mpp == pytest.approx(0.5 if layout == "ome" else 0.25)
+        assert slide.vendor == ("ome-tiff" if layout == "ome" else "generic-tiff")
+    # level 0 is the same image OpenSlide reads
+    _assert_matches_openslide(path, "tifffile", levels=[0])
+
+
+def test_flat_slide_gets_lazy_coarser_levels(synthetic):
+    with open_slide(synthetic["flat"]) as slide:
+        assert slide.level_count == 1
+        pyramid = slide.pyramid()
+        assert [a.shape[:2] for a in pyramid] == [(H, W), (H // 2, W // 2)]
+        assert slide.pyramid_downsamples() == [1.0, 2.0]
+        # the coarse level is the 2x2 mean of level 0
+        full = slide.read_region((0, 0), 0, (512, 512)).astype(np.float64)
+        expected = full.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+        got = pyramid[1][:256, :256].compute()
+        assert np.abs(got - expected).max() <= 0.5 + 1e-9
+
+
+def test_missing_mpp_is_assumed_and_flagged(synthetic):
+    with open_slide(synthetic["nompp"]) as slide:
+        assert slide.mpp_is_assumed and slide.mpp == ASSUMED_MPP
+
+
+def test_fingerprint_stable_and_content_based(sample_slide, sample_copy, synthetic):
+    with open_slide(sample_slide) as a, open_slide(sample_copy, backend="tifffile") as b:
+        assert a.fingerprint() == a.fingerprint() == b.fingerprint()  # name and backend free
+        assert len(a.fingerprint()) == 32
+    with open_slide(synthetic["svs"]) as c, open_slide(synthetic["pages"]) as d:
+        assert len({a.fingerprint(), c.fingerprint(), d.fingerprint()}) == 3
+
+
+def test_thumbnail_respects_max_side(sample_slide):
+    with open_slide(sample_slide) as slide:
+        thumb = slide.get_thumbnail(300)
+        assert max(thumb.shape[:2]) == 300 and thumb.shape[2] == 3
+        assert thumb.shape[0] == round(2967 * 300 / 2967) and abs(thumb.shape[1] - 224) <= 1
+
+
+def test_read_region_rejects_missing_level(sample_slide):
+    with open_slide(sample_slide) as slide, pytest.raises(ValueError, match="level 3"):
+        slide.read_region((0, 0), 3, (10, 10))
