@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_hila.features.store import SlideFeatures
@@ -49,3 +50,12 @@ def make_model(name: str, seed: int = 0, **settings) -> torch.nn.Module:
             k = len(model.prompt_names(level))
             model.set_prompt_embeddings(level, gen.normal(size=(k, TEXT_DIM)))
     return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models are overhead-bound: one thread avoids contention on shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _model_fixtures import one_torch_thread  # noqa: F401
 
 from napari_hila.errors import CohortError
 from napari_hila.survival.losses import make_time_bins, nll_loss, time_to_bin

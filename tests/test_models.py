@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _model_fixtures import ALL_MODELS, PROMPT_MODELS, make_model, make_slide
+from _model_fixtures import ALL_MODELS, PROMPT_MODELS, make_model, make_slide, one_torch_thread  # noqa: F401
 
 from napari_hila.models import available_models, collate, get_model_spec
 from napari_hila.models.hila import HiLa

@@ -6,6 +6,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+from _model_fixtures import one_torch_thread  # noqa: F401
 
 from napari_hila.models.sinkhorn import sinkhorn_log
 
