@@ -32,7 +32,7 @@ from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.crossfusion import Attention, feed_forward
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
-from napari_hila.training.tiles import TileBatch
+from napari_hila.training.tiles import TileBatch, tile_batch
 
 __all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor"]
 
@@ -61,6 +61,7 @@ class VPTSurvConfig:
     train_tiles: int = 200  # tiles sampled per slide per training step
     inference_tiles: int = 1000  # tiles per slide at inference (all when the slide has fewer)
     target_mpp: float = 0.5  # tile resolution, um/px
+    tile_seed: int = 0  # tile sampling: the same (seed, epoch, slide) always gives the same tiles
     tile_chunk: int = 32  # tiles through the encoder at once (bounds memory)
     checkpoint_tiles: bool = (
         True  # recompute encoder activations in backward: memory per chunk, not per slide
@@ -209,6 +210,32 @@ class VPTSurv(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def batch_from_bags(self, bags, epoch: int = 0, train: bool = True) -> TileBatch:
+        """Sample tiles from slides (:class:`SlideRef` or paths): ``train_tiles`` or ``inference_tiles`` each."""
+        cfg = self.config
+        n_tiles = cfg.train_tiles if train else cfg.inference_tiles
+        return tile_batch(
+            bags, n_tiles, cfg.tile_px, cfg.target_mpp, cfg.tile_seed, epoch if train else 0
+        )
+
+    def card_inputs(self) -> dict:
+        """What the model card records about the inputs: the frozen encoder and the tile grid."""
+        cfg = self.config
+        encoder = {
+            "name": cfg.encoder,
+            "version": cfg.encoder_source,
+            "dim": int(self.encoder.config.width),
+        }
+        return {
+            "encoders": {"patch": encoder, "region": {"name": None, "version": "", "dim": 0}},
+            "grid": {
+                "patch_px": cfg.tile_px,
+                "target_mpp": cfg.target_mpp,
+                "tiles_per_slide": cfg.inference_tiles,
+                "inputs": "tiles",
+            },
+        }
 
     # -- tiles -> one token per tile ---------------------------------------------------
     def _pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

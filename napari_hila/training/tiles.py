@@ -13,8 +13,10 @@ prompt). Sampling is deterministic given (seed, epoch, slide index).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +36,11 @@ __all__ = [
     "sample_indices",
     "read_tile",
     "resize_tiles",
-    "SlideTileSource",
+    "SlideRef",
+    "slide_tiles",
+    "tile_batch",
+    "cohort_slide_refs",
+    "find_slide_file",
 ]
 
 
@@ -43,9 +49,14 @@ class TileSet:
 
     coords: np.ndarray  # (N, 2) int64 level-0 (x, y) of each tile's top-left corner
     tile_size: int  # level-0 px side of one tile
+    name: str  # seeds the sampling of this slide's tiles
 
     def __len__(self) -> int:
         return int(len(self.coords))
+
+    def subset(self, indices: np.ndarray) -> TileSet:
+        """The same slide restricted to some of its tiles."""
+        raise NotImplementedError
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Tiles ``start:stop`` and their 2 x 2 context, both (n, H, W, 3) uint8."""
@@ -75,6 +86,7 @@ class InMemoryTiles(TileSet):
     context: np.ndarray  # (N, H, W, 3) uint8
     coords: np.ndarray
     tile_size: int
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.tiles.shape != self.context.shape or len(self.tiles) != len(self.coords):
@@ -85,6 +97,15 @@ class InMemoryTiles(TileSet):
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         return self.tiles[start:stop], self.context[start:stop]
+
+    def subset(self, indices: np.ndarray) -> InMemoryTiles:
+        return InMemoryTiles(
+            self.tiles[indices],
+            self.context[indices],
+            self.coords[indices],
+            self.tile_size,
+            self.name,
+        )
 
 
 @dataclass
@@ -104,7 +125,9 @@ def tile_grid(path: str | os.PathLike, tile_px: int, target_mpp: float) -> TileG
 
     with open_slide(path) as slide:
         tissue = detect_tissue(slide)
-        grids = make_grids(slide, tissue, patch_px=tile_px, target_mpp=target_mpp)
+        grids = make_grids(
+            slide, tissue, patch_px=tile_px, region_px=16 * tile_px, target_mpp=target_mpp
+        )
         coords = np.asarray(grids.patch_coords, np.int64).reshape(-1, 2)
         if len(coords) == 0:
             raise SlideError(
@@ -157,6 +180,15 @@ class SlideTiles(TileSet):
     origin: tuple[int, int] = (0, 0)  # grid origin, so 2 x 2 blocks align with the grid
     workers: int = 2
     _slide: object = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def subset(self, indices: np.ndarray) -> SlideTiles:
+        return SlideTiles(
+            self.path, self.coords[indices], self.tile_size, self.tile_px, self.origin, self.workers
+        )
 
     def _open(self):
         if self._slide is None:
@@ -212,41 +244,107 @@ class TileBatch:
         return self
 
 
-class SlideTileSource:
-    """Tile grids of a cohort's slides, and tile batches sampled from them.
+@dataclass(frozen=True)
+class SlideRef:
+    """A slide handed to a model that reads its own tiles (the trainer's bag for such models)."""
 
-    Grids are computed once per slide and kept (positions only, a few KB);
-    pixels are read only when a model pulls a chunk.
-    """
+    path: Path
+    slide_id: str = ""
 
-    def __init__(
-        self,
-        slide_paths: Sequence[str | os.PathLike],
-        tile_px: int = 224,
-        target_mpp: float = 0.5,
-        seed: int = 0,
-        workers: int = 2,
-    ) -> None:
-        self.paths = [Path(p) for p in slide_paths]
-        self.tile_px = int(tile_px)
-        self.target_mpp = float(target_mpp)
-        self.seed = int(seed)
-        self.workers = int(workers)
-        self._grids: dict[int, TileGrid] = {}
 
-    def grid(self, index: int) -> TileGrid:
-        if index not in self._grids:
-            self._grids[index] = tile_grid(self.paths[index], self.tile_px, self.target_mpp)
-        return self._grids[index]
+def slide_key(name: str) -> int:
+    """A stable per-slide number for seeding (CRC32 of the slide's file name)."""
+    return zlib.crc32(name.encode())
 
-    def tiles(self, index: int, n_tiles: int, epoch: int = 0) -> SlideTiles:
-        """``n_tiles`` tiles of slide ``index`` (all when it has fewer), fixed by seed and epoch."""
-        grid = self.grid(index)
-        chosen = sample_indices(len(grid.coords), n_tiles, self.seed, epoch, index)
-        origin = tuple(int(v) for v in grid.coords.min(axis=0))
-        return SlideTiles(
-            grid.path, grid.coords[chosen], grid.tile_size, self.tile_px, origin, self.workers
+
+def slide_tiles(
+    path: str | os.PathLike,
+    n_tiles: int,
+    tile_px: int,
+    target_mpp: float,
+    seed: int = 0,
+    epoch: int = 0,
+    workers: int = 2,
+) -> SlideTiles:
+    """``n_tiles`` tissue tiles of one slide (all when it has fewer), fixed by (seed, epoch, slide)."""
+    grid = cached_tile_grid(str(path), int(tile_px), float(target_mpp), _mtime(path))
+    origin = tuple(int(v) for v in grid.coords.min(axis=0))
+    every = SlideTiles(grid.path, grid.coords, grid.tile_size, int(tile_px), origin, workers)
+    return every.subset(sample_indices(len(every), n_tiles, seed, epoch, slide_key(every.name)))
+
+
+def tile_batch(
+    slides: Sequence[TileSet | SlideRef | str | os.PathLike],
+    n_tiles: int,
+    tile_px: int,
+    target_mpp: float,
+    seed: int = 0,
+    epoch: int = 0,
+) -> TileBatch:
+    """A :class:`TileBatch` of ``n_tiles`` tiles per slide (slide files or tile sets)."""
+    sets: list[TileSet] = []
+    for item in slides:
+        if isinstance(item, TileSet):
+            chosen = sample_indices(len(item), n_tiles, seed, epoch, slide_key(item.name))
+            sets.append(item.subset(chosen))
+        else:
+            path = item.path if isinstance(item, SlideRef) else Path(item)
+            sets.append(slide_tiles(path, n_tiles, tile_px, target_mpp, seed, epoch))
+    return TileBatch(sets)
+
+
+def _mtime(path: str | os.PathLike) -> float:
+    from napari_hila.errors import SlideError
+
+    try:
+        return os.stat(path).st_mtime
+    except OSError as err:
+        raise SlideError(
+            f"{path}: cannot read the slide ({err.strerror}); check the path"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_tile_grid(path: str, tile_px: int, target_mpp: float, mtime: float) -> TileGrid:
+    """:func:`tile_grid`, computed once per slide file version (positions only: a few KB)."""
+    return tile_grid(path, tile_px, target_mpp)
+
+
+def find_slide_file(slides_dir: str | os.PathLike, slide_id: str) -> Path | None:
+    """``<slides_dir>/<slide_id><suffix>`` for a slide suffix napari-hila reads, or None."""
+    from napari_hila.slides import SLIDE_SUFFIXES
+
+    folder = Path(slides_dir)
+    for suffix in sorted(SLIDE_SUFFIXES):
+        candidate = folder / f"{slide_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    direct = folder / slide_id
+    return direct if direct.is_file() and direct.suffix.lower() in SLIDE_SUFFIXES else None
+
+
+def cohort_slide_refs(cohort, slides_dir: str | os.PathLike) -> list[SlideRef]:
+    """One :class:`SlideRef` per cohort row; every missing slide is listed in one error."""
+    from napari_hila.errors import CohortError
+
+    folder = Path(slides_dir)
+    if not folder.is_dir():
+        raise CohortError(
+            f"{folder}: slide folder not found; give --slides the folder of the slide files"
         )
-
-    def batch(self, indices: Sequence[int], n_tiles: int, epoch: int = 0) -> TileBatch:
-        return TileBatch([self.tiles(i, n_tiles, epoch) for i in indices])
+    refs, missing = [], []
+    for row in cohort.rows:
+        path = find_slide_file(folder, row.slide_id)
+        if path is None:
+            missing.append(row.slide_id)
+        else:
+            refs.append(SlideRef(path, row.slide_id))
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise CohortError(
+            f"{folder}: no slide file for {shown}; name each file <slide_id>.svs (or .tif, .ndpi, ...) "
+            "or remove those rows from the cohort CSV"
+        )
+    return refs
