@@ -25,7 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cohort", required=True, help="CSV: patient_id, slide_id, time, event [, fold]"
     )
-    parser.add_argument("--features", required=True, help="folder of <slide_id>.h5 feature files")
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="folder of <slide_id>.h5 feature files (feature-based models)",
+    )
+    parser.add_argument(
+        "--slides",
+        default=None,
+        help="folder of <slide_id>.svs/.tif/... slide files (models trained end to end on tiles, e.g. vptsurv)",
+    )
     parser.add_argument("--out", required=True, help="run folder (created; re-use it to resume)")
     parser.add_argument("--model", default="hila", help="registry model name (default: hila)")
     parser.add_argument(
@@ -110,14 +119,25 @@ def run(args: argparse.Namespace) -> int:
         spec = get_model_spec(args.model)
     except KeyError as err:
         raise HilaError(str(err.args[0])) from None
-    if spec.inputs != "features":
-        raise HilaError(
-            f"model {args.model!r} trains on {spec.inputs}, not on cached features; "
-            "`napari-hila train` handles feature-based models"
-        )
     device = str(resolve_device(args.device))
-    cohort = read_cohort(args.cohort, args.features, time_unit=args.time_unit)
-    bags = load_cohort_features(cohort, args.features)
+    if spec.inputs == "tiles":
+        from napari_hila.training.tiles import cohort_slide_refs
+
+        if not args.slides:
+            raise HilaError(
+                f"model {args.model!r} trains end to end on raw tiles: give --slides DIR, "
+                "the folder holding the cohort's slide files"
+            )
+        cohort = read_cohort(args.cohort, None, time_unit=args.time_unit)
+        bags = cohort_slide_refs(cohort, args.slides)
+    else:
+        if not args.features:
+            raise HilaError(
+                f"model {args.model!r} trains on extracted features: give --features DIR "
+                "(run `napari-hila extract` first)"
+            )
+        cohort = read_cohort(args.cohort, args.features, time_unit=args.time_unit)
+        bags = load_cohort_features(cohort, args.features)
     prompt_set = None
     if wants_prompts(spec.config_cls):
         prompt_set = embed_prompts(args.prompts, args.text_encoder, device)

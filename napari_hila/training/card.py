@@ -103,8 +103,14 @@ def build_card(
     folds: list[dict],
     prompt_set: dict | None,
     losses: list[float],
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the viewer and prediction need besides the weights."""
+    """Everything the viewer and prediction need besides the weights.
+
+    ``inputs`` (``{"encoders", "grid"}``) comes from a model that reads its own
+    inputs (raw tiles) instead of feature files, and replaces what the features say.
+    """
+    inputs = inputs or {}
     from napari_hila.models.registry import get_model_spec
     from napari_hila.training.crossval import KM_NOTE, THRESHOLD_NOTE, edges_to_json
 
@@ -127,7 +133,7 @@ def build_card(
         "label": label,
         "cancer_type": settings.cancer_type,
         "description": spec.description,
-        "encoders": _encoders(example_feats),
+        "encoders": inputs.get("encoders") or _encoders(example_feats),
         "prompts": {
             "set": (prompt_set or {}).get("name"),
             "text_encoder": (prompt_set or {}).get("text_encoder"),
@@ -149,7 +155,7 @@ def build_card(
             "the scale new slides' risk percentiles are read on",
         },
         "metrics": metrics,
-        "grid": _grid(example_feats),
+        "grid": inputs.get("grid") or _grid(example_feats),
         "training": {
             "epochs": settings.epochs,
             "lr": settings.lr,

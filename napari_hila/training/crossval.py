@@ -41,6 +41,7 @@ from napari_hila.training.splits import (
 from napari_hila.training.trainer import (
     FitSettings,
     data_config,
+    feature_widths,
     fit_model,
     install_prompt_embeddings,
     slide_risks,
@@ -233,8 +234,7 @@ def _build_and_fit(
     bag0 = data.bags[slides[0]]
     values = data_config(
         spec.config_cls,
-        bag0.features.shape[1],
-        bag0.region_features.shape[1],
+        *feature_widths(bag0),
         len(edges) - 1,
         prompt_set,
     )
@@ -337,7 +337,7 @@ def run_training(
             )
             ids, risk = data.patient_scores(model, all_slides, device)
             card = build_card(
-                config,
+                getattr(model, "config", config),  # a model may complete its config (VPTSurv's ViT)
                 settings,
                 cohort,
                 bags[0],
@@ -348,6 +348,7 @@ def run_training(
                 folds,
                 prompt_set,
                 losses,
+                inputs=model.card_inputs() if hasattr(model, "card_inputs") else None,
             )
             from napari_hila.training.modelfile import save_model
 

@@ -24,7 +24,9 @@ __all__ = [
     "FitSettings",
     "data_config",
     "fit_model",
+    "feature_widths",
     "install_prompt_embeddings",
+    "make_batch",
     "slide_risks",
     "subsample_patches",
     "wants_prompts",
@@ -103,9 +105,36 @@ def subsample_patches(feats: SlideFeatures, n: int, rng: np.random.Generator) ->
         features=feats.features[keep],
         coords=feats.coords[keep],
         patch_to_region=feats.patch_to_region[keep],
-        scales={},
-        extras={},
+        scales=feats.scales,  # other magnifications (CrossFusion) keep all their tiles
+        extras={},  # cross-scale indices point into the full patch list
     )
+
+
+def make_batch(
+    model: torch.nn.Module,
+    bags: Sequence[Any],
+    max_patches: int | None,
+    rng: np.random.Generator | None,
+    epoch: int = 0,
+    train: bool = True,
+) -> Any:
+    """The model's input for some bags: padded features, unless the model reads its own.
+
+    A model whose registry inputs are not cached features (``inputs="tiles"``)
+    takes slide references as bags and builds its batch with
+    ``batch_from_bags(bags, epoch=, train=)``; the trainer never looks inside.
+    """
+    build = getattr(model, "batch_from_bags", None)
+    if build is not None:
+        return build(bags, epoch=epoch, train=train)
+    return collate([subsample_patches(b, max_patches, rng) for b in bags])
+
+
+def feature_widths(bag: Any) -> tuple[int, int]:
+    """(patch, region) feature widths of a bag; (0, 0) for a bag without features (slide reference)."""
+    if not isinstance(bag, SlideFeatures):
+        return 0, 0
+    return int(bag.features.shape[1]), int(bag.region_features.shape[1])
 
 
 def _nll_alpha(model: torch.nn.Module) -> float:
@@ -158,7 +187,7 @@ def fit_model(
             disable=not settings.show_progress,
         )
         for idx in bar:
-            batch = collate([subsample_patches(bags[i], settings.max_patches, rng) for i in idx])
+            batch = make_batch(model, [bags[i] for i in idx], settings.max_patches, rng, epoch)
             out = model(batch.to(device))
             loss = nll_loss(out.logits, bins_t[idx].to(device), events_t[idx].to(device), alpha)
             loss = loss + out.aux_loss
@@ -196,5 +225,7 @@ def slide_risks(
     model.to(device)
     risks = np.empty(len(bags), dtype=float)
     for i, bag in enumerate(bags):
-        risks[i] = float(model(collate([bag]).to(device)).risk[0])
+        risks[i] = float(
+            model(make_batch(model, [bag], None, None, train=False).to(device)).risk[0]
+        )
     return risks
