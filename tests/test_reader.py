@@ -1,0 +1,151 @@
+"""The npe2 reader and sample data, napari's reader machinery, and `napari-hila info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_hila._reader import NO_LAYERS, get_reader
+from napari_hila.slides.synthetic import write_test_slide
+
+
+@pytest.fixture
+def notifications():
+    """Messages napari's notification manager receives during the test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    yield lambda: [str(n.message) for n in notification_manager.records[start:]]
+
+
+def test_manifest_is_valid_and_reader_is_registered(sample_slide):
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-hila")
+    npe2.PluginManifest.validate(
+        manifest.model_dump() if hasattr(manifest, "model_dump") else manifest.dict()
+    )
+    readers = [r.command for r in pm.iter_compatible_readers([str(sample_slide)])]
+    assert "napari-hila.get_reader" in readers
+    assert any(s.key == "cmu-small-region" for s in manifest.contributions.sample_data)
+
+
+def test_reader_returns_multiscale_rgb_layer_in_um(sample_slide):
+    reader = get_reader(str(sample_slide))
+    assert callable(reader)
+    [(data, kwargs, kind)] = reader(str(sample_slide))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert kwargs["scale"] == (0.499, 0.499) and kwargs["units"] == ("um", "um")
+    assert data[0].shape == (2967, 2220, 3) and data[0].chunksize == (240, 240, 3)
+    meta = kwargs["metadata"]
+    for key in (
+        "path",
+        "backend",
+        "vendor",
+        "mpp",
+        "mpp_is_assumed",
+        "objective_power",
+        "fingerprint",
+        "levels",
+        "properties",
+        "associated_images",
+    ):
+        assert key in meta
+    assert meta["properties"]["aperio.MPP"] == "0.4990"
+
+
+def test_reader_leaves_other_files_to_other_readers(tmp_path):
+    for name, data in [
+        ("deep.tif", np.zeros((64, 64, 3), np.uint16)),
+        ("grey.tif", np.zeros((512, 512), np.uint8)),
+        ("flat_rgb.tif", np.zeros((64, 64, 3), np.uint8)),  # not tiled: napari's own reader
+    ]:
+        tifffile.imwrite(tmp_path / name, data)
+        assert get_reader(str(tmp_path / name)) is None, name
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    assert get_reader(str(tmp_path / "image.png")) is None
+    assert get_reader([str(tmp_path / "a.svs"), str(tmp_path / "b.svs")]) is None
+
+
+def test_broken_slide_gives_notification_not_traceback(tmp_path, notifications):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("not a slide")
+    reader = get_reader(str(bad))
+    assert reader is not None  # a .svs is ours, so we say what is wrong with it
+    assert reader(str(bad)) == NO_LAYERS
+    [message] = notifications()
+    assert str(bad) in message and "not a .svs slide" in message
+
+
+def test_viewer_open_through_napari_reader_machinery(sample_slide, tmp_path, notifications):
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    [layer] = viewer.open(str(sample_slide), plugin="napari-hila")
+    assert layer.multiscale and layer.rgb
+    np.testing.assert_allclose(layer.scale, [0.499, 0.499])
+    assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    assert layer.metadata["vendor"] == "aperio"
+    # a broken file opens nothing, raises nothing and says why
+    bad = tmp_path / "empty.svs"
+    bad.write_bytes(b"")
+    assert viewer.open(str(bad), plugin="napari-hila") == []
+    assert any("empty (0 bytes)" in m for m in notifications())
+    assert len(viewer.layers) == 1
+
+
+def test_missing_mpp_warns_in_napari(tmp_path, notifications):
+    path = write_test_slide(tmp_path / "nompp.tif", 600, 500, layout="flat", mpp=None)
+    [(_, kwargs, _)] = get_reader(str(path))(str(path))
+    assert kwargs["metadata"]["mpp_is_assumed"] is True and kwargs["scale"] == (0.5, 0.5)
+    assert any("does not record its pixel size" in m and "0.5 um/px" in m for m in notifications())
+
+
+def test_sample_data_is_the_reader_layer():
+    from napari_hila._sample_data import sample_slide
+
+    [(data, kwargs, kind)] = sample_slide()
+    assert kind == "image" and kwargs["name"] == "CMU-1-Small-Region"
+    assert data[0].shape == (2967, 2220, 3) and kwargs["scale"] == (0.499, 0.499)
+
+
+def _run_info(argv):
+    from napari_hila.commands import info
+
+    parser = argparse.ArgumentParser()
+    info.add_arguments(parser)
+    return info.run(parser.parse_args(argv))
+
+
+def test_info_command_json(sample_slide, capsys):
+    assert _run_info([str(sample_slide)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "openslide" and out["vendor"] == "aperio"
+    assert out["levels"] == [{"level": 0, "width": 2220, "height": 2967, "downsample": 1.0}]
+    assert out["mpp"] == 0.499 and out["mpp_is_assumed"] is False and out["objective_power"] == 20
+    assert out["tile_size"] == [240, 240]
+    assert out["associated_images"]["label"] == [387, 463]
+    assert 0.25 < out["tissue_fraction"] < 0.55
+    grid = out["grid"]
+    assert grid["patch_size_level0"] == 256 and grid["regions"] == 1 and grid["patches"] > 20
+    assert _run_info([str(sample_slide), "--backend", "tifffile", "--no-tissue"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "tifffile" and "tissue_fraction" not in out
+
+
+def test_info_command_error_line_and_exit_code(tmp_path, capsys, monkeypatch):
+    from napari_hila import cli
+
+    # only this command: the dispatcher itself is what is under test
+    monkeypatch.setattr(cli, "COMMANDS", {"info": cli.COMMANDS["info"]})
+    bad = tmp_path / "half.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    assert cli.main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
