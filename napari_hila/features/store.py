@@ -97,7 +97,7 @@ def _attr_value(value: Any) -> Any:
 
 
 def load_features(path: str | os.PathLike) -> SlideFeatures:
-    """Read a feature file written here, by CLAM or by TRIDENT.
+    """Read a feature file written here, by CLAM or by TRIDENT (``.h5`` or CLAM ``.pt``).
 
     CLAM/TRIDENT files carry only ``features`` and ``coords``; region arrays are
     then left empty and ``features.pooling.ensure_regions`` pools them.
@@ -105,6 +105,10 @@ def load_features(path: str | os.PathLike) -> SlideFeatures:
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: feature file not found; run `napari-hila extract` first")
+    if path.suffix in (".pt", ".pth"):  # CLAM's pt_files: a bare tensor
+        from napari_hila.features.pt_format import load_pt_features
+
+        return load_pt_features(path)
     try:
         with h5py.File(path, "r") as h5:
             if "features" not in h5 or "coords" not in h5:
