@@ -82,14 +82,10 @@ DESCRIPTOR_DIM = len(DESCRIPTOR_NAMES)
 
 def _hist(values: torch.Tensor, weights: torch.Tensor, edges: tuple[float, ...]) -> torch.Tensor:
     """Weighted fraction of pixels per bin (N, len(edges)); the last bin is open."""
-    total = weights.sum(dim=(1, 2)).clamp_min(1.0)
-    out = []
-    for i, lo in enumerate(edges):
-        inside = values >= lo
-        if i + 1 < len(edges):
-            inside = inside & (values < edges[i + 1])
-        out.append((inside * weights).sum(dim=(1, 2)) / total)
-    return torch.stack(out, dim=1)
+    bins = torch.bucketize(values.flatten(1).contiguous(), torch.tensor(edges[1:]), right=True)
+    w = weights.flatten(1)
+    counts = torch.zeros(values.shape[0], len(edges)).scatter_add_(1, bins, w)
+    return counts / w.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 def _gradient_energy(gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +137,9 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
     Tiles of any size are resampled to 256 px first, so the physical scale is
     the one the grid asked for (0.5 um/px by default).
     """
-    x = torch.as_tensor(np.ascontiguousarray(tiles) if isinstance(tiles, np.ndarray) else tiles)
+    if isinstance(tiles, np.ndarray):
+        tiles = np.require(tiles, requirements=("C", "W"))  # torch wants writable memory
+    x = torch.as_tensor(tiles)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected tiles of shape (N, H, W, 3), got {tuple(x.shape)}")
     if x.shape[0] == 0:

@@ -1,0 +1,285 @@
+"""Slide -> tissue -> patch and region grids -> tiles -> encoder -> one HDF5 file.
+
+:func:`extract_slide` is what prediction, the viewer and ``napari-hila
+extract`` call. It is cached (a second call on the same slide and settings
+returns at once), resumable (patch features are checkpointed every few
+batches), cancellable between batches, and safe when two processes start on
+the same slide (the second waits for the first, then reuses its file).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from napari_hila.errors import Cancelled, SlideError
+from napari_hila.features.cache import PartialFeatures, cache_path, settings_key, slide_lock
+from napari_hila.features.pooling import mean_per_region
+from napari_hila.features.store import SlideFeatures, load_features, save_features
+from napari_hila.features.tiles import iter_tile_batches
+
+Progress = Callable[[str, float], None]
+DEFAULT_ENCODER = "hila-descriptor"
+REGION_MODES = ("view", "mean")
+CHECKPOINT_EVERY = 8  # batches between writes of the partial file
+
+
+@functools.lru_cache(maxsize=4)
+def _vision_encoder(name: str, weights: str | None, device: str):
+    from napari_hila.encoders import get_vision_encoder
+
+    return get_vision_encoder(name, weights=weights, device=device)
+
+
+def vision_encoder(name: str, weights: str | os.PathLike | None = None, device: str = "auto"):
+    """A loaded vision encoder, reused across slides within a process."""
+    return _vision_encoder(name, str(weights) if weights else None, str(device))
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, float(min(max(fraction, 0.0), 1.0)))
+
+
+def _check_cancel(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(what)
+
+
+def _cache_is_valid(path: Path, expected: dict) -> bool:
+    """True when ``path`` holds features made with exactly ``expected`` attributes."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {k: h5.attrs.get(k) for k in expected}
+            complete = "features" in h5 and "region_features" in h5
+    except OSError:
+        return False
+
+    def equal(found, wanted) -> bool:
+        if found is None:
+            return False
+        if isinstance(wanted, float):
+            return bool(np.isclose(float(found), wanted))
+        return str(found.decode() if isinstance(found, bytes) else found) == str(wanted)
+
+    return complete and all(equal(attrs[k], v) for k, v in expected.items())
+
+
+def encode_patches(
+    slide,
+    grids,
+    encoder,
+    target: Path,
+    key: str,
+    batch_size: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    """Features of every grid patch, resuming from and checkpointing to the partial file."""
+    coords = grids.patch_coords
+    total = len(coords)
+    partial = PartialFeatures(target, coords, int(encoder.output_dim), key)
+    try:
+        done = partial.done
+        _report(progress, "tiles", done / max(total, 1))
+        batches = iter_tile_batches(
+            slide, coords, grids.patch_size, grids.patch_px, batch_size, start=done, stop=cancel
+        )
+        since = 0
+        for start, tiles in batches:
+            if cancel is not None and cancel.is_set():
+                batches.close()
+                partial.checkpoint(done)
+                raise Cancelled(
+                    f"{slide.path}: extraction cancelled after {done} of {total} patches; "
+                    "run it again to resume"
+                )
+            partial.write(start, encoder.encode(tiles))
+            done = start + len(tiles)
+            since += 1
+            if since >= CHECKPOINT_EVERY:
+                partial.checkpoint(done)
+                since = 0
+            _report(progress, "tiles", done / max(total, 1))
+        partial.checkpoint(done)
+        features = partial.read_done()
+    finally:
+        partial.close()
+    return features
+
+
+def encode_regions(
+    slide,
+    grids,
+    encoder,
+    batch_size: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    """Each region seen whole at low magnification, resized to the encoder's input."""
+    out_px = int(getattr(encoder, "input_size", None) or grids.patch_px)
+    parts = []
+    total = max(grids.num_regions, 1)
+    for start, tiles in iter_tile_batches(
+        slide,
+        grids.region_coords,
+        grids.region_size,
+        out_px,
+        batch_size=min(batch_size, 8),
+        prefetch=2,
+        stop=cancel,
+    ):
+        _check_cancel(cancel, f"{slide.path}: extraction cancelled while encoding regions")
+        parts.append(encoder.encode(tiles))
+        _report(progress, "features", (start + len(tiles)) / total)
+    if not parts:
+        return np.zeros((0, int(encoder.output_dim)), np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def extract_slide(
+    slide_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    encoder: str = DEFAULT_ENCODER,
+    region_encoder: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    patch_px: int = 256,
+    region_px: int = 4096,
+    target_mpp: float = 0.5,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    region_weights: str | os.PathLike | None = None,
+    region_mode: str = "view",
+    magnifications: tuple[str, ...] | None = None,
+    batch_size: int = 64,
+) -> Path:
+    """Extract (or find cached) features of one slide; returns the HDF5 path.
+
+    ``progress(stage, fraction)`` reports stages "tissue", "tiles" (patches) and
+    "features" (regions, saving); ``cancel`` is checked between batches and
+    raises :class:`~napari_hila.errors.Cancelled`, keeping finished patches
+    for the next run. ``region_mode`` "view" encodes each region whole at low
+    magnification with ``region_encoder`` (default: the patch encoder); "mean"
+    averages the region's patch features instead.
+    """
+    from napari_hila.slides import detect_tissue, make_grids, open_slide
+
+    if region_mode not in REGION_MODES:
+        raise ValueError(f"region_mode must be one of {REGION_MODES}, not {region_mode!r}")
+    scales = tuple(magnifications) if magnifications else None
+    settings = {
+        "patch_px": int(patch_px),
+        "region_px": int(region_px),
+        "target_mpp": float(target_mpp),
+        "region_encoder": region_encoder if region_encoder not in (None, encoder) else None,
+        "region_mode": region_mode,
+        "magnifications": ",".join(scales) if scales else None,
+    }
+    patch_enc = vision_encoder(encoder, weights, device)
+    region_enc = None
+    if region_mode == "view":
+        region_enc = (
+            vision_encoder(region_encoder, region_weights or weights, device)
+            if settings["region_encoder"]
+            else patch_enc
+        )
+    region_name = region_enc.name if region_enc is not None else f"mean({encoder})"
+    t0 = time.perf_counter()
+    with open_slide(slide_path) as slide:
+        fingerprint = slide.fingerprint()
+        target = cache_path(
+            out_dir, Path(slide_path).stem.removesuffix(".ome"), fingerprint, encoder, settings
+        )
+        expected = {
+            "encoder": encoder,
+            "encoder_version": str(patch_enc.version),
+            "region_encoder": region_name,
+            "patch_px": int(patch_px),
+            "region_px": int(region_px),
+            "target_mpp": float(target_mpp),
+            "slide_fingerprint": fingerprint,
+        }
+        with slide_lock(target):
+            if _cache_is_valid(target, expected):
+                _report(progress, "features", 1.0)
+                return target
+            _report(progress, "tissue", 0.0)
+            grids = make_grids(slide, detect_tissue(slide), patch_px, region_px, target_mpp)
+            _report(progress, "tissue", 1.0)
+            if grids.num_patches == 0:
+                raise SlideError(
+                    f"{slide.path}: no tissue found (0 patches at {target_mpp} um/px); check that "
+                    "the slide is a stained tissue section, or lower --target-mpp for tiny samples"
+                )
+            _check_cancel(cancel, f"{slide.path}: extraction cancelled")
+            key = settings_key({**expected, **settings})
+            features = encode_patches(
+                slide, grids, patch_enc, target, key, batch_size, progress, cancel
+            )
+            if region_enc is None:
+                region_features = mean_per_region(
+                    features, grids.patch_to_region, grids.num_regions
+                )
+            else:
+                region_features = encode_regions(
+                    slide, grids, region_enc, batch_size, progress, cancel
+                )
+            feats = SlideFeatures(
+                features=features,
+                coords=grids.patch_coords,
+                region_features=region_features,
+                region_coords=grids.region_coords,
+                patch_to_region=grids.patch_to_region,
+                attrs={
+                    **expected,
+                    "region_encoder_version": str(
+                        getattr(region_enc, "version", patch_enc.version)
+                    ),
+                    "region_mode": region_mode,
+                    "feature_dim": int(features.shape[1]),
+                    "region_feature_dim": int(region_features.shape[1]),
+                    "patch_size": int(grids.patch_size),
+                    "region_size": int(grids.region_size),
+                    "mpp": float(grids.mpp),
+                    "mpp_is_assumed": bool(slide.mpp_is_assumed),
+                    "min_tissue": float(grids.min_tissue),
+                    "slide_path": str(Path(slide_path).resolve()),
+                    "feature_names": json.dumps(list(getattr(patch_enc, "feature_names", ()))),
+                    "extraction_seconds": round(time.perf_counter() - t0, 3),
+                },
+            )
+            feats.extras["patch_tissue"] = grids.patch_tissue
+            if scales:
+                from napari_hila.features.multiscale import add_magnifications
+
+                add_magnifications(feats, slide, grids, patch_enc, scales, batch_size, cancel)
+            _check_cancel(cancel, f"{slide.path}: extraction cancelled before saving")
+            save_features(target, feats)
+            PartialFeatures.discard(target)
+            _report(progress, "features", 1.0)
+    return target
+
+
+def load_or_extract(
+    slide_path: str | os.PathLike, cache_dir: str | os.PathLike, **kwargs
+) -> SlideFeatures:
+    """Features of ``slide_path`` from the cache, extracting them first if needed.
+
+    Takes the keyword arguments of :func:`extract_slide`.
+    """
+    path = extract_slide(slide_path, cache_dir, **kwargs)
+    feats = load_features(path)
+    feats.attrs["feature_file"] = str(path)
+    return feats

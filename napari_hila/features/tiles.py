@@ -1,0 +1,99 @@
+"""Reading grid tiles in batches, a few batches ahead, in background threads.
+
+A tile is ``size`` level-0 px square and is delivered ``out_px`` square: it is
+read from the coarsest pyramid level that is still at least as fine as asked
+(so a 4096 px region for a 224 px encoder comes from a low-resolution level
+when the file has one) and resized with a box filter. OpenSlide and tifffile
+release the GIL while decoding, so reader threads overlap with the encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_READ_THREADS = 2
+DEFAULT_PREFETCH = 3  # batches in flight ahead of the encoder
+
+
+def read_level_for(slide, size: int, out_px: int) -> int:
+    """Index of the coarsest file level whose pixels are at most ``size / out_px`` level-0 px."""
+    wanted = size / out_px
+    fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= wanted * 1.01]
+    return fine_enough[-1] if fine_enough else 0
+
+
+def resize_tile(tile: np.ndarray, out_px: int) -> np.ndarray:
+    """Square RGB tile resized to ``out_px`` (box filter down, bilinear up)."""
+    if tile.shape[0] == out_px and tile.shape[1] == out_px:
+        return tile
+    factor = tile.shape[0] // out_px
+    if factor >= 2 and tile.shape[0] == factor * out_px and tile.shape[1] == factor * out_px:
+        # Integer reduction: PIL's reduce() is an exact box mean and the fastest path.
+        return np.asarray(Image.fromarray(tile).reduce(factor))
+    method = Image.Resampling.BOX if tile.shape[0] > out_px else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(tile).resize((out_px, out_px), method))
+
+
+def read_tile(
+    slide, x: int, y: int, size: int, out_px: int, level: int | None = None
+) -> np.ndarray:
+    """One ``size`` level-0 px square at (x, y), as (out_px, out_px, 3) uint8."""
+    if level is None:
+        level = read_level_for(slide, size, out_px)
+    side = max(1, math.ceil(size / slide.level_downsamples[level]))
+    return resize_tile(slide.read_region((int(x), int(y)), level, (side, side)), out_px)
+
+
+def read_batch(slide, coords: np.ndarray, size: int, out_px: int, level: int) -> np.ndarray:
+    """Tiles at ``coords`` (N, 2) as one (N, out_px, out_px, 3) uint8 array."""
+    out = np.empty((len(coords), out_px, out_px, 3), np.uint8)
+    for i, (x, y) in enumerate(coords):
+        out[i] = read_tile(slide, x, y, size, out_px, level)
+    return out
+
+
+def iter_tile_batches(
+    slide,
+    coords: np.ndarray,
+    size: int,
+    out_px: int,
+    batch_size: int = 64,
+    start: int = 0,
+    threads: int = DEFAULT_READ_THREADS,
+    prefetch: int = DEFAULT_PREFETCH,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_index, tiles)`` in order, reading up to ``prefetch`` batches ahead.
+
+    Memory is bounded by ``prefetch`` batches whatever the slide's size. Closing
+    the generator early (cancel) drops batches not yet started.
+    """
+    coords = np.asarray(coords)
+    level = read_level_for(slide, size, out_px)
+    starts = iter(range(start, len(coords), batch_size))
+    pending: deque[tuple[int, Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="hila-tiles")
+
+    def submit_next() -> None:
+        i = next(starts, None)
+        if i is not None and not (stop is not None and stop.is_set()):
+            chunk = coords[i : i + batch_size]
+            pending.append((i, pool.submit(read_batch, slide, chunk, size, out_px, level)))
+
+    try:
+        for _ in range(max(1, prefetch)):
+            submit_next()
+        while pending:
+            i, future = pending.popleft()
+            tiles = future.result()
+            submit_next()
+            yield i, tiles
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,191 @@
+"""Feature extraction on the bundled sample: grid, values, cache, resume, locking."""
+
+from __future__ import annotations
+
+import threading
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from napari_hila.errors import Cancelled
+from napari_hila.features import ensure_regions, extract_slide, load_features, load_or_extract
+from napari_hila.features import extract as extract_mod
+from napari_hila.features.cache import partial_path
+from napari_hila.slides import detect_tissue, make_grids, open_slide
+
+
+class CountingEncoder:
+    """Wraps the real descriptor and counts the tiles it is given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.version = inner.name, inner.version
+        self.output_dim, self.input_size = inner.output_dim, inner.input_size
+        self.tiles = 0
+        self.lock = threading.Lock()
+
+    def encode(self, tiles):
+        with self.lock:
+            self.tiles += len(tiles)
+        return self.inner.encode(tiles)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    from napari_hila.encoders import get_vision_encoder
+
+    enc = CountingEncoder(get_vision_encoder("hila-descriptor", device="cpu"))
+    monkeypatch.setattr(extract_mod, "vision_encoder", lambda *a, **k: enc)
+    return enc
+
+
+@pytest.fixture(scope="module")
+def extracted(sample_slide, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features")
+    return extract_slide(sample_slide, out, batch_size=16, device="cpu")
+
+
+def test_file_matches_grid_and_direct_encoding(sample_slide, extracted):
+    from napari_hila.encoders.descriptor import describe_tiles
+    from napari_hila.features.tiles import read_tile
+
+    feats = load_features(extracted)
+    with open_slide(sample_slide) as slide:
+        grids = make_grids(slide, detect_tissue(slide))
+        np.testing.assert_array_equal(feats.coords, grids.patch_coords)
+        np.testing.assert_array_equal(feats.region_coords, grids.region_coords)
+        np.testing.assert_array_equal(feats.patch_to_region, grids.patch_to_region)
+        picks = [0, len(grids.patch_coords) // 2, len(grids.patch_coords) - 1]
+        tiles = np.stack(
+            [slide.read_region(tuple(grids.patch_coords[i]), 0, (256, 256)) for i in picks]
+        )
+        region = read_tile(slide, *grids.region_coords[0], grids.region_size, 256)
+    np.testing.assert_allclose(feats.features[picks], describe_tiles(tiles), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats.region_features[0], describe_tiles(region[None])[0], atol=1e-6)
+    assert feats.num_patches > 20 and feats.features.shape[1] == feats.attrs["feature_dim"]
+    a = feats.attrs
+    assert a["encoder"] == "hila-descriptor" and a["patch_size"] == 256 and a["region_size"] == 4096
+    assert a["slide_fingerprint"] and abs(a["mpp"] - 0.499) < 1e-6 and a["target_mpp"] == 0.5
+    with h5py.File(extracted) as h5:  # CLAM/TRIDENT readers find their datasets
+        assert h5["features"].shape == (feats.num_patches, a["feature_dim"])
+        assert h5["coords"].dtype == np.int64
+    assert not partial_path(extracted).exists()
+
+
+def test_cache_hit_encodes_nothing_and_returns_same_arrays(sample_slide, extracted, counting):
+    first = load_features(extracted)
+    again = load_or_extract(sample_slide, extracted.parent, device="cpu")
+    assert counting.tiles == 0
+    np.testing.assert_array_equal(again.features, first.features)
+    np.testing.assert_array_equal(again.region_features, first.region_features)
+    # A different grid is a different file, never a stale hit.
+    other = extract_slide(
+        sample_slide, extracted.parent, patch_px=512, region_px=2048, device="cpu"
+    )
+    assert other != extracted and counting.tiles > 0
+
+
+def test_cancel_then_resume_gives_the_same_file(sample_copy, extracted, tmp_path, counting):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append(stage)
+        if stage == "tiles" and fraction > 0.3:
+            cancel.set()
+
+    out = tmp_path / "cache"
+    with pytest.raises(Cancelled, match="resume"):
+        extract_slide(sample_copy, out, batch_size=8, progress=progress, cancel=cancel)
+    assert not [p for p in out.glob("*.h5") if not p.name.startswith(".")], "no final file"
+    assert len(list(out.glob(".*.partial.h5"))) == 1
+    done_before = counting.tiles
+    total = load_features(extracted).num_patches
+    assert 0 < done_before < total
+    path = extract_slide(sample_copy, out, batch_size=8, progress=lambda s, f: seen.append(s))
+    resumed = counting.tiles - done_before - 1  # minus the one region view
+    assert resumed <= total - done_before + 8, "finished patches were not encoded again"
+    assert {"tissue", "tiles", "features"} <= set(seen)
+    np.testing.assert_allclose(
+        load_features(path).features, load_features(extracted).features, atol=1e-6
+    )
+    assert not list(out.glob(".*.partial.h5"))
+
+
+def test_two_concurrent_runs_share_one_extraction(sample_copy, tmp_path, counting):
+    out = tmp_path / "cache"
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(extract_slide(sample_copy, out, batch_size=16))
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results[0] == results[1]
+    n = load_features(results[0])
+    assert counting.tiles == n.num_patches + n.num_regions  # extracted once, not twice
+
+
+def test_region_mode_mean_pools_patches(sample_slide, extracted, tmp_path):
+    path = extract_slide(sample_slide, tmp_path, region_mode="mean", device="cpu")
+    feats, view = load_features(path), load_features(extracted)
+    np.testing.assert_allclose(feats.region_features[0], view.features.mean(axis=0), rtol=1e-5)
+    assert feats.attrs["region_encoder"] == "mean(hila-descriptor)"
+
+
+def test_clam_h5_and_pt_inputs_get_pooled_regions(tmp_path):
+    rng = np.random.default_rng(0)
+    coords = np.array([[0, 0], [512, 0], [4096, 0], [4096 + 512, 4096], [0, 8192]], np.int64)
+    feats = rng.normal(size=(5, 6)).astype(np.float32)
+    h5_dir, pt_dir = tmp_path / "h5_files", tmp_path / "pt_files"
+    h5_dir.mkdir(), pt_dir.mkdir()
+    with h5py.File(h5_dir / "slide1.h5", "w") as h5:  # CLAM layout
+        h5.create_dataset("features", data=feats)
+        ds = h5.create_dataset("coords", data=coords)
+        ds.attrs["patch_size"], ds.attrs["patch_level"] = 512, 0
+    torch.save(torch.from_numpy(feats), pt_dir / "slide1.pt")
+    for path in (h5_dir / "slide1.h5", pt_dir / "slide1.pt"):
+        loaded = ensure_regions(load_features(path), region_size=4096)
+        np.testing.assert_array_equal(loaded.coords, coords)
+        assert loaded.patch_size == 512
+        np.testing.assert_array_equal(
+            loaded.region_coords, [[0, 0], [4096, 0], [4096, 4096], [0, 8192]]
+        )
+        np.testing.assert_array_equal(loaded.patch_to_region, [0, 0, 1, 2, 3])
+        np.testing.assert_allclose(loaded.region_features[0], feats[:2].mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(loaded.region_features[3], feats[4], rtol=1e-6)
+    lone = tmp_path / "lone.pt"
+    torch.save(torch.from_numpy(feats), lone)
+    pooled = ensure_regions(load_features(lone))
+    assert pooled.attrs["coords_missing"] and pooled.num_regions == 1
+    np.testing.assert_allclose(pooled.region_features[0], feats.mean(axis=0), rtol=1e-6)
+
+
+def test_bad_slide_and_blank_slide_give_clear_errors(tmp_path):
+    from napari_hila.errors import HilaError
+
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide at all")
+    with pytest.raises(HilaError, match="broken.svs"):
+        extract_slide(bad, tmp_path / "out")
+    import tifffile
+
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(
+        blank,
+        np.full((1024, 1024, 3), 245, np.uint8),
+        tile=(256, 256),
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+    )
+    with pytest.raises(HilaError, match="no tissue"):
+        extract_slide(blank, tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").glob("*.h5") if not p.name.startswith(".")]
