@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from napari_hila.errors import FeatureFileError
-from napari_hila.features.store import SlideFeatures
+from napari_hila.features.store import SlideFeatures, add_clam_patch_size
 
 
 def sibling_coords_file(path: Path) -> Path | None:
@@ -63,10 +63,7 @@ def load_pt_features(path: str | Path) -> SlideFeatures:
             raise FeatureFileError(
                 f"{path}: {len(features)} features but {len(coords)} coordinates in {coords_file}"
             )
-        if "coords.patch_size" in attrs:
-            level = int(attrs.get("coords.patch_level", 0))
-            downsample = float(attrs.get("coords.level_downsample", 1.0)) if level else 1.0
-            attrs["patch_size"] = int(round(int(attrs["coords.patch_size"]) * downsample))
+        add_clam_patch_size(attrs)
     return SlideFeatures(
         features=features,
         coords=coords,

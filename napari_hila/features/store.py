@@ -96,6 +96,14 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def add_clam_patch_size(attrs: dict[str, Any]) -> None:
+    """Set ``patch_size`` (level-0 px) from CLAM's attributes on the coords dataset."""
+    if "patch_size" not in attrs and "coords.patch_size" in attrs:
+        level = int(attrs.get("coords.patch_level", 0))
+        downsample = float(attrs.get("coords.level_downsample", 1.0)) if level else 1.0
+        attrs["patch_size"] = int(round(int(attrs["coords.patch_size"]) * downsample))
+
+
 def load_features(path: str | os.PathLike) -> SlideFeatures:
     """Read a feature file written here, by CLAM or by TRIDENT (``.h5`` or CLAM ``.pt``).
 
@@ -158,11 +166,7 @@ def load_features(path: str | os.PathLike) -> SlideFeatures:
             f"{path}: 'features' {features.shape} and 'coords' {coords.shape} do not match "
             "(expected (M, D) and (M, 2))"
         )
-    # CLAM stores patch_size/patch_level on the coords dataset.
-    if "patch_size" not in attrs and "coords.patch_size" in attrs:
-        level = int(attrs.get("coords.patch_level", 0))
-        downsample = float(attrs.get("coords.level_downsample", 1.0)) if level else 1.0
-        attrs["patch_size"] = int(round(int(attrs["coords.patch_size"]) * downsample))
+    add_clam_patch_size(attrs)
     return SlideFeatures(
         features=features,
         coords=coords,
