@@ -37,7 +37,6 @@ __all__ = [
     "region_outline_layer",
     "result_layers",
     "selection_layer",
-    "tissue_layer",
     "token_at",
     "token_info",
     "top_tokens",
@@ -49,8 +48,13 @@ LayerData = tuple[Any, dict[str, Any], str]
 # lattice (e.g. jittered); we then fall back to a step of one tile.
 MAX_GRID_CELLS = 64_000_000
 
-SELECTED_RGBA = (0.10, 0.75, 0.35, 0.55)
-UNSELECTED_RGBA = (0.55, 0.55, 0.55, 0.18)
+# The patch selection map greys out what the model left out and keeps the
+# selected tiles clear, so it can sit over a heatmap without hiding it.
+SELECTED_RGBA = (0.0, 0.0, 0.0, 0.0)
+UNSELECTED_RGBA = (0.08, 0.08, 0.08, 0.55)
+# Region outlines: selected regions bright, the others faint.
+REGION_SELECTED_RGBA = (1.0, 0.85, 0.0, 1.0)
+REGION_UNSELECTED_RGBA = (0.6, 0.6, 0.6, 0.6)
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 OVERLAY_KEY = "hila_overlay"  # layer.metadata key naming the overlay kind
 
@@ -226,80 +230,65 @@ def selection_layer(result: PredictionResult, level_name: str = "patch") -> Laye
 
 
 def region_outline_layer(result: PredictionResult, level_name: str = "region") -> LayerData:
-    """Shapes layer data: one rectangle per region, selected ones in a strong colour.
+    """Shapes layer data: one rectangle per region on the slide's pixel edges.
 
-    Vertices are world microns on the slide's pixel edges, ``(x - 0.5) * mpp``.
+    Selected regions are drawn in a strong colour, the others faintly; the
+    features table names each region's score and selection.
     """
+    from napari_hila.slides.layers import grid_rectangles
+
     level = result.explanation.levels[level_name]
     mpp = result.mpp
-    size = level.tile_size
-    rectangles = []
-    for x0, y0 in np.asarray(level.coords, np.int64):
-        top, left = (y0 - 0.5) * mpp, (x0 - 0.5) * mpp
-        bottom, right = (y0 + size - 0.5) * mpp, (x0 + size - 0.5) * mpp
-        rectangles.append(np.array([[top, left], [top, right], [bottom, right], [bottom, left]]))
     selected = np.asarray(level.selected, bool)
-    edge = np.array(
-        [SELECTED_RGBA[:3] + (1.0,) if s else UNSELECTED_RGBA[:3] + (0.6,) for s in selected]
-    )
+    edge = [REGION_SELECTED_RGBA if s else REGION_UNSELECTED_RGBA for s in selected]
     kwargs = {
         "name": f"{level_name} selection",
         "shape_type": "rectangle",
-        "edge_color": edge if len(edge) else "white",
+        "edge_color": np.array(edge) if edge else "white",
         "face_color": "transparent",
-        "edge_width": max(size * mpp / 80.0, 2 * mpp),
+        "edge_width": max(level.tile_size / 80.0, 2.0),
+        "scale": (mpp, mpp),
         "features": {
-            "region": np.arange(len(rectangles)),
+            "region": np.arange(len(selected)),
             "alignment_score": np.asarray(level.scores, np.float32),
             "selected": selected,
         },
         "metadata": _meta(result, "regions", level_name),
     }
-    return rectangles, kwargs, "shapes"
-
-
-def tissue_layer(mask: np.ndarray, downsample: float, mpp: float) -> LayerData:
-    """Labels layer data for a tissue mask computed at ``downsample`` times level 0.
-
-    Mask pixel j covers level-0 pixels [j * ds, (j + 1) * ds); its centre sits at
-    world ``(j * ds + ds / 2 - 0.5) * mpp``.
-    """
-    ds = float(downsample)
-    offset = (ds / 2.0 - 0.5) * mpp
-    kwargs = {
-        "name": "tissue",
-        "scale": (ds * mpp, ds * mpp),
-        "translate": (offset, offset),
-        "colormap": {None: TRANSPARENT, 0: TRANSPARENT, 1: (0.2, 0.45, 1.0, 0.25)},
-        "opacity": 1.0,
-        "visible": False,
-        "metadata": {OVERLAY_KEY: "tissue"},
-    }
-    return np.asarray(mask, bool).astype(np.uint8), kwargs, "labels"
+    return list(grid_rectangles(level.coords, level.tile_size)), kwargs, "shapes"
 
 
 def result_layers(
     result: PredictionResult,
     prompts: dict[str, int | str] | None = None,
-    tissue: tuple[np.ndarray, float] | None = None,
+    tissue: Any = None,
 ) -> list[LayerData]:
     """All overlays for a result, bottom to top.
 
-    Tissue mask (when given as ``(mask, downsample)``), then per level with
-    tokens: the selection map (Labels for small tiles, outlines for levels
-    with a parent-less coarse grid) and one heatmap (``prompts[level]``,
-    default the first prompt).
+    The tissue mask (a :class:`~napari_hila.slides.TissueMask`, drawn by the
+    slides package's own layer function, hidden), one heatmap per level showing
+    ``prompts[level]`` (default the first prompt; the coarse level's hidden),
+    then the selection maps: outlines for the coarsest level, per-tile labels
+    for the others.
     """
     prompts = prompts or {}
     layers: list[LayerData] = []
     if tissue is not None:
-        layers.append(tissue_layer(tissue[0], tissue[1], result.mpp))
+        from napari_hila.slides.layers import tissue_layer_data
+
+        data, kwargs, kind = tissue_layer_data(tissue, result.mpp)
+        kwargs.pop("units", None)  # the viewer passes the slide layer's units
+        kwargs["visible"] = False
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), OVERLAY_KEY: "tissue"}
+        layers.append((data, kwargs, kind))
     levels = result.explanation.levels
     coarse = _coarse_level(result)
     for name, level in levels.items():
         if len(level.coords) == 0 or level.maps.shape[1] == 0:
             continue
-        layers.append(heatmap_layer(result, name, prompts.get(name, 0)))
+        data, kwargs, kind = heatmap_layer(result, name, prompts.get(name, 0))
+        kwargs["visible"] = name != coarse  # one heatmap at a time; the user can switch
+        layers.append((data, kwargs, kind))
     for name, level in levels.items():
         if len(level.coords) == 0:
             continue

@@ -107,29 +107,34 @@ def test_region_outlines_on_pixel_edges(result):
     level = result.explanation.levels["region"]
     data, kwargs, kind = overlays.region_outline_layer(result, "region")
     assert kind == "shapes" and len(data) == len(level.coords)
+    layer = Layer.create(data, kwargs, kind)
     x0, y0 = level.coords[1]
-    rect = data[1]
-    np.testing.assert_allclose(rect.min(axis=0), ((y0 - 0.5) * result.mpp, (x0 - 0.5) * result.mpp))
-    np.testing.assert_allclose(
-        rect.max(axis=0), ((y0 + 1024 - 0.5) * result.mpp, (x0 + 1024 - 0.5) * result.mpp)
-    )
-    Layer.create(data, kwargs, kind)  # napari accepts the kwargs
+    corners = np.array([layer.data_to_world(v) for v in layer.data[1]])
+    mpp = result.mpp
+    np.testing.assert_allclose(corners.min(axis=0), ((y0 - 0.5) * mpp, (x0 - 0.5) * mpp))
+    np.testing.assert_allclose(corners.max(axis=0), ((y0 + 1023.5) * mpp, (x0 + 1023.5) * mpp))
+    assert list(layer.features["selected"]) == list(level.selected)
 
 
-def test_tissue_mask_alignment():
+def test_tissue_mask_alignment(result):
+    from napari_hila.slides import TissueMask
+
     mask = np.zeros((10, 12), bool)
     mask[2:5, 3:7] = True
-    data, kwargs, _ = overlays.tissue_layer(mask, 16.0, 0.5)
-    layer = Labels(data, **kwargs)
+    specs = overlays.result_layers(result, tissue=TissueMask(mask, 16.0))
+    data, kwargs, kind = specs[0]
+    layer = Layer.create(data, kwargs, kind)
+    assert layer.metadata[overlays.OVERLAY_KEY] == "tissue"
+    mpp = result.mpp
     # mask pixel (2, 3) covers level-0 pixels y 32..47, x 48..63
     np.testing.assert_allclose(
-        layer.data_to_world((2 - 0.5, 3 - 0.5)), ((32 - 0.5) * 0.5, (48 - 0.5) * 0.5)
+        layer.data_to_world((2 - 0.5, 3 - 0.5)), ((32 - 0.5) * mpp, (48 - 0.5) * mpp)
     )
     layer.visible = True
-    assert layer.get_value((32 * 0.5, 48 * 0.5), world=True) == 1
-    assert layer.get_value((48 * 0.5, 111 * 0.5), world=True) == 1  # row 3, col 6
-    assert layer.get_value((48 * 0.5, 112 * 0.5), world=True) == 0  # row 3, col 7
-    assert layer.get_value((31 * 0.5, 48 * 0.5), world=True) == 0  # row 1
+    assert layer.get_value((32 * mpp, 48 * mpp), world=True) == 1
+    assert layer.get_value((48 * mpp, 111 * mpp), world=True) == 1  # row 3, col 6
+    assert layer.get_value((48 * mpp, 112 * mpp), world=True) == 0  # row 3, col 7
+    assert layer.get_value((31 * mpp, 48 * mpp), world=True) == 0  # row 1
 
 
 def test_result_layers_one_heatmap_per_level(result):
@@ -145,6 +150,10 @@ def test_result_layers_one_heatmap_per_level(result):
     )
     assert heat.metadata["prompt"] == "lymphocytes"
     assert heat.metadata["prompt_text"].startswith("Tumour shows lymphocytes")
+    assert heat.visible  # the patch heatmap shows; the region one waits to be switched on
+    assert not next(
+        ly for ly in layers if ly.metadata.get("level") == "region" and "prompt" in ly.metadata
+    ).visible
 
 
 def test_top_tokens_and_camera(result):

@@ -20,6 +20,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from napari_hila import overlays
+from napari_hila.errors import HilaError
 from napari_hila.io_utils import atomic_path
 from napari_hila.results import PredictionResult
 
@@ -56,6 +57,11 @@ def heatmap_of(viewer: Any) -> Any | None:
     return None
 
 
+def band_height(width: int) -> int:
+    """Height of the annotation band under an image ``width`` px wide."""
+    return int(round(BAND_PX * max(1.0, width / 800)))
+
+
 def compose_annotated(
     image: np.ndarray,
     um_per_px: float,
@@ -65,48 +71,52 @@ def compose_annotated(
     contrast_limits: tuple[float, float] | None = None,
     colorbar_label: str = "",
 ) -> np.ndarray:
-    """Burn a scale bar, a colorbar and text into an RGB(A) image; returns RGBA uint8.
+    """Add a band under an RGB(A) image with title, details, scale bar and colorbar.
 
-    The image keeps its pixels; a band of ``BAND_PX`` below it carries the text
-    and the colorbar, and the scale bar is drawn over its bottom-left corner.
+    The image's own pixels are kept exactly; only the band (of
+    :func:`band_height`, text growing with the width) is drawn, so even a
+    3000-px figure composes fast. Returns RGBA uint8.
     """
     height, width = image.shape[:2]
-    dpi = 100
-    fig = Figure(figsize=(width / dpi, (height + BAND_PX) / dpi), dpi=dpi)
+    band_px = band_height(width)
+    k = band_px / BAND_PX
+    fig = Figure(figsize=(width / 100, band_px / 100), dpi=100)
     FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
-    frac = height / (height + BAND_PX)
-    ax = fig.add_axes((0, 1 - frac, 1, frac))
-    ax.imshow(image[..., :3], interpolation="nearest")
-    ax.set_axis_off()
+    fig.text(0.01, 0.80, title, fontsize=11 * k, fontweight="bold", color="black", va="center")
+    fig.text(0.01, 0.52, details, fontsize=9 * k, color="black", va="center")
     bar_um = nice_length(0.25 * width * um_per_px)
     if bar_um > 0:
-        bar_px = bar_um / um_per_px
-        x0, y0 = 0.04 * width, height - 0.05 * height
-        ax.plot([x0, x0 + bar_px], [y0, y0], color="white", linewidth=6, solid_capstyle="butt")
-        ax.plot([x0, x0 + bar_px], [y0, y0], color="black", linewidth=2, solid_capstyle="butt")
-        ax.text(
-            x0,
-            y0 - 0.02 * height,
-            _length_text(bar_um),
-            color="black",
-            fontsize=10,
-            fontweight="bold",
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        ax.patch.set_alpha(0.0)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(band_px - 0.5, -0.5)
+        x0, y0 = 0.01 * width, 0.80 * band_px
+        ax.plot(
+            [x0, x0 + bar_um / um_per_px], [y0, y0], color="black", lw=3 * k, solid_capstyle="butt"
         )
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)
-    band = BAND_PX / (height + BAND_PX)
-    fig.text(0.01, band * 0.72, title, fontsize=11, fontweight="bold", color="black", va="center")
-    fig.text(0.01, band * 0.30, details, fontsize=9, color="black", va="center")
+        ax.text(
+            x0 + bar_um / um_per_px + 8 * k,
+            y0,
+            _length_text(bar_um),
+            va="center",
+            fontsize=9 * k,
+            fontweight="bold",
+            color="black",
+        )
     if colormap is not None and contrast_limits is not None:
-        cax = fig.add_axes((0.66, band * 0.45, 0.31, band * 0.25))
+        cax = fig.add_axes((0.66, 0.45, 0.31, 0.25))
         mappable = ScalarMappable(Normalize(*contrast_limits), colormap)
         bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-        bar.set_label(colorbar_label, fontsize=8, color="black")
-        bar.ax.tick_params(labelsize=7, colors="black")
+        bar.set_label(colorbar_label, fontsize=8 * k, color="black")
+        bar.ax.tick_params(labelsize=7 * k, colors="black")
     fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba()).copy()
+    band = np.asarray(fig.canvas.buffer_rgba())[:band_px, :width]
+    top = np.empty((height, width, 4), np.uint8)
+    top[..., :3] = image[..., :3]
+    top[..., 3] = 255
+    return np.concatenate([top, band], axis=0)
 
 
 def _mpl_colormap(layer: Any) -> ListedColormap:
@@ -117,7 +127,7 @@ def _mpl_colormap(layer: Any) -> ListedColormap:
 def annotated_screenshot(viewer: Any, result: PredictionResult) -> np.ndarray:
     """The canvas as shown, with scale bar, colorbar, prompt, risk and model burned in."""
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    canvas_h, canvas_w = viewer._canvas_size
+    canvas_h, canvas_w = viewer.canvas.size
     um_per_px = (canvas_w / shot.shape[1]) / viewer.camera.zoom  # world units are microns
     heat = heatmap_of(viewer)
     prompt = heat.metadata.get("prompt", "") if heat is not None else ""
@@ -140,17 +150,17 @@ def annotated_screenshot(viewer: Any, result: PredictionResult) -> np.ndarray:
 
 def save_png(rgba: np.ndarray, path: str | Path) -> Path:
     """Write an image array to ``path`` as PNG, atomically."""
-    from matplotlib.image import imsave
+    from PIL import Image
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        imsave(tmp, rgba, format="png")
+        Image.fromarray(np.ascontiguousarray(rgba)).save(tmp, format="PNG", compress_level=3)
     return path
 
 
 def view_bbox(viewer: Any, mpp: float) -> tuple[int, int, int, int]:
     """The level-0 box (x0, y0, x1, y1) the canvas currently shows."""
-    height, width = viewer._canvas_size
+    height, width = viewer.canvas.size
     cy, cx = viewer.camera.center[-2:]
     half_h, half_w = height / viewer.camera.zoom / 2, width / viewer.camera.zoom / 2
     return (
@@ -159,6 +169,43 @@ def view_bbox(viewer: Any, mpp: float) -> tuple[int, int, int, int]:
         int(math.ceil((cx + half_w) / mpp)),
         int(math.ceil((cy + half_h) / mpp)),
     )
+
+
+def heatmap_over(
+    pixels: np.ndarray,
+    bbox: tuple[int, int, int, int],
+    layout: overlays.GridLayout,
+    grid_values: np.ndarray,
+    colormap: Any,
+    limits: tuple[float, float],
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """Blend a grid heatmap over slide pixels showing level-0 box ``bbox``.
+
+    Each output pixel takes the cell its centre falls in (nearest, exact tile
+    edges); cells without a token leave the slide untouched.
+    """
+    x0, y0, x1, y1 = bbox
+    height, width = pixels.shape[:2]
+    xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width  # level-0 px of each column centre
+    ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height
+    cols = np.floor((xs - layout.origin[0]) / layout.step).astype(np.int64)
+    rows = np.floor((ys - layout.origin[1]) / layout.step).astype(np.int64)
+    col_ok = (cols >= 0) & (cols < layout.shape[1])
+    row_ok = (rows >= 0) & (rows < layout.shape[0])
+    norm = Normalize(*limits, clip=True)
+    shown_grid = np.isfinite(grid_values)
+    cell_rgb = colormap(norm(np.where(shown_grid, grid_values, limits[0])))[..., :3] * 255.0
+    cell_rgb = cell_rgb.astype(np.float32)
+    rr, cc = np.ix_(np.flatnonzero(row_ok), np.flatnonzero(col_ok))
+    cell_r, cell_c = np.ix_(rows[row_ok], cols[col_ok])
+    shown = np.zeros((height, width), bool)
+    shown[rr, cc] = shown_grid[cell_r, cell_c]
+    colors = np.zeros((height, width, 3), np.float32)
+    colors[rr, cc] = cell_rgb[cell_r, cell_c]
+    out = pixels[..., :3].astype(np.float32)
+    out[shown] = (1 - alpha) * out[shown] + alpha * colors[shown]
+    return out.round().astype(np.uint8)
 
 
 def region_figure(
@@ -172,57 +219,44 @@ def region_figure(
     """A figure of a slide region with a prompt's heatmap over it, at up to ``max_side`` px.
 
     Reads the slide at the finest pyramid level that keeps the longer side
-    under ``max_side``; the heatmap is drawn with nearest-neighbour cells at
-    their exact tile positions.
+    near ``max_side``; the heatmap cells sit at their exact tile positions.
     """
     x0, y0, x1, y1 = (int(v) for v in bbox)
     x0, y0 = max(x0, 0), max(y0, 0)
     x1, y1 = min(x1, slide.level_dimensions[0][0]), min(y1, slide.level_dimensions[0][1])
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"region {bbox} lies outside the slide {slide.path}")
-    wanted = max(x1 - x0, y1 - y0) / max_side
-    read_level = max(
-        (i for i, d in enumerate(slide.level_downsamples) if d <= max(wanted, 1)), default=0
-    )
+        raise HilaError(
+            f"{slide.path}: the region {bbox} lies outside the slide; pan to tissue first"
+        )
+    wanted = max(max(x1 - x0, y1 - y0) / max_side, 1.0)
+    read_level = max(i for i, d in enumerate(slide.level_downsamples) if d <= wanted or i == 0)
     ds = slide.level_downsamples[read_level]
-    pixels = slide.read_region((x0, y0), read_level, (int((x1 - x0) / ds), int((y1 - y0) / ds)))
+    size = (max(1, int((x1 - x0) / ds)), max(1, int((y1 - y0) / ds)))
+    pixels = slide.read_region((x0, y0), read_level, size)
     if max(pixels.shape[:2]) > max_side:
         from skimage.transform import resize
 
         factor = max_side / max(pixels.shape[:2])
-        shape = (int(pixels.shape[0] * factor), int(pixels.shape[1] * factor))
+        shape = (max(1, int(pixels.shape[0] * factor)), max(1, int(pixels.shape[1] * factor)))
         pixels = resize(pixels, shape, preserve_range=True, anti_aliasing=True).astype(np.uint8)
     lv = result.explanation.levels[level]
-    layout = overlays.grid_layout(lv.coords, lv.tile_size)
-    values = overlays.heatmap_values(lv, prompt)
-    heat = layout.paint(values)
     k = overlays.prompt_index(lv, prompt)
-    height, width = pixels.shape[:2]
-    um_per_px = result.mpp * (x1 - x0) / width
-    fig_w = width / 100
-    fig = Figure(figsize=(fig_w, height / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(pixels, extent=(x0, x1, y1, y0), interpolation="antialiased")
-    gx0, gy0 = layout.origin
-    extent = (gx0, gx0 + layout.shape[1] * layout.step, gy0 + layout.shape[0] * layout.step, gy0)
-    high = float(np.nanpercentile(values, 99)) if len(values) else 1.0
-    ax.imshow(
-        heat, extent=extent, cmap="turbo", alpha=0.45, vmin=0, vmax=high, interpolation="nearest"
+    layout = overlays.grid_layout(lv.coords, lv.tile_size)
+    values = overlays.heatmap_values(lv, k)
+    high = max(float(np.percentile(values, 99)), 1e-6) if len(values) else 1.0
+    cmap = matplotlib.colormaps["turbo"]
+    blended = heatmap_over(
+        pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, (0.0, high)
     )
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y1, y0)
-    ax.set_axis_off()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba()).copy()
+    name = lv.map_names[k]
     return compose_annotated(
-        image,
-        um_per_px,
+        blended,
+        result.mpp * (x1 - x0) / blended.shape[1],
         f"{result.model_label or result.model_name} — risk {result.risk:.3f}",
-        f"{Path(result.slide_path).name}  x {x0}-{x1}, y {y0}-{y1}   prompt ({level}): {lv.map_names[k]}",
-        colormap=matplotlib.colormaps["turbo"],
+        f"{Path(result.slide_path).name}  x {x0}-{x1}, y {y0}-{y1}   prompt ({level}): {name}",
+        colormap=cmap,
         contrast_limits=(0.0, high),
-        colorbar_label=f"alignment with '{lv.map_names[k]}' (x slide mean)",
+        colorbar_label=f"alignment with '{name}' (x slide mean)",
     )
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from napari_hila.errors import Cancelled, HilaError
@@ -33,7 +32,7 @@ class JobOutcome:
     """What a prediction run ended with: a result, a cancellation or a message."""
 
     result: PredictionResult | None = None
-    tissue: tuple[np.ndarray, float] | None = None
+    tissue: Any = None  # TissueMask
     cancelled: bool = False
     error: str | None = None
     seconds: float = 0.0
@@ -46,17 +45,15 @@ def overall_fraction(stage: str, fraction: float) -> float:
     return (order + fraction) / len(STAGES)
 
 
-def tissue_of(result: PredictionResult) -> tuple[np.ndarray, float] | None:
-    """The tissue mask the prediction used, from the result or recomputed from the slide."""
-    mask = result.extra.get("tissue_mask") if isinstance(result.extra, dict) else None
-    if mask is not None:
-        return np.asarray(mask, bool), float(result.extra.get("tissue_downsample", 1.0))
-    from napari_hila.slides import detect_tissue
-    from napari_hila.slides.opener import open_slide
+def tissue_of(result: PredictionResult) -> Any:
+    """The tissue mask of the result's slide (a ``TissueMask``), recomputed from the slide.
+
+    Tissue detection works on a thumbnail, so this costs a fraction of a second.
+    """
+    from napari_hila.slides import detect_tissue, open_slide
 
     with open_slide(result.slide_path) as slide:
-        tissue = detect_tissue(slide)
-    return np.asarray(tissue.mask, bool), float(tissue.downsample)
+        return detect_tissue(slide)
 
 
 def run_prediction(

@@ -23,6 +23,13 @@ from napari_hila.results import PredictionResult
 _DOCKS: dict[int, weakref.ref] = {}  # id(viewer) -> the viewer's Kaplan-Meier dock
 
 
+def ordinal(value: float) -> str:
+    """12 -> "12th", 21 -> "21st": a percentile as people say it."""
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def km_dock_for(viewer: Any, create: bool = True) -> KaplanMeierDock | None:
     """The viewer's Kaplan-Meier dock; docked on the right if ``create`` and none is open."""
     ref = _DOCKS.get(id(viewer))
@@ -112,7 +119,7 @@ class KaplanMeierDock(QWidget):
                 if self.result.risk_percentile is not None
                 else 100.0 * float(np.mean(cohort <= self.result.risk))
             )
-            ax.set_title(f"this patient: {pct:.0f}th percentile of cohort risk", fontsize=9)
+            ax.set_title(f"this patient: {ordinal(pct)} percentile of cohort risk", fontsize=9)
         ax.set_xlabel("risk (higher = shorter predicted survival)")
         ax.set_yticks([])
 

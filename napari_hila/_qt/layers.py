@@ -16,7 +16,7 @@ from napari.layers import Image, Layer
 
 from napari_hila import overlays
 from napari_hila.results import PredictionResult
-from napari_hila.slides.opener import SLIDE_SUFFIXES
+from napari_hila.slides import SLIDE_SUFFIXES
 
 SLIDE_PATH_KEYS = ("slide_path", "path")
 
@@ -51,7 +51,7 @@ class ResultLayers:
     def show(
         self,
         result: PredictionResult,
-        tissue: tuple[np.ndarray, float] | None = None,
+        tissue: Any = None,
         prompts: dict[str, int | str] | None = None,
         units: Any = None,
     ) -> list[Layer]:
@@ -60,7 +60,7 @@ class ResultLayers:
         self.result = result
         specs = overlays.result_layers(result, prompts, tissue)
         for data, kwargs, kind in specs:
-            if units is not None and kind != "shapes":
+            if units is not None:
                 kwargs["units"] = units
             layer = Layer.create(data, kwargs, kind)
             meta = layer.metadata

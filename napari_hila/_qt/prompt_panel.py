@@ -19,8 +19,6 @@ from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult, PromptContribution
 
 THUMB_PX = 88
-RAISES_RISK = "#d9534f"
-LOWERS_RISK = "#4a90d9"
 
 
 def ranked_contributions(contributions: list[PromptContribution]) -> list[PromptContribution]:
@@ -44,33 +42,21 @@ class ContributionChart(FigureCanvasQTAgg):
 
     def show_contributions(self, result: PredictionResult, highlight: dict[str, str]) -> None:
         """Draw the ranked contributions; ``highlight`` maps level -> shown prompt."""
+        from napari_hila.plotting import plot_prompt_contributions
+
         self.figure.clear()
         ax = self.figure.add_subplot(1, 1, 1)
-        colors = theme_colors(self.viewer)
+        plot_prompt_contributions(result, ax=ax)
+        # plot_prompt_contributions draws the strongest on top: bar i is ranked[::-1][i]
         ranked = ranked_contributions(result.explanation.contributions)[::-1]
-        self.bars = []
-        if not ranked:
-            ax.text(
-                0.5, 0.5, "this model reports no prompt contributions", ha="center", va="center"
-            )
-            ax.set_axis_off()
-        for row, contrib in enumerate(ranked):
-            color = RAISES_RISK if contrib.delta_risk > 0 else LOWERS_RISK
-            shown = highlight.get(contrib.level) == contrib.name
-            (bar,) = ax.barh(
-                row,
-                contrib.delta_risk,
-                color=color,
-                edgecolor=colors["foreground"] if shown else color,
-                linewidth=1.5 if shown else 0.0,
-                picker=True,
-            )
-            self.bars.append((bar, contrib))
-        ax.set_yticks(range(len(ranked)), [f"{c.level[:1].upper()}: {c.name}" for c in ranked])
-        ax.axvline(0.0, color=colors["secondary"], linewidth=0.8)
-        method = result.explanation.contribution_method
-        ax.set_xlabel("change in risk" + (f" ({method})" if method else ""))
-        ax.tick_params(axis="y", labelsize=8)
+        colors = theme_colors(self.viewer)
+        self.bars = list(zip(ax.patches, ranked, strict=False))
+        for bar, contrib in self.bars:
+            bar.set_picker(True)
+            if highlight.get(contrib.level) == contrib.name:
+                bar.set_edgecolor(colors["foreground"])
+                bar.set_linewidth(1.5)
+        ax.title.set_fontsize(7)
         apply_theme(self.figure, self.viewer)
         self.draw_idle()
 

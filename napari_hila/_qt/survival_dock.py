@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_hila import overlays
 from napari_hila._qt.job import STAGES, JobOutcome, PredictionJob, overall_fraction
+from napari_hila._qt.km_dock import km_dock_for, ordinal
 from napari_hila._qt.layers import ResultLayers, slide_path_of
 from napari_hila._qt.model_picker import ModelPicker
 from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
@@ -59,7 +60,7 @@ def describe_risk(result: PredictionResult) -> str:
         )
         parts.append(f"<b>{result.risk_group} risk</b>{threshold}")
     if result.risk_percentile is not None:
-        parts.append(f"{result.risk_percentile:.0f}th percentile of the model's cohort")
+        parts.append(f"{ordinal(result.risk_percentile)} percentile of the model's cohort")
     survival = np.asarray(result.explanation.survival, float)
     edges = np.asarray(result.time_bin_edges, float)
     if len(edges) == len(survival) + 1:
@@ -245,7 +246,7 @@ class HilaSurvivalDock(QWidget):
     def show_result(
         self,
         result: PredictionResult,
-        tissue: tuple[np.ndarray, float] | None = None,
+        tissue: Any = None,
         card: dict[str, Any] | None = None,
     ) -> None:
         """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock."""
@@ -264,8 +265,6 @@ class HilaSurvivalDock(QWidget):
         self.gallery_level = self.layers.finest_level()
         self._refresh_prompt_panel()
         self.export_button.setEnabled(True)
-        from napari_hila._qt.km_dock import km_dock_for
-
         km = km_dock_for(self.viewer, create=self.card is not None)
         if km is not None:
             km.show_result(result, self.card)
@@ -341,7 +340,7 @@ class HilaSurvivalDock(QWidget):
 
     def _open_slide(self) -> Any:
         if self._slide is None:
-            from napari_hila.slides.opener import open_slide
+            from napari_hila.slides import open_slide
 
             self._slide = open_slide(self.result.slide_path)
         return self._slide

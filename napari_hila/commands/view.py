@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_hila.errors import HilaError, ModelFileError
 
     if args.slide:
-        from napari_hila.slides.opener import open_slide
+        from napari_hila.slides import open_slide
 
         with open_slide(args.slide):  # a clear SlideError now rather than a napari dialog later
             pass

@@ -1,0 +1,118 @@
+"""Export: annotated screenshot with burned-in annotations, region figure, GeoJSON, CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from hila_fake_results import fake_result
+from matplotlib.image import imread
+
+from napari_hila._qt import export as qt_export
+from napari_hila._qt.survival_dock import HilaSurvivalDock
+
+pytestmark = pytest.mark.gui
+
+
+def test_nice_length():
+    assert qt_export.nice_length(730.0) == 500.0
+    assert qt_export.nice_length(199.0) == 100.0
+    assert qt_export.nice_length(2.4) == 2.0
+
+
+def longest_dark_run(rows: np.ndarray) -> int:
+    """Longest horizontal run of near-black pixels in any row of an RGB block."""
+    best = 0
+    for row in rows.max(axis=2) < 60:
+        run = 0
+        for dark in row:
+            run = run + 1 if dark else 0
+            best = max(best, run)
+    return best
+
+
+def test_compose_annotated_burns_text_and_scale_bar():
+    image = np.full((300, 400, 3), 128, np.uint8)
+    plain = qt_export.compose_annotated(image, 1.0, "", "")
+    annotated = qt_export.compose_annotated(
+        image, 1.0, "HiLa demo - risk -2.1", "prompt: necrosis", "viridis", (0.0, 2.0), "alignment"
+    )
+    assert annotated.shape == (300 + qt_export.BAND_PX, 400, 4)
+    np.testing.assert_array_equal(annotated[:300, :, :3], image)  # the image keeps its pixels
+    band_plain, band = plain[300:, :, :3], annotated[300:, :, :3]
+    changed = np.abs(band.astype(int) - band_plain).sum(axis=2) > 0
+    assert changed[:, :260].mean() > 0.01  # the title and details text
+    assert changed[:, 260:].mean() > 0.05  # the colorbar
+    # scale bar: 0.25 * 400 um rounds down to 100 um = 100 px at 1 um/px
+    assert 98 <= longest_dark_run(plain[300:, :, :3]) <= 102
+    half = qt_export.compose_annotated(image, 0.5, "", "")  # 0.5 um/px: 50 um = 100 px
+    assert 98 <= longest_dark_run(half[300:, :, :3]) <= 102
+
+
+def test_heatmap_over_paints_exact_tiles():
+    import matplotlib
+
+    from napari_hila import overlays
+
+    coords = np.array([[100, 50], [164, 50], [100, 114]])  # 64-px tiles, one hole at (164, 114)
+    layout = overlays.grid_layout(coords, 64)
+    grid = layout.paint(np.array([1.0, 2.0, 0.0]))
+    pixels = np.full((200, 300, 3), 255, np.uint8)
+    out = qt_export.heatmap_over(
+        pixels, (0, 0, 300, 200), layout, grid, matplotlib.colormaps["gray"], (0.0, 2.0), alpha=1.0
+    )
+    assert out[50, 100].tolist() == [128, 128, 128]  # first pixel of tile 0: value 1 of 2
+    assert out[113, 163].tolist() == [128, 128, 128]  # last pixel of tile 0
+    assert out[50, 164].tolist() == [255, 255, 255]  # tile 1: value 2 -> white
+    assert out[114, 100].tolist() == [0, 0, 0]  # tile 2: value 0 -> black
+    assert out[114, 164].tolist() == [255, 255, 255]  # the hole keeps the slide
+    assert out[49, 100].tolist() == [255, 255, 255]  # just above the grid
+
+
+def test_export_from_dock(make_napari_viewer, sample_slide, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    mpp = 0.499
+    from napari_hila.slides import open_slide
+
+    with open_slide(sample_slide) as slide:
+        pixels = slide.read_region((0, 0), 0, slide.level_dimensions[0])
+    viewer.add_image(pixels, rgb=True, scale=(mpp, mpp), metadata={"slide_path": str(sample_slide)})
+    dock = HilaSurvivalDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    result = fake_result(str(sample_slide))
+    dock.show_result(result)
+    dock.set_prompt("patch", "necrosis")
+    viewer.reset_view()
+    plain = viewer.screenshot(canvas_only=True, flash=False)
+    assert plain[..., :3].std() > 5  # the canvas rendered (not blank)
+    written = dock.export(tmp_path / "case.png")
+    assert set(written) == {"screenshot", "region", "geojson", "csv"}
+    shot = (imread(written["screenshot"])[..., :3] * 255).round().astype(int)
+    assert shot.shape[0] == plain.shape[0] + qt_export.band_height(plain.shape[1])
+    assert shot.std() > 5
+    band = shot[plain.shape[0] :]
+    assert (band.min(axis=2) < 100).mean() > 0.01  # dark text/colorbar on the white band
+    region = imread(written["region"])
+    assert region.shape[0] > 200 and region[..., :3].std() > 0.02
+    features = json.loads(written["geojson"].read_text())["features"]
+    patches = [f for f in features if f["properties"]["objectType"] == "detection"]
+    assert len(patches) == int(result.explanation.levels["patch"].selected.sum())
+    with open(written["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["level"] == "patch" for r in rows) == len(
+        result.explanation.levels["patch"].coords
+    )
+
+
+def test_view_bbox_matches_camera(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((1000, 1000)), scale=(0.5, 0.5))
+    viewer.camera.center = (100.0, 200.0)
+    viewer.camera.zoom = 2.0  # 2 screen px per um
+    x0, y0, x1, y1 = qt_export.view_bbox(viewer, 0.5)
+    height, width = viewer.canvas.size
+    assert (x0 + x1) / 2 == pytest.approx(400, abs=1)
+    assert (y0 + y1) / 2 == pytest.approx(200, abs=1)
+    assert x1 - x0 == pytest.approx(width / 2 / 0.5, abs=2)
