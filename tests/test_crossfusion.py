@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _model_fixtures import one_torch_thread  # noqa: F401  (one torch thread: tiny models)
 from lifelines.utils import concordance_index
 
 from napari_hila.errors import FeatureFileError
@@ -14,15 +15,6 @@ from napari_hila.models.crossfusion import CrossFusion, SquareGrid
 
 DIM = 8
 SMALL = dict(patch_dim=DIM, width=32, heads=4, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_slide(

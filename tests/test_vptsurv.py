@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _model_fixtures import one_torch_thread  # noqa: F401  (one torch thread: tiny models)
 from lifelines.utils import concordance_index
 
 from napari_hila.errors import HilaError
@@ -14,15 +15,6 @@ from napari_hila.training.tiles import InMemoryTiles, TileBatch
 
 TINY_VIT = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
 SMALL = dict(vit=TINY_VIT, decoder_dim=32, decoder_heads=4, dropout=0.0, tile_chunk=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_tiles(rng: np.random.Generator, n: int, name: str = "slide") -> InMemoryTiles:

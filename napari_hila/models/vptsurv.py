@@ -34,7 +34,10 @@ from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
 from napari_hila.training.tiles import TileBatch, tile_batch
 
-__all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor"]
+__all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor", "RANDOM_ENCODER"]
+
+#: Recorded as the encoder's source when a ViT was built without pretrained weights.
+RANDOM_ENCODER = "random initialisation (no pretrained weights given; for tests only)"
 
 
 @dataclass
@@ -158,6 +161,7 @@ def build_frozen_vit(config: VPTSurvConfig) -> nn.Module:
         config.encoder_weights = ""  # the frozen weights travel with the model file from here on
     elif config.vit:
         tower = VisionTransformer(ViTConfig(**config.vit))
+        config.encoder_source = config.encoder_source or RANDOM_ENCODER
     else:
         raise HilaError(
             "VPTSurv needs a ViT encoder: set encoder_weights=PATH to a local ViT checkpoint "

@@ -146,13 +146,18 @@ def sample_indices(n_total: int, n_sample: int, seed: int, *keys: int) -> np.nda
 
 
 def resize_tiles(images: np.ndarray, out_px: int) -> np.ndarray:
-    """(n, h, w, 3) uint8 -> (n, out_px, out_px, 3) uint8, antialiased when shrinking."""
+    """(n, h, w, 3) uint8 -> (n, out_px, out_px, 3) uint8.
+
+    Shrinking averages the covered pixels (exactly the k x k mean for an
+    integer factor k), enlarging interpolates bilinearly.
+    """
     if images.shape[1:3] == (out_px, out_px):
         return images
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(
-        x, size=(out_px, out_px), mode="bilinear", antialias=True, align_corners=False
-    )
+    if min(x.shape[-2:]) >= out_px:
+        x = F.interpolate(x, size=(out_px, out_px), mode="area")
+    else:
+        x = F.interpolate(x, size=(out_px, out_px), mode="bilinear", align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
