@@ -1,0 +1,174 @@
+"""Extract patch and region features for slides into one HDF5 file per slide.
+
+Examples:
+  napari-hila extract slides/ --out features/
+  napari-hila extract a.svs b.ndpi --out features/ --encoder uni --weights uni.safetensors
+  napari-hila extract slides/ --out features/ --workers 4          # a local Dask cluster
+  napari-hila extract slides/ --out features/ --scheduler tcp://head:8786
+
+Finished slides are cached: a rerun skips them, and an interrupted slide
+resumes where it stopped. One slide failing does not stop the others; the exit
+status is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slides", nargs="+", metavar="SLIDES_OR_DIR", help="slide files or folders")
+    parser.add_argument("--out", required=True, help="folder for the feature files (the cache)")
+    parser.add_argument(
+        "--encoder",
+        default="hila-descriptor",
+        help="patch encoder: hila-descriptor (default, no weights), or with --weights: "
+        "uni, conch, plip, quiltnet, clip, vit",
+    )
+    parser.add_argument(
+        "--region-encoder", default=None, help="region encoder (default: the patch encoder)"
+    )
+    parser.add_argument("--weights", default=None, help="local weights of the patch encoder")
+    parser.add_argument(
+        "--region-weights", default=None, help="local weights of the region encoder"
+    )
+    parser.add_argument(
+        "--region-mode",
+        choices=("view", "mean"),
+        default="view",
+        help="region feature: the encoder on the whole region at low magnification "
+        "(view, default) or the mean of its patch features (mean)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    parser.add_argument("--patch-px", type=int, default=256, help="patch side at target mpp (256)")
+    parser.add_argument(
+        "--region-px", type=int, default=4096, help="region side at target mpp (4096)"
+    )
+    parser.add_argument(
+        "--target-mpp", type=float, default=0.5, help="um per pixel of the grid (0.5 = 20x)"
+    )
+    parser.add_argument(
+        "--magnifications",
+        default=None,
+        help="also store patches at these magnifications, e.g. 5x,10x,20x (CrossFusion)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (64)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", default=None, help="address of a running Dask scheduler: one task per slide"
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="start a local Dask cluster with N worker processes",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``extract_slide`` given on the command line."""
+    mags = (
+        tuple(m.strip() for m in args.magnifications.split(",") if m.strip())
+        if args.magnifications
+        else None
+    )
+    return {
+        "encoder": args.encoder,
+        "region_encoder": args.region_encoder,
+        "weights": args.weights,
+        "region_weights": args.region_weights,
+        "region_mode": args.region_mode,
+        "device": args.device,
+        "patch_px": args.patch_px,
+        "region_px": args.region_px,
+        "target_mpp": args.target_mpp,
+        "magnifications": mags,
+        "batch_size": args.batch_size,
+    }
+
+
+def _check_options(options: dict) -> None:
+    """Fail once, before any slide, on settings that would fail every slide."""
+    from napari_hila.encoders import get_encoder_spec
+    from napari_hila.errors import HilaError
+
+    for key in ("encoder", "region_encoder"):
+        if options[key]:
+            spec = get_encoder_spec(options[key])
+            if spec.kind != "vision":
+                raise HilaError(f"--{key.replace('_', '-')} {options[key]!r} is a text encoder")
+    if options["region_px"] % options["patch_px"]:
+        raise HilaError(f"--region-px {options['region_px']} must be a multiple of --patch-px")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from napari_hila.features.cohort import extract_many, find_slides, format_summary
+
+    options = options_from_args(args)
+    _check_options(options)
+    slides = find_slides(args.slides)
+    if not slides:
+        print(f"error: no slides found in {' '.join(args.slides)}", file=sys.stderr)
+        return 1
+    overall = tqdm(total=len(slides), desc="slides", unit="slide", position=0, file=sys.stderr)
+
+    def on_row(row: dict) -> None:
+        overall.update(1)
+        if row["status"] == "failed":
+            tqdm.write(f"failed: {row['error']}", file=sys.stderr)
+
+    if args.scheduler or args.workers:
+        rows = _run_on_cluster(slides, args, options, on_row)
+    else:
+        bars: dict = {}
+
+        def progress_for(slide):
+            bar = tqdm(
+                total=100, desc=slide.name[:30], unit="%", position=1, leave=False, file=sys.stderr
+            )
+            bars[slide] = bar
+
+            def progress(stage: str, fraction: float) -> None:
+                bar.set_postfix_str(stage)
+                bar.n = int(100 * fraction) if stage == "tiles" else bar.n
+                bar.refresh()
+
+            return progress
+
+        def close_bar(row: dict) -> None:
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            on_row(row)
+
+        rows = extract_many(slides, args.out, options, on_row=close_bar, progress_for=progress_for)
+    overall.close()
+    print(format_summary(rows))
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
+    from napari_hila.errors import HilaError
+    from napari_hila.features.cohort import extract_on_cluster
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise HilaError(
+            "--scheduler/--workers need dask.distributed: pip install distributed"
+        ) from err
+    if args.scheduler:
+        try:
+            client = Client(args.scheduler, timeout="20s")
+        except OSError as err:
+            raise HilaError(f"cannot reach the Dask scheduler at {args.scheduler}: {err}") from err
+        with client:
+            return extract_on_cluster(slides, args.out, options, client, on_row)
+    with (
+        LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        return extract_on_cluster(slides, args.out, options, client, on_row)
