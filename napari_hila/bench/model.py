@@ -1,0 +1,306 @@
+"""Forward and forward+backward time and memory per model; Sinkhorn against POT.
+
+Every registered model that takes cached features (``inputs == "features"``)
+is measured on one synthetic slide (default M = 20,000 patches, R = 80
+regions, K = 16 prompts per level, d = 256). A model with other inputs joins
+by defining a classmethod ``bench_batch(n_patches, n_regions, seed) ->
+SlideBatch`` that builds its own synthetic input.
+
+Time is the median wall-clock over ``--repeats`` runs after one warm-up.
+Memory is the growth of the peak resident set size (``ru_maxrss``) over a
+pass, each model in a fresh process so one model's peak does not hide
+another's; it includes the autograd graph and torch's allocator caching.
+
+Sinkhorn: the same cost matrices (1 - cosine similarity of random unit
+vectors) solved by ours and by POT's ``ot.sinkhorn(method="sinkhorn_log")``
+at the same eps, iteration cap and tolerance (ours stops on the L1 norm of
+the column error, POT on its L2 norm, so ours is the stricter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import resource
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+DEFAULT_GOALS = {"hila_over_abmil_forward_backward": 3.0, "sinkhorn_over_pot": 1.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patches", type=int, default=20_000, help="patch tokens M (20000)")
+    parser.add_argument("--regions", type=int, default=80, help="region tokens R (80)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts K per level (16)")
+    parser.add_argument("--width", type=int, default=256, help="shared width d (256)")
+    parser.add_argument("--feature-dim", type=int, default=1024, help="encoder width (1024)")
+    parser.add_argument("--text-dim", type=int, default=384, help="text embedding width (384)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="model names (default: all features models)"
+    )
+    parser.add_argument("--sinkhorn-batch", type=int, default=8, help="slides in the batch test")
+    parser.add_argument("--eps", type=float, default=0.1, help="Sinkhorn eps (0.1)")
+    parser.add_argument("--tol", type=float, default=1e-3, help="Sinkhorn tolerance (1e-3)")
+    parser.add_argument("--max-iter", type=int, default=100, help="Sinkhorn iteration cap (100)")
+    parser.add_argument("--skip-models", action="store_true", help="only the Sinkhorn comparison")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+
+
+def benchmark_models(args: argparse.Namespace) -> list[str]:
+    """Registered models to measure: features models plus any with a bench_batch hook."""
+    from napari_hila.models import available_models, get_model_spec
+
+    if args.models:
+        return list(args.models)
+    names = []
+    for name in available_models():
+        spec = get_model_spec(name)
+        if spec.inputs == "features" or hasattr(spec.model_cls, "bench_batch"):
+            names.append(name)
+    return names
+
+
+def synthetic_slide(n_patches: int, n_regions: int, dim: int, seed: int = 0):
+    """Random features on a patch grid, each patch inside one of the regions."""
+    from napari_hila.features.store import SlideFeatures
+
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n_patches)))
+    coords = np.stack([np.arange(n_patches) % side, np.arange(n_patches) // side], 1) * 256
+    region_side = max(1, int(np.ceil(np.sqrt(n_regions))))
+    region_coords = (
+        np.stack([np.arange(n_regions) % region_side, np.arange(n_regions) // region_side], 1)
+        * 4096
+    )
+    return SlideFeatures(
+        features=rng.normal(size=(n_patches, dim)).astype(np.float32),
+        coords=coords.astype(np.int64),
+        region_features=rng.normal(size=(n_regions, dim)).astype(np.float32),
+        region_coords=region_coords.astype(np.int64),
+        patch_to_region=rng.integers(0, max(n_regions, 1), n_patches).astype(np.int64),
+    )
+
+
+def build_for_bench(name: str, settings: dict[str, Any]):
+    """The model with the bench's sizes for every setting its config declares."""
+    import torch
+
+    from napari_hila.models import build_model, get_model_spec
+
+    spec = get_model_spec(name)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    k = settings["prompts"]
+    offered: dict[str, Any] = {
+        "patch_dim": settings["feature_dim"],
+        "region_dim": settings["feature_dim"],
+        "text_dim": settings["text_dim"],
+        "hidden_dim": settings["width"],
+        "n_bins": 4,
+    }
+    for level in ("patch", "region"):
+        offered[f"{level}_prompt_names"] = [f"{level} prompt {i}" for i in range(k)]
+        offered[f"{level}_prompt_texts"] = [f"{level} prompt text {i}" for i in range(k)]
+    torch.manual_seed(0)
+    model = build_model(name, **{key: v for key, v in offered.items() if key in fields})
+    if hasattr(model, "set_prompt_embeddings"):
+        rng = np.random.default_rng(1)
+        for level in model.prompt_levels():
+            model.set_prompt_embeddings(level, rng.normal(size=(k, settings["text_dim"])))
+    return model
+
+
+def _median_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _measure_model(name: str, settings: dict[str, Any], queue) -> None:
+    """Runs in a fresh process: time and peak-memory growth of one model."""
+    import torch
+
+    from napari_hila.models import collate, get_model_spec
+
+    try:
+        torch.set_num_threads(settings["threads"])
+        model = build_for_bench(name, settings)
+        cls = get_model_spec(name).model_cls
+        if hasattr(cls, "bench_batch"):
+            batch = cls.bench_batch(settings["patches"], settings["regions"], 0)
+        else:
+            slide = synthetic_slide(
+                settings["patches"], settings["regions"], settings["feature_dim"]
+            )
+            batch = collate([slide])
+
+        def forward() -> None:
+            model.eval()
+            with torch.no_grad():
+                model(batch)
+
+        def forward_backward() -> None:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            out = model(batch)
+            (out.risk.sum() + out.aux_loss).backward()
+
+        baseline = _peak_rss_mb()
+        forward_s = _median_seconds(forward, settings["repeats"])
+        forward_peak = _peak_rss_mb()
+        backward_s = _median_seconds(forward_backward, settings["repeats"])
+        backward_peak = _peak_rss_mb()
+        queue.put(
+            {
+                "forward_s": round(forward_s, 4),
+                "forward_backward_s": round(backward_s, 4),
+                "forward_peak_rss_growth_mb": round(forward_peak - baseline, 1),
+                "forward_backward_peak_rss_growth_mb": round(backward_peak - baseline, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    except Exception as err:  # reported in the JSON, the other models still run
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def measure_models(names: list[str], settings: dict[str, Any]) -> dict[str, dict]:
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for name in names:
+        queue = context.Queue()
+        process = context.Process(target=_measure_model, args=(name, settings, queue))
+        process.start()
+        process.join()
+        results[name] = queue.get() if not queue.empty() else {"error": "process died"}
+    return results
+
+
+def _sinkhorn_problems(sizes: list[int], n_prompts: int, width: int, seed: int):
+    rng = np.random.default_rng(seed)
+    prompts = rng.normal(size=(n_prompts, width))
+    prompts /= np.linalg.norm(prompts, axis=1, keepdims=True)
+    costs = []
+    for n in sizes:
+        # Tokens scattered around the prompts, so similarities spread as in a
+        # trained model (random directions alone give a near-uniform plan).
+        nearest = rng.integers(0, n_prompts, n)
+        tokens = prompts[nearest] * rng.uniform(0.0, 2.0, (n, 1)) + rng.normal(size=(n, width)) / 16
+        tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+        costs.append(1.0 - tokens @ prompts.T)
+    return costs
+
+
+def compare_sinkhorn(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
+    """Ours (float32, batched) against POT (float64 numpy, and float32 torch backend)."""
+    import ot
+    import torch
+
+    from napari_hila.models.sinkhorn import sinkhorn_log
+
+    costs = _sinkhorn_problems(sizes, args.prompts, args.width, seed=len(sizes))
+    n_max = max(sizes)
+    padded = np.zeros((len(sizes), n_max, args.prompts), np.float32)
+    mask = np.zeros((len(sizes), n_max), bool)
+    for b, cost in enumerate(costs):
+        padded[b, : len(cost)] = cost
+        mask[b, : len(cost)] = True
+    cost_t, mask_t = torch.from_numpy(padded), torch.from_numpy(mask)
+    solve = {"eps": args.eps, "max_iter": args.max_iter, "tol": args.tol}
+    ours = sinkhorn_log(cost_t, mask_t, **solve)
+
+    def pot(cost):
+        n = len(cost)
+        uniform = (np.full(n, 1.0 / n), np.full(args.prompts, 1.0 / args.prompts))
+        if isinstance(cost, torch.Tensor):
+            uniform = tuple(torch.from_numpy(u).float() for u in uniform)
+        return ot.sinkhorn(
+            *uniform,
+            cost,
+            args.eps,
+            method="sinkhorn_log",
+            numItermax=args.max_iter,
+            stopThr=args.tol,
+            log=True,
+        )
+
+    costs_t32 = [torch.from_numpy(c).float() for c in costs]
+    pot_plans = [pot(c) for c in costs]
+    difference = max(
+        float(np.abs(ours.plan[b, : len(c)].double().numpy() - pot_plans[b][0]).max())
+        for b, c in enumerate(costs)
+    )
+    ours_s = _median_seconds(lambda: sinkhorn_log(cost_t, mask_t, **solve), args.repeats)
+    pot64_s = _median_seconds(lambda: [pot(c) for c in costs], args.repeats)
+    pot32_s = _median_seconds(lambda: [pot(c) for c in costs_t32], args.repeats)
+    return {
+        "slides": len(sizes),
+        "tokens": sizes,
+        "ours_float32_batched_s": round(ours_s, 4),
+        "pot_numpy_float64_s": round(pot64_s, 4),
+        "pot_torch_float32_s": round(pot32_s, 4),
+        "speedup_vs_pot_numpy": round(pot64_s / ours_s, 2),
+        "speedup_vs_pot_torch": round(pot32_s / ours_s, 2),
+        "ours_iterations": ours.iterations,
+        "pot_iterations": [int(p[1]["niter"]) for p in pot_plans],
+        "ours_max_l1_column_error": float(ours.error.max()),
+        "max_abs_plan_difference_vs_pot": difference,
+        "mean_plan_entry": 1.0 / (n_max * args.prompts),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {
+        "patches": args.patches,
+        "regions": args.regions,
+        "prompts": args.prompts,
+        "width": args.width,
+        "feature_dim": args.feature_dim,
+        "text_dim": args.text_dim,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+    }
+    out: dict[str, Any] = {
+        "settings": settings,
+        "memory": "peak RSS growth (ru_maxrss) per process",
+    }
+    if not args.skip_models:
+        models = measure_models(benchmark_models(args), settings)
+        out["models"] = models
+        hila, abmil = models.get("hila", {}), models.get("abmil", {})
+        if "forward_backward_s" in hila and "forward_backward_s" in abmil:
+            out["hila_over_abmil"] = {
+                "forward": round(hila["forward_s"] / abmil["forward_s"], 2),
+                "forward_backward": round(
+                    hila["forward_backward_s"] / abmil["forward_backward_s"], 2
+                ),
+                "goal": f"<= {DEFAULT_GOALS['hila_over_abmil_forward_backward']}",
+            }
+    rng = np.random.default_rng(0)
+    batch_sizes = sorted(
+        rng.integers(args.patches // 4, args.patches + 1, args.sinkhorn_batch).tolist()
+    )
+    out["sinkhorn"] = {
+        "settings": {"eps": args.eps, "tol": args.tol, "max_iter": args.max_iter},
+        "one_slide": compare_sinkhorn(args, [args.patches]),
+        "batch": compare_sinkhorn(args, batch_sizes),
+        "goal": "ours at least as fast as POT (speedup >= 1)",
+    }
+    return out
