@@ -11,7 +11,8 @@ from lifelines.utils import concordance_index
 from napari_hila.errors import FeatureFileError
 from napari_hila.features.store import SlideFeatures
 from napari_hila.models import build_model, collate, get_model_spec
-from napari_hila.models.crossfusion import CrossFusion, SquareGrid
+from napari_hila.models.crossfusion import CrossFusion
+from napari_hila.models.crossfusion_layers import SquareGrid
 
 DIM = 8
 SMALL = dict(patch_dim=DIM, width=32, heads=4, dropout=0.0)

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from napari_hila.errors import HilaError
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
-from napari_hila.models.crossfusion import Attention, feed_forward
+from napari_hila.models.crossfusion_layers import Attention, feed_forward
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
 from napari_hila.training.tiles import TileBatch, tile_batch
