@@ -42,7 +42,7 @@ def make_model(name: str, seed: int = 0, **settings) -> torch.nn.Module:
     if name == "abmil":
         dims.update(attention_dim=8)
     if name == "transmil":
-        dims.update(n_heads=2)
+        dims.update(n_heads=2, landmarks=8)  # bags of 9+ tokens take the Nystrom path
     model = build_model(name, **dims, **settings)
     if hasattr(model, "set_prompt_embeddings"):
         gen = np.random.default_rng(seed + 100)

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from napari_hila.models.attention import MultiHeadSelfAttention
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.batch import SlideBatch
 from napari_hila.models.explain import attention_explanation, forward_for_explanation
@@ -83,36 +83,8 @@ class TransMILConfig:
     n_heads: int = 8
     dropout: float = 0.1
     n_bins: int = 4
-
-
-class _AttentionLayer(nn.Module):
-    """Pre-norm multi-head self-attention with a residual (exact softmax attention)."""
-
-    def __init__(self, width: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-        self.n_heads = n_heads
-        self.dropout = dropout
-
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, n, width = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, width // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, width/heads)
-        return q, k, v
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(x)
-        drop = self.dropout if self.training else 0.0
-        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        return x + self.out(mixed.transpose(1, 2).reshape(x.shape))
-
-    def class_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention of the class token (position 0) over all tokens, mean over heads."""
-        q, k, _ = self._heads(x)
-        logits = q[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]  # (B, N)
+    landmarks: int = 128  # Nystrom landmarks (paper: width / 2); 0 = exact attention
+    pinv_iterations: int = 6
 
 
 class _PPEG(nn.Module):
@@ -133,7 +105,7 @@ class _PPEG(nn.Module):
 
 @register_model("transmil", TransMILConfig, "TransMIL: correlated MIL with PPEG (Shao et al. 2021)")
 class TransMIL(_AttentionMIL):
-    """TransMIL with exact attention (torch SDPA) instead of Nystrom approximation.
+    """TransMIL: Nystrom attention (``landmarks``) or exact attention (``landmarks = 0``).
 
     Each slide is padded to a square side x side grid by repeating its own
     first tokens (as in the paper), so slides run one at a time: the square
@@ -150,9 +122,10 @@ class TransMIL(_AttentionMIL):
         width = config.hidden_dim
         self.embed = nn.Sequential(nn.Linear(config.patch_dim, width), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.layer1 = _AttentionLayer(width, config.n_heads, config.dropout)
+        attention = (config.n_heads, config.dropout, config.landmarks, config.pinv_iterations)
+        self.layer1 = MultiHeadSelfAttention(width, *attention)
         self.ppeg = _PPEG(width)
-        self.layer2 = _AttentionLayer(width, config.n_heads, config.dropout)
+        self.layer2 = MultiHeadSelfAttention(width, *attention)
         self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, config.n_bins)
 
