@@ -92,3 +92,23 @@ def fake_result(
         risk_group="high" if -survival.sum() > -2.5 else "low",
         risk_percentile=71.0,
     )
+
+
+def fake_card(n: int = 60, seed: int = 3) -> dict:
+    """A model card with a cohort where higher risk means shorter survival."""
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(-2.5, 0.4, n)
+    time = rng.exponential(40 * np.exp(-(risk + 2.5) * 2))
+    event = (rng.random(n) < 0.7).astype(int)
+    return {
+        "model": "hila",
+        "config": {},
+        "encoders": {"patch": {"name": "he-descriptor", "dim": 48}},
+        "label": "HiLa (test cohort, not for clinical use)",
+        "cancer_type": "test",
+        "risk_threshold": float(np.median(risk)),
+        "time_unit": "months",
+        "time_bin_edges": [0.0, 12.0, 24.0, 48.0, 96.0],
+        "cohort": {"risk": risk.tolist(), "time": time.tolist(), "event": event.tolist()},
+        "metrics": {"c_index": {"mean": 0.66, "std": 0.04}},
+    }

@@ -23,8 +23,16 @@ from napari_hila.results import PredictionResult
 
 log = logging.getLogger(__name__)
 
-# The stages the progress bar shows, in order; others are placed after them.
-STAGES = ("tissue", "tiles", "features", "model")
+# The stages predict_slide reports, in order, and how the progress bar names them.
+STAGES = ("model", "tissue", "tiles", "features", "explain", "export")
+STAGE_LABELS = {
+    "model": "loading model",
+    "tissue": "finding tissue",
+    "tiles": "encoding patches",
+    "features": "encoding regions",
+    "explain": "running the model",
+    "export": "writing outputs",
+}
 
 
 @dataclass
@@ -40,9 +48,18 @@ class JobOutcome:
 
 def overall_fraction(stage: str, fraction: float) -> float:
     """Progress over the whole run when ``stage`` is ``fraction`` done."""
-    order = STAGES.index(stage) if stage in STAGES else len(STAGES) - 1
+    shown = STAGES[:-1]  # the viewer never asks for exports
+    order = shown.index(stage) if stage in shown else len(shown) - 1
     fraction = min(max(float(fraction), 0.0), 1.0)
-    return (order + fraction) / len(STAGES)
+    return min((order + fraction) / len(shown), 1.0)
+
+
+def stage_text(stage: str, fraction: float) -> str:
+    """What the progress label says, e.g. "encoding patches (3/5): 40%"."""
+    shown = STAGES[:-1]
+    step = shown.index(stage) + 1 if stage in shown else len(shown)
+    label = STAGE_LABELS.get(stage, stage)
+    return f"{label} ({step}/{len(shown)}): {100 * min(max(fraction, 0.0), 1.0):.0f}%"
 
 
 def tissue_of(result: PredictionResult) -> Any:

@@ -8,7 +8,6 @@ to do; nothing here lets an exception reach napari.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +28,17 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hila import overlays
-from napari_hila._qt.job import STAGES, JobOutcome, PredictionJob, overall_fraction
+from napari_hila._qt.job import JobOutcome, PredictionJob, overall_fraction, stage_text
 from napari_hila._qt.km_dock import km_dock_for, ordinal
 from napari_hila._qt.layers import ResultLayers, slide_path_of
 from napari_hila._qt.model_picker import ModelPicker
 from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
+from napari_hila.predict import default_cache_dir
 from napari_hila.results import PredictionResult
 
 GALLERY_SIZE = 8
-
-
-def user_cache_dir() -> Path:
-    """Where features are cached between runs (``NAPARI_HILA_CACHE`` overrides)."""
-    if os.environ.get("NAPARI_HILA_CACHE"):
-        return Path(os.environ["NAPARI_HILA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-hila" / "features"
 
 
 def describe_risk(result: PredictionResult) -> str:
@@ -79,7 +71,7 @@ class HilaSurvivalDock(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.cache_dir: Path | None = user_cache_dir()
+        self.cache_dir: Path | None = default_cache_dir()
         self.job: PredictionJob | None = None
         self.result: PredictionResult | None = None
         self.card: dict[str, Any] | None = None
@@ -224,8 +216,7 @@ class HilaSurvivalDock(QWidget):
         if self.job is None or self.job.cancel_event.is_set():
             return
         self.progress.setValue(int(1000 * overall_fraction(stage, fraction)))
-        step = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES)
-        self.stage_label.setText(f"{stage} ({step}/{len(STAGES)}): {100 * fraction:.0f}%")
+        self.stage_label.setText(stage_text(stage, fraction))
 
     def _on_finished(self, outcome: JobOutcome) -> None:
         self._set_running(False)

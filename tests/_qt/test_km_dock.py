@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hila_fake_results import fake_result
+from hila_fake_results import fake_card, fake_result
 from matplotlib.colors import to_hex
 
 from napari_hila._qt.km_dock import KaplanMeierDock, km_dock_for
@@ -12,26 +12,11 @@ from napari_hila._qt.km_dock import KaplanMeierDock, km_dock_for
 pytestmark = pytest.mark.gui
 
 
-def make_card(n: int = 60, seed: int = 3) -> dict:
-    rng = np.random.default_rng(seed)
-    risk = rng.normal(-2.5, 0.4, n)
-    time = rng.exponential(40 * np.exp(-(risk + 2.5) * 2))  # higher risk, shorter time
-    event = (rng.random(n) < 0.7).astype(int)
-    return {
-        "model": "hila",
-        "label": "HiLa (test cohort, not for clinical use)",
-        "risk_threshold": float(np.median(risk)),
-        "time_unit": "months",
-        "time_bin_edges": [0.0, 12.0, 24.0, 48.0, 96.0],
-        "cohort": {"risk": risk.tolist(), "time": time.tolist(), "event": event.tolist()},
-    }
-
-
 def test_km_dock_draws_cohort_and_patient(make_napari_viewer):
     from lifelines.statistics import logrank_test
 
     viewer = make_napari_viewer(show=True)
-    card = make_card()
+    card = fake_card()
     result = fake_result()
     dock = km_dock_for(viewer)
     assert km_dock_for(viewer) is dock  # one per viewer
@@ -58,7 +43,7 @@ def test_km_dock_follows_theme_and_handles_missing_cohort(make_napari_viewer):
     viewer = make_napari_viewer(show=True)
     dock = KaplanMeierDock(viewer)
     viewer.window.add_dock_widget(dock)
-    dock.show_result(fake_result(), make_card())
+    dock.show_result(fake_result(), fake_card())
     viewer.theme = "dark"
     dark = to_hex(dock.figure.get_facecolor())
     viewer.theme = "light"
