@@ -92,12 +92,13 @@ def select_top_fraction(
 ) -> torch.Tensor:
     """Mask of each slide's top ``max(ceil(ratio * M_b), minimum)`` tokens (at most M_b).
 
-    ``scores`` must be -inf on padding so padding ranks last. A tiny slack
-    in the ceiling keeps float rounding (0.6 * 5 = 3.0000000000000004) from
-    adding a token.
+    ``scores`` must be -inf on padding so padding ranks last. The count is
+    worked out in Python with rounding, so float error (0.6 * 5 =
+    3.0000000000000004) never adds a token, on any device.
     """
-    keep = torch.ceil(counts.to(torch.float64) * ratio - 1e-9).long()
-    keep = torch.minimum(keep.clamp(min=minimum), counts)
+    sizes = counts.tolist()
+    keep = [min(n, max(math.ceil(round(ratio * n, 6)), minimum)) for n in sizes]
+    keep = torch.tensor(keep, dtype=torch.long, device=scores.device)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     ranks = torch.empty_like(order).scatter_(1, order, positions)
