@@ -209,3 +209,23 @@ def test_model_file_round_trip_keeps_the_frozen_encoder(tmp_path):
     loaded = load_model(tmp_path / "m", device="cpu").model
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).logits, model(batch).logits)
+
+
+def test_explain_reports_progress_and_can_be_cancelled():
+    import threading
+
+    from napari_hila.errors import Cancelled
+
+    rng = np.random.default_rng(8)
+    batch = TileBatch([random_tiles(rng, 10)])
+    model = build_model("vptsurv", **{**SMALL, "tile_chunk": 4}).eval()
+    seen = []
+    model.explain(batch, progress=lambda stage, fraction: seen.append((stage, round(fraction, 2))))
+    assert seen == [("tiles", 0.4), ("tiles", 0.8), ("tiles", 1.0)]
+    stop = threading.Event()
+
+    def stop_after_first(stage: str, fraction: float) -> None:
+        stop.set()
+
+    with pytest.raises(Cancelled):
+        model.explain(batch, progress=stop_after_first, cancel=stop)

@@ -18,7 +18,8 @@ pixels chunk by chunk, so inference over 1000+ tiles never holds them all.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,14 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from napari_hila.errors import HilaError
+from napari_hila.errors import Cancelled, HilaError
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.crossfusion_layers import Attention, feed_forward
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
-from napari_hila.training.tiles import TileBatch, tile_batch
+from napari_hila.training.tiles import InMemoryTiles, TileBatch, tile_batch
 
 __all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor", "RANDOM_ENCODER"]
+
+Progress = Callable[[str, float], None]
+
+#: Tiles per slide in ``napari-hila bench model`` (time grows linearly with the tile count).
+BENCH_TILES = 32
 
 #: Recorded as the encoder's source when a ViT was built without pretrained weights.
 RANDOM_ENCODER = "random initialisation (no pretrained weights given; for tests only)"
@@ -207,6 +213,22 @@ class VPTSurv(nn.Module):
             nn.LayerNorm(cfg.decoder_dim), nn.Linear(cfg.decoder_dim, cfg.n_bins)
         )
 
+    @classmethod
+    def bench_config(cls) -> dict:
+        """Settings for ``napari-hila bench model``: a ViT-S/16 shape at 224 px (random weights)."""
+        vit = dict(image_size=224, patch_size=16, width=384, depth=12, heads=6, mlp_dim=1536)
+        return {"vit": vit, "tile_chunk": BENCH_TILES}
+
+    @classmethod
+    def bench_batch(cls, n_patches: int, n_regions: int, seed: int = 0) -> TileBatch:
+        """``BENCH_TILES`` random 224 px tiles of one slide (the token counts do not apply)."""
+        rng = np.random.default_rng(seed)
+        shape = (BENCH_TILES, 224, 224, 3)
+        tiles = rng.integers(0, 256, shape, dtype=np.uint8)
+        context = rng.integers(0, 256, shape, dtype=np.uint8)
+        coords = np.stack([np.arange(BENCH_TILES) % 8, np.arange(BENCH_TILES) // 8], 1) * 448
+        return TileBatch([InMemoryTiles(tiles, context, coords.astype(np.int64), 448, "bench")])
+
     def train(self, mode: bool = True) -> VPTSurv:
         super().train(mode)
         self.encoder.eval()  # frozen: never in training mode
@@ -280,13 +302,31 @@ class VPTSurv(nn.Module):
             return checkpoint(self._encode_pixels, pixels, ctx, use_reentrant=False)
         return self._encode_pixels(pixels, ctx)
 
-    def tile_tokens(self, batch: TileBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode every slide chunk by chunk: (B, N, width) tokens and a (B, N) mask."""
+    def tile_tokens(
+        self,
+        batch: TileBatch,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every slide chunk by chunk: (B, N, width) tokens and a (B, N) mask.
+
+        ``progress("tiles", fraction)`` is called after each chunk and ``cancel``
+        checked before each, so a viewer stays responsive and can stop the job.
+        """
         per_slide = []
+        total = max(1, sum(len(t) for t in batch.slides))
+        done = 0
         for tiles in batch.slides:
             if len(tiles) == 0:
                 raise HilaError("a slide has no tiles to encode; check its tissue detection")
-            chunks = [self.encode_tiles(t, c) for t, c in tiles.chunks(self.config.tile_chunk)]
+            chunks = []
+            for pixels, context in tiles.chunks(self.config.tile_chunk):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("VPTSurv stopped while encoding tiles")
+                chunks.append(self.encode_tiles(pixels, context))
+                done += len(pixels)
+                if progress is not None:
+                    progress("tiles", done / total)
             per_slide.append(torch.cat(chunks))
         longest = max(len(t) for t in per_slide)
         width = per_slide[0].shape[1]
@@ -311,16 +351,28 @@ class VPTSurv(nn.Module):
         details = {"cross_attention": weights} if need_weights else {}
         return survival_from_logits(logits, **details)
 
-    def forward(self, batch: TileBatch, need_weights: bool = False) -> SurvivalOutput:
-        tokens, mask = self.tile_tokens(batch)
+    def forward(
+        self,
+        batch: TileBatch,
+        need_weights: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SurvivalOutput:
+        tokens, mask = self.tile_tokens(batch, progress, cancel)
         return self.decode(tokens, mask, need_weights)
 
     @torch.no_grad()
-    def explain(self, batch: TileBatch, tile_sizes: Mapping[str, int] | None = None) -> Explanation:
+    def explain(
+        self,
+        batch: TileBatch,
+        tile_sizes: Mapping[str, int] | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Explanation:
         """Risk, survival and the decoder's cross-attention over the slide's tiles."""
         if batch.batch_size != 1:
             raise ValueError(f"explain() takes a batch of one slide, got {batch.batch_size}")
-        out = self.forward(batch, need_weights=True)
+        out = self.forward(batch, need_weights=True, progress=progress, cancel=cancel)
         weights = out.details["cross_attention"]  # per layer (1, Q, N), rows sum to 1
         last, first = weights[-1][0], weights[0][0]
         columns = [last.mean(dim=0), first.mean(dim=0), *last]

@@ -14,7 +14,6 @@ prompt). Sampling is deterministic given (seed, epoch, slide index).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from napari_hila.features.tiles import read_tile
 
 __all__ = [
     "TileSet",
@@ -34,8 +34,6 @@ __all__ = [
     "TileGrid",
     "tile_grid",
     "sample_indices",
-    "read_tile",
-    "resize_tiles",
     "SlideRef",
     "slide_tiles",
     "tile_batch",
@@ -145,35 +143,6 @@ def sample_indices(n_total: int, n_sample: int, seed: int, *keys: int) -> np.nda
     return np.sort(rng.choice(n_total, size=n_sample, replace=False)).astype(np.int64)
 
 
-def resize_tiles(images: np.ndarray, out_px: int) -> np.ndarray:
-    """(n, h, w, 3) uint8 -> (n, out_px, out_px, 3) uint8.
-
-    Shrinking averages the covered pixels (exactly the k x k mean for an
-    integer factor k), enlarging interpolates bilinearly.
-    """
-    if images.shape[1:3] == (out_px, out_px):
-        return images
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    if min(x.shape[-2:]) >= out_px:
-        x = F.interpolate(x, size=(out_px, out_px), mode="area")
-    else:
-        x = F.interpolate(x, size=(out_px, out_px), mode="bilinear", align_corners=False)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def read_tile(slide, location: tuple[int, int], size: int, out_px: int) -> np.ndarray:
-    """A level-0 square of side ``size`` at ``location``, as ``out_px`` pixels (read at the best level)."""
-    wanted = size / out_px
-    level = 0
-    for i, ds in enumerate(slide.level_downsamples):
-        if ds <= wanted * 1.001:
-            level = i
-    ds = slide.level_downsamples[level]
-    side = max(1, int(math.ceil(size / ds)))
-    pixels = slide.read_region((int(location[0]), int(location[1])), level, (side, side))
-    return resize_tiles(pixels[None], out_px)[0]
-
-
 @dataclass
 class SlideTiles(TileSet):
     """Tiles of one slide on disk, read through ``napari_hila.slides`` only when asked."""
@@ -219,8 +188,8 @@ class SlideTiles(TileSet):
         blocks = self.context_origin(coords)
 
         def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-            tile = read_tile(slide, coords[i], self.tile_size, self.tile_px)
-            context = read_tile(slide, blocks[i], 2 * self.tile_size, self.tile_px)
+            tile = read_tile(slide, *coords[i], self.tile_size, self.tile_px)
+            context = read_tile(slide, *blocks[i], 2 * self.tile_size, self.tile_px)
             return tile, context
 
         if self.workers > 1 and len(coords) > 1:
