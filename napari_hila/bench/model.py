@@ -107,6 +107,8 @@ def build_for_bench(name: str, settings: dict[str, Any]):
     for level in ("patch", "region"):
         offered[f"{level}_prompt_names"] = [f"{level} prompt {i}" for i in range(k)]
         offered[f"{level}_prompt_texts"] = [f"{level} prompt text {i}" for i in range(k)]
+    # A model that these sizes alone cannot build (VPTSurv needs a ViT shape) adds its own.
+    offered.update(getattr(spec.model_cls, "bench_config", dict)())
     torch.manual_seed(0)
     model = build_model(name, **{key: v for key, v in offered.items() if key in fields})
     if hasattr(model, "set_prompt_embeddings"):
