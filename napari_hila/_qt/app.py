@@ -46,3 +46,13 @@ def launch_viewer(
     if result is not None:
         dock.show_result(result)
     return viewer
+
+
+def survival_dock_of(viewer: Any) -> Any | None:
+    """The viewer's HiLa survival dock widget, or None when it is not open."""
+    from napari_hila._qt.survival_dock import HilaSurvivalDock
+
+    for widget in viewer.window.dock_widgets.values():
+        if isinstance(widget, HilaSurvivalDock):
+            return widget
+    return None

@@ -10,7 +10,7 @@ import pytest
 from hila_fake_results import fake_card, fake_result
 
 from napari_hila import overlays
-from napari_hila._qt.app import launch_viewer
+from napari_hila._qt.app import launch_viewer, survival_dock_of
 from napari_hila._qt.km_dock import KaplanMeierDock
 from napari_hila._qt.layers import slide_path_of
 from napari_hila._qt.survival_dock import HilaSurvivalDock
@@ -45,7 +45,7 @@ def test_launch_viewer_shows_saved_result_on_the_reader_layer(
         )
         np.testing.assert_allclose(corner, level.coords[i][::-1] - 0.5, atol=1e-6)
     docks = viewer.window.dock_widgets
-    survival = next(w for name, w in docks.items() if "HiLa survival" in name)
+    survival = survival_dock_of(viewer)
     assert isinstance(survival, HilaSurvivalDock)
     card_text = survival.model_picker.card_label.text()
     assert "cross-validated C-index: 0.660 &plusmn; 0.040" in card_text
