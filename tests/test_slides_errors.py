@@ -57,7 +57,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
-@pytest.mark.parametrize("backend", [None, "tifffile"])
+@pytest.mark.parametrize("backend", [None, "tifffile", "openslide"])
 def test_bad_input_gives_one_clear_slide_error(bad_files, kind, backend):
     path = bad_files[kind]
     with pytest.raises(SlideError) as info:

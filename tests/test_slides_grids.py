@@ -135,7 +135,7 @@ def test_layer_data_in_micrometres(sample_slide):
         meta = kwargs["metadata"]
         assert meta["vendor"] == "aperio" and meta["objective_power"] == 20
         assert meta["mpp_is_assumed"] is False and meta["fingerprint"] == slide.fingerprint()
-        assert meta["properties"]["openslide.mpp-x"] == "0.499"
+        assert meta["properties"]["aperio.MPP"] == "0.4990"
         mask, tkw, tkind = tissue_layer_data(tissue, slide.mpp)
         assert tkind == "labels" and mask.dtype == np.uint8
         assert tkw["scale"][0] == pytest.approx(tissue.downsample * 0.499)

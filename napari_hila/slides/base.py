@@ -112,9 +112,11 @@ class Slide(abc.ABC):
         ds = self.level_downsamples[level]
         lx, ly = int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
         lw, lh = self.level_dimensions[level]
-        out = np.full((h, w, 3), 255, np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, lw), min(ly + h, lh)
+        if (x0, y0, x1, y1) == (lx, ly, lx + w, ly + h) and w and h:  # all inside: no copy
+            return self._read_level_box(level, lx, ly, w, h)
+        out = np.full((h, w, 3), 255, np.uint8)
         if x1 > x0 and y1 > y0:
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read_level_box(
                 level, x0, y0, x1 - x0, y1 - y0

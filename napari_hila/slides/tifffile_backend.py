@@ -2,8 +2,10 @@
 
 This backend also sees pyramids OpenSlide reads as one level: OME-TIFF whose
 reduced levels are SubIFDs, and TIFF pyramids whose reduced levels are plain
-top-level pages without the reduced-resolution flag. Each level is a zarr
-array over the file's own tiles, wrapped as a dask array.
+top-level pages without the reduced-resolution flag. Tiled RGB levels are
+read by decoding just the tiles a box touches (``tiles.py``); other layouts
+(strips, planar, extra axes) go through tifffile's zarr store. Either way each
+level is a dask array chunked at the file's tiles.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zarr
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.base import Slide
+from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
 
 _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3}
 
@@ -176,22 +179,32 @@ class TifffileSlide(Slide):
             check_tiff_pixels(path, self._tif)
             check_tiff_complete(path, self._tif)
             self._levels = tiff_pyramid_series(self._tif)
-            self._zarr = [_level_zarr(s) for s in self._levels]
-            self._arrays = [
-                _to_yxs(da.from_zarr(z, name=False), s.axes)
-                for z, s in zip(self._zarr, self._levels, strict=True)
+            self._bytes = FileBytes(path)
+            # tiled RGB levels are decoded tile by tile (fast path); anything else via zarr
+            self._tiled = [
+                TiledLevel(s.keyframe, self._bytes)
+                if s.axes == "YXS" and is_fast_path_page(s.keyframe)
+                else None
+                for s in self._levels
+            ]
+            self._zarr_arrays = [
+                None if tiled else _to_yxs(da.from_zarr(_level_zarr(s), name=False), s.axes)
+                for tiled, s in zip(self._tiled, self._levels, strict=True)
             ]
         except SlideError:
-            self._tif.close()
+            self.close()
             raise
         except Exception as err:  # tifffile/zarr raise many kinds on corrupt files
-            self._tif.close()
+            self.close()
             raise SlideError(
                 f"{path}: cannot read the TIFF's image ({err}); the file may be corrupt"
             ) from err
         page = self._levels[0].keyframe
         props, mpp, power, vendor = self._metadata(page)
-        dims = [(a.shape[1], a.shape[0]) for a in self._arrays]
+        shapes = [
+            t.shape if t else z.shape for t, z in zip(self._tiled, self._zarr_arrays, strict=True)
+        ]
+        dims = [(shape[1], shape[0]) for shape in shapes]
         w0 = dims[0][0]
         h0 = dims[0][1]
         downsamples = [((w0 / w) + (h0 / h)) / 2 for w, h in dims]
@@ -255,13 +268,25 @@ class TifffileSlide(Slide):
         return props, mpp, power, vendor
 
     def _level_array(self, level: int) -> da.Array:
-        return self._arrays[level]
+        tiled = self._tiled[level]
+        if tiled is None:
+            return self._zarr_arrays[level]
+        return da.from_array(
+            tiled,
+            chunks=(tiled.tile_h, tiled.tile_w, 3),
+            name=f"tifffile-{self.fingerprint()}-{level}",
+            asarray=False,
+            fancy=False,
+            lock=False,
+            meta=np.empty((0, 0, 0), np.uint8),
+        )
 
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         try:
-            if self._levels[level].axes == "YXS":  # zarr directly: no dask overhead per read
-                return np.asarray(self._zarr[level][y : y + h, x : x + w])
-            box = self._arrays[level][y : y + h, x : x + w]
+            tiled = self._tiled[level]
+            if tiled is not None:
+                return tiled.read_box(x, y, w, h)
+            box = self._zarr_arrays[level][y : y + h, x : x + w]
             return np.asarray(box.compute(scheduler="sync"))
         except Exception as err:
             raise SlideError(
@@ -281,6 +306,8 @@ class TifffileSlide(Slide):
 
     def close(self) -> None:
         self._tif.close()
+        if getattr(self, "_bytes", None) is not None:
+            self._bytes.close()
 
 
 def _float(value: str | None) -> float | None:

@@ -1,0 +1,268 @@
+"""Slide reading speed: open time, first render in napari, random tile reads.
+
+Ours (both backends, direct and through the dask pyramid napari uses) side by
+side with raw openslide-python ``read_region`` on the same tissue locations of
+a generated 50,000 px slide (written once, then reused from the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slide", default=None, help="benchmark this slide instead of a generated one"
+    )
+    parser.add_argument(
+        "--size", type=int, default=50_000, help="side of the generated slide in px"
+    )
+    parser.add_argument("--layout", default="svs", choices=("svs", "ome", "flat", "pages"))
+    parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
+    parser.add_argument("--tiles", type=int, default=200, help="random tissue locations to read")
+    parser.add_argument("--tile-px", type=int, default=256)
+    parser.add_argument(
+        "--no-render", action="store_true", help="skip the napari first-render timing"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _rss_mb() -> dict[str, float]:
+    """Current and peak resident memory of this process (Linux /proc)."""
+    fields = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                fields[key] = int(value.split()[0]) / 1024
+    except OSError:
+        return {}
+    return {
+        "rss_mb": round(fields.get("VmRSS", 0), 1),
+        "peak_rss_mb": round(fields.get("VmHWM", 0), 1),
+    }
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _timings(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "median_ms": round(float(np.median(ms)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def _median_time(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def tissue_locations(path: Path, count: int, tile_px: int, seed: int) -> np.ndarray:
+    """``count`` random level-0 (x, y) whose tile_px box is tissue, not tile-aligned."""
+    from napari_hila.slides import detect_tissue, make_grids, open_slide
+
+    with open_slide(path) as slide:
+        grids = make_grids(slide, detect_tissue(slide), patch_px=tile_px, target_mpp=slide.mpp)
+    rng = np.random.default_rng(seed)
+    if grids.num_patches == 0:
+        raise RuntimeError(f"{path}: no tissue found to benchmark on")
+    picks = grids.patch_coords[rng.integers(0, grids.num_patches, count)]
+    jitter = rng.integers(0, tile_px // 2, (count, 2))
+    return picks + jitter
+
+
+def _read_region(slide, size: tuple[int, int], x: int, y: int) -> np.ndarray:
+    return slide.read_region((x, y), 0, size)
+
+
+def _read_dask(level0, tile_px: int, x: int, y: int) -> np.ndarray:
+    return level0[y : y + tile_px, x : x + tile_px].compute(scheduler="threads")
+
+
+def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict[str, Any]:
+    """Per-tile read times for raw OpenSlide and each of our read paths.
+
+    The readers take turns at every location (in rotating order), so a busy
+    machine slows them all alike instead of whichever ran during the burst;
+    each has its own handle, so none profits from another's tile cache.
+    """
+    import openslide
+
+    from napari_hila.slides import open_slide
+
+    size = (tile_px, tile_px)
+    raw = openslide.OpenSlide(str(path))
+    readers = {
+        "openslide_raw_read_region": lambda x, y: np.asarray(raw.read_region((x, y), 0, size))
+    }
+    opened = [raw]
+    skipped: dict[str, Any] = {}
+    for backend in ("openslide", "tifffile"):
+        try:
+            slide = open_slide(path, backend=backend)
+        except Exception as err:  # e.g. tifffile on a non-TIFF slide
+            skipped[f"ours_{backend}_read_region"] = {"skipped": str(err)}
+            continue
+        opened.append(slide)
+        # a second handle for the napari path, so the two do not share a tile cache
+        napari_slide = open_slide(path, backend=backend)
+        opened.append(napari_slide)
+        readers[f"ours_{backend}_read_region"] = partial(_read_region, slide, size)
+        readers[f"ours_{backend}_dask_pyramid"] = partial(
+            _read_dask, napari_slide.pyramid()[0], tile_px
+        )
+    for x, y in locations:  # warm the OS page cache so no reader pays for the disk
+        readers["openslide_raw_read_region"](int(x), int(y))
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    names = list(readers)
+    _reset_peak_rss()
+    for i, (x, y) in enumerate(locations):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            readers[name](int(x), int(y))
+            seconds[name].append(time.perf_counter() - start)
+    memory = _rss_mb()
+    for handle in opened:
+        handle.close()
+    results: dict[str, Any] = {name: _timings(values) for name, values in seconds.items()}
+    results.update(skipped)
+    results["memory_after_reads"] = memory
+    raw_median = results["openslide_raw_read_region"]["median_ms"]
+    results["ours_vs_raw_median_ratio"] = {
+        name: round(r["median_ms"] / raw_median, 3)
+        for name, r in results.items()
+        if name.startswith("ours_") and "median_ms" in r
+    }
+    return results
+
+
+def open_benchmark(path: Path) -> dict[str, Any]:
+    """Median time to open (metadata + pyramid built), ours and raw OpenSlide."""
+    import openslide
+
+    from napari_hila.slides import open_slide
+
+    def ours():
+        with open_slide(path) as slide:
+            slide.pyramid()
+
+    def raw():
+        openslide.OpenSlide(str(path)).close()
+
+    ours()  # imports and first-call costs are not the slide's
+    with open_slide(path) as slide:
+        backend = slide.backend
+    return {
+        "ours_open_s": round(_median_time(ours), 4),
+        "ours_backend": backend,
+        "openslide_raw_open_s": round(_median_time(raw), 4),
+    }
+
+
+_RENDER_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+import napari
+from qtpy.QtWidgets import QApplication
+imported = time.perf_counter()
+viewer = napari.Viewer(show=True)
+opened_at = time.perf_counter()
+viewer.open(sys.argv[1], plugin=sys.argv[2]) if sys.argv[2] else viewer.open(sys.argv[1])
+layer_added = time.perf_counter()
+deadline = layer_added + 120
+while time.perf_counter() < deadline:
+    QApplication.processEvents()
+    shot = viewer.screenshot(canvas_only=True)[..., :3]
+    if shot.std() > 10:
+        break
+    time.sleep(0.02)
+done = time.perf_counter()
+print(json.dumps({"import_napari_s": imported - start, "viewer_s": opened_at - imported,
+                  "open_to_layer_s": layer_added - opened_at,
+                  "open_to_first_render_s": done - opened_at, "rendered": bool(shot.std() > 10)}))
+viewer.close()
+"""
+
+
+def render_benchmark(path: Path) -> dict[str, Any]:
+    """Time from ``viewer.open`` to a non-blank canvas, in a fresh process."""
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        return {"skipped": "no display: run under xvfb-run or with DISPLAY set"}
+    results: dict[str, Any] = {}
+    peers = {"napari_hila": "napari-hila", "napari_wsi": "napari-wsi"}
+    for module, plugin in peers.items():
+        if importlib.util.find_spec(module) is None:
+            results[plugin] = {"skipped": "not installed"}
+            continue
+        proc = subprocess.run(
+            [sys.executable, "-c", _RENDER_SCRIPT, str(path), plugin],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            results[plugin] = {"failed": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
+        else:
+            results[plugin] = {
+                k: round(v, 3) if isinstance(v, float) else v
+                for k, v in json.loads(lines[-1]).items()
+            }
+    return results
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from napari_hila.slides.synthetic import cached_test_slide
+
+    start = time.perf_counter()
+    if args.slide:
+        path = Path(args.slide)
+    else:
+        path = cached_test_slide(args.size, args.size, layout=args.layout, cache_dir=args.cache_dir)
+    prepared_s = time.perf_counter() - start
+    from napari_hila.slides import open_slide
+
+    with open_slide(path) as slide:
+        about = {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "dimensions": list(slide.dimensions),
+            "levels": len(slide.level_dimensions),
+            "tile_size": list(slide.tile_size),
+            "prepare_s": round(prepared_s, 2),
+        }
+    locations = tissue_locations(path, args.tiles, args.tile_px, args.seed)
+    return {
+        "slide": about,
+        "open": open_benchmark(path),
+        "tile_reads": {
+            "count": int(len(locations)),
+            "tile_px": args.tile_px,
+            **tile_read_benchmark(path, locations, args.tile_px),
+        },
+        "first_render": {"skipped": "--no-render"} if args.no_render else render_benchmark(path),
+        "peers": {
+            "napari-wsi": "installed" if importlib.util.find_spec("napari_wsi") else "not installed"
+        },
+    }
