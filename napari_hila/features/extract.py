@@ -9,22 +9,24 @@ the same slide (the second waits for the first, then reuses its file).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from napari_hila.errors import Cancelled, SlideError
 from napari_hila.features.cache import PartialFeatures, cache_path, settings_key, slide_lock
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
-from napari_hila.features.tiles import iter_tile_batches
+from napari_hila.features.tiles import DEFAULT_READ_THREADS, iter_tile_batches
 
 Progress = Callable[[str, float], None]
 DEFAULT_ENCODER = "hila-descriptor"
@@ -42,6 +44,22 @@ def _vision_encoder(name: str, weights: str | None, device: str):
 def vision_encoder(name: str, weights: str | os.PathLike | None = None, device: str = "auto"):
     """A loaded vision encoder, reused across slides within a process."""
     return _vision_encoder(name, str(weights) if weights else None, str(device))
+
+
+@contextlib.contextmanager
+def cpu_threads_for_encoder(read_threads: int = DEFAULT_READ_THREADS) -> Iterator[None]:
+    """Leave CPU cores to the tile readers while the encoder runs on the CPU.
+
+    Decoding JPEG tiles and running the encoder compete for the same cores; on a
+    small machine torch's default (all cores) makes both wait on each other.
+    """
+    previous = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(previous, cores - read_threads // 2 - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:

@@ -1,0 +1,171 @@
+"""Feature extraction speed: tiles per second end to end vs decode only.
+
+On generated slides of two sizes (real tissue, Aperio layout, 0.5 um/px) this
+measures, for the same grid patches read through the same prefetching reader:
+
+- ``decode_only``: reading and decoding the tiles, nothing else (the limit on
+  this machine, the peer every extractor is bound by);
+- ``encode_only``: the encoder on tiles already in memory;
+- ``end_to_end``: :func:`extract_slide` from an empty cache (tissue, grid,
+  read, encode, write), with the patch-stage rate and the whole-slide time;
+- peak resident memory during each, to show it stays flat as the slide grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_hila.bench.io import _reset_peak_rss, _rss_mb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slide", default=None, help="benchmark this slide instead of generated ones"
+    )
+    parser.add_argument(
+        "--sizes",
+        default="12000,24000",
+        help="sides in px of the generated slides (default 12000,24000)",
+    )
+    parser.add_argument("--encoder", default="hila-descriptor")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
+
+
+def _decode_only(slide, grids, batch_size: int) -> dict[str, Any]:
+    from napari_hila.features.tiles import iter_tile_batches
+
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    n = 0
+    for _, tiles in iter_tile_batches(
+        slide, grids.patch_coords, grids.patch_size, grids.patch_px, batch_size
+    ):
+        n += len(tiles)
+    seconds = time.perf_counter() - t0
+    return {
+        "tiles": n,
+        "seconds": round(seconds, 2),
+        "tiles_per_s": round(n / seconds, 1),
+        **_rss_mb(),
+    }
+
+
+def _encode_only(slide, grids, encoder, batch_size: int) -> dict[str, Any]:
+    from napari_hila.features.tiles import read_batch
+
+    coords = grids.patch_coords[: 4 * batch_size]
+    tiles = read_batch(slide, coords, grids.patch_size, grids.patch_px, 0)
+    encoder.encode(tiles[:batch_size])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), batch_size):
+        encoder.encode(tiles[i : i + batch_size])
+    seconds = time.perf_counter() - t0
+    return {"tiles": len(tiles), "tiles_per_s": round(len(tiles) / seconds, 1)}
+
+
+def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from napari_hila.features.extract import extract_slide
+    from napari_hila.features.store import load_features
+
+    marks: dict[str, float] = {}
+
+    def progress(stage: str, fraction: float) -> None:
+        now = time.perf_counter()
+        marks.setdefault(f"{stage}_start", now)
+        marks[f"{stage}_end"] = now
+
+    with tempfile.TemporaryDirectory(prefix="hila-bench-") as out:
+        _reset_peak_rss()
+        before = _rss_mb().get("rss_mb", 0.0)
+        t0 = time.perf_counter()
+        feature_file = extract_slide(
+            path,
+            out,
+            encoder=args.encoder,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        total = time.perf_counter() - t0
+        memory = _rss_mb()
+        feats = load_features(feature_file)
+        t1 = time.perf_counter()
+        extract_slide(path, out, encoder=args.encoder, weights=args.weights)
+        cached = time.perf_counter() - t1
+    patch_seconds = marks["tiles_end"] - marks["tiles_start"]
+    return {
+        "patches": feats.num_patches,
+        "regions": feats.num_regions,
+        "patch_stage_seconds": round(patch_seconds, 2),
+        "tiles_per_s": round(feats.num_patches / max(patch_seconds, 1e-9), 1),
+        "tissue_seconds": round(marks["tissue_end"] - marks["tissue_start"], 2),
+        "total_seconds": round(total, 2),
+        "tiles_per_s_whole_slide": round(feats.num_patches / total, 1),
+        "cache_hit_seconds": round(cached, 3),
+        "rss_before_mb": before,
+        **memory,
+    }
+
+
+def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
+    from napari_hila.slides import detect_tissue, make_grids, open_slide
+
+    with open_slide(path) as slide:
+        grids = make_grids(slide, detect_tissue(slide))
+        info = {
+            "slide": str(path),
+            "dimensions": list(slide.dimensions),
+            "mpp": slide.mpp,
+            "levels": slide.level_count,
+            "grid_patches": grids.num_patches,
+        }
+        decode = _decode_only(slide, grids, args.batch_size)
+        encode = _encode_only(slide, grids, encoder, args.batch_size)
+    e2e = _end_to_end(path, args)
+    return {
+        **info,
+        "decode_only": decode,
+        "encode_only": encode,
+        "end_to_end": e2e,
+        "end_to_end_vs_decode": round(e2e["tiles_per_s"] / decode["tiles_per_s"], 3),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from napari_hila.features.extract import vision_encoder
+
+    encoder = vision_encoder(args.encoder, args.weights, "auto")
+    if args.slide:
+        slides = [Path(args.slide)]
+    else:
+        from napari_hila.slides.synthetic import cached_test_slide
+
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        slides = [
+            cached_test_slide(s, s, layout="svs", mpp=0.5, cache_dir=args.cache_dir) for s in sizes
+        ]
+    results = [_bench_slide(p, args, encoder) for p in slides]
+    ratios = [r["end_to_end_vs_decode"] for r in results]
+    peaks = [r["end_to_end"].get("peak_rss_mb", 0.0) for r in results]
+    return {
+        "encoder": args.encoder,
+        "batch_size": args.batch_size,
+        "slides": results,
+        "summary": {
+            "end_to_end_tiles_per_s": [r["end_to_end"]["tiles_per_s"] for r in results],
+            "decode_only_tiles_per_s": [r["decode_only"]["tiles_per_s"] for r in results],
+            "end_to_end_vs_decode": ratios,
+            "goal_end_to_end_vs_decode": 0.5,
+            "peak_rss_mb_by_slide": peaks,
+            "patches_by_slide": [r["end_to_end"]["patches"] for r in results],
+            "peak_rss_growth_mb": round(float(np.ptp(peaks)), 1) if peaks else 0.0,
+        },
+    }
