@@ -229,3 +229,22 @@ def test_explain_reports_progress_and_can_be_cancelled():
 
     with pytest.raises(Cancelled):
         model.explain(batch, progress=stop_after_first, cancel=stop)
+
+
+def test_builds_from_local_vit_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+
+    torch.manual_seed(3)
+    vit = VisionTransformer(ViTConfig(**TINY_VIT))
+    path = tmp_path / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    model = build_model("vptsurv", **{**SMALL, "vit": {}, "encoder_weights": str(path)})
+    for key, value in vit.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    assert model.config.vit["width"] == 32 and model.config.vit["depth"] == 2
+    assert model.config.encoder_weights == "" and model.config.encoder_source == str(path)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(HilaError, match="missing.safetensors: ViT weights for VPTSurv not found"):
+        build_model("vptsurv", encoder_weights=str(tmp_path / "missing.safetensors"))

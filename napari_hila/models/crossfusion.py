@@ -65,7 +65,7 @@ class CrossFusionConfig:
         "20x"  # magnification of SlideBatch.patch_features, used when absent from scales
     )
     explain_top_fraction: float = 0.1  # share of tiles marked "selected" in the explanation
-    explain_query_chunk: int = 512  # 10x queries per step when building cross-attention maps
+    explain_query_chunk: int = 128  # 10x queries per step for the explanation maps (bounds memory)
 
 
 def magnification(name: str) -> float:

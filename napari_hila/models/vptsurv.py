@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -161,7 +162,13 @@ def build_frozen_vit(config: VPTSurvConfig) -> nn.Module:
     if config.encoder_weights:
         from napari_hila.encoders.checkpoints import load_vision_tower
 
-        tower = load_vision_tower(config.encoder_weights)
+        weights = Path(config.encoder_weights).expanduser()
+        if not weights.exists():
+            raise HilaError(
+                f"{weights}: ViT weights for VPTSurv not found; give encoder_weights the path of a "
+                "local checkpoint file or model directory (napari-hila never downloads weights)"
+            )
+        tower = load_vision_tower(weights)
         config.vit = dict(tower.config.to_dict())
         config.encoder_source = str(config.encoder_weights)
         config.encoder_weights = ""  # the frozen weights travel with the model file from here on
