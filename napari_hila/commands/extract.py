@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also store patches at these magnifications, e.g. 5x,10x,20x (CrossFusion)",
     )
+    parser.add_argument(
+        "--multiscale", action="store_true", help="shorthand for --magnifications 5x,10x,20x"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (64)")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
@@ -68,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``extract_slide`` given on the command line."""
+    if args.multiscale and not args.magnifications:
+        args.magnifications = "5x,10x,20x"
     mags = (
         tuple(m.strip() for m in args.magnifications.split(",") if m.strip())
         if args.magnifications

@@ -196,7 +196,12 @@ def extract_slide(
 
     if region_mode not in REGION_MODES:
         raise ValueError(f"region_mode must be one of {REGION_MODES}, not {region_mode!r}")
-    scales = tuple(magnifications) if magnifications else None
+    scales = None
+    if magnifications:
+        from napari_hila.features.multiscale import check_magnifications, parse_magnification
+
+        scales = tuple(sorted(set(magnifications), key=parse_magnification))
+        check_magnifications(scales, target_mpp)
     settings = {
         "patch_px": int(patch_px),
         "region_px": int(region_px),
