@@ -20,7 +20,14 @@ import numpy as np
 from napari_hila.errors import Cancelled
 from napari_hila.results import PredictionResult
 
-__all__ = ["predict_slide", "risk_group", "risk_percentile", "features_for_model"]
+__all__ = [
+    "default_cache_dir",
+    "extraction_settings",
+    "features_for_model",
+    "predict_slide",
+    "risk_group",
+    "risk_percentile",
+]
 
 Progress = Callable[[str, float], None]
 _SYNTHETIC_WARNING = "this model was trained on a synthetic demo cohort: not for clinical use"
@@ -46,6 +53,33 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("prediction cancelled by the user")
 
 
+def default_cache_dir() -> Path:
+    """Where features are cached between runs (``NAPARI_HILA_CACHE`` overrides)."""
+    if os.environ.get("NAPARI_HILA_CACHE"):
+        return Path(os.environ["NAPARI_HILA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "napari-hila" / "features"
+
+
+def extraction_settings(card: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`~napari_hila.features.extract.extract_slide` settings a model was trained with."""
+    grid = card.get("grid") or {}
+    encoders = card.get("encoders") or {}
+    patch_encoder = (encoders.get("patch") or {}).get("name", "hila-descriptor")
+    region_encoder = (encoders.get("region") or {}).get("name")
+    region_mode = str(grid.get("region_mode", "view"))
+    settings = {
+        "encoder": patch_encoder,
+        "patch_px": int(grid.get("patch_px", 256)),
+        "region_px": int(grid.get("region_px", 4096)),
+        "target_mpp": float(grid.get("target_mpp", 0.5)),
+        "region_mode": region_mode,
+    }
+    if region_mode == "view" and region_encoder and region_encoder != patch_encoder:
+        settings["region_encoder"] = region_encoder
+    return settings
+
+
 def features_for_model(
     slide_path: str | os.PathLike,
     card: dict[str, Any],
@@ -57,18 +91,13 @@ def features_for_model(
     """The slide's features with the model's encoders and grid (cached by the features package)."""
     from napari_hila.features.extract import load_or_extract
 
-    grid = card.get("grid") or {}
-    encoders = card.get("encoders") or {}
     return load_or_extract(
         slide_path,
-        encoder=(encoders.get("patch") or {}).get("name", "hila-descriptor"),
-        patch_px=int(grid.get("patch_px", 256)),
-        region_px=int(grid.get("region_px", 4096)),
-        target_mpp=float(grid.get("target_mpp", 0.5)),
-        cache_dir=cache_dir,
+        cache_dir if cache_dir is not None else default_cache_dir(),
         device=device,
         progress=progress,
         cancel=cancel,
+        **extraction_settings(card),
     )
 
 
@@ -118,6 +147,7 @@ def predict_slide(
     """
     from napari_hila.training.crossval import edges_from_json
     from napari_hila.training.modelfile import LoadedModel, check_features_match, load_model
+    from napari_hila.training.scaling import FeatureScaling
 
     report = progress or (lambda stage, fraction: None)
     slide_path = Path(slide_path)
@@ -130,7 +160,8 @@ def predict_slide(
     check_features_match(card, feats, str(slide_path))
     _check_cancel(cancel)
     report("explain", 0.0)
-    explanation = _explain(loaded.model, feats, loaded.device)
+    scaling = FeatureScaling.from_json(card.get("feature_scaling"))
+    explanation = _explain(loaded.model, scaling.apply(feats) if scaling else feats, loaded.device)
     report("explain", 1.0)
     threshold = card.get("risk_threshold")
     cohort = card.get("cohort") or {}

@@ -31,6 +31,7 @@ from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
 from napari_hila.survival.cohort import Cohort, feature_file_for
 from napari_hila.survival.metrics import concordance_index, patient_risks
+from napari_hila.training.scaling import FeatureScaling
 from napari_hila.training.splits import (
     Splits,
     load_splits,
@@ -82,6 +83,7 @@ class RunSettings:
     label: str | None = None
     cancer_type: str | None = None
     train_final: bool = True
+    standardize: bool = True  # z-score features with training-fold statistics
 
     def fit_settings(self, device: str, seed_offset: int, show_progress: bool) -> FitSettings:
         return FitSettings(
@@ -212,8 +214,10 @@ class _Data:
         wanted = set(patients)
         return [i for i, p in enumerate(self.slide_patient) if p in wanted]
 
-    def patient_scores(self, model, slides: list[int], device: str) -> tuple[list[str], np.ndarray]:
-        risks = slide_risks(model, [self.bags[i] for i in slides], device)
+    def patient_scores(
+        self, model, slides: list[int], device: str, transform=None
+    ) -> tuple[list[str], np.ndarray]:
+        risks = slide_risks(model, [self.bags[i] for i in slides], device, transform)
         return patient_risks([self.slide_patient[i] for i in slides], risks)
 
 
@@ -244,10 +248,14 @@ def _build_and_fit(
     install_prompt_embeddings(model, prompt_set)
     fit = settings.fit_settings(device, seed_offset, show_progress)
     bins = time_to_bin(data.slide_time[slides], edges)
-    losses = fit_model(
-        model, [data.bags[i] for i in slides], bins, data.slide_event[slides], fit, desc
-    )
-    return model, spec.make_config(**values), edges, losses
+    bags = [data.bags[i] for i in slides]
+    # Scaling fitted on these (training) slides only; bags that are slide references
+    # (models reading raw tiles) have no features to scale.
+    use_scaling = settings.standardize and isinstance(bags[0], SlideFeatures)
+    scaling = FeatureScaling.fit(bags) if use_scaling else None
+    transform = scaling.apply if scaling else None
+    losses = fit_model(model, bags, bins, data.slide_event[slides], fit, desc, transform=transform)
+    return model, spec.make_config(**values), edges, losses, scaling
 
 
 def run_training(
@@ -289,7 +297,7 @@ def run_training(
             continue
         train_slides = data.slide_indices(splits.train_patients(k))
         test_slides = data.slide_indices(splits.test_patients(k))
-        model, _, edges, losses = _build_and_fit(
+        model, _, edges, losses, scaling = _build_and_fit(
             data,
             train_slides,
             settings,
@@ -299,8 +307,9 @@ def run_training(
             f"fold {k + 1}/{splits.n_folds}",
             show_progress,
         )
-        train_ids, train_risk = data.patient_scores(model, train_slides, device)
-        test_ids, test_risk = data.patient_scores(model, test_slides, device)
+        transform = scaling.apply if scaling else None
+        train_ids, train_risk = data.patient_scores(model, train_slides, device, transform)
+        test_ids, test_risk = data.patient_scores(model, test_slides, device, transform)
         times = np.array([data.patient_time[p] for p in test_ids])
         events = np.array([data.patient_event[p] for p in test_ids])
         record = {
@@ -332,10 +341,12 @@ def run_training(
                 "final model: training on all patients (for the viewer; its C-index is not reported)"
             )
             all_slides = list(range(len(bags)))
-            model, config, edges, losses = _build_and_fit(
+            model, config, edges, losses, scaling = _build_and_fit(
                 data, all_slides, settings, prompt_set, device, 1000, "final model", show_progress
             )
-            ids, risk = data.patient_scores(model, all_slides, device)
+            ids, risk = data.patient_scores(
+                model, all_slides, device, scaling.apply if scaling else None
+            )
             card = build_card(
                 getattr(model, "config", config),  # a model may complete its config (VPTSurv's ViT)
                 settings,
@@ -352,6 +363,7 @@ def run_training(
             )
             from napari_hila.training.modelfile import save_model
 
+            card["feature_scaling"] = scaling.to_json() if scaling else None
             save_model(final_dir, model, card)
             say(f"final model: written to {final_dir}")
     return metrics

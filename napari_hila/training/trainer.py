@@ -117,17 +117,20 @@ def make_batch(
     rng: np.random.Generator | None,
     epoch: int = 0,
     train: bool = True,
+    transform: Callable[[SlideFeatures], SlideFeatures] | None = None,
 ) -> Any:
     """The model's input for some bags: padded features, unless the model reads its own.
 
     A model whose registry inputs are not cached features (``inputs="tiles"``)
     takes slide references as bags and builds its batch with
     ``batch_from_bags(bags, epoch=, train=)``; the trainer never looks inside.
+    ``transform`` (feature scaling) applies to feature bags after subsampling.
     """
     build = getattr(model, "batch_from_bags", None)
     if build is not None:
         return build(bags, epoch=epoch, train=train)
-    return collate([subsample_patches(b, max_patches, rng) for b in bags])
+    chosen = [subsample_patches(b, max_patches, rng) for b in bags]
+    return collate([transform(b) for b in chosen] if transform else chosen)
 
 
 def feature_widths(bag: Any) -> tuple[int, int]:
@@ -150,10 +153,12 @@ def fit_model(
     settings: FitSettings,
     desc: str = "",
     on_epoch: EpochCallback | None = None,
+    transform: Callable[[SlideFeatures], SlideFeatures] | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``settings.epochs`` epochs; return the mean loss per epoch.
 
-    ``bins`` and ``events`` give each bag's time-bin index and event (1 = death).
+    ``bins`` and ``events`` give each bag's time-bin index and event (1 = death);
+    ``transform`` (e.g. feature scaling) is applied to each bag as it is used.
     """
     from tqdm.auto import tqdm
 
@@ -187,7 +192,9 @@ def fit_model(
             disable=not settings.show_progress,
         )
         for idx in bar:
-            batch = make_batch(model, [bags[i] for i in idx], settings.max_patches, rng, epoch)
+            batch = make_batch(
+                model, [bags[i] for i in idx], settings.max_patches, rng, epoch, transform=transform
+            )
             out = model(batch.to(device))
             loss = nll_loss(out.logits, bins_t[idx].to(device), events_t[idx].to(device), alpha)
             loss = loss + out.aux_loss
@@ -218,7 +225,10 @@ def fit_model(
 
 @torch.no_grad()
 def slide_risks(
-    model: torch.nn.Module, bags: Sequence[SlideFeatures], device: str = "cpu"
+    model: torch.nn.Module,
+    bags: Sequence[SlideFeatures],
+    device: str = "cpu",
+    transform: Callable[[SlideFeatures], SlideFeatures] | None = None,
 ) -> np.ndarray:
     """Risk (= -sum_j S_j, higher = shorter survival) of each bag, one slide at a time."""
     model.eval()
@@ -226,6 +236,8 @@ def slide_risks(
     risks = np.empty(len(bags), dtype=float)
     for i, bag in enumerate(bags):
         risks[i] = float(
-            model(make_batch(model, [bag], None, None, train=False).to(device)).risk[0]
+            model(
+                make_batch(model, [bag], None, None, train=False, transform=transform).to(device)
+            ).risk[0]
         )
     return risks
