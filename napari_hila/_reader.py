@@ -88,6 +88,21 @@ def show_scale_bar() -> None:
     scale_bar.visible = True
 
 
+def fit_to_napari(layer: tuple) -> tuple:
+    """Drop layer options this napari does not know (``units`` came in napari 0.6)."""
+    data, kwargs, kind = layer
+    try:
+        import inspect
+
+        from napari.layers import Image
+
+        if "units" not in inspect.signature(Image.__init__).parameters:
+            kwargs = {k: v for k, v in kwargs.items() if k != "units"}
+    except ImportError:
+        pass
+    return (data, kwargs, kind)
+
+
 def read_slide(path: str | list[str], **_: Any) -> list:
     """Open one slide as napari layer data; a broken slide becomes a notification."""
     from napari_hila.slides import open_slide
@@ -105,4 +120,4 @@ def read_slide(path: str | list[str], **_: Any) -> list:
     if warning:
         _notify_warning(warning)
     show_scale_bar()
-    return [layer]
+    return [fit_to_napari(layer)]

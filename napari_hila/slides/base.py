@@ -11,7 +11,7 @@ import abc
 import hashlib
 import math
 import os
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 
 from napari_hila.errors import SlideError
+from napari_hila.slides.arrays import LevelArray, as_dask, halved
 
 #: mpp used when the file does not say; flagged with ``mpp_is_assumed``.
 ASSUMED_MPP = 0.5
@@ -70,10 +71,6 @@ class Slide(abc.ABC):
 
     # -- what a backend provides -------------------------------------------------
     @abc.abstractmethod
-    def _level_array(self, level: int) -> da.Array:
-        """The file's level as a lazy (h, w, 3) uint8 array chunked at the tile size."""
-
-    @abc.abstractmethod
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels of a box that lies inside ``level``, in that level's pixels."""
 
@@ -124,13 +121,31 @@ class Slide(abc.ABC):
         return out
 
     @cached_property
-    def _pyramid(self) -> tuple[list[da.Array], list[float]]:
-        arrays = [self._level_array(i) for i in range(self.level_count)]
+    def _level_views(self) -> tuple[list[LevelArray], list[float]]:
+        arrays = [
+            LevelArray(partial(self._read_level_box, i), w, h)
+            for i, (w, h) in enumerate(self.level_dimensions)
+        ]
         downsamples = list(self.level_downsamples)
         while max(arrays[-1].shape[:2]) > MAX_COARSEST_SIDE:
-            arrays.append(_halve(arrays[-1]))
+            arrays.append(halved(arrays[-1]))
             downsamples.append(downsamples[-1] * 2)
         return arrays, downsamples
+
+    def level_arrays(self) -> list[LevelArray]:
+        """The levels of :meth:`pyramid` as plain array-likes that read on slicing.
+
+        This is what napari gets: no task graph between a pan and a tile decode.
+        """
+        return list(self._level_views[0])
+
+    @cached_property
+    def _pyramid(self) -> list[da.Array]:
+        key = self.fingerprint()
+        return [
+            as_dask(array, self.tile_size, name=f"slide-{self.backend}-{key}-{i}")
+            for i, array in enumerate(self._level_views[0])
+        ]
 
     def pyramid(self) -> list[da.Array]:
         """One lazy (h, w, 3) uint8 dask array per level, finest first.
@@ -140,11 +155,11 @@ class Slide(abc.ABC):
         levels computed lazily by 2x2 averaging, so napari and the tissue
         detector never have to load a full-resolution image.
         """
-        return list(self._pyramid[0])
+        return list(self._pyramid)
 
     def pyramid_downsamples(self) -> list[float]:
         """Downsample of each array of :meth:`pyramid` relative to level 0."""
-        return list(self._pyramid[1])
+        return list(self._level_views[1])
 
     def best_pyramid_level(self, downsample: float) -> int:
         """Index of the coarsest pyramid level at least as fine as ``downsample``."""
@@ -154,7 +169,7 @@ class Slide(abc.ABC):
 
     def read_pyramid_level(self, index: int) -> np.ndarray:
         """A whole pyramid level as numpy (refuses levels too large to hold)."""
-        array = self.pyramid()[index]
+        array = self.pyramid()[index]  # chunked: threads decode tiles in parallel
         h, w = array.shape[:2]
         if h * w > 64_000_000:
             raise SlideError(
@@ -203,23 +218,6 @@ class Slide(abc.ABC):
         )
 
 
-def _halve(array: da.Array) -> da.Array:
-    """Lazy 2x2 mean of an (h, w, 3) uint8 array, rechunked to keep chunks large."""
-    h, w = array.shape[:2]
-    even = array[: h - h % 2, : w - w % 2]
-    chunk_h = max(c for c in even.chunks[0])
-    chunk_w = max(c for c in even.chunks[1])
-    # coarsen needs even chunks; doubling them also keeps halved chunks tile-sized
-    even = even.rechunk((_even(chunk_h * 2, even.shape[0]), _even(chunk_w * 2, even.shape[1]), 3))
-    halved = da.coarsen(np.mean, even, {0: 2, 1: 2}, trim_excess=True, dtype=np.float32)
-    return (halved + 0.5).astype(np.uint8)
-
-
-def _even(chunk: int, length: int) -> int:
-    chunk = min(chunk, length)
-    return chunk - chunk % 2 if chunk > 1 else chunk
-
-
 def resize_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
     """Area-average ``image`` down so its longer side is at most ``max_side``."""
     from skimage.transform import resize
@@ -237,6 +235,11 @@ def _file_fingerprint(path: Path, dimensions: tuple[int, int]) -> str:
     digest = hashlib.sha256()
     size = path.stat().st_size
     digest.update(f"napari-hila-slide-v1|{size}|{dimensions[0]}x{dimensions[1]}|".encode())
+    if path.suffix.lower() == ".mrxs":  # MIRAX: the pixels live in the folder beside it
+        folder = path.with_suffix("")
+        if folder.is_dir():
+            for part in sorted(folder.iterdir()):
+                digest.update(f"{part.name}|{part.stat().st_size}|".encode())
     with open(path, "rb") as fh:
         for offset in (
             0,

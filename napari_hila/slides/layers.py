@@ -59,7 +59,8 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerDataTuple:
         "contrast_limits": (0, 255),
         "metadata": slide_metadata(slide),
     }
-    return (slide.pyramid(), kwargs, "image")
+    # plain array views, not dask: napari slices them straight into a tile decode
+    return (slide.level_arrays(), kwargs, "image")
 
 
 def tissue_layer_data(tissue: TissueMask, mpp: float, name: str = "tissue") -> LayerDataTuple:

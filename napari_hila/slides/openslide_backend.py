@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import dask.array as da
 import numpy as np
 import openslide
 
@@ -22,26 +21,6 @@ def _float_or_none(value: str | None) -> float | None:
         return float(value) if value not in (None, "") else None
     except ValueError:
         return None
-
-
-class _LevelReader:
-    """Array-like view of one OpenSlide level, for ``dask.array.from_array``."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
-
-    def __init__(self, slide: OpenSlideSlide, level: int) -> None:
-        self._slide = slide
-        self._level = level
-        w, h = slide.level_dimensions[level]
-        self.shape = (h, w, 3)
-
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        ys, xs, cs = (tuple(key) + (slice(None),) * 3)[:3]
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
-        box = self._slide._read_level_box(self._level, x0, y0, x1 - x0, y1 - y0)
-        return box[:, :, cs]
 
 
 class OpenSlideSlide(Slide):
@@ -85,19 +64,6 @@ class OpenSlideSlide(Slide):
                 "the file is probably truncated or corrupt"
             ) from err
         return rgba_over_white(np.asarray(image))
-
-    def _level_array(self, level: int) -> da.Array:
-        tile_w, tile_h = self.tile_size
-        reader = _LevelReader(self, level)
-        return da.from_array(
-            reader,
-            chunks=(tile_h, tile_w, 3),
-            name=f"openslide-{self.fingerprint()}-{level}",
-            asarray=False,
-            fancy=False,
-            lock=False,
-            meta=np.empty((0, 0, 0), np.uint8),
-        )
 
     def read_associated(self, name: str) -> np.ndarray:
         if name not in self.associated_image_names:

@@ -267,20 +267,6 @@ class TifffileSlide(Slide):
         props["tifffile.series"] = self._levels[0].kind
         return props, mpp, power, vendor
 
-    def _level_array(self, level: int) -> da.Array:
-        tiled = self._tiled[level]
-        if tiled is None:
-            return self._zarr_arrays[level]
-        return da.from_array(
-            tiled,
-            chunks=(tiled.tile_h, tiled.tile_w, 3),
-            name=f"tifffile-{self.fingerprint()}-{level}",
-            asarray=False,
-            fancy=False,
-            lock=False,
-            meta=np.empty((0, 0, 0), np.uint8),
-        )
-
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         try:
             tiled = self._tiled[level]

@@ -53,10 +53,7 @@ def is_fast_path_page(page: tifffile.TiffPage) -> bool:
 
 
 class TiledLevel:
-    """Array-like (h, w, 3) uint8 view of one tiled TIFF page."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
+    """Boxes of one tiled TIFF page, decoded tile by tile with a cache."""
 
     def __init__(
         self, page: tifffile.TiffPage, data: FileBytes, cache_tiles: int = TILE_CACHE_TILES
@@ -100,11 +97,3 @@ class TiledLevel:
                     y0 - row * th : y1 - row * th, x0 - col * tw : x1 - col * tw
                 ]
         return out
-
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        ys, xs, cs = (tuple(key) + (slice(None),) * 3)[:3]
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
-        if y1 <= y0 or x1 <= x0:
-            return np.empty((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, cs]
-        return self.read_box(x0, y0, x1 - x0, y1 - y0)[:, :, cs]
