@@ -96,6 +96,10 @@ def _read_region(slide, size: tuple[int, int], x: int, y: int) -> np.ndarray:
     return slide.read_region((x, y), 0, size)
 
 
+def _read_view(level0, tile_px: int, x: int, y: int) -> np.ndarray:
+    return level0[y : y + tile_px, x : x + tile_px]
+
+
 def _read_dask(level0, tile_px: int, x: int, y: int) -> np.ndarray:
     return level0[y : y + tile_px, x : x + tile_px].compute(scheduler="threads")
 
@@ -125,12 +129,17 @@ def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict
             skipped[f"ours_{backend}_read_region"] = {"skipped": str(err)}
             continue
         opened.append(slide)
-        # a second handle for the napari path, so the two do not share a tile cache
+        # separate handles per read path, so none profits from another's tile cache
         napari_slide = open_slide(path, backend=backend)
         opened.append(napari_slide)
         readers[f"ours_{backend}_read_region"] = partial(_read_region, slide, size)
+        readers[f"ours_{backend}_napari_level_view"] = partial(
+            _read_view, napari_slide.level_arrays()[0], tile_px
+        )
+        dask_slide = open_slide(path, backend=backend)
+        opened.append(dask_slide)
         readers[f"ours_{backend}_dask_pyramid"] = partial(
-            _read_dask, napari_slide.pyramid()[0], tile_px
+            _read_dask, dask_slide.pyramid()[0], tile_px
         )
     for x, y in locations:  # warm the OS page cache so no reader pays for the disk
         readers["openslide_raw_read_region"](int(x), int(y))

@@ -1,0 +1,50 @@
+"""`napari-hila bench io` and scripts/make_test_slide.py run end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import openslide
+
+from napari_hila.bench import io as bench_io
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_io_reports_ours_beside_raw_openslide(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    parser = argparse.ArgumentParser()
+    bench_io.add_arguments(parser)
+    args = parser.parse_args(["--size", "2048", "--tiles", "12", "--cache-dir", str(tmp_path)])
+    result = bench_io.run(args)
+    assert result["slide"]["dimensions"] == [2048, 2048]
+    assert result["open"]["ours_backend"] == "tifffile"
+    reads = result["tile_reads"]
+    assert reads["count"] == 12
+    for name in (
+        "openslide_raw_read_region",
+        "ours_tifffile_read_region",
+        "ours_openslide_read_region",
+        "ours_tifffile_napari_level_view",
+        "ours_tifffile_dask_pyramid",
+    ):
+        assert reads[name]["median_ms"] > 0 and reads[name]["p95_ms"] >= reads[name]["median_ms"]
+    assert set(reads["ours_vs_raw_median_ratio"]) >= {"ours_tifffile_read_region"}
+    assert "no display" in result["first_render"]["skipped"]
+    # the generated slide is cached and reused
+    assert len(list(tmp_path.glob("synthetic-svs-2048x2048-*.svs"))) == 1
+
+
+def test_make_test_slide_script_writes_an_openslide_pyramid(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_test_slide", ROOT / "scripts" / "make_test_slide.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "script.svs"
+    assert script.main([str(out), "--size", "2400", "--height", "1300", "--mpp", "0.5"]) == 0
+    slide = openslide.OpenSlide(str(out))
+    assert slide.level_dimensions == ((2400, 1300), (600, 325))
+    assert float(slide.properties["openslide.mpp-x"]) == 0.5
