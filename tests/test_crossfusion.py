@@ -192,3 +192,28 @@ def test_model_file_round_trip(tmp_path):
     assert isinstance(loaded, CrossFusion)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).logits, model(batch).logits)
+
+
+def test_explanation_survives_the_result_file(tmp_path):
+    from napari_hila.results import PredictionResult
+
+    rng = np.random.default_rng(6)
+    model = build_model("crossfusion", **SMALL).eval()
+    exp = model.explain(collate([make_slide(rng, 4)]))
+    result = PredictionResult(
+        "slide.svs",
+        "fp",
+        0.5,
+        "crossfusion",
+        "CrossFusion test",
+        "m",
+        exp,
+        np.array([0, 1, 2, 3, np.inf]),
+    )
+    result.save(tmp_path)
+    back = PredictionResult.load(tmp_path).explanation
+    assert set(back.levels) == {"5x", "10x", "20x"}
+    for name, level in exp.levels.items():
+        np.testing.assert_array_equal(back.levels[name].maps, level.maps)
+        np.testing.assert_array_equal(back.levels[name].coords, level.coords)
+        assert back.levels[name].map_texts == level.map_texts
