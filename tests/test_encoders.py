@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -97,20 +95,12 @@ def test_descriptor_resizes_other_tile_sizes(sample_tiles):
     np.testing.assert_allclose(a[:, col], b[:, col], atol=0.02)
 
 
-def test_descriptor_speed_is_reported_not_asserted(sample_tiles):
-    # Speed is measured by `napari-hila bench extract`; here only that a batch runs.
-    tiles, _ = sample_tiles
-    t0 = time.perf_counter()
-    describe_tiles(tiles[:64])
-    assert time.perf_counter() - t0 < 30
-
-
 @pytest.fixture(scope="module")
 def minilm():
     return get_text_encoder("minilm", device="cpu")
 
 
-def test_minilm_offline_normalised_and_meaningful(minilm, monkeypatch):
+def test_minilm_offline_normalised_and_meaningful(minilm):
     import os
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

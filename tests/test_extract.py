@@ -80,11 +80,13 @@ def test_cache_hit_encodes_nothing_and_returns_same_arrays(sample_slide, extract
     assert counting.tiles == 0
     np.testing.assert_array_equal(again.features, first.features)
     np.testing.assert_array_equal(again.region_features, first.region_features)
-    # A different grid is a different file, never a stale hit.
-    other = extract_slide(
-        sample_slide, extracted.parent, patch_px=512, region_px=2048, device="cpu"
-    )
-    assert other != extracted and counting.tiles > 0
+    # Different settings are a different file, never a stale hit.
+    other = extract_slide(sample_slide, extracted.parent, region_mode="mean", device="cpu")
+    assert other != extracted and counting.tiles == first.num_patches
+    pooled = load_features(other)
+    np.testing.assert_allclose(pooled.features, first.features, atol=1e-6)
+    np.testing.assert_allclose(pooled.region_features[0], first.features.mean(axis=0), rtol=1e-5)
+    assert pooled.attrs["region_encoder"] == "mean(hila-descriptor)"
 
 
 def test_cancel_then_resume_gives_the_same_file(sample_copy, extracted, tmp_path, counting):
@@ -132,13 +134,6 @@ def test_two_concurrent_runs_share_one_extraction(sample_copy, tmp_path, countin
     assert not errors and results[0] == results[1]
     n = load_features(results[0])
     assert counting.tiles == n.num_patches + n.num_regions  # extracted once, not twice
-
-
-def test_region_mode_mean_pools_patches(sample_slide, extracted, tmp_path):
-    path = extract_slide(sample_slide, tmp_path, region_mode="mean", device="cpu")
-    feats, view = load_features(path), load_features(extracted)
-    np.testing.assert_allclose(feats.region_features[0], view.features.mean(axis=0), rtol=1e-5)
-    assert feats.attrs["region_encoder"] == "mean(hila-descriptor)"
 
 
 def test_clam_h5_and_pt_inputs_get_pooled_regions(tmp_path):
