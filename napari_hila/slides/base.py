@@ -13,13 +13,15 @@ import math
 import os
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.arrays import LevelArray, as_dask, halved
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 #: mpp used when the file does not say; flagged with ``mpp_is_assumed``.
 ASSUMED_MPP = 0.5

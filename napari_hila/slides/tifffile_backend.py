@@ -15,15 +15,17 @@ import re
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 import tifffile
-import zarr
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.base import Slide
 from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3}
 
@@ -108,10 +110,14 @@ def tiff_pyramid_series(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]
     return levels
 
 
-def _level_zarr(series: tifffile.TiffPageSeries) -> zarr.Array:
-    """The zarr array of one level (a multi-level series opens as a group)."""
+def _level_dask(series: tifffile.TiffPageSeries) -> da.Array:
+    """One level through tifffile's zarr store (a multi-level series opens as a group)."""
+    import dask.array as da
+    import zarr
+
     node = zarr.open(series.aszarr(level=0), mode="r")
-    return node if isinstance(node, zarr.Array) else node["0"]
+    level = node if isinstance(node, zarr.Array) else node["0"]
+    return _to_yxs(da.from_zarr(level, name=False), series.axes)
 
 
 def _to_yxs(array: da.Array, axes: str) -> da.Array:
@@ -188,7 +194,7 @@ class TifffileSlide(Slide):
                 for s in self._levels
             ]
             self._zarr_arrays = [
-                None if tiled else _to_yxs(da.from_zarr(_level_zarr(s), name=False), s.axes)
+                None if tiled else _level_dask(s)
                 for tiled, s in zip(self._tiled, self._levels, strict=True)
             ]
         except SlideError:
