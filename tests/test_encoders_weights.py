@@ -214,3 +214,17 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"model": _timm_model(False)}, path)  # a whole module, not a state dict
     with pytest.raises(EncoderError, match="cannot read weights"):
         get_vision_encoder("vit", weights=path, device="cpu")
+
+
+def test_conch_style_trunk_loads_and_heads_are_skipped(tmp_path):
+    model = _timm_model(False)
+    state = {f"visual.trunk.{k}": v for k, v in model.state_dict().items()}
+    state["visual.attn_pool_contrast.attn.in_proj_weight"] = torch.randn(96, 32)
+    state["text.token_embedding.weight"] = torch.randn(10, 32)
+    state["logit_scale"] = torch.tensor(1.0)
+    path = tmp_path / "conch.pt"
+    torch.save(state, path)
+    path.with_suffix(".json").write_text(json.dumps({"heads": 2}))
+    enc = get_vision_encoder("conch", weights=path, device="cpu")
+    tiles = _tiles()
+    np.testing.assert_allclose(enc.encode(tiles), _reference_output(model, enc, tiles), atol=1e-5)

@@ -42,7 +42,6 @@ from napari_hila.encoders.registry import EncoderError
 from napari_hila.encoders.vit import VisionTransformer, ViTConfig
 
 StateDict = dict[str, torch.Tensor]
-_CONCH_HEAD = re.compile(r"^(attn_pool|ln_|proj_|head|text)")
 
 
 def read_state_dict(path: Path) -> tuple[StateDict, dict]:
@@ -232,8 +231,6 @@ def build_vit(
     if "head.weight" in timm_state and "head.bias" in timm_state:
         # A classifier head (ImageNet) is not part of a feature extractor.
         timm_state.pop("head.weight"), timm_state.pop("head.bias")
-    if any(k.startswith("visual.") for k in state) and "visual.conv1.weight" not in state:
-        timm_state = {k: v for k, v in timm_state.items() if not _CONCH_HEAD.match(k)}
     for extra in ("fc_norm.weight", "fc_norm.bias"):
         if extra in timm_state and timm_state[extra].numel() == 0:
             timm_state.pop(extra)
