@@ -163,3 +163,21 @@ def test_thumbnail_respects_max_side(sample_slide):
 def test_read_region_rejects_missing_level(sample_slide):
     with open_slide(sample_slide) as slide, pytest.raises(ValueError, match="level 3"):
         slide.read_region((0, 0), 3, (10, 10))
+
+
+def test_level_views_slice_like_numpy(sample_slide):
+    with open_slide(sample_slide) as slide:
+        view = slide.level_arrays()[0]
+        whole = slide.read_region((0, 0), 0, slide.dimensions)
+        assert view.shape == whole.shape and view.dtype == np.uint8 and view.ndim == 3
+        for key in [
+            (slice(100, 400), slice(230, 530)),
+            (slice(2900, None), slice(None, 50)),
+            (slice(0, 600, 3), slice(10, 700, 2)),
+            (17, slice(5, 300)),
+            (slice(5, 9), 2000, slice(0, 2)),
+            (slice(300, 300), slice(0, 10)),
+        ]:
+            np.testing.assert_array_equal(view[key], whole[key])
+        coarse = slide.level_arrays()[1]
+        np.testing.assert_array_equal(np.asarray(coarse), slide.pyramid()[1].compute())
