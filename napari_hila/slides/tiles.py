@@ -17,8 +17,9 @@ import threading
 import numpy as np
 import tifffile
 
-#: Decoded tiles kept per slide: 512 tiles of 256 x 256 RGB are about 100 MB.
-TILE_CACHE_TILES = 512
+#: Decoded tiles kept per level: 256 tiles of 256 x 256 RGB are about 50 MB,
+#: several screens of a full-HD canvas.
+TILE_CACHE_TILES = 256
 
 
 class FileBytes:
