@@ -165,3 +165,13 @@ def test_top_tokens_and_camera(result):
     x0, y0 = level.coords[top[0]]
     assert center == pytest.approx(((y0 + 127.5) * result.mpp, (x0 + 127.5) * result.mpp))
     assert zoom == pytest.approx(1 / result.mpp)
+
+
+def test_card_cindex_from_trainer_metrics():
+    from napari_hila._qt.model_picker import card_summary, cross_validated_cindex
+
+    metrics = {"c_index_per_fold": [0.6, 0.7], "c_index_mean": 0.65, "c_index_std": 0.0707}
+    assert cross_validated_cindex(metrics) == (0.65, 0.0707)
+    assert cross_validated_cindex({"c_index": [0.6, 0.7]}) == pytest.approx((0.65, 0.0707107))
+    text = card_summary({"model": "hila", "label": "x (synthetic)", "metrics": metrics})
+    assert "0.650 &plusmn; 0.071" in text and "Not for clinical use" in text

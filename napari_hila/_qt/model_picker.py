@@ -41,6 +41,9 @@ def cross_validated_cindex(metrics: Any) -> tuple[float, float | None] | None:
     """(mean, sd) of the C-index from a card's ``metrics``, whatever its nesting."""
     if not isinstance(metrics, dict):
         return None
+    if isinstance(metrics.get("c_index_mean"), (int, float)):  # the trainer's metrics.json
+        sd = metrics.get("c_index_std")
+        return float(metrics["c_index_mean"]), (float(sd) if sd is not None else None)
     for key, value in metrics.items():
         name = str(key).lower().replace("-", "_")
         if "c_index" in name or "cindex" in name or name == "c":

@@ -52,7 +52,7 @@ def test_show_result_adds_aligned_layers(viewer_and_dock, sample_slide):
     assert len(overlay_layers(viewer, "heatmap")) == 2
 
 
-def test_switching_prompt_keeps_user_settings(viewer_and_dock, sample_slide):
+def test_prompt_switching_gallery_and_hover(viewer_and_dock, sample_slide):
     viewer, dock = viewer_and_dock
     result = fake_result(str(sample_slide))
     dock.show_result(result)
@@ -73,12 +73,7 @@ def test_switching_prompt_keeps_user_settings(viewer_and_dock, sample_slide):
     dock.set_prompt("region", "glands")
     assert dock.layers.heatmaps["region"].metadata["prompt"] == "glands"
 
-
-def test_bar_click_and_gallery_zoom(viewer_and_dock, sample_slide):
-    viewer, dock = viewer_and_dock
-    result = fake_result(str(sample_slide))
-    dock.show_result(result)
-    # clicking a bar emits its prompt: simulate the pick on the "mitoses" bar
+    # clicking a bar shows its prompt: simulate the pick on the "mitoses" bar
     bar = next(b for b, c in dock.chart.bars if c.name == "mitoses")
     dock.chart._on_pick(type("Pick", (), {"artist": bar})())
     assert dock.prompt_combos["patch"].currentText() == "mitoses"
@@ -94,12 +89,7 @@ def test_bar_click_and_gallery_zoom(viewer_and_dock, sample_slide):
     )
     assert viewer.camera.zoom == pytest.approx(1 / 0.499)
 
-
-def test_hover_reports_tile(viewer_and_dock, sample_slide):
-    viewer, dock = viewer_and_dock
-    result = fake_result(str(sample_slide))
-    dock.show_result(result)
-    level = result.explanation.levels["patch"]
+    # hovering a tile names its score, selection, region and the prompt's alignment
     x0, y0 = level.coords[4]
     world = ((y0 + 10) * 0.499, (x0 + 10) * 0.499)
     dock.layers._on_mouse_move(viewer, type("Move", (), {"position": world})())

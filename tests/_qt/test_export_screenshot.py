@@ -73,37 +73,34 @@ def test_heatmap_over_paints_exact_tiles():
 
 def test_export_from_dock(make_napari_viewer, sample_slide, tmp_path):
     viewer = make_napari_viewer(show=True)
-    mpp = 0.499
-    from napari_hila.slides import open_slide
-
-    with open_slide(sample_slide) as slide:
-        pixels = slide.read_region((0, 0), 0, slide.level_dimensions[0])
-    viewer.add_image(pixels, rgb=True, scale=(mpp, mpp), metadata={"slide_path": str(sample_slide)})
+    viewer.open(str(sample_slide), plugin="napari-hila")
     dock = HilaSurvivalDock(viewer)
     viewer.window.add_dock_widget(dock)
     result = fake_result(str(sample_slide))
     dock.show_result(result)
     dock.set_prompt("patch", "necrosis")
-    viewer.reset_view()
+    level = result.explanation.levels["patch"]
+    dock.center_on_tile("patch", 10)  # full resolution: the region figure stays small
+    viewer.camera.zoom /= 2
     plain = viewer.screenshot(canvas_only=True, flash=False)
     assert plain[..., :3].std() > 5  # the canvas rendered (not blank)
     written = dock.export(tmp_path / "case.png")
     assert set(written) == {"screenshot", "region", "geojson", "csv"}
     shot = (imread(written["screenshot"])[..., :3] * 255).round().astype(int)
     assert shot.shape[0] == plain.shape[0] + qt_export.band_height(plain.shape[1])
-    assert shot.std() > 5
+    np.testing.assert_allclose(shot[: plain.shape[0]], plain[..., :3], atol=1)  # view kept as shown
     band = shot[plain.shape[0] :]
     assert (band.min(axis=2) < 100).mean() > 0.01  # dark text/colorbar on the white band
     region = imread(written["region"])
-    assert region.shape[0] > 200 and region[..., :3].std() > 0.02
+    x0, y0, x1, y1 = qt_export.view_bbox(viewer, result.mpp)
+    assert region.shape[1] == min(x1, 2220) - max(x0, 0)  # full resolution, cropped to the slide
+    assert region[..., :3].std() > 0.02
     features = json.loads(written["geojson"].read_text())["features"]
     patches = [f for f in features if f["properties"]["objectType"] == "detection"]
-    assert len(patches) == int(result.explanation.levels["patch"].selected.sum())
+    assert len(patches) == int(level.selected.sum())
     with open(written["csv"]) as fh:
         rows = list(csv.DictReader(fh))
-    assert sum(r["level"] == "patch" for r in rows) == len(
-        result.explanation.levels["patch"].coords
-    )
+    assert sum(r["level"] == "patch" for r in rows) == len(level.coords)
 
 
 def test_view_bbox_matches_camera(make_napari_viewer):
