@@ -210,7 +210,7 @@ def open_and_render():
     ok = False
     while time.perf_counter() < added + 120 and not ok:
         QApplication.processEvents()
-        ok = viewer.screenshot(canvas_only=True)[..., :3].std() > 10
+        ok = bool(viewer.screenshot(canvas_only=True)[..., :3].std() > 10)
     return added - began, time.perf_counter() - began, ok
 
 first = open_and_render()
