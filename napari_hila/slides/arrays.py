@@ -10,6 +10,7 @@ costs milliseconds, not a walk over every chunk.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -92,6 +93,25 @@ def halved(finer: LevelArray) -> LevelArray:
         return out
 
     return LevelArray(read_box, width, height)
+
+
+def memoized(array: LevelArray) -> LevelArray:
+    """``array`` read whole on first use and then served from memory.
+
+    For the coarsest computed level of a slide without a pyramid: napari's
+    overview, the thumbnail and tissue detection all need it, and computing
+    it means decoding every tile of the slide once.
+    """
+    lock = threading.Lock()
+    held: list[np.ndarray] = []
+
+    def read_box(x: int, y: int, w: int, h: int) -> np.ndarray:
+        with lock:
+            if not held:
+                held.append(array[:, :])
+        return held[0][y : y + h, x : x + w].copy()
+
+    return LevelArray(read_box, array.shape[1], array.shape[0])
 
 
 def as_dask(array: LevelArray, tile: tuple[int, int], name: str) -> da.Array:

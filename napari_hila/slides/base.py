@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.arrays import LevelArray, as_dask, halved
+from napari_hila.slides.arrays import LevelArray, as_dask, halved, memoized
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -132,6 +132,8 @@ class Slide(abc.ABC):
         while max(arrays[-1].shape[:2]) > MAX_COARSEST_SIDE:
             arrays.append(halved(arrays[-1]))
             downsamples.append(downsamples[-1] * 2)
+        if len(arrays) > self.level_count:  # computed overview: compute it once
+            arrays[-1] = memoized(arrays[-1])
         return arrays, downsamples
 
     def level_arrays(self) -> list[LevelArray]:
