@@ -43,32 +43,43 @@ def _decode_only(slide, grids, batch_size: int) -> dict[str, Any]:
     from napari_hila.features.tiles import iter_tile_batches
 
     _reset_peak_rss()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     n = 0
     for _, tiles in iter_tile_batches(
         slide, grids.patch_coords, grids.patch_size, grids.patch_px, batch_size
     ):
         n += len(tiles)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {
         "tiles": n,
         "seconds": round(seconds, 2),
         "tiles_per_s": round(n / seconds, 1),
+        "cpu_ms_per_tile": round(1000 * cpu / max(n, 1), 2),
         **_rss_mb(),
     }
 
 
 def _encode_only(slide, grids, encoder, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from napari_hila.features.extract import cpu_threads_for_encoder
     from napari_hila.features.tiles import read_batch
 
     coords = grids.patch_coords[: 4 * batch_size]
     tiles = read_batch(slide, coords, grids.patch_size, grids.patch_px, 0)
-    encoder.encode(tiles[:batch_size])  # warm-up
-    t0 = time.perf_counter()
-    for i in range(0, len(tiles), batch_size):
-        encoder.encode(tiles[i : i + batch_size])
-    seconds = time.perf_counter() - t0
-    return {"tiles": len(tiles), "tiles_per_s": round(len(tiles) / seconds, 1)}
+    with cpu_threads_for_encoder():  # the same thread budget as during extraction
+        threads = torch.get_num_threads()
+        encoder.encode(tiles[:batch_size])  # warm-up
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(tiles), batch_size):
+            encoder.encode(tiles[i : i + batch_size])
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {
+        "tiles": len(tiles),
+        "torch_threads": threads,
+        "tiles_per_s": round(len(tiles) / seconds, 1),
+        "cpu_ms_per_tile": round(1000 * cpu / len(tiles), 2),
+    }
 
 
 def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -118,15 +118,37 @@ def _laplacian_energy(gray: torch.Tensor) -> torch.Tensor:
     return lap.abs().mean(dim=(1, 2))
 
 
+def _box_1d(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Mean over a centred window of odd ``size`` along ``dim``, windows cut at the edges."""
+    r = size // 2
+    n = x.shape[dim]
+    pad = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [r + 1, r]
+    c = F.pad(x, pad).cumsum(dim)
+    total = c.narrow(dim, size, n) - c.narrow(dim, 0, n)
+    idx = torch.arange(n)
+    count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).to(x.dtype)
+    shape = [1] * x.ndim
+    shape[dim] = n
+    return total / count.view(shape)
+
+
 def _box(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Separable box filter of odd ``size`` on (N, H, W), same size output."""
-    y = F.avg_pool2d(x[:, None], (1, size), 1, (0, size // 2), count_include_pad=False)
-    return F.avg_pool2d(y, (size, 1), 1, (size // 2, 0), count_include_pad=False)[:, 0]
+    """Separable box filter of odd ``size`` on (N, H, W) via running sums, same size output."""
+    return _box_1d(_box_1d(x, size, 2), size, 1)
+
+
+def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Non-overlapping k x k mean of (N, H, W) (H, W multiples of k)."""
+    n, h, w = x.shape
+    return x.reshape(n, h // k, k, w // k, k).mean(dim=(2, 4))
 
 
 def _is_local_max(x: torch.Tensor) -> torch.Tensor:
     """True where a pixel of (N, H, W) is the maximum of its 3 x 3 neighbourhood."""
-    return x == F.max_pool2d(x[:, None], 3, 1, 1)[:, 0]
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    row = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+    best = torch.maximum(torch.maximum(row[:, :-2], row[:, 1:-1]), row[:, 2:])
+    return x == best
 
 
 def _blob_count(h: torch.Tensor, inner: int, outer: int, threshold: float) -> torch.Tensor:
@@ -192,25 +214,25 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
     nuc_frac = nuc_count / t_count
     nuc_smooth = (_box(nuclear, 5) > 0.5).float().sum(dim=(1, 2)) / t_count
     small = _blob_count(hem, 3, 9, 0.04)
-    large = _blob_count(F.avg_pool2d(hem[:, None], 2)[:, 0], 5, 9, 0.04)
+    large = _blob_count(_pool(hem, 2), 5, 9, 0.04)
     nuc_h_mean = (hem * nuclear).sum(dim=(1, 2)) / nuc_count.clamp_min(1.0)
     nuc_h_std = ((hem - nuc_h_mean[:, None, None]).square() * nuclear).sum(dim=(1, 2))
     nuc_h_std = nuc_h_std.div(nuc_count.clamp_min(1.0)).sqrt()
 
     grad1, aniso1 = _gradient_energy_anisotropy(gray)
-    gray2 = F.avg_pool2d(gray[:, None], 2)[:, 0]
-    gray4 = F.avg_pool2d(gray[:, None], 4)[:, 0]
+    gray2 = _pool(gray, 2)
+    gray4 = _pool(gray, 4)
     grad2 = _gradient_energy(gray2)
     grad4, aniso4 = _gradient_energy_anisotropy(gray4)
     lap1, lap4 = _laplacian_energy(gray), _laplacian_energy(gray4)
     e_grad = _gradient_energy(eos)
-    block = F.avg_pool2d(gray[:, None], 8)[:, 0]
-    block_sq = F.avg_pool2d(gray[:, None].square(), 8)[:, 0]
+    block = _pool(gray, 8)
+    block_sq = _pool(gray.square(), 8)
     local_contrast = (block_sq - block.square()).clamp_min(0).sqrt().mean(dim=(1, 2))
-    nuc_blocks = F.avg_pool2d(nuclear[:, None], 16)[:, 0].flatten(1)
+    nuc_blocks = _pool(nuclear, 16).flatten(1)
 
-    hem_2um, eos_2um = (F.avg_pool2d(v[:, None], 2)[:, 0] for v in (hem, eos))
-    tissue_2um = F.avg_pool2d(tissue[:, None], 2)[:, 0]
+    hem_2um, eos_2um = _pool(hem, 2), _pool(eos, 2)
+    tissue_2um = _pool(tissue, 2)
     columns = [
         1.0 - tissue_frac,
         tissue_frac,

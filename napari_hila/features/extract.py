@@ -234,7 +234,7 @@ def extract_slide(
             "target_mpp": float(target_mpp),
             "slide_fingerprint": fingerprint,
         }
-        with slide_lock(target):
+        with slide_lock(target), cpu_threads_for_encoder():
             if _cache_is_valid(target, expected):
                 _report(progress, "features", 1.0)
                 return target
