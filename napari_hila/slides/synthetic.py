@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hila.io_utils import atomic_path
+from napari_hila.slides.arrays import mean_2x2
 
 LAYOUTS = ("svs", "ome", "flat", "pages")
 _BLOCK = 1024  # level-0 px side of one jittered texture block
@@ -40,7 +41,7 @@ class _TissueTexture:
         # blocks start where the sample has tissue, so the blobs are mostly tissue
         from napari_hila.slides.tissue import tissue_from_rgb
 
-        coarse = halve(halve(halve(halve(tile))))
+        coarse = mean_2x2(mean_2x2(mean_2x2(mean_2x2(tile))))
         starts = np.argwhere(tissue_from_rgb(coarse, 16 * 0.5)) * 16
         self._starts = starts[
             (starts[:, 0] < tile.shape[0] - _BLOCK // 2)
@@ -54,7 +55,7 @@ class _TissueTexture:
         if downsample == 1:
             return self._texture
         if downsample not in self._cache:  # halve the next finer texture: cheap and cached
-            self._cache[downsample] = halve(self._texture_at(downsample // 2))
+            self._cache[downsample] = mean_2x2(self._texture_at(downsample // 2))
         return self._cache[downsample]
 
     def render(self, downsample: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -84,14 +85,6 @@ def _reflect(index: np.ndarray, n: int) -> np.ndarray:
     """Map any integer index onto 0..n-1 by mirroring at the edges (period 2n)."""
     index = index % (2 * n)
     return np.where(index >= n, 2 * n - 1 - index, index)
-
-
-def halve(image: np.ndarray) -> np.ndarray:
-    """2 x 2 mean of an (h, w, 3) uint8 image (an odd last row/column is dropped)."""
-    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    a = image[:h, :w].astype(np.uint16)
-    total = a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
-    return ((total + 2) >> 2).astype(np.uint8)
 
 
 def _blob_mask(width: int, height: int, seed: int, cells: int = 256) -> np.ndarray:
