@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--ship", default=str(REPO / "resources" / "demo_model"), help="where the model goes"
     )
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; does not ship")
     return p.parse_args(argv)
 
@@ -168,14 +169,21 @@ def main(argv=None) -> int:
     if args.quick:
         args.patients, args.folds, args.epochs = min(args.patients, 24), 2, 2
     torch.manual_seed(args.seed)
+    # One thread: these small per-slide steps gain nothing from more, and on a
+    # shared machine oversubscribed threads slow torch down many times over.
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     cohort_dir, summary = build_cohort(work, args)
     prompt_set = embed_prompts(args.prompts, "minilm", "cpu")
     results = {"hila": train("hila", cohort_dir, work, args, prompt_set, True, DEMO_LABEL)}
+    if not args.quick:  # ship at once; the card is updated as each baseline finishes
+        ship(work, Path(args.ship), summary, results)
     for name in [b for b in args.baselines.split(",") if b]:
         results[name] = train(
             name, cohort_dir, work, args, prompt_set, False, f"{name} (demo baseline)"
         )
+        if not args.quick:
+            ship(work, Path(args.ship), summary, results)
     table = {"oracle (true hazard)": summary["oracle_c_index"]} | {
         k: v["c_index_mean"] for k, v in results.items()
     }

@@ -1,0 +1,143 @@
+"""Training speed and memory: seconds per epoch and peak memory, hila beside abmil.
+
+Synthetic cached features held in memory (default: 200 slides of 5,000
+patches, 1,024-wide like UNI, regions of 16 x 16 patches), one slide per
+optimiser step, Adam. Each model runs in its own fresh process so its peak
+resident memory is its own; the features' own size is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slides", type=int, default=200)
+    parser.add_argument("--patches", type=int, default=5000, help="patches per slide")
+    parser.add_argument("--dim", type=int, default=1024, help="feature width")
+    parser.add_argument("--models", default="hila,abmil", help="comma-separated registry names")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="slides per step")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _synthetic_bags(n_slides: int, n_patches: int, dim: int, seed: int):
+    import numpy as np
+
+    from napari_hila.features.store import SlideFeatures
+
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n_patches)))
+    cols, rows = np.meshgrid(np.arange(side), np.arange(side))
+    coords = (np.stack([cols.ravel(), rows.ravel()], 1)[:n_patches] * 256).astype(np.int64)
+    cells = coords // 4096
+    keys, p2r = np.unique(cells[:, 1] * 1000 + cells[:, 0], return_inverse=True)
+    region_coords = np.stack([keys % 1000, keys // 1000], 1).astype(np.int64) * 4096
+    bags = []
+    for _ in range(n_slides):
+        bags.append(
+            SlideFeatures(
+                rng.standard_normal((n_patches, dim), dtype=np.float32),
+                coords,
+                rng.standard_normal((len(keys), dim), dtype=np.float32),
+                region_coords,
+                p2r.astype(np.int64),
+                attrs={"encoder": "synthetic"},
+            )
+        )
+    return bags
+
+
+def _measure(model_name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """In a child process: build the features, train, report time and peak memory."""
+    import numpy as np
+    import torch
+
+    from napari_hila.models.registry import build_model, get_model_spec
+    from napari_hila.training.trainer import (
+        FitSettings,
+        data_config,
+        fit_model,
+        install_prompt_embeddings,
+        wants_prompts,
+    )
+
+    bags = _synthetic_bags(args["slides"], args["patches"], args["dim"], args["seed"])
+    features_gb = sum(b.features.nbytes + b.region_features.nbytes for b in bags) / 2**30
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rng = np.random.default_rng(args["seed"])
+    spec = get_model_spec(model_name)
+    prompt_set = None
+    if wants_prompts(spec.config_cls):
+        names = [f"prompt {k}" for k in range(8)]
+        prompt_set = {
+            "text_dim": 384,
+            "levels": {
+                lv: {
+                    "names": names,
+                    "texts": names,
+                    "embeddings": rng.standard_normal((8, 384)).tolist(),
+                }
+                for lv in ("patch", "region")
+            },
+        }
+    torch.manual_seed(args["seed"])
+    model = build_model(
+        model_name, **data_config(spec.config_cls, args["dim"], args["dim"], 4, prompt_set)
+    )
+    install_prompt_embeddings(model, prompt_set)
+    bins = rng.integers(0, 4, len(bags))
+    events = rng.integers(0, 2, len(bags))
+    stamps = [time.perf_counter()]
+    settings = FitSettings(
+        epochs=args["epochs"], batch_size=args["batch_size"], seed=args["seed"], show_progress=False
+    )
+    fit_model(
+        model,
+        bags,
+        bins,
+        events,
+        settings,
+        on_epoch=lambda e, loss: stamps.append(time.perf_counter()),
+    )
+    per_epoch = np.diff(stamps)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "seconds_per_epoch": float(per_epoch.mean()),
+        "seconds_per_epoch_each": per_epoch.round(2).tolist(),
+        "slides_per_second": float(len(bags) / per_epoch.mean()),
+        "peak_rss_gb": round(peak_gb, 3),
+        "rss_before_training_gb": round(baseline_rss, 3),
+        "features_in_memory_gb": round(features_gb, 3),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = {
+        "slides": args.slides,
+        "patches": args.patches,
+        "dim": args.dim,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        pool = context.Pool(1)
+        try:
+            results[name] = pool.apply(_measure, (name, settings))
+        finally:
+            pool.close()
+            pool.join()
+    return {
+        "settings": settings,
+        "note": "synthetic features in memory; one fresh process per model, peak RSS includes the features",
+        "results": results,
+    }
