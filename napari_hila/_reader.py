@@ -112,7 +112,7 @@ def read_slide(path: str | list[str], **_: Any) -> list:
         path = path[0]
     try:
         slide = open_slide(path)
-        layer = slide_layer_data(slide)
+        layer = slide_layer_data(slide, notify=_notify_error)
     except HilaError as err:
         _notify_error(str(err))
         return NO_LAYERS

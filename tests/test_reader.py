@@ -158,3 +158,22 @@ def test_info_command_error_line_and_exit_code(tmp_path, capsys, monkeypatch):
     assert cli.main(["info", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
+
+
+def test_corrupt_tile_shows_white_and_one_notification(tmp_path, sample_slide, notifications):
+    raw = bytearray(sample_slide.read_bytes())
+    with tifffile.TiffFile(sample_slide) as tif:
+        offset, count = tif.pages[0].dataoffsets[40], tif.pages[0].databytecounts[40]
+    raw[offset : offset + count] = b"\x00" * count
+    broken = tmp_path / "bad_tile.svs"
+    broken.write_bytes(bytes(raw))
+    [(levels, _, _)] = get_reader(str(broken))(str(broken))
+    columns = -(-2220 // 240)
+    y, x = (40 // columns) * 240, (40 % columns) * 240
+    box = levels[0][y : y + 100, x : x + 100]
+    assert box.shape == (100, 100, 3) and (box == 255).all()
+    good = levels[0][0:100, 0:100]
+    assert good.std() > 0  # other tiles still read
+    levels[0][y : y + 10, x : x + 10]  # a second failure does not notify again
+    messages = [m for m in notifications() if "bad_tile.svs" in m]
+    assert len(messages) == 1 and "shown white" in messages[0]

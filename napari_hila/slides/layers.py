@@ -7,10 +7,13 @@ Layer coordinates are micrometres: scale = (mpp, mpp), units um.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from napari_hila.errors import SlideError
 from napari_hila.slides.base import Slide
 from napari_hila.slides.grids import TilingGrids
 from napari_hila.slides.tissue import TissueMask
@@ -47,8 +50,45 @@ def slide_metadata(slide: Slide) -> dict[str, Any]:
     }
 
 
-def slide_layer_data(slide: Slide, name: str | None = None) -> LayerDataTuple:
-    """A multiscale RGB image layer of ``slide`` in micrometres."""
+class ForgivingLevel:
+    """A level view that shows unreadable tiles as white and says so once.
+
+    napari slices layers while drawing; an exception there would surface as a
+    traceback. A corrupt tile instead becomes one notification via ``notify``.
+    """
+
+    def __init__(self, level: Any, notify: Callable[[str], None], reported: list[bool]) -> None:
+        self._level = level
+        self._notify = notify
+        self._reported = reported  # shared by all levels of one slide
+        self.shape, self.dtype, self.ndim = level.shape, level.dtype, level.ndim
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self._level[key]
+        except SlideError as err:
+            if not self._reported:
+                self._reported.append(True)
+                self._notify(f"{err}; unreadable tiles are shown white")
+            return np.array(np.broadcast_to(np.uint8(255), self.shape)[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def slide_layer_data(
+    slide: Slide, name: str | None = None, notify: Callable[[str], None] | None = None
+) -> LayerDataTuple:
+    """A multiscale RGB image layer of ``slide`` in micrometres.
+
+    ``notify`` receives one message if tiles turn out unreadable while napari
+    draws (default: a Python warning, which napari shows as a notification).
+    """
     kwargs = {
         "name": name or slide.path.name,
         "multiscale": True,
@@ -60,7 +100,10 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerDataTuple:
         "metadata": slide_metadata(slide),
     }
     # plain array views, not dask: napari slices them straight into a tile decode
-    return (slide.level_arrays(), kwargs, "image")
+    notify = notify or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=2))
+    reported: list[bool] = []
+    levels = [ForgivingLevel(level, notify, reported) for level in slide.level_arrays()]
+    return (levels, kwargs, "image")
 
 
 def tissue_layer_data(tissue: TissueMask, mpp: float, name: str = "tissue") -> LayerDataTuple:
