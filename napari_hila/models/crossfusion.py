@@ -55,7 +55,10 @@ class CrossFusionConfig:
     width: int = 512
     heads: int = 8
     mlp_ratio: float = 2.0
-    dropout: float = 0.1
+    dropout: float = 0.1  # on projections and feed-forward layers
+    # Dropout on attention weights makes CPU attention keep the whole (N x M) matrix
+    # for backward (gigabytes at 20x); the reference uses none in cross-attention.
+    attention_dropout: float = 0.0
     n_bins: int = 4
     nll_alpha: float = 0.2  # uncensored weight of the discrete-time NLL (paper: 0.2)
     coarse_scale: str = "5x"

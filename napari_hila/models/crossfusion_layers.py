@@ -91,7 +91,7 @@ class CrossAttentionBlock(nn.Module):
 
     def __init__(self, cfg: CrossFusionConfig) -> None:
         super().__init__()
-        self.attn = Attention(cfg.width, cfg.heads, cfg.dropout)
+        self.attn = Attention(cfg.width, cfg.heads, cfg.attention_dropout)
         self.norm = nn.LayerNorm(cfg.width)
         self.ff = feed_forward(cfg.width, cfg.mlp_ratio, cfg.dropout)
 
@@ -108,7 +108,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, cfg: CrossFusionConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width)
-        self.attn = Attention(cfg.width, cfg.heads, cfg.dropout)
+        self.attn = Attention(cfg.width, cfg.heads, cfg.attention_dropout)
         self.norm2 = nn.LayerNorm(cfg.width)
         self.ff = feed_forward(cfg.width, cfg.mlp_ratio, cfg.dropout)
 
@@ -180,7 +180,8 @@ class SquareTransformer(nn.Module):
     def __init__(self, cfg: CrossFusionConfig, class_token: bool) -> None:
         super().__init__()
         self.first = TransformerLayer(cfg)
-        self.ppeg = _PPEG(cfg.width)
+        # channels-last weights make oneDNN's depthwise convolutions several times faster on CPUs
+        self.ppeg = _PPEG(cfg.width).to(memory_format=torch.channels_last)
         self.second = TransformerLayer(cfg)
         self.norm = nn.LayerNorm(cfg.width)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width)) if class_token else None
@@ -214,6 +215,8 @@ class ConvolutionalFusion(nn.Module):
             nn.Conv2d(cfg.width, half, k, padding=k // 2, groups=half) for k in (7, 5, 3)
         )
         self.skip = nn.Conv2d(cfg.width, half, 1, groups=half)
+        self.convs.to(memory_format=torch.channels_last)
+        self.skip.to(memory_format=torch.channels_last)
         self.act = nn.GELU()
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Sequential(nn.Linear(half, cfg.width), nn.LayerNorm(cfg.width))
@@ -221,6 +224,7 @@ class ConvolutionalFusion(nn.Module):
     def forward(self, streams: list[torch.Tensor], grid: SquareGrid) -> torch.Tensor:
         stacked = torch.stack([grid.to_image(s) for s in streams], dim=1)  # (B, 3, D, S, S)
         mixed = grid.to_image(grid.from_image(self.mix(stacked)[:, 0]))  # keep empty cells at zero
+        mixed = mixed.contiguous(memory_format=torch.channels_last)
         conv = self.skip(mixed) + sum(c(mixed) for c in self.convs)
         fused = grid.from_image(self.drop(self.act(conv)))
         return self.out(fused)
