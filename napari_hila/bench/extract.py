@@ -1,6 +1,6 @@
 """Feature extraction speed: tiles per second end to end vs decode only.
 
-On generated slides of two sizes (real tissue, Aperio layout, 0.5 um/px) this
+On generated slides of two sizes (real tissue, Aperio layout, 40x by default) this
 measures, for the same grid patches read through the same prefetching reader:
 
 - ``decode_only``: reading and decoding the tiles, nothing else (the limit on
@@ -30,8 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        default="12000,24000",
+        default="20000,40000",
         help="sides in px of the generated slides (default 12000,24000)",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=0.25,
+        help="um/px of the generated slides (0.25: a 40x scan, as most of TCGA; "
+        "0.5: a 20x scan whose tiles are the patches)",
     )
     parser.add_argument("--encoder", default="hila-descriptor")
     parser.add_argument("--weights", default=None)
@@ -161,7 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         slides = [
-            cached_test_slide(s, s, layout="svs", mpp=0.5, cache_dir=args.cache_dir) for s in sizes
+            cached_test_slide(s, s, layout="svs", mpp=args.mpp, cache_dir=args.cache_dir)
+            for s in sizes
         ]
     results = [_bench_slide(p, args, encoder) for p in slides]
     ratios = [r["end_to_end_vs_decode"] for r in results]
