@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import openslide
 import pytest
+import tifffile
 
 from napari_hila.slides import ASSUMED_MPP, open_slide
 from napari_hila.slides.synthetic import expected_level_count, write_test_slide
@@ -181,3 +182,35 @@ def test_level_views_slice_like_numpy(sample_slide):
             np.testing.assert_array_equal(view[key], whole[key])
         coarse = slide.level_arrays()[1]
         np.testing.assert_array_equal(np.asarray(coarse), slide.pyramid()[1].compute())
+
+
+def test_ycbcr_subsampled_jpeg_svs_equals_openslide(tmp_path, sample_slide):
+    """Most scanners store YCbCr 4:2:0 JPEG tiles; tifffile must decode them as OpenSlide does."""
+    with open_slide(sample_slide) as sample:
+        tissue = sample.read_region((0, 0), 0, (1024, 1024))
+    head = "Aperio Image Library v12.0.0 \r\n1024x1024"
+    path = tmp_path / "ycc.svs"
+    options = dict(tile=(256, 256), compression="jpeg", photometric="ycbcr", subsampling=(2, 2))
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(
+            tissue,
+            description=f"{head} [0,0 1024x1024] (256x256) JPEG/YCC|MPP = 0.5",
+            metadata=None,
+            **options,
+        )
+        tif.write(
+            tissue[::8, ::8],
+            description=f"{head} -> 128x128 - |",
+            metadata=None,
+            compression="jpeg",
+            photometric="rgb",
+        )
+        tif.write(
+            np.ascontiguousarray(tissue[::4, ::4]),
+            description=f"{head} -> 256x256 - |",
+            metadata=None,
+            **options,
+        )
+    with open_slide(path) as slide:
+        assert slide.backend == "tifffile" and slide.level_dimensions == [(1024, 1024), (256, 256)]
+    _assert_matches_openslide(path, "tifffile", levels=[0, 1])
