@@ -184,3 +184,12 @@ def test_bad_slide_and_blank_slide_give_clear_errors(tmp_path):
     with pytest.raises(HilaError, match="no tissue"):
         extract_slide(blank, tmp_path / "out")
     assert not [p for p in (tmp_path / "out").glob("*.h5") if not p.name.startswith(".")]
+
+
+def test_unwritable_output_folder_is_reported_before_work(sample_slide, tmp_path):
+    from napari_hila.errors import FeatureFileError
+
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("x")
+    with pytest.raises(FeatureFileError, match="cannot write feature files here"):
+        extract_slide(sample_slide, blocker / "out")

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from napari_hila.errors import Cancelled, SlideError
+from napari_hila.errors import Cancelled, FeatureFileError, SlideError
 from napari_hila.features.cache import PartialFeatures, cache_path, settings_key, slide_lock
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
@@ -60,6 +60,20 @@ def cpu_threads_for_encoder(read_threads: int = DEFAULT_READ_THREADS) -> Iterato
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise FeatureFileError(
+            f"{folder}: cannot write feature files here ({err.strerror or err}); "
+            "choose another folder (--out, or NAPARI_HILA_CACHE for the viewer)"
+        ) from err
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:
@@ -220,6 +234,7 @@ def extract_slide(
         )
     region_name = region_enc.name if region_enc is not None else f"mean({encoder})"
     t0 = time.perf_counter()
+    _check_writable(Path(out_dir))
     with open_slide(slide_path) as slide:
         fingerprint = slide.fingerprint()
         target = cache_path(
@@ -289,7 +304,13 @@ def extract_slide(
 
                 add_magnifications(feats, slide, grids, patch_enc, scales, batch_size, cancel)
             _check_cancel(cancel, f"{slide.path}: extraction cancelled before saving")
-            save_features(target, feats)
+            try:
+                save_features(target, feats)
+            except OSError as err:
+                raise FeatureFileError(
+                    f"{target}: cannot write the feature file ({err}); free disk space or "
+                    "choose another output folder"
+                ) from err
             PartialFeatures.discard(target)
             _report(progress, "features", 1.0)
     return target
