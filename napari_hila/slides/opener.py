@@ -29,6 +29,8 @@ SLIDE_SUFFIXES = TIFF_SUFFIXES | {".mrxs", ".vms", ".vmu"}
 #: reads 256 px regions faster (``napari-hila bench io``). Vendor layouts that
 #: need stitching (Ventana BIF overlaps, Leica SCN, Hamamatsu NDPI) stay with OpenSlide.
 TIFFFILE_FIRST_FORMATS = {"aperio", "generic-tiff"}
+#: Aperio's JPEG 2000 variants carry their own colour handling: left to OpenSlide.
+_APERIO_JPEG2000 = {33003, 33005}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -101,7 +103,12 @@ def open_slide(path: str | os.PathLike, backend: str | None = None) -> Slide:
                 check_tiff_pixels(path, tif)
             levels = tiff_pyramid_series(tif)
             tiff_levels = len(levels)
-            tiff_fast = all(s.axes == "YXS" and is_fast_path_page(s.keyframe) for s in levels)
+            tiff_fast = all(
+                s.axes == "YXS"
+                and is_fast_path_page(s.keyframe)
+                and s.keyframe.compression not in _APERIO_JPEG2000
+                for s in levels
+            )
 
     if backend == "tifffile":
         if not is_tiff:
