@@ -144,24 +144,27 @@ def token_raster(
 
 
 def _blend(thumbnail: np.ndarray, values: np.ndarray, mask: np.ndarray, cmap: str) -> np.ndarray:
+    """Colour the painted pixels by ``values`` (scaled to their own min..max) over the thumbnail."""
     from matplotlib import colormaps
 
-    lo, hi = (
-        float(values[mask].min()) if mask.any() else 0.0,
-        float(values[mask].max()) if mask.any() else 1.0,
+    out = thumbnail.copy()
+    if not mask.any():
+        return out
+    painted = values[mask]
+    lo, hi = float(painted.min()), float(painted.max())
+    scaled = (painted - lo) / (hi - lo) if hi > lo else np.full_like(painted, 0.5)
+    colours = colormaps[cmap](scaled)[:, :3] * 255.0
+    out[mask] = (
+        ((1 - OVERLAY_ALPHA) * thumbnail[mask] + OVERLAY_ALPHA * colours).round().astype(np.uint8)
     )
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
-    colours = (colormaps[cmap](scaled)[..., :3] * 255).astype(np.float32)
-    out = thumbnail.astype(np.float32).copy()
-    out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * colours[mask]
-    return out.round().astype(np.uint8)
+    return out
 
 
 def _save_png(rgb: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3)
     return path
 
 

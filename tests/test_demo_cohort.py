@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.demo.cohort import (
     DemoSettings,
@@ -14,19 +15,8 @@ from napari_hila.demo.cohort import (
 from napari_hila.demo.tiles import CATEGORIES, DENSE, STROMA, build_tile_library
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small per-tile tensors: one thread avoids oversubscription on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def library(one_torch_thread):
+def library():
     return build_tile_library(stride_px=256)
 
 
