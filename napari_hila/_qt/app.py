@@ -44,8 +44,19 @@ def launch_viewer(
     if model is not None:
         dock.model_picker.set_model(model)
     if result is not None:
-        dock.show_result(result)
+        dock.show_result(result, tissue=_tissue_or_none(result))
     return viewer
+
+
+def _tissue_or_none(result: PredictionResult) -> Any:
+    """The slide's tissue mask for the overlay, or None if the slide cannot be read now."""
+    from napari_hila._qt.job import tissue_of
+    from napari_hila.errors import HilaError
+
+    try:
+        return tissue_of(result)
+    except (HilaError, OSError):
+        return None
 
 
 def survival_dock_of(viewer: Any) -> Any | None:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult
@@ -57,14 +58,24 @@ class KaplanMeierDock(QWidget):
         self.card: dict[str, Any] | None = None
         self.figure = Figure(figsize=(4.2, 4.6), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(320)
+        self.canvas.setMinimumHeight(420)
+        self.canvas.setMinimumWidth(200)
         self.message = QLabel(
             "Run a prediction in the HiLa survival dock to see the cohort here.", self
         )
         self.message.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        content = QWidget(self)
+        layout = QVBoxLayout(content)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.message)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         _DOCKS[id(napari_viewer)] = weakref.ref(self)
         napari_viewer.events.theme.connect(self.redraw)
         self.destroyed.connect(lambda *_: napari_viewer.events.theme.disconnect(self.redraw))
@@ -90,10 +101,19 @@ class KaplanMeierDock(QWidget):
 
         km_ax, risk_ax = self.figure.subplots(2, 1, height_ratios=(3, 1))
         info = plot_cohort_km(self.card, ax=km_ax, patient_survival=self._patient_curve())
+        self._make_room_for_numbers_at_risk(km_ax)
         self._draw_risk_position(risk_ax)
         apply_theme(self.figure, self.viewer)
         self.message.setText(self._caption(info))
         self.canvas.draw_idle()
+
+    def _make_room_for_numbers_at_risk(self, ax: Any) -> None:
+        """Move the x label below the numbers-at-risk rows written under the axis."""
+        rows = [t for t in ax.texts if t.get_text().startswith("at risk")]
+        if rows:
+            height_pt = ax.get_window_extent().height * 72.0 / self.figure.dpi
+            lowest = min(t.get_position()[1] for t in rows)  # axes fraction, negative
+            ax.xaxis.labelpad = max(4.0, (-lowest - 0.08) * height_pt)
 
     def _patient_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.result is None:
@@ -119,8 +139,8 @@ class KaplanMeierDock(QWidget):
                 if self.result.risk_percentile is not None
                 else 100.0 * float(np.mean(cohort <= self.result.risk))
             )
-            ax.set_title(f"this patient: {ordinal(pct)} percentile of cohort risk", fontsize=9)
-        ax.set_xlabel("risk (higher = shorter predicted survival)")
+            ax.set_title(f"this patient: {ordinal(pct)} percentile", fontsize=9)
+        ax.set_xlabel("risk (higher = shorter survival)")
         ax.set_yticks([])
 
     def _caption(self, info: Any) -> str:

@@ -113,6 +113,10 @@ class ModelPicker(QWidget):
         super().__init__(parent)
         self.combo = QComboBox(self)
         self.combo.setToolTip("The survival model to run; its card is shown below")
+        self.combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.combo.setMinimumContentsLength(8)
         self.browse = QPushButton("Browse…", self)
         self.browse.setToolTip("Choose a model directory written by `napari-hila train`")
         self.card_label = QLabel(self)

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QGridLayout, QToolButton, QWidget
 from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult, PromptContribution
 
-THUMB_PX = 88
+THUMB_PX = 72
 
 
 def ranked_contributions(contributions: list[PromptContribution]) -> list[PromptContribution]:
@@ -38,6 +38,7 @@ class ContributionChart(FigureCanvasQTAgg):
         self.viewer = viewer
         self.bars: list[tuple[Any, PromptContribution]] = []
         self.setMinimumHeight(180)
+        self.setMinimumWidth(160)  # the figure's own size would force a wide dock
         self.mpl_connect("pick_event", self._on_pick)
 
     def show_contributions(self, result: PredictionResult, highlight: dict[str, str]) -> None:
@@ -57,6 +58,7 @@ class ContributionChart(FigureCanvasQTAgg):
                 bar.set_edgecolor(colors["foreground"])
                 bar.set_linewidth(1.5)
         ax.title.set_fontsize(7)
+        ax.set_xlabel("change in risk (positive raises it)", fontsize=8)
         apply_theme(self.figure, self.viewer)
         self.draw_idle()
 
@@ -96,7 +98,7 @@ class TileGallery(QWidget):
 
     tile_clicked = Signal(str, int)
 
-    def __init__(self, parent: QWidget | None = None, columns: int = 4) -> None:
+    def __init__(self, parent: QWidget | None = None, columns: int = 3) -> None:
         super().__init__(parent)
         self.columns = columns
         self.grid = QGridLayout(self)

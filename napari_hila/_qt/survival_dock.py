@@ -18,11 +18,13 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -38,7 +40,7 @@ from napari_hila.errors import HilaError
 from napari_hila.predict import default_cache_dir
 from napari_hila.results import PredictionResult
 
-GALLERY_SIZE = 8
+GALLERY_SIZE = 9
 
 
 def describe_risk(result: PredictionResult) -> str:
@@ -87,6 +89,7 @@ class HilaSurvivalDock(QWidget):
     def _build(self) -> None:
         self.slide_combo = QComboBox(self)
         self.slide_combo.setToolTip("Slide layers opened with napari-hila's reader")
+        _let_shrink(self.slide_combo)
         self.model_picker = ModelPicker(self)
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(["auto", *available_devices()])
@@ -117,6 +120,7 @@ class HilaSurvivalDock(QWidget):
         self.chart = ContributionChart(self.viewer, self)
         self.gallery = TileGallery(self)
         self.gallery_title = QLabel(self)
+        self.gallery_title.setWordWrap(True)
         prompt_layout = QVBoxLayout(self.prompt_box)
         prompt_layout.addLayout(self.prompt_form)
         prompt_layout.addWidget(self.prompt_text)
@@ -131,7 +135,8 @@ class HilaSurvivalDock(QWidget):
         self.export_button.setEnabled(False)
         self.export_button.setToolTip("Annotated screenshot, region figure, GeoJSON and CSV")
 
-        layout = QVBoxLayout(self)
+        content = QWidget(self)  # scrolls when the window is short
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -141,6 +146,14 @@ class HilaSurvivalDock(QWidget):
         layout.addWidget(self.hover_label)
         layout.addWidget(self.export_button)
         layout.addStretch(1)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -270,6 +283,7 @@ class HilaSurvivalDock(QWidget):
                 continue
             combo = QComboBox(self)
             combo.addItems(levels[name].map_names)
+            _let_shrink(combo)
             combo.setCurrentIndex(self.layers.prompts.get(name, 0))
             combo.currentTextChanged.connect(lambda text, lv=name: self.set_prompt(lv, text))
             self.prompt_form.addRow(f"{name} prompt", combo)
@@ -366,6 +380,12 @@ class HilaSurvivalDock(QWidget):
         self.layers.detach()
         self._close_slide()
         super().closeEvent(event)
+
+
+def _let_shrink(combo: QComboBox) -> None:
+    """Let a combo box narrower than its longest item, so the dock fits a narrow column."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(8)
 
 
 def _card_of(result: PredictionResult) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ def overlay_layers(viewer, kind):
     return [ly for ly in viewer.layers if ly.metadata.get(overlays.OVERLAY_KEY) == kind]
 
 
-def test_show_result_adds_aligned_layers(viewer_and_dock, sample_slide):
+def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide):
     viewer, dock = viewer_and_dock
     result = fake_result(str(sample_slide))
     assert dock.slide_combo.count() == 1
@@ -48,14 +48,11 @@ def test_show_result_adds_aligned_layers(viewer_and_dock, sample_slide):
     assert "Risk score" in dock.risk_label.text()
     assert "high risk" in dock.risk_label.text() or "low risk" in dock.risk_label.text()
     # a second result replaces the first's layers instead of stacking them
-    dock.show_result(fake_result(str(sample_slide), seed=1))
+    result = fake_result(str(sample_slide), seed=1)
+    dock.show_result(result)
     assert len(overlay_layers(viewer, "heatmap")) == 2
 
-
-def test_prompt_switching_gallery_and_hover(viewer_and_dock, sample_slide):
-    viewer, dock = viewer_and_dock
-    result = fake_result(str(sample_slide))
-    dock.show_result(result)
+    # prompt switching, bar clicks, gallery and hover
     heat = dock.layers.heatmaps["patch"]
     heat.colormap = "magma"
     heat.opacity = 0.3
@@ -79,7 +76,7 @@ def test_prompt_switching_gallery_and_hover(viewer_and_dock, sample_slide):
     assert dock.prompt_combos["patch"].currentText() == "mitoses"
     # ranked by absolute contribution: the strongest is drawn on top (last)
     assert dock.chart.bars[-1][1].name == PATCH_NAMES[0]
-    assert len(dock.gallery.buttons) == 8
+    assert len(dock.gallery.buttons) == 9
     level = result.explanation.levels["patch"]
     best = int(overlays.top_tokens(level, "mitoses", 1)[0])
     dock.gallery.buttons[0].click()

@@ -50,26 +50,25 @@ def add_slide_layer(viewer, path):
     )
 
 
-def test_no_slide_layer(dock, notes):
+def test_bad_inputs_notify(dock, notes, tmp_path, sample_slide):
+    """No slide layer, a non-slide image, a model without a card: one notification each."""
     assert dock.run() is False
     assert any("No slide layer" in text for _, text in notes)
 
-
-def test_non_slide_image_layer(dock, notes):
     dock.viewer.add_image(np.zeros((10, 10)), name="cells")
     assert dock.slide_combo.count() == 0
     assert dock.run() is False
     assert any("'cells' is not a whole-slide image" in text for _, text in notes)
 
-
-def test_model_without_card(dock, notes, tmp_path, sample_slide):
     add_slide_layer(dock.viewer, sample_slide)
+    assert dock.slide_combo.count() == 1 and dock.slide_combo.currentText() == "slide"
     empty = tmp_path / "not_a_model"
     empty.mkdir()
     dock.model_picker.set_model(empty)
     assert "no card.json" in dock.model_picker.card_label.text()
     assert dock.run() is False
     assert any(sev == "error" and "no card.json" in text for sev, text in notes)
+    assert dock.job is None  # nothing was started
 
 
 @pytest.fixture

@@ -7,10 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from hila_fake_results import fake_result
+from hila_fake_results import fake_card, fake_result
 from matplotlib.image import imread
 
+from napari_hila import overlays
 from napari_hila._qt import export as qt_export
+from napari_hila._qt.app import launch_viewer, survival_dock_of
+from napari_hila._qt.km_dock import KaplanMeierDock
+from napari_hila._qt.layers import slide_path_of
 from napari_hila._qt.survival_dock import HilaSurvivalDock
 
 pytestmark = pytest.mark.gui
@@ -71,15 +75,39 @@ def test_heatmap_over_paints_exact_tiles():
     assert out[49, 100].tolist() == [255, 255, 255]  # just above the grid
 
 
-def test_export_from_dock(make_napari_viewer, sample_slide, tmp_path):
+def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
+    """launch_viewer (used by `view` and `demo`) on a saved result, then Export."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "card.json").write_text(json.dumps(fake_card()))
+    result = fake_result(str(sample_slide), mpp=0.499)
+    result.model_path = str(model)
+    result.save(tmp_path / "result")
     viewer = make_napari_viewer(show=True)
-    viewer.open(str(sample_slide), plugin="napari-hila")
-    dock = HilaSurvivalDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    result = fake_result(str(sample_slide))
-    dock.show_result(result)
-    dock.set_prompt("patch", "necrosis")
+    launch_viewer(sample_slide, result=tmp_path / "result", model=model, viewer=viewer)
+    slides = [ly for ly in viewer.layers if slide_path_of(ly)]
+    assert len(slides) == 1 and slides[0].multiscale  # the reader's layer
+    slide = slides[0]
+    heat = next(ly for ly in viewer.layers if ly.metadata.get(overlays.OVERLAY_KEY) == "heatmap")
+    assert tuple(str(u) for u in heat.units) == tuple(str(u) for u in slide.units)
+    # heatmap cell edges land on the slide layer's pixel edges of each tile
     level = result.explanation.levels["patch"]
+    layout = overlays.grid_layout(level.coords, level.tile_size)
+    for i in (0, len(level.coords) // 2):
+        corner = slide.world_to_data(
+            heat.data_to_world((layout.rows[i] - 0.5, layout.cols[i] - 0.5))
+        )
+        np.testing.assert_allclose(corner, level.coords[i][::-1] - 0.5, atol=1e-6)
+    assert any(ly.metadata.get(overlays.OVERLAY_KEY) == "tissue" for ly in viewer.layers)
+    dock = survival_dock_of(viewer)
+    assert isinstance(dock, HilaSurvivalDock)
+    card_text = dock.model_picker.card_label.text()
+    assert "cross-validated C-index: 0.660 &plusmn; 0.040" in card_text
+    assert "60 patients" in card_text and "Not for clinical use" in card_text
+    km = next(w for name, w in viewer.window.dock_widgets.items() if "Kaplan-Meier" in name)
+    assert isinstance(km, KaplanMeierDock) and km.result is dock.result
+
+    dock.set_prompt("patch", "necrosis")
     dock.center_on_tile("patch", 10)  # full resolution: the region figure stays small
     viewer.camera.zoom /= 2
     plain = viewer.screenshot(canvas_only=True, flash=False)
