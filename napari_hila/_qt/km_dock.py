@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from napari_hila._qt.scroll import make_scrollable
 from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult
 
@@ -68,14 +68,7 @@ class KaplanMeierDock(QWidget):
         layout = QVBoxLayout(content)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.message)
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        make_scrollable(self, content)
         _DOCKS[id(napari_viewer)] = weakref.ref(self)
         napari_viewer.events.theme.connect(self.redraw)
         self.destroyed.connect(lambda *_: napari_viewer.events.theme.disconnect(self.redraw))

@@ -18,13 +18,11 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -35,6 +33,7 @@ from napari_hila._qt.km_dock import km_dock_for, ordinal
 from napari_hila._qt.layers import ResultLayers, slide_path_of
 from napari_hila._qt.model_picker import ModelPicker
 from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
+from napari_hila._qt.scroll import make_scrollable
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
 from napari_hila.predict import default_cache_dir
@@ -146,14 +145,7 @@ class HilaSurvivalDock(QWidget):
         layout.addWidget(self.hover_label)
         layout.addWidget(self.export_button)
         layout.addStretch(1)
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        make_scrollable(self, content)
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
