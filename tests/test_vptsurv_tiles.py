@@ -118,6 +118,14 @@ def test_train_command_runs_vptsurv_on_slides(tmp_path):
     level = explanation.levels["tiles"]
     assert 0 < len(level.coords) <= 8 and level.tile_size == 256
     np.testing.assert_allclose(level.maps.sum(axis=0), 1.0, atol=1e-5)
+    # the prediction path (CLI and viewer) reads tiles itself for this model
+    from napari_hila.predict import predict_slide
+
+    result = predict_slide(slides / "s0.svs", loaded)
+    assert set(result.explanation.levels) == {"tiles"}
+    assert result.risk == pytest.approx(explanation.risk, abs=1e-6)  # same tiles, same risk
+    assert result.mpp == 0.5 and result.slide_fingerprint and result.extra["encoder"] == "vit"
+    assert result.risk_group in ("high", "low")
 
 
 def test_missing_slides_are_listed(tmp_path):

@@ -38,6 +38,8 @@ __all__ = [
     "slide_tiles",
     "tile_batch",
     "cohort_slide_refs",
+    "explain_slide_tiles",
+    "SlideFacts",
     "find_slide_file",
 ]
 
@@ -322,3 +324,36 @@ def cohort_slide_refs(cohort, slides_dir: str | os.PathLike) -> list[SlideRef]:
             "or remove those rows from the cohort CSV"
         )
     return refs
+
+
+@dataclass
+class SlideFacts:
+    """What a prediction records about a slide read tile by tile (no feature file)."""
+
+    fingerprint: str
+    mpp: float
+    mpp_is_assumed: bool
+    num_tiles: int
+
+
+def explain_slide_tiles(model, slide_path: str | os.PathLike, progress=None, cancel=None):
+    """One slide through a model that reads its own tiles: ``(Explanation, SlideFacts)``.
+
+    Tiles are sampled with the model's inference settings and read chunk by
+    chunk; ``progress("tiles", fraction)`` and ``cancel`` reach the model.
+    """
+    from napari_hila.slides import open_slide
+
+    with open_slide(slide_path) as slide:
+        fingerprint, mpp, assumed = (
+            slide.fingerprint(),
+            float(slide.mpp),
+            bool(slide.mpp_is_assumed),
+        )
+    batch = model.batch_from_bags([SlideRef(Path(slide_path))], train=False)
+    try:
+        explanation = model.explain(batch, progress=progress, cancel=cancel)
+    finally:
+        for tiles in batch.slides:
+            getattr(tiles, "close", lambda: None)()
+    return explanation, SlideFacts(fingerprint, mpp, assumed, len(batch.slides[0]))
