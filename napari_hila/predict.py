@@ -77,6 +77,8 @@ def extraction_settings(card: dict[str, Any]) -> dict[str, Any]:
     }
     if region_mode == "view" and region_encoder and region_encoder != patch_encoder:
         settings["region_encoder"] = region_encoder
+    if grid.get("magnifications"):  # multi-magnification models (CrossFusion)
+        settings["magnifications"] = tuple(str(grid["magnifications"]).split(","))
     return settings
 
 
@@ -113,18 +115,18 @@ def _explain(model, feats, device):
     return model.explain(batch, **kwargs)
 
 
-def _warnings(card: dict[str, Any], feats) -> list[str]:
+def _warnings(card: dict[str, Any], mpp_is_assumed: bool, num_patches: int) -> list[str]:
     notes = []
     label = str(card.get("label", "")).lower()
     if "synthetic" in label or "not for clinical use" in label:
         notes.append(_SYNTHETIC_WARNING)
-    if feats.attrs.get("mpp_is_assumed"):
+    if mpp_is_assumed:
         notes.append(
             "the slide does not record its pixel size; 0.5 um/px was assumed, so tile sizes may be wrong"
         )
-    if feats.num_patches < 16:
+    if num_patches < 16:
         notes.append(
-            f"only {feats.num_patches} tissue patches: the prediction rests on very little tissue"
+            f"only {num_patches} tissue patches: the prediction rests on very little tissue"
         )
     return notes
 
@@ -145,6 +147,7 @@ def predict_slide(
     between steps with :class:`~napari_hila.errors.Cancelled`. With ``out_dir``
     every output file is written there too (see :mod:`napari_hila.export`).
     """
+    from napari_hila.models.registry import get_model_spec
     from napari_hila.training.crossval import edges_from_json
     from napari_hila.training.modelfile import LoadedModel, check_features_match, load_model
     from napari_hila.training.scaling import FeatureScaling
@@ -156,19 +159,34 @@ def predict_slide(
     card = loaded.card
     report("model", 1.0)
     _check_cancel(cancel)
-    feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel)
-    check_features_match(card, feats, str(slide_path))
-    _check_cancel(cancel)
-    report("explain", 0.0)
-    scaling = FeatureScaling.from_json(card.get("feature_scaling"))
-    explanation = _explain(loaded.model, scaling.apply(feats) if scaling else feats, loaded.device)
-    report("explain", 1.0)
+    if get_model_spec(loaded.name).inputs == "tiles":
+        # The model reads its own tiles from the slide (VPTSurv): no feature file.
+        from napari_hila.training.tiles import explain_slide_tiles
+
+        report("explain", 0.0)
+        explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel)
+        report("explain", 1.0)
+        encoder = str(((card.get("encoders") or {}).get("patch") or {}).get("name", ""))
+        fingerprint, mpp, mpp_assumed = facts.fingerprint, facts.mpp, facts.mpp_is_assumed
+        n_patches, n_regions = facts.num_tiles, 0
+    else:
+        feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel)
+        check_features_match(card, feats, str(slide_path))
+        _check_cancel(cancel)
+        report("explain", 0.0)
+        scaling = FeatureScaling.from_json(card.get("feature_scaling"))
+        explanation = _explain(
+            loaded.model, scaling.apply(feats) if scaling else feats, loaded.device
+        )
+        report("explain", 1.0)
+        encoder, fingerprint = feats.encoder, str(feats.attrs.get("slide_fingerprint", ""))
+        mpp, mpp_assumed = feats.attrs.get("mpp"), bool(feats.attrs.get("mpp_is_assumed"))
+        n_patches, n_regions = feats.num_patches, feats.num_regions
     threshold = card.get("risk_threshold")
     cohort = card.get("cohort") or {}
-    mpp = feats.attrs.get("mpp")
     result = PredictionResult(
         slide_path=str(slide_path),
-        slide_fingerprint=str(feats.attrs.get("slide_fingerprint", "")),
+        slide_fingerprint=fingerprint,
         mpp=float(mpp) if mpp is not None else float("nan"),
         model_name=loaded.name,
         model_label=loaded.label,
@@ -181,13 +199,13 @@ def predict_slide(
         risk_percentile=risk_percentile(
             explanation.risk, cohort.get("final_model_risk", cohort.get("risk"))
         ),
-        warnings=_warnings(card, feats),
+        warnings=_warnings(card, mpp_assumed, n_patches),
         extra={
             "risk_percentile_of": "the final model's risks over its training cohort",
             "risk_threshold_method": card.get("risk_threshold_method", ""),
-            "encoder": feats.encoder,
-            "patches": feats.num_patches,
-            "regions": feats.num_regions,
+            "encoder": encoder,
+            "patches": n_patches,
+            "regions": n_regions,
             "grid": card.get("grid", {}),
         },
     )

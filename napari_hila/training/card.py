@@ -81,6 +81,8 @@ def _grid(feats) -> dict[str, Any]:
         "region_px": int(attrs.get("region_px", feats.region_size)),
         "target_mpp": float(attrs.get("target_mpp", 0.5)),
     }
+    if getattr(feats, "scales", None):  # extra magnifications (CrossFusion): extract them again
+        grid["magnifications"] = ",".join(sorted(feats.scales))
     # Any other extraction setting recorded with the features (e.g. how region
     # features were made) travels with the model so prediction can repeat it.
     for key, value in attrs.items():
