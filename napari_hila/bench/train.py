@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1, help="slides per step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
 
 
 def _synthetic_bags(n_slides: int, n_patches: int, dim: int, seed: int):
@@ -66,6 +69,8 @@ def _measure(model_name: str, args: dict[str, Any]) -> dict[str, Any]:
         wants_prompts,
     )
 
+    if args["threads"] > 0:
+        torch.set_num_threads(args["threads"])
     bags = _synthetic_bags(args["slides"], args["patches"], args["dim"], args["seed"])
     features_gb = sum(b.features.nbytes + b.region_features.nbytes for b in bags) / 2**30
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -126,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "threads": args.threads,
     }
     context = multiprocessing.get_context("spawn")
     results = {}
