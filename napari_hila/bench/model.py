@@ -187,7 +187,11 @@ def measure_models(names: list[str], settings: dict[str, Any]) -> dict[str, dict
         process = context.Process(target=_measure_model, args=(name, settings, queue))
         process.start()
         process.join()
-        results[name] = queue.get() if not queue.empty() else {"error": "process died"}
+        if not queue.empty():
+            results[name] = queue.get()
+        else:
+            cause = " (killed: likely out of memory)" if process.exitcode == -9 else ""
+            results[name] = {"error": f"process died with exit code {process.exitcode}{cause}"}
     return results
 
 

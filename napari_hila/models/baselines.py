@@ -49,6 +49,7 @@ class ABMILConfig:
     attention_dim: int = 128
     dropout: float = 0.25
     n_bins: int = 4
+    nll_alpha: float = 0.0  # uncensored weight of the NLL, read by the trainer
 
 
 @register_model("abmil", ABMILConfig, "gated attention MIL on patch features (Ilse et al. 2018)")
@@ -85,6 +86,7 @@ class TransMILConfig:
     n_bins: int = 4
     landmarks: int = 128  # Nystrom landmarks (paper: width / 2); 0 = exact attention
     pinv_iterations: int = 6
+    nll_alpha: float = 0.0  # uncensored weight of the NLL, read by the trainer
 
 
 class _PPEG(nn.Module):

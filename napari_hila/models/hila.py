@@ -95,6 +95,7 @@ class HiLaConfig:
     mcl_temperature: float = 0.1
     mcl_weight: float = 0.1  # lambda
     mcl_dim: int = 128
+    nll_alpha: float = 0.0  # uncensored weight of the NLL, read by the trainer (METHODS 1.6)
 
 
 @register_model("hila", HiLaConfig, "HiLa: OPL at patch and region level, CLP and MCL (full model)")
