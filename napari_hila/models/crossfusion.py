@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from napari_hila.errors import FeatureFileError
+from napari_hila.features.multiscale import parse_magnification
 from napari_hila.features.store import SlideFeatures
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.batch import SlideBatch, collate
@@ -42,7 +43,6 @@ __all__ = [
     "CrossFusionConfig",
     "CrossFusion",
     "scale_tokens",
-    "magnification",
     "synthetic_multiscale_slide",
 ]
 
@@ -69,14 +69,6 @@ class CrossFusionConfig:
     )
     explain_top_fraction: float = 0.1  # share of tiles marked "selected" in the explanation
     explain_query_chunk: int = 128  # 10x queries per step for the explanation maps (bounds memory)
-
-
-def magnification(name: str) -> float:
-    """'10x' -> 10.0; raises ValueError for a name that is not a magnification."""
-    try:
-        return float(name.lower().rstrip("x"))
-    except ValueError:
-        raise ValueError(f"scale name {name!r} is not a magnification such as '10x'") from None
 
 
 def scale_tokens(
@@ -307,7 +299,7 @@ class CrossFusion(nn.Module):
             return tile_size_for(scale, xy, sizes)
         _, main_mask, main_coords = scale_tokens(batch, main, main)
         main_size = tile_size_for(main, main_coords[0][main_mask[0]].cpu().numpy(), sizes)
-        return int(round(main_size * magnification(main) / magnification(scale)))
+        return int(round(main_size * parse_magnification(main) / parse_magnification(scale)))
 
 
 def synthetic_multiscale_slide(n_patches: int, feature_dim: int, seed: int = 0) -> SlideFeatures:
