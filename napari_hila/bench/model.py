@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=12.0,
+        help="address-space cap per model process, so a model that needs more fails with an "
+        "error in the JSON instead of waking the system's out-of-memory killer (12)",
+    )
 
 
 def benchmark_models(args: argparse.Namespace) -> list[str]:
@@ -139,6 +146,8 @@ def _measure_model(name: str, settings: dict[str, Any], queue) -> None:
     from napari_hila.models import collate, get_model_spec
 
     try:
+        limit = int(settings["memory_limit_gb"] * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         torch.set_num_threads(settings["threads"])
         model = build_for_bench(name, settings)
         cls = get_model_spec(name).model_cls
@@ -282,6 +291,7 @@ def run(args: argparse.Namespace) -> dict:
         "text_dim": args.text_dim,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
+        "memory_limit_gb": args.memory_limit_gb,
     }
     out: dict[str, Any] = {
         "settings": settings,
