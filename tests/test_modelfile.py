@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.errors import ModelFileError
 from napari_hila.features.store import SlideFeatures

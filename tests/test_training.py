@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.errors import FeatureFileError, HilaError
 from napari_hila.features.store import SlideFeatures, save_features
@@ -141,3 +142,30 @@ def test_mixed_encoders_refused(tmp_path):
     cohort = read_cohort(csv, feats)
     with pytest.raises(FeatureFileError, match="other-encoder.*fake-encoder"):
         load_cohort_features(cohort, feats)
+
+
+def test_prompt_model_gets_embeddings_and_card_keeps_prompts(tiny_cohort, tmp_path):
+    """A model that uses prompts (hila) trains through the generic hook."""
+    cohort, bags = tiny_cohort
+    rng = np.random.default_rng(0)
+    levels = {
+        level: {
+            "names": [f"{level} a", f"{level} b"],
+            "texts": [f"text of {level} a", f"text of {level} b"],
+            "embeddings": rng.normal(size=(2, 16)).tolist(),
+        }
+        for level in ("patch", "region")
+    }
+    prompt_set = {"name": "test", "text_encoder": "random", "text_dim": 16, "levels": levels}
+    settings = RunSettings(model="hila", folds=2, epochs=1, batch_size=4)
+    run_training(
+        cohort, bags, tmp_path / "h", settings, prompt_set, show_progress=False, log=lambda m: None
+    )
+    loaded = load_model(tmp_path / "h" / "final_model", "cpu")
+    card = loaded.card
+    assert card["config"]["text_dim"] == 16 and card["config"]["region_dim"] == 6
+    assert card["prompts"]["patch"]["names"] == ["patch a", "patch b"]
+    np.testing.assert_allclose(
+        loaded.model.prompt_embeddings_patch.numpy(), levels["patch"]["embeddings"], rtol=1e-6
+    )
+    assert len(card["feature_scaling"]["patch"]["mean"]) == 6
