@@ -104,15 +104,10 @@ def features_for_model(
 
 
 def _explain(model, feats, device):
-    import inspect
-
     from napari_hila.models.batch import collate
 
     batch = collate([feats]).to(device)
-    kwargs = {}
-    if "tile_sizes" in inspect.signature(model.explain).parameters:
-        kwargs["tile_sizes"] = {"patch": feats.patch_size, "region": feats.region_size}
-    return model.explain(batch, **kwargs)
+    return model.explain(batch, tile_sizes={"patch": feats.patch_size, "region": feats.region_size})
 
 
 def _warnings(card: dict[str, Any], mpp_is_assumed: bool, num_patches: int) -> list[str]:
