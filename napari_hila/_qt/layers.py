@@ -55,25 +55,53 @@ class ResultLayers:
         prompts: dict[str, int | str] | None = None,
         units: Any = None,
     ) -> list[Layer]:
-        """Replace any previous overlays with this result's; returns the new layers."""
-        self.clear()
+        """Show this result's overlays, replacing the previous result's.
+
+        Layers of the same kind and level are updated in place (napari removes
+        a layer slowly, and the user keeps their colormap, opacity and
+        visibility); the others are added or removed.
+        """
+        previous = {_key(layer): layer for layer in self.layers if layer in self.viewer.layers}
+        prompts = dict(prompts or self._same_prompts(result))
         self.result = result
-        specs = overlays.result_layers(result, prompts, tissue)
-        for data, kwargs, kind in specs:
+        self.layers, self.heatmaps = [], {}
+        for data, kwargs, kind in overlays.result_layers(result, prompts, tissue):
             if units is not None:
                 kwargs["units"] = units
-            layer = Layer.create(data, kwargs, kind)
-            meta = layer.metadata
-            if meta.get(overlays.OVERLAY_KEY) == "heatmap":
-                self.heatmaps[meta["level"]] = layer
-                self.prompts[meta["level"]] = int(meta["prompt_index"])
-                _add_tile_status(layer, self)
-            self.viewer.add_layer(layer)
+            old = previous.pop(
+                (kwargs["metadata"].get(overlays.OVERLAY_KEY), kwargs["metadata"].get("level")),
+                None,
+            )
+            layer = _update(old, data, kwargs, kind) if old is not None else None
+            if layer is None:
+                if old is not None:
+                    self.viewer.layers.remove(old)
+                layer = Layer.create(data, kwargs, kind)
+                if layer.metadata.get(overlays.OVERLAY_KEY) == "heatmap":
+                    _add_tile_status(layer, self)
+                self.viewer.add_layer(layer)
             self.layers.append(layer)
+            if layer.metadata.get(overlays.OVERLAY_KEY) == "heatmap":
+                self.heatmaps[layer.metadata["level"]] = layer
+        for stale in previous.values():
+            self.viewer.layers.remove(stale)
+        self.prompts = {lv: int(ly.metadata["prompt_index"]) for lv, ly in self.heatmaps.items()}
         finest = self.finest_level()
         if finest in self.heatmaps:
             self.viewer.layers.selection.active = self.heatmaps[finest]
         return list(self.layers)
+
+    def _same_prompts(self, result: PredictionResult) -> dict[str, int]:
+        """The prompts shown now, kept for a new result whose prompt lists are the same."""
+        if self.result is None:
+            return {}
+        kept = {}
+        for level, index in self.prompts.items():
+            old = self.result.explanation.levels.get(level)
+            new = result.explanation.levels.get(level)
+            if old is not None and new is not None and old.map_names == new.map_names:
+                kept[level] = index
+        return kept
 
     def clear(self) -> None:
         """Remove this manager's layers that are still in the viewer."""
@@ -141,6 +169,35 @@ class ResultLayers:
             return
         position = tuple(event.position)[-2:]
         self.on_hover(self.describe(position))
+
+
+def _key(layer: Layer) -> tuple[Any, Any]:
+    return layer.metadata.get(overlays.OVERLAY_KEY), layer.metadata.get("level")
+
+
+def _update(layer: Layer, data: Any, kwargs: dict[str, Any], kind: str) -> Layer | None:
+    """Put new data into an existing overlay layer; None when it must be rebuilt."""
+    if layer._type_string != kind or (kind == "shapes" and len(data) != layer.nshapes):
+        return None
+    if kind == "shapes":
+        layer.data = data
+        layer.edge_color = kwargs["edge_color"]
+        layer.edge_width = kwargs["edge_width"]
+    else:
+        layer.data = data
+    layer.scale = kwargs.get("scale", layer.scale)
+    layer.translate = kwargs.get("translate", layer.translate)
+    if kind == "image":
+        high = max(float(np.nanmax(data)) if np.isfinite(data).any() else 1.0, 1e-6)
+        layer.contrast_limits_range = (0.0, high)
+        layer.contrast_limits = kwargs["contrast_limits"]
+    if kind == "labels" and "colormap" in kwargs:
+        layer.colormap = kwargs["colormap"]
+    if "features" in kwargs:
+        layer.features = kwargs["features"]
+    layer.name = kwargs["name"]
+    layer.metadata = dict(kwargs["metadata"])
+    return layer
 
 
 def _add_tile_status(layer: Image, manager: ResultLayers) -> None:

@@ -8,6 +8,7 @@ to do; nothing here lets an exception reach napari.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from napari_hila.predict import default_cache_dir
 from napari_hila.results import PredictionResult
 
 GALLERY_SIZE = 9
+log = logging.getLogger(__name__)
 
 
 def describe_risk(result: PredictionResult) -> str:
@@ -236,7 +238,14 @@ class HilaSurvivalDock(QWidget):
         elif outcome.result is not None:
             self.progress.setValue(1000)
             self.stage_label.setText(f"done in {outcome.seconds:.1f} s")
-            self.show_result(outcome.result, outcome.tissue, card=self.card)
+            try:
+                self.show_result(outcome.result, outcome.tissue, card=self.card)
+            except Exception as err:  # a display bug must not become a napari traceback
+                log.exception("showing the result of %s failed", outcome.result.slide_path)
+                show_error(
+                    f"{outcome.result.slide_path}: the prediction finished but could not be shown "
+                    f"({type(err).__name__}: {err}); please report it"
+                )
 
     # -- showing a result ---------------------------------------------------------
     def show_result(

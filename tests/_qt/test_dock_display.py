@@ -48,9 +48,19 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     assert "Risk score" in dock.risk_label.text()
     assert "high risk" in dock.risk_label.text() or "low risk" in dock.risk_label.text()
     # a second result replaces the first's layers instead of stacking them
+    # the user's colormap survives, the layer is updated in place, the data is new
+    first_heat = dock.layers.heatmaps["patch"]
+    first_heat.colormap = "magma"
     result = fake_result(str(sample_slide), seed=1)
     dock.show_result(result)
     assert len(overlay_layers(viewer, "heatmap")) == 2
+    assert dock.layers.heatmaps["patch"] is first_heat and first_heat.colormap.name == "magma"
+    level = result.explanation.levels["patch"]
+    layout = overlays.grid_layout(level.coords, 256)
+    np.testing.assert_allclose(
+        first_heat.data[layout.rows, layout.cols], overlays.heatmap_values(level, 0)
+    )
+    first_heat.colormap = "turbo"
 
     # prompt switching, bar clicks, gallery and hover
     heat = dock.layers.heatmaps["patch"]
