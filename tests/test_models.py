@@ -248,3 +248,19 @@ def test_bad_prompt_settings_are_refused():
     model = make_model("hila")
     with pytest.raises(ValueError, match="prompt embeddings must be"):
         model.set_prompt_embeddings("patch", np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("add_aligned_prompt", "differentiable", "text_learns"),
+    [(True, False, True), (False, False, False), (False, True, True)],
+)
+def test_gradient_path_into_the_prompts(add_aligned_prompt, differentiable, text_learns, rng):
+    # With a constant plan and the bare pooling formula nothing reaches the text
+    # projection; the aligned-prompt term or a differentiable plan opens a path.
+    model = make_model(
+        "hila-patch", add_aligned_prompt=add_aligned_prompt, sinkhorn_differentiable=differentiable
+    ).train()
+    out = model(collate([make_slide(rng, 20, 2), make_slide(rng, 11, 1)]))
+    out.risk.sum().backward()
+    grad = model.text["patch"].linear.weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == text_learns
