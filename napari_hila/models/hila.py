@@ -187,7 +187,10 @@ class HiLa(nn.Module):
         if level not in self.levels:
             raise ValueError(f"this model has no {level!r} prompts; levels: {self.levels}")
         buffer = getattr(self, f"prompt_embeddings_{level}")
-        values = torch.as_tensor(np.asarray(embeddings), dtype=buffer.dtype)
+        if isinstance(embeddings, torch.Tensor):
+            values = embeddings.detach().to(buffer.dtype)
+        else:
+            values = torch.as_tensor(np.asarray(embeddings), dtype=buffer.dtype)
         if tuple(values.shape) != tuple(buffer.shape):
             raise ValueError(
                 f"{level} prompt embeddings must be {tuple(buffer.shape)} "
