@@ -32,6 +32,7 @@ __all__ = [
     "camera_for_token",
     "grid_layout",
     "heatmap_layer",
+    "heatmap_limits",
     "heatmap_values",
     "prompt_index",
     "region_outline_layer",
@@ -154,6 +155,22 @@ def heatmap_values(level: LevelExplanation, prompt: int | str) -> np.ndarray:
     return (column / mean).astype(np.float32)
 
 
+def heatmap_limits(values: np.ndarray) -> tuple[float, float]:
+    """Contrast limits spanning the 1st to 99th percentile (robust to a few extreme tiles).
+
+    Near-uniform alignments would otherwise show as one flat colour; a
+    degenerate range is widened around its value so the colours stay honest.
+    """
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return (0.0, 1.0)
+    low, high = (float(v) for v in np.percentile(values, [1, 99]))
+    if high - low < 1e-6:
+        low, high = low - 0.5, high + 0.5
+    return (low, high)
+
+
 def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict[str, Any]:
     return {
         OVERLAY_KEY: kind,
@@ -173,14 +190,13 @@ def heatmap_layer(
     layout = grid_layout(level.coords, level.tile_size)
     values = heatmap_values(level, k)
     image = layout.paint(values)
-    high = float(np.percentile(values, 99)) if len(values) else 1.0
     kwargs = {
         "name": f"{level_name} prompt: {level.map_names[k]}",
         "scale": layout.scale(result.mpp),
         "translate": layout.translate(result.mpp),
         "colormap": colormap,
         "opacity": 0.6,
-        "contrast_limits": (0.0, max(high, 1e-6)),
+        "contrast_limits": heatmap_limits(values),
         "interpolation2d": "nearest",
         "blending": "translucent",
         "metadata": _meta(

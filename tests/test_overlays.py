@@ -175,3 +175,13 @@ def test_card_cindex_from_trainer_metrics():
     assert cross_validated_cindex({"c_index": [0.6, 0.7]}) == pytest.approx((0.65, 0.0707107))
     text = card_summary({"model": "hila", "label": "x (synthetic)", "metrics": metrics})
     assert "0.650 &plusmn; 0.071" in text and "Not for clinical use" in text
+
+
+def test_heatmap_limits_spread_near_uniform_values():
+    values = np.r_[np.full(98, 1.0), 0.2, 9.0] + np.linspace(0, 0.01, 100)
+    low, high = overlays.heatmap_limits(values)
+    assert np.percentile(values, 1) == pytest.approx(low)
+    assert np.percentile(values, 99) == pytest.approx(high)
+    assert high < 9.0  # one extreme tile does not flatten the rest
+    assert overlays.heatmap_limits(np.ones(5)) == (0.5, 1.5)
+    assert overlays.heatmap_limits(np.array([np.nan])) == (0.0, 1.0)

@@ -243,11 +243,9 @@ def region_figure(
     k = overlays.prompt_index(lv, prompt)
     layout = overlays.grid_layout(lv.coords, lv.tile_size)
     values = overlays.heatmap_values(lv, k)
-    high = max(float(np.percentile(values, 99)), 1e-6) if len(values) else 1.0
+    limits = overlays.heatmap_limits(values)
     cmap = matplotlib.colormaps["turbo"]
-    blended = heatmap_over(
-        pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, (0.0, high)
-    )
+    blended = heatmap_over(pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, limits)
     name = lv.map_names[k]
     return compose_annotated(
         blended,
@@ -255,7 +253,7 @@ def region_figure(
         f"{result.model_label or result.model_name} — risk {result.risk:.3f}",
         f"{Path(result.slide_path).name}  x {x0}-{x1}, y {y0}-{y1}   prompt ({level}): {name}",
         colormap=cmap,
-        contrast_limits=(0.0, high),
+        contrast_limits=limits,
         colorbar_label=f"alignment with '{name}' (x slide mean)",
     )
 

@@ -131,8 +131,7 @@ class ResultLayers:
             self.heatmaps[level] = layer
         else:
             layer.data = data
-            layer.contrast_limits_range = (0.0, max(float(np.nanmax(data)), 1e-6))
-            layer.contrast_limits = kwargs["contrast_limits"]
+            _set_contrast(layer, data, kwargs["contrast_limits"])
             layer.name = kwargs["name"]
             layer.metadata = {**layer.metadata, **kwargs["metadata"]}
         self.prompts[level] = int(kwargs["metadata"]["prompt_index"])
@@ -188,9 +187,7 @@ def _update(layer: Layer, data: Any, kwargs: dict[str, Any], kind: str) -> Layer
     layer.scale = kwargs.get("scale", layer.scale)
     layer.translate = kwargs.get("translate", layer.translate)
     if kind == "image":
-        high = max(float(np.nanmax(data)) if np.isfinite(data).any() else 1.0, 1e-6)
-        layer.contrast_limits_range = (0.0, high)
-        layer.contrast_limits = kwargs["contrast_limits"]
+        _set_contrast(layer, data, kwargs["contrast_limits"])
     if kind == "labels" and "colormap" in kwargs:
         layer.colormap = kwargs["colormap"]
     if "features" in kwargs:
@@ -198,6 +195,15 @@ def _update(layer: Layer, data: Any, kwargs: dict[str, Any], kind: str) -> Layer
     layer.name = kwargs["name"]
     layer.metadata = dict(kwargs["metadata"])
     return layer
+
+
+def _set_contrast(layer: Image, data: np.ndarray, limits: tuple[float, float]) -> None:
+    """Slider range over all the data's values, limits as the overlay suggests."""
+    finite = data[np.isfinite(data)]
+    low = min(float(finite.min()), limits[0]) if finite.size else limits[0]
+    high = max(float(finite.max()), limits[1]) if finite.size else limits[1]
+    layer.contrast_limits_range = (low, high)
+    layer.contrast_limits = limits
 
 
 def _add_tile_status(layer: Image, manager: ResultLayers) -> None:

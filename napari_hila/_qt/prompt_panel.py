@@ -19,6 +19,7 @@ from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult, PromptContribution
 
 THUMB_PX = 72
+TOP_PROMPTS = 10  # bars in the chart; the lists in the dock hold every prompt
 
 
 def ranked_contributions(contributions: list[PromptContribution]) -> list[PromptContribution]:
@@ -47,9 +48,9 @@ class ContributionChart(FigureCanvasQTAgg):
 
         self.figure.clear()
         ax = self.figure.add_subplot(1, 1, 1)
-        plot_prompt_contributions(result, ax=ax)
+        plot_prompt_contributions(result, ax=ax, top=TOP_PROMPTS)
         # plot_prompt_contributions draws the strongest on top: bar i is ranked[::-1][i]
-        ranked = ranked_contributions(result.explanation.contributions)[::-1]
+        ranked = ranked_contributions(result.explanation.contributions)[:TOP_PROMPTS][::-1]
         colors = theme_colors(self.viewer)
         self.bars = list(zip(ax.patches, ranked, strict=False))
         for bar, contrib in self.bars:
@@ -57,7 +58,14 @@ class ContributionChart(FigureCanvasQTAgg):
             if highlight.get(contrib.level) == contrib.name:
                 bar.set_edgecolor(colors["foreground"])
                 bar.set_linewidth(1.5)
-        ax.title.set_fontsize(7)
+        short = [
+            f"{c.level[:1].upper()}: {c.name if len(c.name) <= 24 else c.name[:23] + '…'}"
+            for c in ranked
+        ]
+        ax.set_yticks(range(len(ranked)), short, fontsize=8)
+        method = result.explanation.contribution_method
+        ax.set_title(f"top {len(ranked)} prompts by effect on risk", fontsize=8)
+        self.setToolTip(f"Contribution method: {method}" if method else "")
         ax.set_xlabel("change in risk (positive raises it)", fontsize=8)
         apply_theme(self.figure, self.viewer)
         self.draw_idle()

@@ -60,7 +60,7 @@ def describe_risk(result: PredictionResult) -> str:
     edges = np.asarray(result.time_bin_edges, float)
     if len(edges) == len(survival) + 1:
         steps = ", ".join(
-            f"{edge:g} {result.time_unit}: {s:.2f}"
+            f"{edge:.3g} {result.time_unit}: {s:.2f}"
             for edge, s in zip(edges[1:], survival, strict=True)
             if np.isfinite(edge)
         )
