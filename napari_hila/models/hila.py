@@ -100,7 +100,14 @@ class HiLaConfig:
 
 @register_model("hila", HiLaConfig, "HiLa: OPL at patch and region level, CLP and MCL (full model)")
 class HiLa(nn.Module):
-    """HiLa and its ablations; forward(SlideBatch) -> SurvivalOutput."""
+    """HiLa and its ablations; forward(SlideBatch) -> SurvivalOutput.
+
+    Degenerate slides: with fewer tokens than ``min_selected`` all are
+    selected; a level with no token at all (a slide without regions) gets the
+    learned ``empty_level`` feature for every prompt, so the risk then rests
+    on the other level; a region holding no selected patch gets CLP's learned
+    empty token.
+    """
 
     def __init__(self, config: HiLaConfig) -> None:
         super().__init__()
