@@ -57,9 +57,8 @@ class VPTSurvConfig:
     vit: dict = field(default_factory=dict)  # ViTConfig fields; filled from the checkpoint
     adaptor_dim: int = 24
     adaptor_heads: int = 1  # (not from the paper)
-    highpass_cutoff: float = (
-        0.05  # cycles/pixel below which the structure prompt drops frequencies (not from the paper)
-    )
+    # structure prompt: frequencies below this many cycles/pixel are removed (not from the paper)
+    highpass_cutoff: float = 0.05
     tile_pooling: str = "mean"  # "mean" of the patch tokens or the "cls" token (not from the paper)
     decoder_dim: int = 256  # (not from the paper)
     decoder_heads: int = 4  # (not from the paper)
@@ -73,9 +72,8 @@ class VPTSurvConfig:
     target_mpp: float = 0.5  # tile resolution, um/px
     tile_seed: int = 0  # tile sampling: the same (seed, epoch, slide) always gives the same tiles
     tile_chunk: int = 32  # tiles through the encoder at once (bounds memory)
-    checkpoint_tiles: bool = (
-        True  # recompute encoder activations in backward: memory per chunk, not per slide
-    )
+    # recompute encoder activations in backward: training memory per chunk, not per slide
+    checkpoint_tiles: bool = True
     explain_top_fraction: float = 0.1
 
     @property
