@@ -259,7 +259,7 @@ class VPTSurv(nn.Module):
             "dim": int(self.encoder.config.width),
         }
         return {
-            "encoders": {"patch": encoder, "region": {"name": None, "version": "", "dim": 0}},
+            "encoders": {"patch": encoder},  # no region encoder: tiles only
             "grid": {
                 "patch_px": cfg.tile_px,
                 "target_mpp": cfg.target_mpp,
