@@ -46,6 +46,10 @@ class Slide(abc.ABC):
     """One whole-slide image opened read-only; see docs/ARCHITECTURE.md."""
 
     backend: str = ""
+    #: Build computed levels from reduced tile decodes (JPEG: DCT scaling) where the
+    #: backend can; False keeps 2 x 2 means of full decodes (the reference the bench
+    #: compares against).
+    reduced_decode: bool = True
 
     def __init__(
         self,
@@ -75,6 +79,16 @@ class Slide(abc.ABC):
     @abc.abstractmethod
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels of a box that lies inside ``level``, in that level's pixels."""
+
+    def _reduced_level(self, level: int, scale: int) -> LevelArray | None:
+        """``level`` at 1/``scale`` (2, 4 or 8) from reduced tile decodes, or None.
+
+        Each pixel is (an estimate of) the mean of ``scale`` x ``scale`` pixels
+        of ``level``; the size is floor(level size / scale). Backends that can
+        decode tiles at reduced size override this; None means "average the
+        finer level".
+        """
+        return None
 
     @abc.abstractmethod
     def read_associated(self, name: str) -> np.ndarray:
@@ -129,8 +143,11 @@ class Slide(abc.ABC):
             for i, (w, h) in enumerate(self.level_dimensions)
         ]
         downsamples = list(self.level_downsamples)
+        coarsest, scale = len(arrays) - 1, 1
         while max(arrays[-1].shape[:2]) > MAX_COARSEST_SIDE:
-            arrays.append(halved(arrays[-1]))
+            scale *= 2
+            reduced = self._reduced_level(coarsest, scale) if self.reduced_decode else None
+            arrays.append(reduced if reduced is not None else halved(arrays[-1]))
             downsamples.append(downsamples[-1] * 2)
         if len(arrays) > self.level_count:  # computed overview: compute it once
             arrays[-1] = memoized(arrays[-1])
@@ -156,8 +173,9 @@ class Slide(abc.ABC):
 
         The file's own levels come first, chunked at its tile size; a slide
         whose coarsest level is wider than ``MAX_COARSEST_SIDE`` gets extra
-        levels computed lazily by 2x2 averaging, so napari and the tissue
-        detector never have to load a full-resolution image.
+        levels computed lazily (1/2, 1/4, 1/8 from reduced tile decodes where
+        the backend can, coarser ones by 2x2 averaging), so napari and the
+        tissue detector never have to load a full-resolution image.
         """
         return list(self._pyramid)
 

@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ import numpy as np
 import tifffile
 
 from napari_hila.errors import SlideError
+from napari_hila.slides.arrays import LevelArray
 from napari_hila.slides.base import Slide
 from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
 
@@ -283,6 +285,24 @@ class TifffileSlide(Slide):
         except Exception as err:
             raise SlideError(
                 f"{self.path}: reading level {level} at ({x}, {y}) failed ({err}); "
+                "the file is probably truncated or corrupt"
+            ) from err
+
+    def _reduced_level(self, level: int, scale: int) -> LevelArray | None:
+        tiled = self._tiled[level]
+        if tiled is None or not tiled.supports_scale(scale):
+            return None
+        w, h = self.level_dimensions[level]
+        return LevelArray(partial(self._read_reduced_box, level, scale), w // scale, h // scale)
+
+    def _read_reduced_box(
+        self, level: int, scale: int, x: int, y: int, w: int, h: int
+    ) -> np.ndarray:
+        try:
+            return self._tiled[level].read_box(x, y, w, h, scale=scale)
+        except Exception as err:
+            raise SlideError(
+                f"{self.path}: reading level {level} at 1/{scale} at ({x}, {y}) failed ({err}); "
                 "the file is probably truncated or corrupt"
             ) from err
 

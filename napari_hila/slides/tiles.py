@@ -6,6 +6,10 @@ tile is decoded once by tifffile's own codec (JPEG, JPEG 2000, LZW, ...), and
 recently decoded tiles are kept in a small LRU cache that napari's panning
 and overlapping patch reads hit. On the sample and the generated slides this
 is about twice as fast per 256 px read as OpenSlide (``napari-hila bench io``).
+
+Coarse views of a level (1/2, 1/4, 1/8) are read from reduced tile decodes:
+JPEG tiles are decoded directly at that scale by libjpeg's DCT scaling
+(``jpeg.py``), other compressions are decoded in full and 2 x 2 averaged.
 """
 
 from __future__ import annotations
@@ -17,9 +21,21 @@ import threading
 import numpy as np
 import tifffile
 
+from napari_hila.slides.arrays import mean_2x2
+from napari_hila.slides.jpeg import (
+    DCT_SCALES,
+    JpegStreamError,
+    decode_jpeg_scaled,
+    tiff_jpeg_stream,
+)
+
 #: Decoded tiles kept per level: 256 tiles of 256 x 256 RGB are about 50 MB,
 #: several screens of a full-HD canvas.
 TILE_CACHE_TILES = 256
+#: Bytes of reduced tiles kept per level and scale (1/8 tiles of 256 px: 10,000 tiles).
+REDUCED_CACHE_BYTES = 32 << 20
+#: JPEG colour space of the samples, by TIFF photometric interpretation.
+_JPEG_COLORSPACE = {tifffile.PHOTOMETRIC.RGB: "RGB", tifffile.PHOTOMETRIC.YCBCR: "YCbCr"}
 
 
 class FileBytes:
@@ -68,32 +84,88 @@ class TiledLevel:
         self._counts = page.databytecounts
         self._jpegtables = page.jpegtables
         self.tile = functools.lru_cache(maxsize=cache_tiles)(self._decode_tile)
+        self._jpeg_colorspace = (
+            _JPEG_COLORSPACE.get(page.photometric)
+            if page.compression == tifffile.COMPRESSION.JPEG
+            else None
+        )
+        self._reduced = {
+            scale: functools.lru_cache(maxsize=self._reduced_cache_tiles(scale))(
+                functools.partial(self._decode_reduced_tile, scale)
+            )
+            for scale in DCT_SCALES
+        }
+
+    def _reduced_cache_tiles(self, scale: int) -> int:
+        return max(16, REDUCED_CACHE_BYTES // (3 * (self.tile_w // scale) * (self.tile_h // scale)))
+
+    @property
+    def dct_scaled(self) -> bool:
+        """True when reduced tiles come from DCT-scaled JPEG decodes, not full decodes."""
+        return self._jpeg_colorspace is not None
+
+    def _raw_tile(self, index: int) -> bytes:
+        return self._data.read(self._offsets[index], self._counts[index])
 
     def _decode_tile(self, row: int, column: int) -> np.ndarray:
         index = row * self._columns + column
-        count = self._counts[index]
-        if not count:  # a missing tile (sparse files): OpenSlide shows it as empty
+        if not self._counts[index]:  # a missing tile (sparse files): OpenSlide shows it as empty
             return np.full((self.tile_h, self.tile_w, 3), 255, np.uint8)
-        raw = self._data.read(self._offsets[index], count)
+        raw = self._raw_tile(index)
         tile = self._page.decode(raw, index, jpegtables=self._jpegtables)[0]
         tile = tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
         tile.flags.writeable = False  # shared through the cache
         return tile
 
-    def read_box(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Pixels of a box inside the level (level px)."""
-        tw, th = self.tile_w, self.tile_h
+    def _decode_reduced_tile(self, scale: int, row: int, column: int) -> np.ndarray:
+        """Tile (row, column) at 1/scale: DCT-scaled for JPEG, else full decode + 2x2 means."""
+        shape = (self.tile_h // scale, self.tile_w // scale, 3)
+        index = row * self._columns + column
+        if not self._counts[index]:
+            return np.full(shape, 255, np.uint8)
+        tile = None
+        if self._jpeg_colorspace is not None:
+            try:
+                stream, size = tiff_jpeg_stream(self._raw_tile(index), self._jpegtables)
+            except JpegStreamError:  # e.g. lossless or 12-bit JPEG: the full decode path
+                stream, size = b"", (0, 0)
+            if size == (self.tile_w, self.tile_h):
+                tile = decode_jpeg_scaled(stream, size, scale, self._jpeg_colorspace)
+        if tile is None:  # the uncached full decode: an overview pass must not flush the cache
+            tile = self._decode_tile(row, column)
+            for _ in range(scale.bit_length() - 1):
+                tile = mean_2x2(tile)
+        tile.flags.writeable = False
+        return tile
+
+    def supports_scale(self, scale: int) -> bool:
+        """Whether :meth:`read_box` can read this level at 1/scale from reduced tiles."""
+        return scale in DCT_SCALES and self.tile_w % scale == 0 and self.tile_h % scale == 0
+
+    def read_box(self, x: int, y: int, w: int, h: int, scale: int = 1) -> np.ndarray:
+        """Pixels of a box inside the level (level px), or of its 1/scale view (in those px).
+
+        A 1/scale pixel is the mean of scale x scale level pixels (the DCT's
+        estimate of it for JPEG tiles); see :meth:`supports_scale`.
+        """
+        if scale == 1:
+            get_tile, tw, th = self.tile, self.tile_w, self.tile_h
+        elif self.supports_scale(scale):
+            get_tile = self._reduced[scale]
+            tw, th = self.tile_w // scale, self.tile_h // scale
+        else:
+            raise ValueError(f"cannot read 1/{scale} of {self.tile_w} x {self.tile_h} px tiles")
         first_col, last_col = x // tw, (x + w - 1) // tw
         first_row, last_row = y // th, (y + h - 1) // th
         if first_col == last_col and first_row == last_row:  # inside one tile
             ox, oy = x - first_col * tw, y - first_row * th
-            return self.tile(first_row, first_col)[oy : oy + h, ox : ox + w].copy()
+            return get_tile(first_row, first_col)[oy : oy + h, ox : ox + w].copy()
         out = np.empty((h, w, 3), np.uint8)
         for row in range(first_row, last_row + 1):
             y0, y1 = max(y, row * th), min(y + h, (row + 1) * th)
             for col in range(first_col, last_col + 1):
                 x0, x1 = max(x, col * tw), min(x + w, (col + 1) * tw)
-                tile = self.tile(row, col)
+                tile = get_tile(row, col)
                 out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[
                     y0 - row * th : y1 - row * th, x0 - col * tw : x1 - col * tw
                 ]
