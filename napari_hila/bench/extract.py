@@ -8,12 +8,16 @@ measures, for the same grid patches read through the same prefetching reader:
 - ``encode_only``: the encoder on tiles already in memory;
 - ``end_to_end``: :func:`extract_slide` from an empty cache (tissue, grid,
   read, encode, write), with the patch-stage rate and the whole-slide time;
-- peak resident memory during each, to show it stays flat as the slide grows.
+- peak resident memory during each, to show it stays flat as the slide grows
+  (each slide is measured in a fresh process, so the peaks are comparable).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +137,30 @@ def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _bench_slide_in_child(path: str, settings: dict) -> dict[str, Any]:
+    """One slide's measurements in a fresh process, so peak memory is that slide's alone."""
+    from napari_hila.features.extract import vision_encoder
+
+    args = argparse.Namespace(**settings)
+    return _bench_slide(Path(path), args, vision_encoder(args.encoder, args.weights, "auto"))
+
+
+def _run_child(path: Path, settings: dict) -> dict[str, Any]:
+    code = (
+        "import json, sys; from napari_hila.bench.extract import _bench_slide_in_child as b; "
+        "print(json.dumps(b(sys.argv[1], json.loads(sys.argv[2]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
     from napari_hila.slides import detect_tissue, make_grids, open_slide
 
@@ -160,7 +188,7 @@ def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from napari_hila.features.extract import vision_encoder
 
-    encoder = vision_encoder(args.encoder, args.weights, "auto")
+    vision_encoder(args.encoder, args.weights, "auto")  # fail early on a bad name or weights
     if args.slide:
         slides = [Path(args.slide)]
     else:
@@ -171,7 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cached_test_slide(s, s, layout="svs", mpp=args.mpp, cache_dir=args.cache_dir)
             for s in sizes
         ]
-    results = [_bench_slide(p, args, encoder) for p in slides]
+    settings = {"encoder": args.encoder, "weights": args.weights, "batch_size": args.batch_size}
+    results = [_run_child(p, settings) for p in slides]
     ratios = [r["end_to_end_vs_decode"] for r in results]
     peaks = [r["end_to_end"].get("peak_rss_mb", 0.0) for r in results]
     return {
