@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class StageProgress:
     """Prints one line per stage and a percentage, for the terminal."""
 
-    def __init__(self, out=sys.stderr):
-        self.out = out
+    def __init__(self, out=None):
+        self.out = out  # None: whatever sys.stderr is when a line is printed
         self.stage = None
         self.last = -1
         self.started = time.perf_counter()
@@ -45,7 +45,11 @@ class StageProgress:
             self.stage, self.last = stage, -1
         if percent // 10 != self.last // 10 or percent == 100 and self.last != 100:
             elapsed = time.perf_counter() - self.started
-            print(f"  {stage:<9} {percent:3d}%  ({elapsed:.0f} s)", file=self.out, flush=True)
+            print(
+                f"  {stage:<9} {percent:3d}%  ({elapsed:.0f} s)",
+                file=self.out or sys.stderr,
+                flush=True,
+            )
             self.last = percent
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from napari_hila.errors import HilaError
@@ -92,7 +91,7 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def print_fold_table(metrics: dict[str, Any], out=sys.stdout) -> None:
+def print_fold_table(metrics: dict[str, Any], out=None) -> None:
     """The per-fold C-index table with mean and standard deviation."""
     print(f"\n{'fold':>6}  {'C-index':>8}", file=out)
     for k, c in enumerate(metrics["c_index_per_fold"]):
