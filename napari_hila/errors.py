@@ -23,6 +23,10 @@ class ModelFileError(HilaError):
     """A model file is missing, corrupt, or does not match the features."""
 
 
+class ModelConfigError(HilaError, ValueError):
+    """A model setting is unknown or out of range (e.g. ``--set select_ratio=1.5``)."""
+
+
 class CohortError(HilaError):
     """A cohort CSV has bad rows; the message lists them with line numbers."""
 

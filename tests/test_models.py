@@ -264,3 +264,16 @@ def test_gradient_path_into_the_prompts(add_aligned_prompt, differentiable, text
     out.risk.sum().backward()
     grad = model.text["patch"].linear.weight.grad
     assert (grad is not None and grad.abs().sum() > 0) == text_learns
+
+
+def test_bad_model_settings_are_user_errors_not_tracebacks(capsys):
+    """A wrong --set value or model name reaches the user as one clear line."""
+    from napari_hila.errors import HilaError
+    from napari_hila.models import build_model
+
+    with pytest.raises(HilaError, match="select_ratio"):
+        build_model("hila", patch_dim=8, region_dim=8, select_ratio=1.5)
+    with pytest.raises(HilaError, match="no setting.*not_a_setting"):
+        build_model("abmil", patch_dim=8, not_a_setting=1)
+    with pytest.raises(HilaError, match="unknown model 'hilla'.*available: .*hila"):
+        build_model("hilla")

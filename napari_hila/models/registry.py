@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from napari_hila.errors import ModelConfigError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -35,8 +37,14 @@ class ModelSpec:
         known = {f.name for f in dataclasses.fields(self.config_cls)}
         unknown = sorted(set(merged) - known)
         if unknown:
-            raise ValueError(f"model {self.name!r} has no setting(s) {', '.join(unknown)}")
-        return self.config_cls(**merged)
+            known_list = ", ".join(sorted(known))
+            raise ModelConfigError(
+                f"model {self.name!r} has no setting(s) {', '.join(unknown)}; its settings are: {known_list}"
+            )
+        try:
+            return self.config_cls(**merged)
+        except (TypeError, ValueError) as err:
+            raise ModelConfigError(f"model {self.name!r}: {err}") from err
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -69,7 +77,9 @@ def add_variant(
     """Register an extra name for an existing class with some settings fixed."""
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is registered twice")
-    _REGISTRY[name] = ModelSpec(name, model_cls, config_cls, description, inputs, tuple(overrides.items()))
+    _REGISTRY[name] = ModelSpec(
+        name, model_cls, config_cls, description, inputs, tuple(overrides.items())
+    )
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -77,7 +87,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
+        raise ModelConfigError(
             f"unknown model {name!r}; available: {', '.join(available_models())}"
         ) from None
 
@@ -90,7 +100,13 @@ def available_models() -> list[str]:
 def build_model(name: str, **config_values: Any) -> torch.nn.Module:
     """Instantiate model ``name`` with its config defaults overridden by ``config_values``."""
     spec = get_model_spec(name)
-    return spec.model_cls(spec.make_config(**config_values))
+    config = spec.make_config(**config_values)
+    try:
+        return spec.model_cls(config)
+    except ModelConfigError:
+        raise
+    except ValueError as err:  # settings validated by the model itself
+        raise ModelConfigError(f"model {name!r}: {err}") from err
 
 
 def _ensure_loaded() -> None:
