@@ -189,7 +189,7 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
         tiles = _resize_all(tiles, full_px)
     # Finest scale on the green channel alone (it carries most H&E contrast), as the
     # mean absolute difference of neighbours (L1: half the cost of the Euclidean norm).
-    green = torch.from_numpy(tiles[..., 1]).float()
+    green = torch.from_numpy(np.ascontiguousarray(tiles[..., 1])).float()
     grad_full = (
         (green[:, :-1, 1:] - green[:, :-1, :-1]).abs_().mean(dim=(1, 2))
         + (green[:, 1:, :-1] - green[:, :-1, :-1]).abs_().mean(dim=(1, 2))
