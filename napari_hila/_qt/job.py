@@ -62,15 +62,32 @@ def stage_text(stage: str, fraction: float) -> str:
     return f"{label} ({step}/{len(shown)}): {100 * min(max(fraction, 0.0), 1.0):.0f}%"
 
 
-def tissue_of(result: PredictionResult) -> Any:
-    """The tissue mask of the result's slide (a ``TissueMask``), recomputed from the slide.
+_TISSUE_CACHE: dict[tuple[str, int, int], Any] = {}
 
-    Tissue detection works on a thumbnail, so this costs a fraction of a second.
+
+def tissue_of(result: PredictionResult) -> Any:
+    """The tissue mask of the result's slide (a ``TissueMask``), computed once per file version.
+
+    Tissue detection reads a thumbnail (a few tenths of a second); a re-run on
+    the same unchanged file reuses the mask.
     """
     from napari_hila.slides import detect_tissue, open_slide
 
-    with open_slide(result.slide_path) as slide:
-        return detect_tissue(slide)
+    path = Path(result.slide_path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _TISSUE_CACHE:
+        with open_slide(path) as slide:
+            _TISSUE_CACHE.clear()  # one slide's mask at a time is all the viewer needs
+            _TISSUE_CACHE[key] = detect_tissue(slide)
+    return _TISSUE_CACHE[key]
+
+
+def _import_display_modules() -> None:
+    """Import what showing a result needs here, off the GUI thread (lifelines takes ~2 s)."""
+    import lifelines.statistics  # noqa: F401
+
+    import napari_hila.plotting  # noqa: F401
 
 
 def run_prediction(
@@ -109,6 +126,7 @@ def run_prediction(
         if cancel.is_set():
             raise Cancelled("cancelled by the user")
         tissue = tissue_of(result)
+        _import_display_modules()
         return JobOutcome(result=result, tissue=tissue, seconds=time.perf_counter() - started)
     except Cancelled:
         return JobOutcome(cancelled=True, seconds=time.perf_counter() - started)

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("napari_hila.bench.model", "forward/backward time and memory per model; Sinkhorn vs POT"),
     "extract": ("napari_hila.bench.extract", "tiles per second end to end vs decode only"),
     "train": ("napari_hila.bench.train", "seconds per epoch and peak memory for hila and abmil"),
+    "viewer": ("napari_hila.bench.viewer", "the dock's run: cold, cached, cancel latency vs predict_slide"),
 }
 
 

@@ -1,0 +1,109 @@
+"""The viewer's run: cold and cached prediction, cancel latency, result display.
+
+Times the function the HiLa dock runs in its worker thread
+(:func:`napari_hila._qt.job.run_prediction`: prediction plus the tissue mask)
+side by side with the peer, a bare :func:`napari_hila.predict.predict_slide`
+call on the same cache. Cancel latency is the time from setting the cancel
+event at the first tile-encoding report to the run returning. With
+``--gui`` (needs a display) it also times showing a result in a real napari
+viewer: the first time (layers added) and again (layers updated in place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slide", default=None, help="slide to run on (default: the sample)")
+    parser.add_argument("--model", default=None, help="model directory (default: the demo model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="cached runs to time")
+    parser.add_argument("--gui", action="store_true", help="also time the display in napari")
+
+
+def _seconds(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def _cancel_latency(slide: str, model: str, device: str, cache: Path) -> float:
+    from napari_hila._qt.job import run_prediction
+
+    cancel = threading.Event()
+    marks: dict[str, float] = {}
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage == "tiles" and "cancel" not in marks:
+            marks["cancel"] = time.perf_counter()
+            cancel.set()
+
+    outcome = run_prediction(slide, model, device, cache, progress, cancel)
+    if not outcome.cancelled or "cancel" not in marks:
+        raise RuntimeError("the run finished before it could be cancelled; use a bigger slide")
+    return time.perf_counter() - marks["cancel"]
+
+
+def _gui_timings(result: Any, tissue: Any) -> dict[str, float]:
+    from qtpy.QtWidgets import QApplication
+
+    from napari_hila._qt.app import launch_viewer, survival_dock_of
+
+    viewer = launch_viewer(result.slide_path)
+    dock = survival_dock_of(viewer)
+    first, _ = _seconds(lambda: dock.show_result(result, tissue))
+    QApplication.processEvents()
+    again, _ = _seconds(lambda: dock.show_result(result, tissue))
+    QApplication.processEvents()
+    viewer.close()
+    return {"show_result_first_s": round(first, 3), "show_result_update_s": round(again, 3)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from napari_hila._qt.job import run_prediction
+    from napari_hila.predict import predict_slide
+    from napari_hila.resources import resource_path, sample_slide_path
+
+    slide = str(args.slide or sample_slide_path())
+    model = str(args.model or resource_path("demo_model"))
+    with tempfile.TemporaryDirectory(prefix="hila-bench-viewer-") as tmp:
+        cache = Path(tmp) / "cache"
+        cold, outcome = _seconds(lambda: run_prediction(slide, model, args.device, cache))
+        if outcome.error:
+            raise RuntimeError(outcome.error)
+        cached, peer = [], []
+        for _ in range(max(args.repeats, 1)):
+            cached.append(_seconds(lambda: run_prediction(slide, model, args.device, cache))[0])
+            peer.append(
+                _seconds(lambda: predict_slide(slide, model, cache_dir=cache, device=args.device))[
+                    0
+                ]
+            )
+        latency = [
+            _cancel_latency(slide, model, args.device, Path(tmp) / f"c{i}") for i in range(2)
+        ]
+        report: dict[str, Any] = {
+            "slide": slide,
+            "model": model,
+            "tokens": {k: len(v.coords) for k, v in outcome.result.explanation.levels.items()},
+            "ours": {
+                "cold_run_s": round(cold, 3),
+                "cached_run_s_min": round(min(cached), 3),
+                "cached_run_s": [round(t, 3) for t in cached],
+                "cancel_latency_s": [round(t, 4) for t in latency],
+            },
+            "peer_predict_slide": {
+                "cached_run_s_min": round(min(peer), 3),
+                "cached_run_s": [round(t, 3) for t in peer],
+            },
+            "note": "ours = predict_slide + tissue mask, as the dock's worker runs it",
+        }
+        if args.gui:
+            report["ours"].update(_gui_timings(outcome.result, outcome.tissue))
+    return report
