@@ -33,6 +33,7 @@ def test_bench_io_reports_ours_beside_raw_openslide(tmp_path, monkeypatch):
         assert reads[name]["median_ms"] > 0 and reads[name]["p95_ms"] >= reads[name]["median_ms"]
     assert set(reads["ours_vs_raw_median_ratio"]) >= {"ours_tifffile_read_region"}
     assert "no display" in result["first_render"]["skipped"]
+    assert "own pyramid" in result["overview"]["skipped"]  # nothing computed: nothing to time
     # the generated slide is cached and reused
     assert len(list(tmp_path.glob("synthetic-svs-2048x2048-*.svs"))) == 1
 
@@ -48,3 +49,21 @@ def test_make_test_slide_script_writes_an_openslide_pyramid(tmp_path):
     slide = openslide.OpenSlide(str(out))
     assert slide.level_dimensions == ((2400, 1300), (600, 325))
     assert float(slide.properties["openslide.mpp-x"]) == 0.5
+
+
+def test_bench_io_times_the_flat_overview_both_ways(tmp_path, monkeypatch):
+    from napari_hila.slides import base
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setattr(base, "MAX_COARSEST_SIDE", 100)  # 1024 -> 512, 256, 128, 64 px
+    parser = argparse.ArgumentParser()
+    bench_io.add_arguments(parser)
+    args = parser.parse_args(
+        ["--size", "1024", "--layout", "flat", "--tiles", "4", "--cache-dir", str(tmp_path)]
+    )
+    overview = bench_io.run(args)["overview"]
+    assert overview["computed_levels"] == 4 and overview["coarsest_shape"] == [64, 64]
+    assert overview["source_level_tiles"] == 16
+    for method in ("dct_scaled", "full_decode"):
+        assert overview[method]["wall_s"] > 0 and overview[method]["cpu_s"] >= 0
+    assert overview["speedup_wall"] > 0

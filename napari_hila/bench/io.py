@@ -3,6 +3,11 @@
 Ours (both backends, direct and through the dask pyramid napari uses) side by
 side with raw openslide-python ``read_region`` on the same tissue locations of
 a generated 50,000 px slide (written once, then reused from the cache).
+
+For a slide without a pyramid (``--layout flat``) the coarsest computed level,
+which napari draws first, is timed two ways in the same run: from DCT-scaled
+JPEG tile decodes (what napari-hila does) and from full decodes averaged 2 x 2
+(the reference, ``--no-overview-reference`` skips it); so is the first render.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-render", action="store_true", help="skip the napari first-render timing"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overview-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on slides without a pyramid, also time the overview and first render the "
+        "reference way (full tile decodes + 2x2 means; minutes at 50,000 px)",
+    )
 
 
 def _rss_mb() -> dict[str, float]:
@@ -193,10 +205,57 @@ def open_benchmark(path: Path) -> dict[str, Any]:
     }
 
 
+OVERVIEW_METHODS = {"dct_scaled": True, "full_decode": False}  # -> Slide.reduced_decode
+
+
+def overview_benchmark(path: Path, reference: bool = True) -> dict[str, Any]:
+    """Wall and CPU time to compute the coarsest pyramid level, per method.
+
+    Only slides whose coarsest levels are computed (no pyramid in the file)
+    have one; each method gets a fresh handle, so no tile cache is shared.
+    """
+    from napari_hila.slides import open_slide
+
+    with open_slide(path) as slide:
+        downsamples = slide.pyramid_downsamples()
+        computed = len(downsamples) - slide.level_count
+        source = slide.level_dimensions[-1]  # computed levels derive from the coarsest file level
+        tiles = int(np.prod([-(-d // t) for d, t in zip(source, slide.tile_size, strict=True)]))
+        shape = slide.level_arrays()[-1].shape
+    if not computed:
+        return {"skipped": "the file has its own pyramid: no level is computed"}
+    results: dict[str, Any] = {
+        "computed_levels": computed,
+        "coarsest_downsample": downsamples[-1],
+        "coarsest_shape": list(shape[:2]),
+        "source_level_tiles": tiles,
+        "threads": os.cpu_count(),
+    }
+    methods = OVERVIEW_METHODS if reference else {"dct_scaled": True}
+    for name, reduced in methods.items():
+        with open_slide(path) as slide:
+            slide.reduced_decode = reduced
+            wall, cpu = time.perf_counter(), time.process_time()
+            np.asarray(slide.level_arrays()[-1])
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        results[name] = {
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "cpu_ms_per_tile": round(cpu * 1e3 / tiles, 4),
+        }
+    if reference:
+        full, dct = results["full_decode"], results["dct_scaled"]
+        results["speedup_wall"] = round(full["wall_s"] / max(dct["wall_s"], 1e-9), 2)
+        results["speedup_cpu"] = round(full["cpu_s"] / max(dct["cpu_s"], 1e-9), 2)
+    return results
+
+
 _RENDER_SCRIPT = """
 import json, sys, time
 start = time.perf_counter()
 import napari
+from napari_hila.slides.base import Slide
+Slide.reduced_decode = sys.argv[3] == "dct_scaled"
 from qtpy.QtWidgets import QApplication
 imported = time.perf_counter()
 viewer = napari.Viewer(show=True)
@@ -225,31 +284,39 @@ viewer.close()
 """
 
 
-def render_benchmark(path: Path) -> dict[str, Any]:
+def render_benchmark(path: Path, full_decode_reference: bool = False) -> dict[str, Any]:
     """Time from ``viewer.open`` to a non-blank canvas, in a fresh process.
 
     The first open pays one-time imports (the reader, tifffile, scikit-image);
-    the re-open is what every later slide costs.
+    the re-open is what every later slide costs. ``full_decode_reference``
+    adds a napari-hila run whose computed levels come from full tile decodes.
     """
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         return {"skipped": "no display: run under xvfb-run or with DISPLAY set"}
     results: dict[str, Any] = {}
-    peers = {"napari_hila": "napari-hila", "napari_wsi": "napari-wsi"}
-    for module, plugin in peers.items():
+    runs = [("napari-hila", "napari_hila", "napari-hila", "dct_scaled")]
+    if full_decode_reference:
+        runs.append(("napari-hila full-decode overview", "napari_hila", "napari-hila", "full"))
+    runs.append(("napari-wsi", "napari_wsi", "napari-wsi", "dct_scaled"))
+    for name, module, plugin, method in runs:
         if importlib.util.find_spec(module) is None:
-            results[plugin] = {"skipped": "not installed"}
+            results[name] = {"skipped": "not installed"}
             continue
-        proc = subprocess.run(
-            [sys.executable, "-c", _RENDER_SCRIPT, str(path), plugin],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _RENDER_SCRIPT, str(path), plugin, method],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+        except subprocess.TimeoutExpired:
+            results[name] = {"failed": ["no render within 1200 s"]}
+            continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            results[plugin] = {"failed": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
+            results[name] = {"failed": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
         else:
-            results[plugin] = {
+            results[name] = {
                 k: round(v, 3) if isinstance(v, float) else v
                 for k, v in json.loads(lines[-1]).items()
             }
@@ -276,16 +343,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tile_size": list(slide.tile_size),
             "prepare_s": round(prepared_s, 2),
         }
+    overview = overview_benchmark(path, reference=args.overview_reference)
     locations = tissue_locations(path, args.tiles, args.tile_px, args.seed)
+    reference_render = args.overview_reference and "skipped" not in overview
     return {
         "slide": about,
         "open": open_benchmark(path),
+        "overview": overview,
         "tile_reads": {
             "count": int(len(locations)),
             "tile_px": args.tile_px,
             **tile_read_benchmark(path, locations, args.tile_px),
         },
-        "first_render": {"skipped": "--no-render"} if args.no_render else render_benchmark(path),
+        "first_render": {"skipped": "--no-render"}
+        if args.no_render
+        else render_benchmark(path, full_decode_reference=reference_render),
         "peers": {
             "napari-wsi": "installed" if importlib.util.find_spec("napari_wsi") else "not installed"
         },

@@ -17,9 +17,11 @@ is dropped and the colour space is passed to the decoder explicitly.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
+from PIL import Image
 
 #: Scales libjpeg's DCT scaling gives directly (1/scale of the tile's side).
 DCT_SCALES = (2, 4, 8)
@@ -76,10 +78,7 @@ def tiff_jpeg_stream(tile: bytes, tables: bytes | None = None) -> tuple[bytes, t
     them in order), then the tile's scan. JFIF and Adobe markers are dropped:
     the caller states the colour space.
     """
-    header: list[bytes] = []
-    if tables:
-        table_segments, _ = jpeg_segments(tables)
-        header += [seg for marker, seg in table_segments if marker not in _STANDALONE]
+    header = [_table_header(bytes(tables))] if tables else []
     tile_segments, scan = jpeg_segments(tile)
     size = None
     for marker, seg in tile_segments:
@@ -96,6 +95,13 @@ def tiff_jpeg_stream(tile: bytes, tables: bytes | None = None) -> tuple[bytes, t
     return b"".join([b"\xff\xd8", *header, tile[scan:]]), size
 
 
+@functools.lru_cache(maxsize=8)
+def _table_header(tables: bytes) -> bytes:
+    """The table segments of a JPEGTables stream (parsed once per level, not per tile)."""
+    segments, _ = jpeg_segments(tables)
+    return b"".join(seg for marker, seg in segments if marker not in _STANDALONE)
+
+
 def decode_jpeg_scaled(
     stream: bytes, size: tuple[int, int], scale: int, colorspace: str
 ) -> np.ndarray:
@@ -105,8 +111,6 @@ def decode_jpeg_scaled(
     (from the TIFF photometric tag). Pillow's JPEG decoder releases the GIL,
     so tiles decode in parallel on a thread pool.
     """
-    from PIL import Image
-
     if scale not in (1, *DCT_SCALES):
         raise ValueError(f"scale must be 1, 2, 4 or 8, got {scale}")
     width, height = size
