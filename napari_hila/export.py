@@ -236,6 +236,7 @@ def write_prediction_outputs(
         )
         ax = Figure(figsize=(6.4, 5.2), dpi=110).add_subplot(1, 1, 1)
         plot_cohort_km(card, ax=ax, patient_survival=survival)
+        ax.figure.suptitle(str(card.get("label") or card.get("model", "")), fontsize=8)
         written["km"] = save_figure(ax, out_dir / "km.png")
     n = len(result.explanation.contributions)
     if n:
