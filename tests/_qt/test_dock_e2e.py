@@ -118,3 +118,55 @@ def test_cancel_mid_extraction_then_resume(dock, qtbot, tmp_path):
     dock.cache_dir = tmp_path / "fresh-cache"
     fresh = run_to_end(dock, qtbot).result
     assert resumed.risk == pytest.approx(fresh.risk, abs=1e-5)
+
+
+def test_mismatched_model_and_blank_slide_notify(dock, qtbot, tmp_path, model_dir):
+    """A model whose encoder width differs, a slide without tissue: one clear error each."""
+    import json
+    import shutil
+
+    import tifffile
+    from napari.utils.notifications import notification_manager
+
+    errors: list[str] = []
+
+    def record(event):
+        note = getattr(event, "value", event)
+        if str(note.severity) == "error":
+            errors.append(str(note.message))
+
+    notification_manager.notification_ready.connect(record)
+    try:
+        bad = tmp_path / "bad_model"
+        shutil.copytree(model_dir, bad)
+        card = json.loads((bad / "card.json").read_text())
+        card["encoders"]["patch"]["dim"] = 100
+        (bad / "card.json").write_text(json.dumps(card))
+        dock.model_picker.set_model(bad)
+        run_to_end_expecting_error(dock, qtbot)
+        assert "the model expects 100" in errors[-1]
+
+        blank = tmp_path / "blank.tif"
+        white = np.full((1024, 1024, 3), 245, np.uint8)
+        tifffile.imwrite(
+            blank,
+            white,
+            tile=(256, 256),
+            photometric="rgb",
+            resolution=(20000, 20000),
+            resolutionunit="CENTIMETER",
+        )
+        dock.viewer.open(str(blank), plugin="napari-hila")
+        dock.slide_combo.setCurrentIndex(dock.slide_combo.findText(dock.viewer.layers[-1].name))
+        dock.model_picker.set_model(model_dir)
+        run_to_end_expecting_error(dock, qtbot)
+        assert "no tissue found" in errors[-1] and "blank.tif" in errors[-1]
+    finally:
+        notification_manager.notification_ready.disconnect(record)
+    assert not any(ly.metadata.get(overlays.OVERLAY_KEY) for ly in dock.viewer.layers)
+
+
+def run_to_end_expecting_error(dock, qtbot):
+    assert dock.run() is True
+    qtbot.waitUntil(lambda: dock.job.outcome is not None, timeout=120_000)
+    assert dock.job.outcome.error and dock.stage_label.text() == "failed"
