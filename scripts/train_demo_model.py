@@ -128,6 +128,9 @@ def ship(work: Path, target: Path, summary: dict, results: dict) -> None:
 
     source = work / "runs" / "hila" / "final_model"
     card = json.loads((source / "card.json").read_text())
+    from napari_hila.demo import DEMO_LABEL
+
+    card["label"] = DEMO_LABEL  # the label may be reworded without retraining
     card["intended_use"] = "demonstration of the software only; " + SYNTHETIC_NOTE
     card["clinical_use"] = False
     card["demo"] = {

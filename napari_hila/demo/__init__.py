@@ -9,4 +9,7 @@ model shows the software working; it says nothing about real patients and is
 not for clinical use.
 """
 
-DEMO_LABEL = "HiLa demo (synthetic cohort from CMU-1-Small-Region tiles; not for clinical use)"
+DEMO_LABEL = (
+    "HiLa demo, 1024 px regions (synthetic cohort from CMU-1-Small-Region tiles; "
+    "not for clinical use)"
+)

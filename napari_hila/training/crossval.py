@@ -166,20 +166,27 @@ def load_cohort_features(cohort: Cohort, features_dir: str | os.PathLike) -> lis
     return bags
 
 
+# Settings that change no number of a run: a resumed run may change them.
+_COSMETIC = ("label", "cancer_type", "time_unit", "train_final")
+
+
 def _prepare_run_dir(run_dir: Path, settings: RunSettings) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     wanted = json.loads(json.dumps(asdict(settings)))
     path = run_dir / "settings.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        changed = sorted(
+            k
+            for k in set(saved) | set(wanted)
+            if k not in _COSMETIC and saved.get(k) != wanted.get(k)
+        )
         if changed:
             raise HilaError(
                 f"{run_dir} holds a run with other settings ({', '.join(changed)} differ); "
                 "resume it with the same settings or choose a new --out"
             )
-    else:
-        write_json_atomic(path, wanted)
+    write_json_atomic(path, wanted)
 
 
 def _choose_splits(cohort: Cohort, run_dir: Path, settings: RunSettings, splits_file) -> Splits:
