@@ -4,7 +4,8 @@ Times the function the HiLa dock runs in its worker thread
 (:func:`napari_hila._qt.job.run_prediction`: prediction plus the tissue mask)
 side by side with the peer, a bare :func:`napari_hila.predict.predict_slide`
 call on the same cache. Cancel latency is the time from setting the cancel
-event at the first tile-encoding report to the run returning. With
+event 0, 0.3 and 0.6 s into patch encoding to the run returning, on a
+generated 8000 x 8000 px slide (the sample encodes too fast to interrupt). With
 ``--gui`` (needs a display) it also times showing a result in a real napari
 viewer: the first time (layers added) and again (layers updated in place).
 """
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="cached runs to time")
     parser.add_argument("--gui", action="store_true", help="also time the display in napari")
+    parser.add_argument(
+        "--cancel-slide", default=None, help="slide to cancel on (default: generated 8000 px)"
+    )
 
 
 def _seconds(fn: Any) -> tuple[float, Any]:
@@ -33,16 +37,21 @@ def _seconds(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
-def _cancel_latency(slide: str, model: str, device: str, cache: Path) -> float:
+def _cancel_latency(slide: str, model: str, device: str, cache: Path, delay: float) -> float:
+    """Seconds from a Cancel pressed ``delay`` s into patch encoding to the run returning."""
     from napari_hila._qt.job import run_prediction
 
     cancel = threading.Event()
     marks: dict[str, float] = {}
 
+    def press_cancel() -> None:
+        marks["cancel"] = time.perf_counter()
+        cancel.set()
+
     def progress(stage: str, fraction: float) -> None:
-        if stage == "tiles" and "cancel" not in marks:
-            marks["cancel"] = time.perf_counter()
-            cancel.set()
+        if stage == "tiles" and "timer" not in marks:
+            marks["timer"] = time.perf_counter()
+            threading.Timer(delay, press_cancel).start()
 
     outcome = run_prediction(slide, model, device, cache, progress, cancel)
     if not outcome.cancelled or "cancel" not in marks:
@@ -85,18 +94,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     0
                 ]
             )
+        from napari_hila.slides.synthetic import cached_test_slide
+
+        # the sample encodes in well under a second: cancel on a generated bigger slide
+        big = str(args.cancel_slide or cached_test_slide(8000, 8000, mpp=0.5))
         latency = [
-            _cancel_latency(slide, model, args.device, Path(tmp) / f"c{i}") for i in range(2)
+            _cancel_latency(big, model, args.device, Path(tmp) / f"c{i}", delay)
+            for i, delay in enumerate((0.0, 0.3, 0.6))
         ]
         report: dict[str, Any] = {
             "slide": slide,
             "model": model,
+            "cancel_slide": big,
             "tokens": {k: len(v.coords) for k, v in outcome.result.explanation.levels.items()},
             "ours": {
                 "cold_run_s": round(cold, 3),
                 "cached_run_s_min": round(min(cached), 3),
                 "cached_run_s": [round(t, 3) for t in cached],
-                "cancel_latency_s": [round(t, 4) for t in latency],
+                "cancel_latency_s_at_0_0.3_0.6s_into_patches": [round(t, 4) for t in latency],
             },
             "peer_predict_slide": {
                 "cached_run_s_min": round(min(peer), 3),
