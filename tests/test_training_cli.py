@@ -63,3 +63,12 @@ def test_bad_cohort_is_reported_before_training(tmp_path, capsys):
         "line 3:" in err and "event '7'" in err and "negative" in err and "no feature file" in err
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_prompt_defaults_name_a_shipped_set():
+    from napari_hila.cli import build_parser
+    from napari_hila.prompts import load_prompt_set
+
+    args = build_parser().parse_args(["train", "--cohort", "c.csv", "--features", "f", "--out", "o"])
+    assert args.model == "hila" and args.text_encoder == "minilm"
+    assert load_prompt_set(args.prompts).patch  # the default set exists and has prompts

@@ -37,10 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder (created; re-use it to resume)")
     parser.add_argument("--model", default="hila", help="registry model name (default: hila)")
     parser.add_argument(
-        "--prompts", default=None, help="prompt set name or YAML file (models with prompts)"
+        "--prompts",
+        default=DEFAULT_PROMPT_SET,
+        help="prompt set (cancer type, e.g. BRCA, or a YAML file) for models that use prompts "
+        f"(default: {DEFAULT_PROMPT_SET})",
     )
     parser.add_argument(
-        "--text-encoder", default=None, help="text encoder for the prompts (default: the set's)"
+        "--text-encoder", default="minilm", help="text encoder for the prompts (default: minilm)"
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
