@@ -28,6 +28,7 @@ from napari_hila.results import LevelExplanation, PredictionResult
 __all__ = [
     "GridLayout",
     "LayerData",
+    "TileLookup",
     "TokenInfo",
     "camera_for_token",
     "grid_layout",
@@ -324,7 +325,7 @@ def _coarse_level(result: PredictionResult) -> str | None:
 
 
 def token_at(level: LevelExplanation, world_yx: tuple[float, float], mpp: float) -> int:
-    """Index of the token whose tile contains the world point, or -1."""
+    """Index of the token whose tile contains the world point, or -1 (a linear scan)."""
     x = world_yx[1] / mpp + 0.5  # back to level-0 px (pixel-edge frame)
     y = world_yx[0] / mpp + 0.5
     coords = np.asarray(level.coords, np.float64)
@@ -335,6 +336,56 @@ def token_at(level: LevelExplanation, world_yx: tuple[float, float], mpp: float)
     inside &= (coords[:, 1] <= y) & (y < coords[:, 1] + size)
     hits = np.flatnonzero(inside)
     return int(hits[0]) if len(hits) else -1
+
+
+class TileLookup:
+    """Constant-time "which tile is under the cursor" for one level and prompt.
+
+    Built once per result and prompt, so hovering over a slide with 100,000
+    patches costs a grid lookup, not a scan of every tile.
+    """
+
+    def __init__(self, result: PredictionResult, level_name: str, prompt: int | str) -> None:
+        self.level_name = level_name
+        self.level = result.explanation.levels[level_name]
+        self.mpp = result.mpp
+        self.prompt = prompt_index(self.level, prompt)
+        self.layout = grid_layout(self.level.coords, self.level.tile_size)
+        self.index = self.layout.index_image()
+        self.values = heatmap_values(self.level, self.prompt)
+
+    def token(self, world_yx: tuple[float, float]) -> int:
+        """The token whose tile contains the world point, or -1."""
+        if self.layout.step < self.level.tile_size:  # overlapping tiles: several may hold it
+            return token_at(self.level, world_yx, self.mpp)
+        x = world_yx[1] / self.mpp + 0.5
+        y = world_yx[0] / self.mpp + 0.5
+        col = int(np.floor((x - self.layout.origin[0]) / self.layout.step))
+        row = int(np.floor((y - self.layout.origin[1]) / self.layout.step))
+        rows, cols = self.layout.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            return -1
+        i = int(self.index[row, col])
+        if i < 0:
+            return -1
+        x0, y0 = self.level.coords[i]
+        inside = x0 <= x < x0 + self.level.tile_size and y0 <= y < y0 + self.level.tile_size
+        return i if inside else -1
+
+    def info(self, world_yx: tuple[float, float]) -> TokenInfo | None:
+        i = self.token(world_yx)
+        if i < 0:
+            return None
+        level = self.level
+        return TokenInfo(
+            level=self.level_name,
+            index=i,
+            score=float(level.scores[i]),
+            selected=bool(level.selected[i]),
+            region=int(level.parent[i]) if level.parent is not None else -1,
+            prompt=level.map_names[self.prompt],
+            alignment=float(self.values[i]),
+        )
 
 
 @dataclass(frozen=True)
@@ -362,21 +413,7 @@ def token_info(
     result: PredictionResult, level_name: str, world_yx: tuple[float, float], prompt: int | str
 ) -> TokenInfo | None:
     """The tile under a world point at one level, with the chosen prompt's alignment."""
-    level = result.explanation.levels[level_name]
-    i = token_at(level, world_yx, result.mpp)
-    if i < 0:
-        return None
-    k = prompt_index(level, prompt)
-    region = int(level.parent[i]) if level.parent is not None else -1
-    return TokenInfo(
-        level=level_name,
-        index=i,
-        score=float(level.scores[i]),
-        selected=bool(level.selected[i]),
-        region=region,
-        prompt=level.map_names[k],
-        alignment=float(heatmap_values(level, k)[i]),
-    )
+    return TileLookup(result, level_name, prompt).info(world_yx)
 
 
 def top_tokens(level: LevelExplanation, prompt: int | str, count: int = 8) -> np.ndarray:

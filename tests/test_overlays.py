@@ -185,3 +185,15 @@ def test_heatmap_limits_spread_near_uniform_values():
     assert high < 9.0  # one extreme tile does not flatten the rest
     assert overlays.heatmap_limits(np.ones(5)) == (0.5, 1.5)
     assert overlays.heatmap_limits(np.array([np.nan])) == (0.0, 1.0)
+
+
+def test_tile_lookup_matches_linear_scan(result):
+    """The grid lookup the hover uses finds the same tile as checking every tile."""
+    level = result.explanation.levels["patch"]
+    lookup = overlays.TileLookup(result, "patch", "mitoses")
+    rng = np.random.default_rng(1)
+    points = rng.uniform(-50, 2300, size=(400, 2)) * result.mpp
+    for y, x in points:
+        assert lookup.token((y, x)) == overlays.token_at(level, (y, x), result.mpp)
+    hits = sum(lookup.token((y, x)) >= 0 for y, x in points)
+    assert 50 < hits < 400  # the sample covered tiles, holes and the outside

@@ -45,6 +45,8 @@ class ResultLayers:
         self.heatmaps: dict[str, Layer] = {}
         self.prompts: dict[str, int] = {}
         self.on_hover = on_hover
+        self._lookup_key: tuple | None = None
+        self._lookup_cache: list[overlays.TileLookup] = []
         viewer.mouse_move_callbacks.append(self._on_mouse_move)
 
     # -- building ----------------------------------------------------------
@@ -153,15 +155,26 @@ class ResultLayers:
         """One line about the tiles under a world point, finest level first."""
         if self.result is None:
             return ""
-        levels = self.result.explanation.levels
         parts = []
-        for name in sorted(levels, key=lambda n: levels[n].tile_size):
-            if len(levels[name].map_names) == 0:
-                continue
-            info = overlays.token_info(self.result, name, world_yx, self.prompts.get(name, 0))
+        for lookup in self._lookups():
+            info = lookup.info(world_yx)
             if info is not None:
                 parts.append(info.text())
         return " | ".join(parts)
+
+    def _lookups(self) -> list[overlays.TileLookup]:
+        """Per-level tile lookups for the shown prompts, rebuilt when they change."""
+        key = (id(self.result), tuple(sorted(self.prompts.items())))
+        if self._lookup_key != key:
+            levels = self.result.explanation.levels
+            names = sorted(levels, key=lambda n: levels[n].tile_size)
+            self._lookup_cache = [
+                overlays.TileLookup(self.result, n, self.prompts.get(n, 0))
+                for n in names
+                if levels[n].map_names and len(levels[n].coords)
+            ]
+            self._lookup_key = key
+        return self._lookup_cache
 
     def _on_mouse_move(self, viewer: Any, event: Any) -> None:
         if self.result is None or self.on_hover is None:
