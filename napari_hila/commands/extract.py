@@ -172,8 +172,14 @@ def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
             raise HilaError(f"cannot reach the Dask scheduler at {args.scheduler}: {err}") from err
         with client:
             return extract_on_cluster(slides, args.out, options, client, on_row)
-    with (
-        LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
+    try:
+        cluster = LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    except (RuntimeError, OSError) as err:
+        raise HilaError(
+            f"could not start a local Dask cluster with {args.workers} workers ({err}); "
+            "run without --workers to extract in this process"
+        ) from err
+    with cluster, Client(cluster) as client:
         return extract_on_cluster(slides, args.out, options, client, on_row)
