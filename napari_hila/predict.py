@@ -158,7 +158,7 @@ def predict_slide(
         # The model reads its own tiles from the slide (VPTSurv): no feature file.
         from napari_hila.training.tiles import explain_slide_tiles
 
-        report("explain", 0.0)
+        # progress: "tiles" while the model encodes them, then "explain" when done
         explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel)
         report("explain", 1.0)
         encoder = str(((card.get("encoders") or {}).get("patch") or {}).get("name", ""))
