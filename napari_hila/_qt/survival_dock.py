@@ -84,6 +84,7 @@ class HilaSurvivalDock(QWidget):
         self._build()
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
+        self.destroyed.connect(_forget_viewer(napari_viewer, self.refresh_slides, self.layers))
         self.refresh_slides()
 
     # -- layout ---------------------------------------------------------------
@@ -378,9 +379,23 @@ class HilaSurvivalDock(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.cancel()
-        self.layers.detach()
         self._close_slide()
         super().closeEvent(event)
+
+
+def _forget_viewer(viewer: Any, refresh: Any, layers: ResultLayers) -> Any:
+    """A callback for ``destroyed``: stop the viewer calling into a deleted dock.
+
+    It must not touch the dock itself (Qt has already deleted it), only the
+    viewer's event connections and the mouse callback.
+    """
+
+    def forget(*_: Any) -> None:
+        for event in ("inserted", "removed", "reordered"):
+            getattr(viewer.layers.events, event).disconnect(refresh)
+        layers.detach()
+
+    return forget
 
 
 def _let_shrink(combo: QComboBox) -> None:

@@ -148,3 +148,15 @@ def test_failure_becomes_one_notification(
     assert len(errors) == 1 and "ZeroDivisionError: boom" in errors[0]
     assert str(sample_slide) in errors[0]
     assert dock.stage_label.text() == "failed"
+
+
+def test_closed_dock_leaves_the_viewer_working(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    dock = HilaSurvivalDock(viewer)
+    viewer.window.add_dock_widget(dock, name="HiLa survival")
+    callbacks = len(viewer.mouse_move_callbacks)
+    viewer.window.remove_dock_widget(dock)
+    dock.deleteLater()
+    qtbot.waitUntil(lambda: len(viewer.mouse_move_callbacks) == callbacks - 1, timeout=3000)
+    viewer.add_image(np.zeros((8, 8)), name="after")  # would call the deleted dock
+    viewer.layers.remove("after")
