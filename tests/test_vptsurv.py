@@ -157,23 +157,26 @@ def test_trains_on_a_planted_signal_and_keeps_the_encoder_frozen():
     from napari_hila.training.trainer import FitSettings, fit_model, slide_risks
 
     rng = np.random.default_rng(5)
-    n = 32
+    n, k = 48, 32  # 32 patients train, 16 are held out
     share = rng.uniform(0.0, 0.9, n)
     time = rng.exponential(1.0 / np.exp(4.0 * share)) * 30 + 1
     event = (rng.random(n) < 0.75).astype(int)
     bags = [planted_tiles(rng, s, 12, f"p{i}") for i, s in enumerate(share)]
     torch.manual_seed(0)
     model = build_model("vptsurv", **{**SMALL, "train_tiles": 8, "inference_tiles": 12})
-    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    edges = make_time_bins(time, event)
+    encoder_before = {key: v.clone() for key, v in model.encoder.state_dict().items()}
+    edges = make_time_bins(time[:k], event[:k])
     settings = FitSettings(epochs=10, lr=3e-3, batch_size=4, show_progress=False)
-    losses = fit_model(model, bags, time_to_bin(time, edges), event, settings)
-    assert losses[-1] < 0.85 * losses[0]
+    losses = fit_model(model, bags[:k], time_to_bin(time[:k], edges), event[:k], settings)
+    assert losses[-1] < 0.9 * losses[0]
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, encoder_before[key]), f"frozen encoder weight {key} changed"
     assert any(bool(a.up.weight.abs().sum() > 0) for a in model.adaptors)  # adaptors did train
     risk = slide_risks(model, bags)
-    assert concordance_index(time, -risk, event) > 0.75  # lifelines: higher score = longer survival
+    # lifelines wants higher score = longer survival: pass -risk
+    assert concordance_index(time[:k], -risk[:k], event[:k]) > 0.7
+    # held out: 0.79 here, where the planted share itself (the oracle) scores 0.81
+    assert concordance_index(time[k:], -risk[k:], event[k:]) > 0.7
 
 
 def test_explanation_is_the_decoder_attention_over_the_tiles():
