@@ -193,3 +193,25 @@ def test_unwritable_output_folder_is_reported_before_work(sample_slide, tmp_path
     blocker.write_text("x")
     with pytest.raises(FeatureFileError, match="cannot write feature files here"):
         extract_slide(sample_slide, blocker / "out")
+
+
+def test_crash_mid_run_resumes_from_last_checkpoint(sample_copy, tmp_path, monkeypatch, counting):
+    out = tmp_path / "cache"
+    calls = {"n": 0}
+    real_encode = counting.encode
+
+    def failing_encode(tiles):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("simulated crash")
+        return real_encode(tiles)
+
+    monkeypatch.setattr(counting, "encode", failing_encode)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_slide(sample_copy, out, batch_size=4)
+    assert not [p for p in out.glob("*.h5") if not p.name.startswith(".")]
+    monkeypatch.setattr(counting, "encode", real_encode)
+    before = counting.tiles
+    feats = load_features(extract_slide(sample_copy, out, batch_size=4))
+    # Checkpoint after 8 batches of 4: only the patches after it, plus the region, are redone.
+    assert counting.tiles - before == feats.num_patches - 8 * 4 + feats.num_regions
