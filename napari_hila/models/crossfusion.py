@@ -82,7 +82,8 @@ def scale_tokens(
     have = sorted(batch.scales) + [f"{main_scale} (patch features)"]
     raise FeatureFileError(
         f"CrossFusion needs patch features at {name} but the features hold only {', '.join(have)}; "
-        "extract them again with the multi-magnification mode (`napari-hila extract --multiscale`)"
+        "extract them again with the multi-magnification mode "
+        "(`napari-hila extract SLIDES --out DIR --magnifications 5x,10x,20x`)"
     )
 
 
