@@ -144,6 +144,11 @@ def encode_patches(
                 since = 0
             _report(progress, "tiles", done / max(total, 1))
         partial.checkpoint(done)
+        if done < total:  # the reader stopped early: only a cancel does that
+            raise Cancelled(
+                f"{slide.path}: extraction cancelled after {done} of {total} patches; "
+                "run it again to resume"
+            )
         features = partial.read_done()
     finally:
         partial.close()
