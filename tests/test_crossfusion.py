@@ -217,3 +217,28 @@ def test_explanation_survives_the_result_file(tmp_path):
         np.testing.assert_array_equal(back.levels[name].maps, level.maps)
         np.testing.assert_array_equal(back.levels[name].coords, level.coords)
         assert back.levels[name].map_texts == level.map_texts
+
+
+def test_train_command_names_the_feature_file_without_magnifications(tmp_path):
+    import argparse
+
+    from napari_hila.commands import train
+    from napari_hila.features.store import save_features
+
+    rng = np.random.default_rng(7)
+    (tmp_path / "feats").mkdir()
+    for i in range(2):
+        slide = make_slide(rng, 3)
+        if i == 1:
+            slide.scales = {}
+        save_features(tmp_path / "feats" / f"s{i}.h5", slide)
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("patient_id,slide_id,time,event\np0,s0,3,1\np1,s1,5,0\n")
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(
+        ["--model", "crossfusion", "--cohort", str(cohort), "--features", str(tmp_path / "feats")]
+        + ["--out", str(tmp_path / "run")]
+    )
+    with pytest.raises(FeatureFileError, match=r"s1\.h5: no extra magnifications \(1 of 2"):
+        train.run(args)

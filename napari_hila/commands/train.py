@@ -110,6 +110,20 @@ def print_fold_table(metrics: dict[str, Any], out=None) -> None:
     print(f"{metrics['patient_risk']}", file=out)
 
 
+def check_magnifications_present(cohort, bags, features_dir) -> None:
+    """A multi-magnification model needs the extra magnifications in every feature file."""
+    from napari_hila.errors import FeatureFileError
+    from napari_hila.survival.cohort import feature_file_for
+
+    lacking = [row.slide_id for row, bag in zip(cohort.rows, bags, strict=True) if not bag.scales]
+    if lacking:
+        raise FeatureFileError(
+            f"{feature_file_for(features_dir, lacking[0])}: no extra magnifications "
+            f"({len(lacking)} of {len(bags)} feature files lack them); this model needs patches "
+            "at 5x, 10x and 20x: run `napari-hila extract SLIDES --out DIR --magnifications 5x,10x,20x`"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads > 0:
         import torch
@@ -151,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             )
         cohort = read_cohort(args.cohort, args.features, time_unit=args.time_unit)
         bags = load_cohort_features(cohort, args.features)
+        if spec.inputs == "multiscale":
+            check_magnifications_present(cohort, bags, args.features)
     prompt_set = None
     if wants_prompts(spec.config_cls):
         prompt_set = embed_prompts(args.prompts, args.text_encoder, device)
