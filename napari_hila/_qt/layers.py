@@ -120,7 +120,10 @@ class ResultLayers:
 
     # -- prompts ------------------------------------------------------------
     def set_prompt(self, level: str, prompt: int | str) -> Layer | None:
-        """Show ``prompt`` in ``level``'s heatmap, keeping the user's colormap and opacity."""
+        """Show ``prompt`` in ``level``'s heatmap, keeping the user's colormap and opacity.
+
+        That heatmap becomes the visible, selected one, so its controls are at hand.
+        """
         if self.result is None or level not in self.result.explanation.levels:
             return None
         data, kwargs, _ = overlays.heatmap_layer(self.result, level, prompt)
@@ -137,7 +140,16 @@ class ResultLayers:
             layer.name = kwargs["name"]
             layer.metadata = {**layer.metadata, **kwargs["metadata"]}
         self.prompts[level] = int(kwargs["metadata"]["prompt_index"])
+        self._show_only(layer)
         return layer
+
+    def _show_only(self, layer: Layer) -> None:
+        """Make ``layer`` the visible, selected heatmap (heatmaps of other levels would cover it)."""
+        for other in self.heatmaps.values():
+            if other is not layer and other in self.viewer.layers:
+                other.visible = False
+        layer.visible = True
+        self.viewer.layers.selection.active = layer
 
     def prompt_text(self, level: str) -> str:
         layer = self.heatmaps.get(level)

@@ -265,6 +265,8 @@ class HilaSurvivalDock(QWidget):
         units = layer.units if layer is not None and str(layer.units[0]) != "pixel" else None
         self.layers.show(result, tissue=tissue, units=units)
         self.risk_label.setText(describe_risk(result))
+        if self.job is None:
+            self.stage_label.setText("showing a saved result; Run predicts again")
         for message in result.warnings:
             show_warning(message)
         self._build_prompt_rows()

@@ -78,7 +78,11 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     # the region level has its own prompt list
     assert [dock.prompt_combos["region"].itemText(i) for i in range(3)] == REGION_NAMES
     dock.set_prompt("region", "glands")
-    assert dock.layers.heatmaps["region"].metadata["prompt"] == "glands"
+    region_heat = dock.layers.heatmaps["region"]
+    assert region_heat.metadata["prompt"] == "glands"
+    # one heatmap at a time: the chosen level shows and is selected, the other hides
+    assert region_heat.visible and not heat.visible
+    assert viewer.layers.selection.active is region_heat
 
     # clicking a bar shows its prompt: simulate the pick on the "mitoses" bar
     bar = next(b for b, c in dock.chart.bars if c.name == "mitoses")
