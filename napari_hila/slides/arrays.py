@@ -106,7 +106,8 @@ def memoized(array: LevelArray) -> LevelArray:
 
     For the coarsest computed level of a slide without a pyramid: napari's
     overview, the thumbnail and tissue detection all need it, and computing
-    it means decoding every tile of the slide once.
+    it means decoding every tile of the slide once (JPEG tiles at 1/8 size,
+    see ``jpeg.py``), on a thread pool since the decoders release the GIL.
     """
     lock = threading.Lock()
     held: list[np.ndarray] = []

@@ -48,7 +48,7 @@ class Slide(abc.ABC):
     backend: str = ""
     #: Build computed levels from reduced tile decodes (JPEG: DCT scaling) where the
     #: backend can; False keeps 2 x 2 means of full decodes (the reference the bench
-    #: compares against).
+    #: compares against). Read when the levels are first built.
     reduced_decode: bool = True
 
     def __init__(
