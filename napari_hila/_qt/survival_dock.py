@@ -82,7 +82,7 @@ class HilaSurvivalDock(QWidget):
         self._slide = None  # opened lazily for thumbnails
         self.layers = ResultLayers(napari_viewer, on_hover=self._show_hover)
         self._build()
-        for event in ("inserted", "removed", "reordered"):
+        for event in ("inserted", "removed", "reordered", "renamed"):
             getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
         self.destroyed.connect(_forget_viewer(napari_viewer, self.refresh_slides, self.layers))
         self.refresh_slides()
@@ -161,13 +161,12 @@ class HilaSurvivalDock(QWidget):
         return [layer for layer in self.viewer.layers if slide_path_of(layer)]
 
     def refresh_slides(self, *_: Any) -> None:
-        current = self.slide_combo.currentData()
+        current = self.slide_combo.currentText()  # keep the user's choice across layer changes
         self.slide_combo.blockSignals(True)
         self.slide_combo.clear()
         for layer in self.slide_layers():
             self.slide_combo.addItem(layer.name, layer)
-        index = self.slide_combo.findData(current) if current is not None else -1
-        self.slide_combo.setCurrentIndex(max(index, 0))
+        self.slide_combo.setCurrentIndex(max(self.slide_combo.findText(current), 0))
         self.slide_combo.blockSignals(False)
 
     # -- running ------------------------------------------------------------------
@@ -393,7 +392,7 @@ def _forget_viewer(viewer: Any, refresh: Any, layers: ResultLayers) -> Any:
     """
 
     def forget(*_: Any) -> None:
-        for event in ("inserted", "removed", "reordered"):
+        for event in ("inserted", "removed", "reordered", "renamed"):
             getattr(viewer.layers.events, event).disconnect(refresh)
         layers.detach()
 

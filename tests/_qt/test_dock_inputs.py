@@ -62,6 +62,12 @@ def test_bad_inputs_notify(dock, notes, tmp_path, sample_slide):
 
     add_slide_layer(dock.viewer, sample_slide)
     assert dock.slide_combo.count() == 1 and dock.slide_combo.currentText() == "slide"
+    second = add_slide_layer(dock.viewer, sample_slide)
+    second.name = "second slide"
+    dock.slide_combo.setCurrentText("second slide")
+    dock.viewer.add_points([[0, 0]], name="probe")  # layer changes keep the user's choice
+    assert dock.slide_combo.count() == 2 and dock.slide_combo.currentText() == "second slide"
+    dock.viewer.layers.remove("probe")
     empty = tmp_path / "not_a_model"
     empty.mkdir()
     dock.model_picker.set_model(empty)
