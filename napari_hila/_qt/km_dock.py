@@ -72,7 +72,17 @@ class KaplanMeierDock(QWidget):
         _DOCKS[id(napari_viewer)] = weakref.ref(self)
         napari_viewer.events.theme.connect(self.redraw)
         self.destroyed.connect(lambda *_: napari_viewer.events.theme.disconnect(self.redraw))
-        self.redraw()
+        self._adopt_current_result()
+
+    def _adopt_current_result(self) -> None:
+        """Opened after a prediction (from the Plugins menu): show that prediction at once."""
+        from napari_hila._qt.app import survival_dock_of
+
+        survival = survival_dock_of(self.viewer) if hasattr(self.viewer, "window") else None
+        if survival is not None and survival.result is not None:
+            self.show_result(survival.result, survival.card)
+        else:
+            self.redraw()
 
     def show_result(self, result: PredictionResult | None, card: dict[str, Any] | None) -> None:
         """Draw the cohort of ``card`` with ``result``'s patient over it."""

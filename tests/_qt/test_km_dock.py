@@ -48,3 +48,16 @@ def test_km_dock_cohort_patient_theme(make_napari_viewer):
     assert light == to_hex(viewer.window._qt_window.palette().window().color().name())
     dock.show_result(fake_result(), {"model": "abmil", "label": "no cohort"})
     assert "stores no cohort" in dock.message.text()
+
+
+def test_km_dock_opened_later_shows_the_current_result(make_napari_viewer):
+    from napari_hila._qt.survival_dock import HilaSurvivalDock
+
+    viewer = make_napari_viewer(show=True)
+    survival = HilaSurvivalDock(viewer)
+    viewer.window.add_dock_widget(survival)
+    survival.show_result(fake_result(), card=None)  # no card: no KM dock is opened for it
+    assert km_dock_for(viewer, create=False) is None
+    survival.card = fake_card()
+    late = KaplanMeierDock(viewer)
+    assert late.result is survival.result and "log-rank" in late.figure.axes[0].get_title()
