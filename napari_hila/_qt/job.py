@@ -108,9 +108,12 @@ def run_prediction(
     cancel = cancel or threading.Event()
     started = time.perf_counter()
 
-    def report(stage: str, fraction: float) -> None:
+    def stop_if_cancelled() -> None:
         if cancel.is_set():
             raise Cancelled("cancelled by the user")
+
+    def report(stage: str, fraction: float) -> None:
+        stop_if_cancelled()
         if progress is not None:
             progress(stage, fraction)
 
@@ -123,10 +126,10 @@ def run_prediction(
             progress=report,
             cancel=cancel,
         )
-        if cancel.is_set():
-            raise Cancelled("cancelled by the user")
+        stop_if_cancelled()
         tissue = tissue_of(result)
         _import_display_modules()
+        stop_if_cancelled()  # pressed while the mask was computed: still nothing is shown
         return JobOutcome(result=result, tissue=tissue, seconds=time.perf_counter() - started)
     except Cancelled:
         return JobOutcome(cancelled=True, seconds=time.perf_counter() - started)

@@ -166,3 +166,25 @@ def test_closed_dock_leaves_the_viewer_working(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: len(viewer.mouse_move_callbacks) == callbacks - 1, timeout=3000)
     viewer.add_image(np.zeros((8, 8)), name="after")  # would call the deleted dock
     viewer.layers.remove("after")
+
+
+def test_cancel_after_prediction_still_shows_nothing(monkeypatch, sample_slide):
+    """A Cancel pressed after predict_slide returned (while the mask is computed) wins."""
+    import threading as th
+
+    from hila_fake_results import fake_result
+
+    from napari_hila._qt import job
+
+    import napari_hila.predict
+
+    cancel = th.Event()
+    monkeypatch.setattr(napari_hila.predict, "predict_slide", lambda *a, **k: fake_result(str(sample_slide)))
+
+    def tissue_while_cancelling(result):
+        cancel.set()
+        return None
+
+    monkeypatch.setattr(job, "tissue_of", tissue_while_cancelling)
+    outcome = job.run_prediction(sample_slide, "model", cancel=cancel)
+    assert outcome.cancelled and outcome.result is None
