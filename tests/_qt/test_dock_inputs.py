@@ -174,12 +174,13 @@ def test_cancel_after_prediction_still_shows_nothing(monkeypatch, sample_slide):
 
     from hila_fake_results import fake_result
 
+    import napari_hila.predict
     from napari_hila._qt import job
 
-    import napari_hila.predict
-
     cancel = th.Event()
-    monkeypatch.setattr(napari_hila.predict, "predict_slide", lambda *a, **k: fake_result(str(sample_slide)))
+    monkeypatch.setattr(
+        napari_hila.predict, "predict_slide", lambda *a, **k: fake_result(str(sample_slide))
+    )
 
     def tissue_while_cancelling(result):
         cancel.set()
