@@ -2,7 +2,7 @@
 
 A JPEG block's low-frequency DCT coefficients already hold the block's
 averages: libjpeg can inverse-transform just those (at 1/8 only the DC term,
-the exact mean of each 8 x 8 block) and skip most of the IDCT, the colour
+the quantised mean of each 8 x 8 block) and skip most of the IDCT, the colour
 conversion and the memory traffic of full-size pixels. Coarse levels of a
 slide without a pyramid are built from these reduced decodes instead of
 full decodes followed by 2 x 2 averaging.

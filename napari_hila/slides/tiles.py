@@ -99,11 +99,6 @@ class TiledLevel:
     def _reduced_cache_tiles(self, scale: int) -> int:
         return max(16, REDUCED_CACHE_BYTES // (3 * (self.tile_w // scale) * (self.tile_h // scale)))
 
-    @property
-    def dct_scaled(self) -> bool:
-        """True when reduced tiles come from DCT-scaled JPEG decodes, not full decodes."""
-        return self._jpeg_colorspace is not None
-
     def _raw_tile(self, index: int) -> bytes:
         return self._data.read(self._offsets[index], self._counts[index])
 
@@ -123,20 +118,23 @@ class TiledLevel:
         index = row * self._columns + column
         if not self._counts[index]:
             return np.full(shape, 255, np.uint8)
-        tile = None
-        if self._jpeg_colorspace is not None:
-            try:
-                stream, size = tiff_jpeg_stream(self._raw_tile(index), self._jpegtables)
-            except JpegStreamError:  # e.g. lossless or 12-bit JPEG: the full decode path
-                stream, size = b"", (0, 0)
-            if size == (self.tile_w, self.tile_h):
-                tile = decode_jpeg_scaled(stream, size, scale, self._jpeg_colorspace)
+        tile = self._decode_jpeg_scaled(index, scale) if self._jpeg_colorspace else None
         if tile is None:  # the uncached full decode: an overview pass must not flush the cache
             tile = self._decode_tile(row, column)
             for _ in range(scale.bit_length() - 1):
                 tile = mean_2x2(tile)
         tile.flags.writeable = False
         return tile
+
+    def _decode_jpeg_scaled(self, index: int, scale: int) -> np.ndarray | None:
+        """A JPEG tile decoded at 1/scale, or None for JPEG this path does not take."""
+        try:
+            stream, size = tiff_jpeg_stream(self._raw_tile(index), self._jpegtables)
+        except JpegStreamError:  # e.g. lossless or 12-bit JPEG: the full decode path
+            return None
+        if size != (self.tile_w, self.tile_h):  # a frame unlike the tile: let tifffile decide
+            return None
+        return decode_jpeg_scaled(stream, size, scale, self._jpeg_colorspace)
 
     def supports_scale(self, scale: int) -> bool:
         """Whether :meth:`read_box` can read this level at 1/scale from reduced tiles."""
