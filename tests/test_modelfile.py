@@ -89,6 +89,13 @@ def test_mismatched_encoder_names_both(saved_abmil):
     with pytest.raises(ModelFileError, match="width 7 but the model expects 5"):
         check_features_match(card, _feats(dim=7, encoder="enc-a"))
     check_features_match(card, _feats())  # matching features pass
+    card["encoders"]["patch"]["version"] = "1"
+    newer = _feats()
+    newer.attrs["encoder_version"] = "2"
+    with pytest.raises(
+        ModelFileError, match="version 2 here but the model was trained on version 1"
+    ):
+        check_features_match(card, newer)
 
 
 def test_pickled_weights_refused(saved_abmil, tmp_path):

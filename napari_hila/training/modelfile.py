@@ -210,6 +210,13 @@ def check_features_match(card: dict[str, Any], feats: Any, source: str = "featur
         problems.append(
             f"region width {feats.region_features.shape[1]} but the model expects {region['dim']}"
         )
+    # Same encoder, other version: the numbers differ although the names match.
+    found_version = str(feats.attrs.get("encoder_version", "") or "")
+    if patch.get("version") and found_version and str(patch["version"]) != found_version:
+        problems.append(
+            f"patch encoder {feats.encoder!r} is version {found_version} here but the model was "
+            f"trained on version {patch['version']} (retrain on features of this version)"
+        )
     if problems:
         raise ModelFileError(
             f"{source}: " + "; ".join(problems) + f". Extract features with the model's encoders "
