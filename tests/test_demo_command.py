@@ -61,3 +61,21 @@ def test_display_opens_the_viewer_with_the_result(fake_prediction, monkeypatch, 
     opened.clear()
     assert main(["demo", "--out", str(tmp_path / "out2"), "--no-viewer"]) == 0
     assert opened == []
+
+
+def test_shipped_demo_model_matches_the_current_encoder():
+    """If this fails, the descriptor changed: rerun scripts/train_demo_model.py and commit."""
+    from napari_hila.encoders.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
+    from napari_hila.resources import resource_path
+    from napari_hila.training.modelfile import read_card
+
+    card = read_card(resource_path("demo_model"))
+    for level in ("patch", "region"):
+        assert card["encoders"][level] == {
+            "name": "hila-descriptor",
+            "version": DESCRIPTOR_VERSION,
+            "dim": DESCRIPTOR_DIM,
+        }
+    assert card["grid"]["region_px"] == 1024 and "not for clinical use" in card["label"]
+    demo = card["demo"]
+    assert demo["oracle_c_index"] > demo["cross_validated_c_index"]["hila"]["mean"] > 0.6
