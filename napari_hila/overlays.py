@@ -212,35 +212,32 @@ def heatmap_layer(
     return image, kwargs, "image"
 
 
-def selection_layer(result: PredictionResult, level_name: str = "patch") -> LayerData:
-    """Labels layer data: each tile its own label (token index + 1), coloured by selection.
+NOT_SELECTED, SELECTED = 1, 2  # selection-map label values (0: no tile)
 
-    The features table (one row per tile) makes napari's status bar show the
-    tile's alignment score, selection and region when the layer is active.
+
+def selection_layer(result: PredictionResult, level_name: str = "patch") -> LayerData:
+    """Labels layer data: 1 where a tile was left out, 2 where it was selected, 0 elsewhere.
+
+    Two label values, not one per tile: napari's direct colormap needs numba
+    beyond 65,535 labels and a slide at 20x has up to ~100,000 patches. The
+    viewer's status bar names the tile under the cursor from the grid instead.
     """
     level = result.explanation.levels[level_name]
     layout = grid_layout(level.coords, level.tile_size)
-    labels = (layout.index_image() + 1).astype(np.int32)
-    n = len(level.coords)
+    labels = np.zeros(layout.shape, np.uint8)
     selected = np.asarray(level.selected, bool)
-    colors: dict[int | None, tuple[float, ...]] = {None: TRANSPARENT, 0: TRANSPARENT}
-    for i in range(n):
-        colors[i + 1] = SELECTED_RGBA if selected[i] else UNSELECTED_RGBA
-    parent = level.parent if level.parent is not None else np.full(n, -1)
-    features = {
-        "index": np.arange(1, n + 1),
-        "tile": np.arange(n),
-        "alignment_score": np.asarray(level.scores, np.float32),
-        "selected": selected,
-        "region": np.asarray(parent, np.int64),
-    }
+    labels[layout.rows, layout.cols] = np.where(selected, SELECTED, NOT_SELECTED)
     kwargs = {
         "name": f"{level_name} selection",
         "scale": layout.scale(result.mpp),
         "translate": layout.translate(result.mpp),
-        "colormap": colors,
+        "colormap": {
+            None: TRANSPARENT,
+            0: TRANSPARENT,
+            NOT_SELECTED: UNSELECTED_RGBA,
+            SELECTED: SELECTED_RGBA,
+        },
         "opacity": 1.0,
-        "features": features,
         "metadata": _meta(result, "selection", level_name),
     }
     return labels, kwargs, "labels"

@@ -79,7 +79,7 @@ class ResultLayers:
                 if old is not None:
                     self.viewer.layers.remove(old)
                 layer = Layer.create(data, kwargs, kind)
-                if layer.metadata.get(overlays.OVERLAY_KEY) == "heatmap":
+                if layer.metadata.get(overlays.OVERLAY_KEY) in ("heatmap", "selection"):
                     _add_tile_status(layer, self)
                 self.viewer.add_layer(layer)
             self.layers.append(layer)
@@ -231,11 +231,11 @@ def _set_contrast(layer: Image, data: np.ndarray, limits: tuple[float, float]) -
     layer.contrast_limits = limits
 
 
-def _add_tile_status(layer: Image, manager: ResultLayers) -> None:
-    """Make the heatmap's status-bar text name the tile's score, selection and region."""
+def _add_tile_status(layer: Layer, manager: ResultLayers) -> None:
+    """Make an overlay's status-bar text name the tile's score, selection and region."""
     plain = layer.get_status
 
-    def get_status(self: Image, position: Any = None, **kwargs: Any) -> dict:
+    def get_status(self: Layer, position: Any = None, **kwargs: Any) -> dict:
         status = plain(position, **kwargs)
         if position is not None and kwargs.get("world", False) and isinstance(status, dict):
             text = manager.describe(tuple(np.asarray(position)[-2:]))
