@@ -169,3 +169,68 @@ def test_prompt_model_gets_embeddings_and_card_keeps_prompts(tiny_cohort, tmp_pa
         loaded.model.prompt_embeddings_patch.numpy(), levels["patch"]["embeddings"], rtol=1e-6
     )
     assert len(card["feature_scaling"]["patch"]["mean"]) == 6
+
+
+@pytest.mark.parametrize("model_name", ["abmil", "hila"])
+def test_fold_interrupted_mid_training_resumes_to_the_same_model(tiny_cohort, tmp_path, model_name):
+    """Epoch checkpoints: stopping after epoch 2 of 3 and resuming equals not stopping."""
+    import torch
+
+    from napari_hila.models.registry import build_model
+    from napari_hila.training.trainer import FitSettings, fit_model, install_prompt_embeddings
+
+    _, bags = tiny_cohort
+    rng = np.random.default_rng(0)
+    bins, events = rng.integers(0, 2, len(bags)), rng.integers(0, 2, len(bags))
+    levels = {
+        lv: {
+            "names": ["a", "b"],
+            "texts": ["a", "b"],
+            "embeddings": rng.normal(size=(2, 8)).tolist(),
+        }
+        for lv in ("patch", "region")
+    }
+    prompts = {"text_dim": 8, "levels": levels}
+
+    def fresh():
+        torch.manual_seed(0)
+        values = dict(patch_dim=6, n_bins=2)
+        if model_name == "hila":
+            values.update(
+                region_dim=6,
+                text_dim=8,
+                patch_prompt_names=["a", "b"],
+                patch_prompt_texts=["a", "b"],
+            )
+            values.update(region_prompt_names=["a", "b"], region_prompt_texts=["a", "b"])
+        model = build_model(model_name, **values)
+        install_prompt_embeddings(model, prompts)
+        return model
+
+    settings = FitSettings(epochs=3, seed=5, show_progress=False)
+    whole = fresh()
+    expected = fit_model(whole, bags, bins, events, settings)
+
+    def stop_after_two(epoch, loss):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "fold.checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_model(fresh(), bags, bins, events, settings, on_epoch=stop_after_two, checkpoint=ckpt)
+    assert ckpt.exists()
+    resumed = fresh()
+    ran = []
+    losses = fit_model(
+        resumed,
+        bags,
+        bins,
+        events,
+        settings,
+        checkpoint=ckpt,
+        on_epoch=lambda e, _loss: ran.append(e),
+    )
+    assert ran == [2]  # only the third epoch ran again
+    assert losses == pytest.approx(expected, rel=1e-6)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

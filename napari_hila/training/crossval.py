@@ -229,7 +229,7 @@ class _Data:
 
 
 def _build_and_fit(
-    data: _Data, slides, settings, prompt_set, device, seed_offset, desc, show_progress
+    data: _Data, slides, settings, prompt_set, device, seed_offset, desc, show_progress, checkpoint
 ):
     from napari_hila.models.registry import build_model, get_model_spec
     from napari_hila.survival.losses import make_time_bins, time_to_bin
@@ -261,7 +261,16 @@ def _build_and_fit(
     use_scaling = settings.standardize and isinstance(bags[0], SlideFeatures)
     scaling = FeatureScaling.fit(bags) if use_scaling else None
     transform = scaling.apply if scaling else None
-    losses = fit_model(model, bags, bins, data.slide_event[slides], fit, desc, transform=transform)
+    losses = fit_model(
+        model,
+        bags,
+        bins,
+        data.slide_event[slides],
+        fit,
+        desc,
+        transform=transform,
+        checkpoint=checkpoint,
+    )
     return model, spec.make_config(**values), edges, losses, scaling
 
 
@@ -313,6 +322,7 @@ def run_training(
             k,
             f"fold {k + 1}/{splits.n_folds}",
             show_progress,
+            run_dir / f"fold_{k}.checkpoint.pt",
         )
         transform = scaling.apply if scaling else None
         train_ids, train_risk = data.patient_scores(model, train_slides, device, transform)
@@ -331,6 +341,7 @@ def run_training(
             "test_risk": test_risk.tolist(),
         }
         write_json_atomic(path, record)
+        (run_dir / f"fold_{k}.checkpoint.pt").unlink(missing_ok=True)
         folds.append(record)
         say(
             f"fold {k + 1}/{splits.n_folds}: C-index {record['c_index']:.4f} on {len(test_ids)} patients"
@@ -349,7 +360,15 @@ def run_training(
             )
             all_slides = list(range(len(bags)))
             model, config, edges, losses, scaling = _build_and_fit(
-                data, all_slides, settings, prompt_set, device, 1000, "final model", show_progress
+                data,
+                all_slides,
+                settings,
+                prompt_set,
+                device,
+                1000,
+                "final model",
+                show_progress,
+                run_dir / "final_model.checkpoint.pt",
             )
             ids, risk = data.patient_scores(
                 model, all_slides, device, scaling.apply if scaling else None
@@ -372,5 +391,6 @@ def run_training(
 
             card["feature_scaling"] = scaling.to_json() if scaling else None
             save_model(final_dir, model, card)
+            (run_dir / "final_model.checkpoint.pt").unlink(missing_ok=True)
             say(f"final model: written to {final_dir}")
     return metrics

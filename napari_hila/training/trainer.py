@@ -8,6 +8,7 @@ One bag per slide; a patient's slides all carry the patient's time and event.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -154,11 +155,14 @@ def fit_model(
     desc: str = "",
     on_epoch: EpochCallback | None = None,
     transform: Callable[[SlideFeatures], SlideFeatures] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``settings.epochs`` epochs; return the mean loss per epoch.
 
     ``bins`` and ``events`` give each bag's time-bin index and event (1 = death);
     ``transform`` (e.g. feature scaling) is applied to each bag as it is used.
+    With ``checkpoint`` (a file path) the state is saved after every epoch and
+    a run that finds one resumes after its last epoch, with identical results.
     """
     from tqdm.auto import tqdm
 
@@ -176,8 +180,15 @@ def fit_model(
     bins_t = torch.as_tensor(np.asarray(bins), dtype=torch.long)
     events_t = torch.as_tensor(np.asarray(events), dtype=torch.float32)
     losses = []
+    first_epoch = 0
+    if checkpoint is not None:
+        from napari_hila.training.checkpoint import load_checkpoint
+
+        resumed = load_checkpoint(checkpoint, model, optimiser, rng)
+        if resumed is not None:
+            first_epoch, losses = resumed
     step = max(1, settings.batch_size)
-    for epoch in range(settings.epochs):
+    for epoch in range(first_epoch, settings.epochs):
         model.train()
         order = rng.permutation(len(bags))
         started = time.perf_counter()
@@ -211,6 +222,10 @@ def fit_model(
                 f"training diverged at epoch {epoch + 1} (loss {mean_loss}); lower --lr"
             )
         losses.append(mean_loss)
+        if checkpoint is not None:
+            from napari_hila.training.checkpoint import save_checkpoint
+
+            save_checkpoint(checkpoint, model, optimiser, epoch + 1, losses, rng)
         if on_epoch is not None:
             on_epoch(epoch, mean_loss)
         if settings.show_progress:
