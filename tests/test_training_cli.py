@@ -69,6 +69,8 @@ def test_prompt_defaults_name_a_shipped_set():
     from napari_hila.cli import build_parser
     from napari_hila.prompts import load_prompt_set
 
-    args = build_parser().parse_args(["train", "--cohort", "c.csv", "--features", "f", "--out", "o"])
+    args = build_parser().parse_args(
+        ["train", "--cohort", "c.csv", "--features", "f", "--out", "o"]
+    )
     assert args.model == "hila" and args.text_encoder == "minilm"
     assert load_prompt_set(args.prompts).patch  # the default set exists and has prompts
