@@ -51,6 +51,38 @@ def test_blank_white_slide_has_no_tissue(tmp_path):
     assert grids.num_patches == 0 and grids.num_regions == 0
 
 
+def test_detect_tissue_reads_small_blocks_never_a_whole_level(tmp_path, monkeypatch):
+    """Memory stays flat in the slide's size: the view is filled block by block."""
+    from napari_hila.slides import base
+    from napari_hila.slides.synthetic import write_test_slide
+
+    path = write_test_slide(tmp_path / "s.svs", 2400, 1800, layout="svs", mpp=0.25)
+    limit = 128 * 128
+    monkeypatch.setattr(base, "REDUCE_BLOCK", 128)
+    with open_slide(path) as slide:
+        reads: list[tuple[int, int, int, int, int]] = []
+        native = slide._read_level_box
+
+        def guarded(level, x, y, w, h):
+            assert w * h <= limit, f"a {w} x {h} px read during tissue detection"
+            reads.append((level, x, y, w, h))
+            return native(level, x, y, w, h)
+
+        monkeypatch.setattr(slide, "_read_level_box", guarded)
+        monkeypatch.setattr(slide, "read_pyramid_level", lambda *a: pytest.fail("whole level"))
+        tissue = detect_tissue(slide)
+        # 8 um/px on a 0.25 um/px slide: level 1 (1/4) reduced by 8, 600 x 450 -> 75 x 56
+        assert tissue.mask.shape == (56, 75) and tissue.downsample == pytest.approx(1800 / 56)
+        assert {r[0] for r in reads} == {1}
+        assert sum(w * h for *_, w, h in reads) == 600 * 448  # each level-1 pixel read once
+        level = native(1, 0, 0, 600, 448).astype(np.float64)
+    expected = level.reshape(56, 8, 75, 8, 3).mean(axis=(1, 3))
+    with open_slide(path) as slide:
+        view, downsample = slide.read_reduced(32.0)
+    assert downsample == pytest.approx(1800 / 56)  # the coarser axis, as the mask uses
+    assert np.abs(view - expected).max() <= 0.5 + 1e-9  # the exact box mean, rounded
+
+
 def test_tissue_from_rgb_removes_specks_and_fills_holes():
     image = np.full((200, 200, 3), 240, np.uint8)
     image[50:150, 50:150] = (180, 90, 160)  # a 800 um square of tissue at 8 um/px

@@ -29,6 +29,9 @@ ASSUMED_MPP = 0.5
 MAX_COARSEST_SIDE = 2048
 #: Bytes hashed from each of the start, middle and end of the file.
 _FINGERPRINT_CHUNK = 1 << 16
+#: Reduced reads (thumbnail, tissue view) fetch the source level in blocks of at
+#: most this many px a side, so peak memory is a few blocks plus the output.
+REDUCE_BLOCK = 1024
 
 
 def rgba_over_white(rgba: np.ndarray) -> np.ndarray:
@@ -200,12 +203,34 @@ class Slide(abc.ABC):
             )
         return np.asarray(array.compute(scheduler="threads"))
 
+    def read_reduced(
+        self, downsample: float, max_side: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """The whole slide at about ``downsample`` (level-0 px per px), and the exact downsample.
+
+        Picks the coarsest pyramid level at least as fine, then box-averages it by
+        the integer factor nearest to what is left, block by block into the output,
+        so nothing much larger than the result is ever held (a 80,000 px slide's
+        8 um/px view costs the same few MB of reads per block as a 20,000 px one).
+        With ``max_side`` the factor is the smallest one that fits the result in it.
+        """
+        index = self.best_pyramid_level(max(downsample, 1.0))
+        level = self.level_arrays()[index]
+        level_ds = self.pyramid_downsamples()[index]
+        h, w = level.shape[:2]
+        factor = max(1, round(downsample / level_ds))
+        if max_side is not None:
+            factor = max(factor, math.ceil(max(h, w) / max_side))
+        out = reduce_level(level, factor)
+        w0, h0 = self.dimensions
+        actual = max(w0 / out.shape[1], h0 / out.shape[0])
+        return out, actual
+
     def get_thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """An RGB overview whose longer side is at most ``max_side`` px."""
         w0, h0 = self.dimensions
         downsample = max(w0, h0) / max_side
-        level = self.best_pyramid_level(max(downsample, 1.0))
-        image = self.read_pyramid_level(level)
+        image, _ = self.read_reduced(max(downsample / 2, 1.0))  # about 2x, then box-resized
         return resize_to_max_side(image, max_side)
 
     def fingerprint(self) -> str:
@@ -240,17 +265,58 @@ class Slide(abc.ABC):
         )
 
 
+def reduce_level(level: LevelArray, factor: int) -> np.ndarray:
+    """``level`` box-averaged by ``factor`` (floor of its size / factor), read in blocks.
+
+    Blocks of about ``REDUCE_BLOCK`` px are read and reduced on two threads (the
+    decoders release the GIL), each straight into its place in the output.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    h, w = level.shape[0] // factor, level.shape[1] // factor
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, REDUCE_BLOCK // factor)  # output px per block side
+
+    def fill(box: tuple[int, int]) -> None:
+        oy, ox = box
+        bh, bw = min(step, h - oy), min(step, w - ox)
+        block = level[oy * factor : (oy + bh) * factor, ox * factor : (ox + bw) * factor]
+        out[oy : oy + bh, ox : ox + bw] = mean_kxk(block, factor)
+
+    boxes = [(oy, ox) for oy in range(0, h, step) for ox in range(0, w, step)]
+    if len(boxes) <= 1:
+        for box in boxes:
+            fill(box)
+    else:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hila-reduce") as pool:
+            list(pool.map(fill, boxes))
+    return out
+
+
+def mean_kxk(image: np.ndarray, k: int) -> np.ndarray:
+    """Rounded mean of each k x k block of an (h, w, 3) uint8 image (k divides the shape)."""
+    if k == 1:
+        return np.ascontiguousarray(image)
+    h, w = image.shape[0] // k, image.shape[1] // k
+    total = np.zeros((h, w * k, 3), np.uint32)
+    for dy in range(k):  # whole rows first: k adds of a 1/k-height uint32 buffer
+        total += image[dy : h * k : k, : w * k]
+    summed = total.reshape(h, w, k, 3).sum(axis=2, dtype=np.uint32)
+    summed += (k * k) // 2
+    summed //= k * k
+    return summed.astype(np.uint8)
+
+
 def resize_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Area-average ``image`` down so its longer side is at most ``max_side``."""
-    from skimage.transform import resize
+    """Area-average (box filter) ``image`` down so its longer side is at most ``max_side``."""
+    from PIL import Image
 
     h, w = image.shape[:2]
     scale = max_side / max(h, w)
     if scale >= 1:
         return image
-    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-    resized = resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
-    return np.clip(resized + 0.5, 0, 255).astype(np.uint8)
+    shape = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.BOX))
 
 
 def _file_fingerprint(path: Path, dimensions: tuple[int, int]) -> str:

@@ -40,11 +40,14 @@ class TissueMask:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in 0-1 of an (h, w, 3) uint8 image."""
-    rgb = rgb.astype(np.float32)
+    """HSV saturation in 0-1 of an (h, w, 3) uint8 image (float32, one plane).
+
+    Works on the uint8 channel max and min, so no float copy of the RGB image is made.
+    """
     high = rgb.max(axis=2)
-    low = rgb.min(axis=2)
-    return np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)
+    spread = high - rgb.min(axis=2)  # uint8: max >= min, no wrap-around
+    np.maximum(high, 1, out=high)
+    return np.divide(spread, high, dtype=np.float32)
 
 
 def tissue_from_rgb(rgb: np.ndarray, um_per_px: float) -> np.ndarray:
@@ -58,8 +61,8 @@ def tissue_from_rgb(rgb: np.ndarray, um_per_px: float) -> np.ndarray:
         threshold = MIN_SATURATION
     else:
         threshold = min(max(float(threshold_otsu(sat)), MIN_SATURATION), MAX_SATURATION)
-    brightness = rgb.astype(np.float32).mean(axis=2)
-    mask = (sat > threshold) & (brightness > 30)
+    # mean brightness > 30 without a float copy: the channel sum is exact in uint16
+    mask = (sat > threshold) & (rgb.sum(axis=2, dtype=np.uint16) > 90)
     # join strands of loose tissue (fat, stroma) before judging object size
     mask = closing(mask, disk(max(1, round(16 / um_per_px))))
     px_area = um_per_px**2
@@ -70,13 +73,14 @@ def tissue_from_rgb(rgb: np.ndarray, um_per_px: float) -> np.ndarray:
 def detect_tissue(slide: Slide, target_mpp: float = TISSUE_MPP) -> TissueMask:
     """Find the tissue of ``slide`` on a ``target_mpp`` um/px view (default 8).
 
-    Reads only a coarse pyramid level, so it costs about the same for any
-    slide size; with an assumed mpp the physical areas are approximate.
+    Reads a coarse pyramid level block by block into the view, so memory is
+    the view plus a few blocks for any slide size; with an assumed mpp the
+    physical areas are approximate.
     """
     downsample = max(1.0, target_mpp / slide.mpp)
     w0, h0 = slide.dimensions
-    side = max(16, round(max(w0, h0) / downsample))
-    thumb = slide.get_thumbnail(side)
-    actual_downsample = max(w0 / thumb.shape[1], h0 / thumb.shape[0])
+    # at least 16 px a side, as a tiny slide's view would otherwise be empty
+    downsample = max(1.0, min(downsample, max(w0, h0) / 16))
+    thumb, actual_downsample = slide.read_reduced(downsample)
     mask = tissue_from_rgb(thumb, actual_downsample * slide.mpp)
     return TissueMask(mask=mask, downsample=actual_downsample)
