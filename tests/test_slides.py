@@ -9,6 +9,7 @@ import tifffile
 
 from napari_hila.slides import ASSUMED_MPP, open_slide
 from napari_hila.slides.synthetic import expected_level_count, write_test_slide
+from napari_hila.slides.tissue import saturation
 
 W, H = 2400, 1800  # small enough to write in about a second, big enough for levels
 
@@ -134,11 +135,16 @@ def test_flat_slide_gets_lazy_coarser_levels(synthetic):
         pyramid = slide.pyramid()
         assert [a.shape[:2] for a in pyramid] == [(H, W), (H // 2, W // 2)]
         assert slide.pyramid_downsamples() == [1.0, 2.0]
-        # the coarse level is the 2x2 mean of level 0
-        full = slide.read_region((0, 0), 0, (512, 512)).astype(np.float64)
+        # on tissue (saturated, textured), the coarse level is the 2x2 mean of level 0 up
+        # to the DCT-scaled decode's error: mean |error| 1.5 and 99th percentile 10 grey
+        # levels measured; taking every other pixel instead gives 9 and 67
+        full = slide.read_region((1024, 1024), 0, (512, 512)).astype(np.float64)
+        assert saturation(full.astype(np.uint8)).mean() > 0.15, "the box must be tissue"
         expected = full.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
-        got = pyramid[1][:256, :256].compute()
-        assert np.abs(got - expected).max() <= 0.5 + 1e-9
+        got = pyramid[1][512:768, 512:768].compute().astype(np.float64)
+        error = np.abs(got - expected)
+        assert error.mean() < 2.5 and np.percentile(error, 99) < 15
+        assert abs(got.mean() - expected.mean()) < 0.5  # no brightness bias
 
 
 def test_missing_mpp_is_assumed_and_flagged(synthetic):
