@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes",
         default="20000,40000",
-        help="sides in px of the generated slides (default 12000,24000)",
+        help="sides in px of the generated slides (default 20000,40000)",
     )
     parser.add_argument(
         "--mpp",
@@ -161,11 +161,37 @@ def _run_child(path: Path, settings: dict) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _detect_tissue_memory(slide) -> tuple[Any, dict[str, Any]]:
+    """Tissue detection's time and memory: first thing in a fresh process, so its peaks are its own."""
+    import tracemalloc
+
+    from napari_hila.slides import detect_tissue
+
+    _reset_peak_rss()
+    before = _rss_mb().get("rss_mb", 0.0)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        tissue = detect_tissue(slide)
+        seconds = time.perf_counter() - t0
+        traced_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return tissue, {
+        "seconds": round(seconds, 2),
+        "view_px": list(tissue.mask.shape[::-1]),
+        "traced_peak_mb": round(traced_peak / 2**20, 1),
+        "rss_before_mb": before,
+        **_rss_mb(),
+    }
+
+
 def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
-    from napari_hila.slides import detect_tissue, make_grids, open_slide
+    from napari_hila.slides import make_grids, open_slide
 
     with open_slide(path) as slide:
-        grids = make_grids(slide, detect_tissue(slide))
+        tissue, tissue_row = _detect_tissue_memory(slide)
+        grids = make_grids(slide, tissue)
         info = {
             "slide": str(path),
             "dimensions": list(slide.dimensions),
@@ -178,6 +204,7 @@ def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any
     e2e = _end_to_end(path, args)
     return {
         **info,
+        "detect_tissue": tissue_row,
         "decode_only": decode,
         "encode_only": encode,
         "end_to_end": e2e,
@@ -203,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = [_run_child(p, settings) for p in slides]
     ratios = [r["end_to_end_vs_decode"] for r in results]
     peaks = [r["end_to_end"].get("peak_rss_mb", 0.0) for r in results]
+    tissue_peaks = [r["detect_tissue"].get("peak_rss_mb", 0.0) for r in results]
     return {
         "encoder": args.encoder,
         "batch_size": args.batch_size,
@@ -215,5 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb_by_slide": peaks,
             "patches_by_slide": [r["end_to_end"]["patches"] for r in results],
             "peak_rss_growth_mb": round(float(np.ptp(peaks)), 1) if peaks else 0.0,
+            "detect_tissue_peak_rss_mb_by_slide": tissue_peaks,
+            "detect_tissue_traced_peak_mb_by_slide": [
+                r["detect_tissue"]["traced_peak_mb"] for r in results
+            ],
         },
     }
