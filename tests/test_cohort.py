@@ -83,3 +83,18 @@ def test_feature_file_names(tmp_path):
     assert feature_file_for(tmp_path, "TCGA-1.svs") == tmp_path / "TCGA-1.h5"
     assert feature_file_for(tmp_path, "TCGA-1") == tmp_path / "TCGA-1.h5"
     assert feature_file_for(tmp_path, "x.h5") == tmp_path / "x.h5"
+
+
+def test_finds_the_files_napari_hila_extract_writes(tmp_path):
+    (tmp_path / "TCGA-01-0123456789ab-hila-descriptor.h5").write_bytes(b"")
+    (tmp_path / "TCGA-01-B-aaaaaaaaaaaa-hila-descriptor.h5").write_bytes(b"")  # another slide
+    found = feature_file_for(tmp_path, "TCGA-01.svs")
+    assert found.name == "TCGA-01-0123456789ab-hila-descriptor.h5"
+    assert feature_file_for(tmp_path, "TCGA-01-B").name.startswith("TCGA-01-B-")
+    (tmp_path / "TCGA-01-0123456789ab-uni-1a2b3c4d.h5").write_bytes(b"")
+    with pytest.raises(CohortError, match="2 feature files"):
+        feature_file_for(tmp_path, "TCGA-01")
+    csv = _write(tmp_path, "patient_id,slide_id,time,event\nP1,TCGA-01,3,1\nP2,TCGA-01-B,4,0\n")
+    with pytest.raises(CohortError, match="line 2: slide 'TCGA-01' has 2 feature files") as info:
+        read_cohort(csv, features_dir=tmp_path)
+    assert "line 3" not in str(info.value)

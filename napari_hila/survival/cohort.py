@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,18 +74,40 @@ class Cohort:
         return [r for r in self.rows if r.patient_id in wanted]
 
 
-def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
-    """The feature file of ``slide_id`` in ``features_dir``: ``<slide_id>.h5``.
+def _extract_cache_matches(folder: Path, stem: str) -> list[Path]:
+    """Files ``napari-hila extract`` wrote for ``stem``: ``<stem>-<fingerprint>-<encoder>[-<hash>].h5``."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem)
+    pattern = re.compile(rf"{re.escape(safe)}-[0-9a-f]{{12}}-.+\.h5")
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"{safe}-*.h5") if pattern.fullmatch(p.name))
 
-    A slide id given with a file extension (``TCGA-XX.svs``) also finds
-    ``TCGA-XX.h5``, the name ``napari-hila extract`` writes.
+
+def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
+    """The feature file of ``slide_id`` in ``features_dir``.
+
+    Looks for ``<slide_id>.h5``, then ``<stem>.h5`` for ids given with a file
+    extension (``TCGA-XX.svs``), then the name ``napari-hila extract`` writes,
+    ``<stem>-<fingerprint>-<encoder>.h5``. Several of the latter (two encoders
+    in one folder) are ambiguous: :class:`CohortError` names them.
     """
     folder = Path(features_dir)
     if slide_id.endswith(".h5"):
         return folder / slide_id
     direct = folder / f"{slide_id}.h5"
-    stem = folder / f"{Path(slide_id).stem}.h5"
-    return stem if not direct.exists() and stem.exists() else direct
+    if direct.exists():
+        return direct
+    stem = Path(slide_id).stem.removesuffix(".ome") if Path(slide_id).suffix else slide_id
+    if (folder / f"{stem}.h5").exists():
+        return folder / f"{stem}.h5"
+    found = _extract_cache_matches(folder, stem)
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise CohortError(
+            f"slide {slide_id!r} has {len(found)} feature files in {folder} ({names}); "
+            "keep the files of one encoder and grid per folder"
+        )
+    return found[0] if found else direct
 
 
 def _parse_row(values: dict[str, str], has_fold: bool) -> tuple[dict, list[str]]:
@@ -189,9 +212,13 @@ def read_cohort(
             elif not problems:
                 patient_outcome[pid] = (line, parsed["time"], parsed["event"], parsed["fold"])
             if features_dir is not None and sid:
-                feature_path = feature_file_for(features_dir, sid)
-                if not feature_path.exists():
-                    problems.append(f"no feature file {feature_path} for slide {sid!r}")
+                try:
+                    feature_path = feature_file_for(features_dir, sid)
+                except CohortError as err:
+                    problems.append(str(err))
+                else:
+                    if not feature_path.exists():
+                        problems.append(f"no feature file {feature_path} for slide {sid!r}")
             if problems:
                 errors.append(f"line {line}: " + "; ".join(problems))
             else:
