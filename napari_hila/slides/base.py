@@ -83,6 +83,13 @@ class Slide(abc.ABC):
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels of a box that lies inside ``level``, in that level's pixels."""
 
+    def _stream_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Like :meth:`_read_level_box`, for a single pass over a whole level.
+
+        Backends with a tile cache override it to decode without filling that cache.
+        """
+        return self._read_level_box(level, x, y, w, h)
+
     def _reduced_level(self, level: int, scale: int) -> LevelArray | None:
         """``level`` at 1/``scale`` (2, 4 or 8) from reduced tile decodes, or None.
 
@@ -216,6 +223,10 @@ class Slide(abc.ABC):
         """
         index = self.best_pyramid_level(max(downsample, 1.0))
         level = self.level_arrays()[index]
+        if index < self.level_count:  # a file level: one pass that need not be cached
+            level = LevelArray(
+                partial(self._stream_level_box, index), *self.level_dimensions[index]
+            )
         level_ds = self.pyramid_downsamples()[index]
         h, w = level.shape[:2]
         factor = max(1, round(downsample / level_ds))

@@ -288,6 +288,18 @@ class TifffileSlide(Slide):
                 "the file is probably truncated or corrupt"
             ) from err
 
+    def _stream_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        tiled = self._tiled[level]
+        if tiled is None:
+            return self._read_level_box(level, x, y, w, h)
+        try:
+            return tiled.read_box(x, y, w, h, cached=False)
+        except Exception as err:
+            raise SlideError(
+                f"{self.path}: reading level {level} at ({x}, {y}) failed ({err}); "
+                "the file is probably truncated or corrupt"
+            ) from err
+
     def _reduced_level(self, level: int, scale: int) -> LevelArray | None:
         tiled = self._tiled[level]
         if tiled is None or not tiled.supports_scale(scale):

@@ -140,14 +140,19 @@ class TiledLevel:
         """Whether :meth:`read_box` can read this level at 1/scale from reduced tiles."""
         return scale in DCT_SCALES and self.tile_w % scale == 0 and self.tile_h % scale == 0
 
-    def read_box(self, x: int, y: int, w: int, h: int, scale: int = 1) -> np.ndarray:
+    def read_box(
+        self, x: int, y: int, w: int, h: int, scale: int = 1, *, cached: bool = True
+    ) -> np.ndarray:
         """Pixels of a box inside the level (level px), or of its 1/scale view (in those px).
 
         A 1/scale pixel is the mean of scale x scale level pixels (the DCT's
-        estimate of it for JPEG tiles); see :meth:`supports_scale`.
+        estimate of it for JPEG tiles); see :meth:`supports_scale`. ``cached=False``
+        (full-scale reads only) decodes without touching the tile cache, for one
+        pass over a whole level that would otherwise fill and flush it.
         """
         if scale == 1:
-            get_tile, tw, th = self.tile, self.tile_w, self.tile_h
+            get_tile = self.tile if cached else self._decode_tile
+            tw, th = self.tile_w, self.tile_h
         elif self.supports_scale(scale):
             get_tile = self._reduced[scale]
             tw, th = self.tile_w // scale, self.tile_h // scale
