@@ -40,6 +40,18 @@ def risk_group(risk: float, threshold: float | None) -> str | None:
     return "high" if risk > float(threshold) else "low"
 
 
+def cohort_reference_risks(card: dict) -> np.ndarray:
+    """The cohort risks a new slide's risk is compared with (percentile, histogram).
+
+    The final model's in-sample risks: the same model, so the same scale as a
+    new slide's risk and as the card's threshold. Older cards without them fall
+    back to the out-of-fold risks.
+    """
+    cohort = card.get("cohort") or {}
+    values = cohort.get("final_model_risk", cohort.get("risk"))
+    return np.asarray(values if values is not None else [], float)
+
+
 def risk_percentile(risk: float, cohort_risks) -> float | None:
     """Percentage of the cohort with a risk at or below ``risk`` (0-100)."""
     values = np.asarray(cohort_risks if cohort_risks is not None else [], float)
@@ -178,7 +190,6 @@ def predict_slide(
         mpp, mpp_assumed = feats.attrs.get("mpp"), bool(feats.attrs.get("mpp_is_assumed"))
         n_patches, n_regions = feats.num_patches, feats.num_regions
     threshold = card.get("risk_threshold")
-    cohort = card.get("cohort") or {}
     result = PredictionResult(
         slide_path=str(slide_path),
         slide_fingerprint=fingerprint,
@@ -191,9 +202,7 @@ def predict_slide(
         time_unit=str(card.get("time_unit", "months")),
         risk_threshold=None if threshold is None else float(threshold),
         risk_group=risk_group(explanation.risk, threshold),
-        risk_percentile=risk_percentile(
-            explanation.risk, cohort.get("final_model_risk", cohort.get("risk"))
-        ),
+        risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
         warnings=_warnings(card, mpp_assumed, n_patches),
         extra={
             "risk_percentile_of": "the final model's risks over its training cohort",

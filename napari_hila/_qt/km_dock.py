@@ -9,12 +9,14 @@ Colours follow napari's theme and change with it.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_hila._qt.scroll import make_scrollable
@@ -44,8 +46,26 @@ def km_dock_for(viewer: Any, create: bool = True) -> KaplanMeierDock | None:
     if not create:
         return None
     dock = KaplanMeierDock(viewer)
-    viewer.window.add_dock_widget(dock, name="Kaplan-Meier", area="right")
+    qt_dock = viewer.window.add_dock_widget(dock, name="Kaplan-Meier", area="right")
+    _give_height(viewer, qt_dock)
     return dock
+
+
+def _give_height(viewer: Any, qt_dock: Any, height: int = 460) -> None:
+    """Split the right dock column so the plot is readable, not a sliver.
+
+    Both docks scroll, so their size hints are small and Qt would otherwise
+    give the second one only a few rows.
+    """
+    with warnings.catch_warnings():  # napari warns plugins off private attributes
+        warnings.simplefilter("ignore")
+        main_window = getattr(viewer.window, "_qt_window", None)
+    if main_window is None or qt_dock is None:
+        return
+    # napari hands plugins proxies of its Qt objects; Qt wants the objects.
+    main_window = getattr(main_window, "__wrapped__", main_window)
+    qt_dock = getattr(qt_dock, "__wrapped__", qt_dock)
+    main_window.resizeDocks([qt_dock], [height], Qt.Orientation.Vertical)
 
 
 class KaplanMeierDock(QWidget):
@@ -126,9 +146,15 @@ class KaplanMeierDock(QWidget):
         return edges, survival
 
     def _draw_risk_position(self, ax: Any) -> None:
-        """Histogram of the cohort's risks, the threshold and this patient's risk."""
+        """Histogram of the cohort's risks, the threshold and this patient's risk.
+
+        Drawn on the final model's scale, the one the threshold and a new
+        slide's risk are on (the KM curves above use out-of-fold groups).
+        """
+        from napari_hila.predict import cohort_reference_risks
+
         colors = theme_colors(self.viewer)
-        cohort = np.asarray(self.card["cohort"]["risk"], float)
+        cohort = cohort_reference_risks(self.card)
         ax.hist(
             cohort, bins=min(30, max(5, len(cohort) // 4)), color=colors["secondary"], alpha=0.8
         )
