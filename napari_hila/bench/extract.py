@@ -73,12 +73,13 @@ def _decode_only(slide, grids, batch_size: int) -> dict[str, Any]:
 def _encode_only(slide, grids, encoder, batch_size: int) -> dict[str, Any]:
     import torch
 
-    from napari_hila.features.extract import cpu_threads_for_encoder
+    from napari_hila.features.extract import cpu_threads_for_encoder, read_threads_for
     from napari_hila.features.tiles import read_batch
 
     coords = grids.patch_coords[: 4 * batch_size]
     tiles = read_batch(slide, coords, grids.patch_size, grids.patch_px, 0)
-    with cpu_threads_for_encoder():  # the same thread budget as during extraction
+    # the same thread budget as during extraction
+    with cpu_threads_for_encoder(read_threads_for(encoder)):
         threads = torch.get_num_threads()
         encoder.encode(tiles[:batch_size])  # warm-up
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -88,6 +89,7 @@ def _encode_only(slide, grids, encoder, batch_size: int) -> dict[str, Any]:
     return {
         "tiles": len(tiles),
         "torch_threads": threads,
+        "read_threads_during_extraction": read_threads_for(encoder),
         "tiles_per_s": round(len(tiles) / seconds, 1),
         "cpu_ms_per_tile": round(1000 * cpu / len(tiles), 2),
     }
