@@ -114,3 +114,22 @@ def test_minilm_offline_normalised_and_meaningful(minilm):
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
     np.testing.assert_allclose(minilm.encode(texts[:1]), e[:1], atol=1e-5)
+
+
+def test_descriptor_matches_stored_reference(sample_slide):
+    """Descriptor values on sample tiles (six tissue tiles, one of glass) equal the ones
+    stored before the extraction pipeline was reworked: the shipped demo model was
+    trained on them, so a speed-up must not move them beyond float rounding."""
+    import json
+    from pathlib import Path
+
+    from napari_hila.features.tiles import read_batch
+    from napari_hila.slides import open_slide
+
+    ref = json.loads((Path(__file__).parent / "data" / "descriptor_reference.json").read_text())
+    with open_slide(sample_slide) as slide:
+        tiles = read_batch(slide, np.array(ref["coords"]), ref["patch_size"], 256, 0)
+    expected = np.array(ref["features"], np.float32)
+    got = describe_tiles(tiles)
+    assert got.shape == expected.shape == (7, DESCRIPTOR_DIM)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
