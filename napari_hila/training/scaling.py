@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,19 +40,27 @@ def _moments(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.nda
 
 @dataclass
 class FeatureScaling:
-    """``(x - mean) / std`` per feature dimension, at the patch and region level."""
+    """``(x - mean) / std`` per feature dimension, at the patch and region level
+    and at each extra magnification (CrossFusion's 10x and 5x), each with its
+    own statistics: the same encoder sees different tissue scales."""
 
     patch_mean: np.ndarray
     patch_std: np.ndarray
     region_mean: np.ndarray
     region_std: np.ndarray
+    scales: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, bags: Sequence[SlideFeatures]) -> FeatureScaling:
         """Pooled over every patch (region) of ``bags``: each token counts once."""
         pm, ps = _moments([b.features for b in bags], bags[0].features.shape[1])
         rm, rs = _moments([b.region_features for b in bags], bags[0].region_features.shape[1])
-        return cls(pm, ps, rm, rs)
+        shared = set.intersection(*(set(b.scales) for b in bags)) if bags else set()
+        scales = {
+            name: _moments([b.scales[name][0] for b in bags], bags[0].scales[name][0].shape[1])
+            for name in sorted(shared)
+        }
+        return cls(pm, ps, rm, rs, scales)
 
     @classmethod
     def identity(cls, patch_dim: int, region_dim: int) -> FeatureScaling:
@@ -61,9 +69,15 @@ class FeatureScaling:
         )
 
     def apply(self, feats: SlideFeatures) -> SlideFeatures:
-        """A scaled copy of ``feats`` (extra magnifications are left as they are)."""
+        """A scaled copy of ``feats``; magnifications without statistics stay as they are."""
+        scales = dict(feats.scales)
+        for name, (mean, std) in self.scales.items():
+            if name in scales:
+                values, coords = scales[name]
+                scales[name] = (((values - mean) / std).astype(np.float32), coords)
         return dataclasses.replace(
             feats,
+            scales=scales,
             features=((feats.features - self.patch_mean) / self.patch_std).astype(np.float32),
             region_features=((feats.region_features - self.region_mean) / self.region_std).astype(
                 np.float32
@@ -77,6 +91,10 @@ class FeatureScaling:
             "method": "z-score per dimension; mean and std over the training patients' tokens",
             "patch": {"mean": self.patch_mean.tolist(), "std": self.patch_std.tolist()},
             "region": {"mean": self.region_mean.tolist(), "std": self.region_std.tolist()},
+            "scales": {
+                name: {"mean": mean.tolist(), "std": std.tolist()}
+                for name, (mean, std) in self.scales.items()
+            },
         }
 
     @classmethod
@@ -89,4 +107,8 @@ class FeatureScaling:
             np.asarray(data["patch"]["std"], np.float64),
             np.asarray(data["region"]["mean"], np.float64),
             np.asarray(data["region"]["std"], np.float64),
+            {
+                name: (np.asarray(v["mean"], np.float64), np.asarray(v["std"], np.float64))
+                for name, v in (data.get("scales") or {}).items()
+            },
         )
