@@ -13,6 +13,7 @@ prompt). Sampling is deterministic given (seed, epoch, slide index).
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 import zlib
@@ -44,8 +45,12 @@ __all__ = [
 ]
 
 
-class TileSet:
-    """Tiles of one slide: positions known up front, pixels read chunk by chunk."""
+class TileSet(abc.ABC):
+    """Tiles of one slide: positions known up front, pixels read chunk by chunk.
+
+    Subclasses say where pixels come from: a slide file (:class:`SlideTiles`)
+    or arrays already in memory (:class:`InMemoryTiles`).
+    """
 
     coords: np.ndarray  # (N, 2) int64 level-0 (x, y) of each tile's top-left corner
     tile_size: int  # level-0 px side of one tile
@@ -54,13 +59,13 @@ class TileSet:
     def __len__(self) -> int:
         return int(len(self.coords))
 
+    @abc.abstractmethod
     def subset(self, indices: np.ndarray) -> TileSet:
         """The same slide restricted to some of its tiles."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Tiles ``start:stop`` and their 2 x 2 context, both (n, H, W, 3) uint8."""
-        raise NotImplementedError
 
     def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Consecutive chunks of at most ``size`` tiles; the next chunk is read in the background."""
