@@ -142,10 +142,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from napari_hila.training.trainer import wants_prompts
 
-    try:
-        spec = get_model_spec(args.model)
-    except KeyError as err:
-        raise HilaError(str(err.args[0])) from None
+    spec = get_model_spec(args.model)  # an unknown name is a ModelConfigError (a HilaError)
     device = str(resolve_device(args.device))
     if spec.inputs == "tiles":
         from napari_hila.training.tiles import cohort_slide_refs
