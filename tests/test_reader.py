@@ -113,6 +113,7 @@ def test_missing_mpp_warns_in_napari(tmp_path, notifications):
     path = write_test_slide(tmp_path / "nompp.tif", 600, 500, layout="flat", mpp=None)
     [(_, kwargs, _)] = get_reader(str(path))(str(path))
     assert kwargs["metadata"]["mpp_is_assumed"] is True and kwargs["scale"] == (0.5, 0.5)
+    assert kwargs["metadata"]["mpp_source"] == "assumed"
     assert any("does not record its pixel size" in m and "0.5 um/px" in m for m in notifications())
 
 
@@ -177,3 +178,25 @@ def test_corrupt_tile_shows_white_and_one_notification(tmp_path, sample_slide, n
     levels[0][y : y + 10, x : x + 10]  # a second failure does not notify again
     messages = [m for m in notifications() if "bad_tile.svs" in m]
     assert len(messages) == 1 and "shown white" in messages[0]
+
+
+def test_info_mpp_supplies_a_missing_pixel_size(tmp_path, capsys):
+    path = write_test_slide(tmp_path / "nompp.tif", 1200, 900, layout="flat", mpp=None)
+    assert _run_info([str(path)]) == 0
+    assumed = json.loads(capsys.readouterr().out)
+    assert assumed["mpp_source"] == "assumed" and assumed["grid"]["patch_size_level0"] == 256
+    assert _run_info([str(path), "--mpp", "0.25"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mpp"] == 0.25 and out["mpp_is_assumed"] is False and out["mpp_source"] == "user"
+    assert out["grid"]["patch_size_level0"] == 512
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "250", "abc"])
+def test_info_invalid_mpp_is_an_error_line_and_exit_2(sample_slide, capsys, bad):
+    from napari_hila.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(sample_slide), "--mpp", bad, "--no-tissue"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --mpp" in err and "between 0.05 and 20" in err

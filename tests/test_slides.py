@@ -7,7 +7,9 @@ import openslide
 import pytest
 import tifffile
 
-from napari_hila.slides import ASSUMED_MPP, open_slide
+from napari_hila.errors import SlideError
+from napari_hila.slides import ASSUMED_MPP, detect_tissue, make_grids, open_slide
+from napari_hila.slides.layers import slide_metadata
 from napari_hila.slides.synthetic import expected_level_count, write_test_slide
 from napari_hila.slides.tissue import saturation
 
@@ -150,6 +152,32 @@ def test_flat_slide_gets_lazy_coarser_levels(synthetic):
 def test_missing_mpp_is_assumed_and_flagged(synthetic):
     with open_slide(synthetic["nompp"]) as slide:
         assert slide.mpp_is_assumed and slide.mpp == ASSUMED_MPP
+        assert slide.mpp_source == "assumed"
+
+
+def test_user_mpp_supplies_a_missing_one_and_sets_the_grid(synthetic):
+    """0.25 um/px given for a slide without mpp: 40x, so 512 px level-0 patches."""
+    with open_slide(synthetic["nompp"], mpp=0.25) as slide:
+        assert slide.mpp == 0.25 and not slide.mpp_is_assumed and slide.mpp_source == "user"
+        tissue = detect_tissue(slide)
+        grids = make_grids(slide, tissue)
+        assert grids.patch_size == 512 and grids.region_size == 8192 and grids.mpp == 0.25
+        assert slide_metadata(slide)["mpp_source"] == "user"
+    with open_slide(synthetic["nompp"]) as slide:  # the assumed 0.5 gives 256 px patches
+        assert make_grids(slide, detect_tissue(slide)).patch_size == 256
+
+
+def test_user_mpp_overrides_the_file_value(synthetic):
+    with open_slide(synthetic["svs"]) as slide:
+        assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "file"
+    with open_slide(synthetic["svs"], mpp=0.5) as slide:
+        assert slide.mpp == 0.5 and slide.mpp_source == "user" and not slide.mpp_is_assumed
+
+
+@pytest.mark.parametrize("bad", [0, -0.25, 0.01, 25.0, float("nan"), float("inf"), "abc"])
+def test_implausible_user_mpp_is_refused_with_the_range(synthetic, bad):
+    with pytest.raises(SlideError, match=r"nompp\.tif: mpp .* between 0\.05 and 20"):
+        open_slide(synthetic["nompp"], mpp=bad)
 
 
 def test_fingerprint_stable_and_content_based(sample_slide, sample_copy, synthetic):

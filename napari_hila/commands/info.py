@@ -1,6 +1,7 @@
 """Describe a slide as JSON: backend, vendor, levels, mpp, tissue, grid sizes.
 
 Example: ``napari-hila info slide.svs --backend tifffile``
+(``--mpp 0.25`` when the file lacks its pixel size or has it wrong)
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+
+from napari_hila.commands.options import add_mpp_argument
 
 GRID_DEFAULTS = {"patch_px": 256, "region_px": 4096, "target_mpp": 0.5}
 
@@ -20,16 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="force a reader (default: the faster one that sees the whole pyramid)",
     )
+    add_mpp_argument(parser)
     parser.add_argument(
         "--no-tissue", action="store_true", help="skip tissue detection and grid counts"
     )
 
 
-def describe_slide(path: str, backend: str | None = None, tissue: bool = True) -> dict[str, Any]:
-    """The JSON description ``napari-hila info`` prints."""
+def describe_slide(
+    path: str, backend: str | None = None, tissue: bool = True, mpp: float | None = None
+) -> dict[str, Any]:
+    """The JSON description ``napari-hila info`` prints (``mpp`` as in ``open_slide``)."""
     from napari_hila.slides import DEFAULT_MIN_TISSUE, detect_tissue, make_grids, open_slide
 
-    with open_slide(path, backend=backend) as slide:
+    with open_slide(path, backend=backend, mpp=mpp) as slide:
         info: dict[str, Any] = {
             "path": str(slide.path),
             "backend": slide.backend,
@@ -39,6 +45,7 @@ def describe_slide(path: str, backend: str | None = None, tissue: bool = True) -
             "pyramid_downsamples": slide.pyramid_downsamples(),
             "mpp": slide.mpp,
             "mpp_is_assumed": slide.mpp_is_assumed,
+            "mpp_source": slide.mpp_source,
             "objective_power": slide.objective_power,
             "tile_size": list(slide.tile_size),
             "associated_images": {
@@ -64,6 +71,6 @@ def describe_slide(path: str, backend: str | None = None, tissue: bool = True) -
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe_slide(args.slide, backend=args.backend, tissue=not args.no_tissue)
+    info = describe_slide(args.slide, backend=args.backend, tissue=not args.no_tissue, mpp=args.mpp)
     print(json.dumps(info, indent=2))
     return 0

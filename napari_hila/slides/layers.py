@@ -27,8 +27,8 @@ def mpp_warning(slide: Slide) -> str | None:
         return None
     return (
         f"{slide.path.name}: the file does not record its pixel size; assuming {slide.mpp} um/px "
-        "(20x). Lengths, the scale bar and the patch grid depend on it: set the true value "
-        "in the layer's scale if you know it."
+        "(20x). Lengths, the scale bar and the patch grid depend on it: set the scanner's "
+        "value in the HiLa survival dock's um/px field (or --mpp on the command line)."
     )
 
 
@@ -40,6 +40,7 @@ def slide_metadata(slide: Slide) -> dict[str, Any]:
         "vendor": slide.vendor,
         "mpp": slide.mpp,
         "mpp_is_assumed": slide.mpp_is_assumed,
+        "mpp_source": slide.mpp_source,
         "objective_power": slide.objective_power,
         "fingerprint": slide.fingerprint(),
         "tile_size": list(slide.tile_size),

@@ -11,6 +11,7 @@ else it reads (vendor formats, non-tiled layouts).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -32,6 +33,24 @@ TIFFFILE_FIRST_FORMATS = {"aperio", "generic-tiff"}
 #: Aperio's JPEG 2000 variants carry their own colour handling: left to OpenSlide.
 _APERIO_JPEG2000 = {33003, 33005}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Pixel sizes (um/px at level 0) a user may give: 0.05 is beyond any 100x
+#: objective, 20 a 0.5x overview; a value outside is a typo (mm or nm, px/um).
+MPP_RANGE = (0.05, 20.0)
+
+
+def check_mpp(mpp: float | str, what: str = "mpp") -> float:
+    """``mpp`` as a float, or SlideError when it is not a plausible pixel size in um/px."""
+    low, high = MPP_RANGE
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise SlideError(
+            f"{what} {mpp!r} is not a plausible pixel size: give microns per pixel at level 0 "
+            f"between {low:g} and {high:g} (0.25 for 40x, 0.5 for 20x scans)"
+        )
+    return value
 
 
 def is_tiff_file(path: Path) -> bool:
@@ -64,13 +83,29 @@ def _describe_start(path: Path) -> str:
     return f"it starts with the bytes {head[:8].hex(' ')}"
 
 
-def open_slide(path: str | os.PathLike, backend: str | None = None) -> Slide:
+def open_slide(
+    path: str | os.PathLike, backend: str | None = None, mpp: float | None = None
+) -> Slide:
     """Open a whole-slide image read-only.
 
     ``backend`` forces ``"openslide"`` or ``"tifffile"``; by default the faster
-    one that sees the whole pyramid is used. Raises :class:`SlideError` naming
+    one that sees the whole pyramid is used. ``mpp`` (um/px at level 0)
+    overrides the file's pixel size or supplies a missing one (``mpp_source``
+    "user"); it must lie in ``MPP_RANGE``. Raises :class:`SlideError` naming
     the file and the fix for anything that cannot be read.
     """
+    if mpp is not None:
+        mpp = check_mpp(mpp, f"{Path(path)}: mpp")
+    slide = _open(path, backend)
+    # lengths, tile sizes and layer scales all follow slide.mpp; say where it came from
+    slide.mpp_source = "assumed" if slide.mpp_is_assumed else "file"
+    if mpp is not None:
+        slide.mpp, slide.mpp_is_assumed, slide.mpp_source = mpp, False, "user"
+    return slide
+
+
+def _open(path: str | os.PathLike, backend: str | None) -> Slide:
+    """The slide with the backend :func:`open_slide` picks, pixel size as the file says."""
     from napari_hila.slides.openslide_backend import OpenSlideSlide
     from napari_hila.slides.tifffile_backend import (
         TifffileSlide,
