@@ -18,6 +18,14 @@ TILES = 20
 COARSEST_SIDE = 40  # so the small slide gets five computed levels, as a 50,000 px one
 
 
+@pytest.fixture(autouse=True)
+def overview_cache(tmp_path, monkeypatch):
+    """A private, empty overview cache: these tests count what computing the overview decodes."""
+    folder = tmp_path / "overviews"
+    monkeypatch.setenv("NAPARI_HILA_OVERVIEW_CACHE", str(folder))
+    return folder
+
+
 def area_mean(image: np.ndarray, scale: int) -> np.ndarray:
     """Each scale x scale block's mean (the exact downsample DCT scaling estimates)."""
     h, w = image.shape[0] // scale * scale, image.shape[1] // scale * scale
@@ -144,3 +152,30 @@ def test_non_jpeg_flat_slide_levels_equal_2x2_means_exactly(tmp_path, tissue, mo
         for k in range(1, 5):
             np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(expected[k]))
     assert calls["scaled"] == []
+
+
+def test_flat_slide_overview_is_cached_on_disk_for_the_next_open(flat, monkeypatch, overview_cache):
+    monkeypatch.setattr(base, "MAX_COARSEST_SIDE", COARSEST_SIDE)
+    calls = _counting(monkeypatch)
+    reports: list[tuple[int, int]] = []
+    with open_slide(flat) as slide:
+        assert slide.overview_pending()
+        slide.compute_overview(lambda done, total: reports.append((done, total)))
+        assert not slide.overview_pending()
+        first = np.asarray(slide.level_arrays()[-1])
+    assert calls["scaled"] == [8] * TILES
+    assert reports[-1][0] == reports[-1][1] == len(reports)  # one report per block, to the end
+    files = list(overview_cache.glob("*.npy"))
+    assert len(files) == 1 and files[0].name.endswith("-dct-v1.npy")
+    calls["scaled"].clear()
+    with open_slide(flat) as slide:
+        calls["full"].clear()  # the open probe
+        assert not slide.overview_pending()  # found on disk
+        again = np.asarray(slide.level_arrays()[-1])
+    assert calls["scaled"] == [] and calls["full"] == []  # nothing decoded
+    np.testing.assert_array_equal(again, first)
+    # a damaged cache file is computed again, not trusted
+    files[0].write_bytes(b"not an array")
+    with open_slide(flat) as slide:
+        np.testing.assert_array_equal(np.asarray(slide.level_arrays()[-1]), first)
+    assert calls["scaled"] == [8] * TILES

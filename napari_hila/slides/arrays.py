@@ -101,25 +101,82 @@ def halved(finer: LevelArray) -> LevelArray:
     return LevelArray(read_box, width, height)
 
 
-def memoized(array: LevelArray) -> LevelArray:
+#: Side in px of the blocks a memoized level is computed in (one task each).
+MEMO_BLOCK = 512
+Progress = Callable[[int, int], None]  # (blocks done, blocks in all)
+
+
+class MemoizedLevel(LevelArray):
     """``array`` read whole on first use and then served from memory.
 
     For the coarsest computed level of a slide without a pyramid: napari's
     overview, the thumbnail and tissue detection all need it, and computing
     it means decoding every tile of the slide once (JPEG tiles at 1/8 size,
-    see ``jpeg.py``), on a thread pool since the decoders release the GIL.
+    see ``jpeg.py``), in blocks on one thread per core since the decoders
+    release the GIL. ``load`` and ``save`` connect it to the on-disk cache
+    (``overview_cache.py``) so a second open of the slide does no decoding.
     """
-    lock = threading.Lock()
-    held: list[np.ndarray] = []
 
-    def read_box(x: int, y: int, w: int, h: int) -> np.ndarray:
-        with lock:
-            if not held:  # in tiles on a thread pool: decoding dominates and releases the GIL
-                tiles = as_dask(array, (512, 512), name=f"overview-{id(array)}")
-                held.append(tiles.compute(scheduler="threads"))
-        return held[0][y : y + h, x : x + w].copy()
+    def __init__(
+        self,
+        array: LevelArray,
+        load: Callable[[], np.ndarray | None] | None = None,
+        save: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        super().__init__(self._read_held, array.shape[1], array.shape[0])
+        self._source = array
+        self._load, self._save = load, save
+        self._lock = threading.Lock()
+        self._held: np.ndarray | None = None
 
-    return LevelArray(read_box, array.shape[1], array.shape[0])
+    def is_ready(self) -> bool:
+        """True when reading it costs no decoding: held, or loaded now from the cache."""
+        with self._lock:
+            if self._held is None and self._load is not None:
+                self._held = self._load()
+            return self._held is not None
+
+    def compute(self, progress: Progress | None = None) -> np.ndarray:
+        """The whole level (computed and cached once); ``progress(done, total)`` per block."""
+        with self._lock:
+            if self._held is None and self._load is not None:
+                self._held = self._load()
+            if self._held is None:
+                self._held = read_in_blocks(self._source, MEMO_BLOCK, progress)
+                if self._save is not None:
+                    self._save(self._held)
+            return self._held
+
+    def _read_held(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.compute()[y : y + h, x : x + w].copy()
+
+
+def memoized(array: LevelArray, **cache) -> MemoizedLevel:
+    """``array`` computed once on first read (see :class:`MemoizedLevel`)."""
+    return MemoizedLevel(array, **cache)
+
+
+def read_in_blocks(array: LevelArray, block: int, progress: Progress | None = None) -> np.ndarray:
+    """All of ``array`` read in ``block`` px squares on one thread per core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    h, w = array.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    boxes = [(y, x) for y in range(0, h, block) for x in range(0, w, block)]
+
+    def fill(box: tuple[int, int]) -> None:
+        y, x = box
+        out[y : y + block, x : x + block] = array[y : y + block, x : x + block]
+
+    threads = max(1, min(len(boxes), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hila-overview") as pool:
+        futures = [pool.submit(fill, box) for box in boxes]
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()
+            if progress is not None:
+                progress(done, len(boxes))
+    return out
 
 
 def as_dask(array: LevelArray, tile: tuple[int, int], name: str) -> da.Array:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.arrays import LevelArray, as_dask, halved, memoized
+from napari_hila.slides.arrays import LevelArray, MemoizedLevel, Progress, as_dask, halved, memoized
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -73,6 +73,8 @@ class Slide(abc.ABC):
         self.tile_size = (int(tile_size[0]), int(tile_size[1]))
         self.mpp_is_assumed = mpp is None or not math.isfinite(mpp) or mpp <= 0
         self.mpp = ASSUMED_MPP if self.mpp_is_assumed else float(mpp)
+        #: Where ``mpp`` came from: "file", "assumed" (``ASSUMED_MPP``) or "user".
+        self.mpp_source = "assumed" if self.mpp_is_assumed else "file"
         self.objective_power = objective_power
         self.vendor = vendor
         self.properties = dict(properties)
@@ -159,9 +161,34 @@ class Slide(abc.ABC):
             reduced = self._reduced_level(coarsest, scale) if self.reduced_decode else None
             arrays.append(reduced if reduced is not None else halved(arrays[-1]))
             downsamples.append(downsamples[-1] * 2)
-        if len(arrays) > self.level_count:  # computed overview: compute it once
-            arrays[-1] = memoized(arrays[-1])
+        if len(arrays) > self.level_count:  # computed overview: once, then from disk
+            from napari_hila.slides import overview_cache
+
+            method = "dct" if self.reduced_decode else "mean"
+            key = overview_cache.overview_key(
+                self.fingerprint(), len(arrays) - 1, arrays[-1].shape, method
+            )
+            arrays[-1] = memoized(
+                arrays[-1],
+                load=partial(overview_cache.load_overview, key, arrays[-1].shape),
+                save=partial(overview_cache.save_overview, key),
+            )
         return arrays, downsamples
+
+    def overview_pending(self) -> bool:
+        """True when showing the slide first needs its overview computed (seconds).
+
+        Only slides without a pyramid have a computed overview; once computed it
+        is held and cached on disk, so this is False on every later open.
+        """
+        coarsest = self._level_views[0][-1]
+        return isinstance(coarsest, MemoizedLevel) and not coarsest.is_ready()
+
+    def compute_overview(self, progress: Progress | None = None) -> None:
+        """Compute (or load) the computed overview now, reporting ``progress(done, total)``."""
+        coarsest = self._level_views[0][-1]
+        if isinstance(coarsest, MemoizedLevel):
+            coarsest.compute(progress)
 
     def level_arrays(self) -> list[LevelArray]:
         """The levels of :meth:`pyramid` as plain array-likes that read on slicing.
