@@ -55,22 +55,55 @@ def get_reader(path: str | list[str]):
     return None
 
 
-def _notify_error(message: str) -> None:
+def _notify(level: str, message: str) -> None:
+    """A napari notification of ``level`` ("error", "warning", "info"); a log line without napari."""
     try:
-        from napari.utils.notifications import show_error
+        from napari.utils import notifications
     except ImportError:  # used without napari: log instead
-        logger.error(message)
+        getattr(logger, level)(message)
         return
-    show_error(message)
+    getattr(notifications, f"show_{level}")(message)
+
+
+def _notify_error(message: str) -> None:
+    _notify("error", message)
 
 
 def _notify_warning(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_warning
-    except ImportError:
-        logger.warning(message)
+    _notify("warning", message)
+
+
+def _notify_info(message: str) -> None:
+    _notify("info", message)
+
+
+def compute_overview_with_progress(slide) -> None:
+    """Compute a pyramid-less slide's overview before napari asks for it, with a progress bar.
+
+    napari reads the coarsest level whole when the layer is added; for a slide
+    without a pyramid that means decoding every tile once (seconds), so it is
+    done here on every core, announced and shown as napari progress, and kept
+    in the overview cache so the next open of the slide skips it.
+    """
+    if not slide.overview_pending():
         return
-    show_warning(message)
+    _notify_info(
+        f"{slide.path.name}: the file has no pyramid; computing its overview once "
+        "(kept on disk, so the next open is instant)"
+    )
+    try:
+        from napari.utils import progress
+    except ImportError:
+        slide.compute_overview()
+        return
+    with progress(desc=f"Overview of {slide.path.name}", total=0) as bar:
+
+        def report(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        slide.compute_overview(report)
 
 
 def show_scale_bar() -> None:
@@ -112,6 +145,7 @@ def read_slide(path: str | list[str], **_: Any) -> list:
         path = path[0]
     try:
         slide = open_slide(path)
+        compute_overview_with_progress(slide)
         layer = slide_layer_data(slide, notify=_notify_error)
     except HilaError as err:
         _notify_error(str(err))
