@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -70,6 +71,21 @@ def _rss_mb() -> dict[str, float]:
 def _reset_peak_rss() -> None:
     with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size
         Path("/proc/self/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Environment variables set for the block, then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _timings(seconds: list[float]) -> dict[str, float]:
@@ -232,17 +248,23 @@ def overview_benchmark(path: Path, reference: bool = True) -> dict[str, Any]:
         "threads": os.cpu_count(),
     }
     methods = OVERVIEW_METHODS if reference else {"dct_scaled": True}
-    for name, reduced in methods.items():
-        with open_slide(path) as slide:
-            slide.reduced_decode = reduced
-            wall, cpu = time.perf_counter(), time.process_time()
+    cache = tempfile.TemporaryDirectory(prefix="hila-overviews-")
+    with cache, _environ(NAPARI_HILA_OVERVIEW_CACHE=cache.name):  # computed, not found on disk
+        for name, reduced in methods.items():
+            with open_slide(path) as slide:
+                slide.reduced_decode = reduced
+                wall, cpu = time.perf_counter(), time.process_time()
+                np.asarray(slide.level_arrays()[-1])
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            results[name] = {
+                "wall_s": round(wall, 3),
+                "cpu_s": round(cpu, 3),
+                "cpu_ms_per_tile": round(cpu * 1e3 / tiles, 4),
+            }
+        with open_slide(path) as slide:  # a second open: the overview comes from the cache
+            wall = time.perf_counter()
             np.asarray(slide.level_arrays()[-1])
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        results[name] = {
-            "wall_s": round(wall, 3),
-            "cpu_s": round(cpu, 3),
-            "cpu_ms_per_tile": round(cpu * 1e3 / tiles, 4),
-        }
+            results["from_disk_cache_s"] = round(time.perf_counter() - wall, 4)
     if reference:
         full, dct = results["full_decode"], results["dct_scaled"]
         results["speedup_wall"] = round(full["wall_s"] / max(dct["wall_s"], 1e-9), 2)
@@ -287,8 +309,9 @@ viewer.close()
 def render_benchmark(path: Path, full_decode_reference: bool = False) -> dict[str, Any]:
     """Time from ``viewer.open`` to a non-blank canvas, in a fresh process.
 
-    The first open pays one-time imports (the reader, tifffile, scikit-image);
-    the re-open is what every later slide costs. ``full_decode_reference``
+    The first open pays one-time imports (the reader, tifffile, scikit-image)
+    and, for a slide without a pyramid, computing its overview; the re-open is
+    what every later open costs (the overview then comes from the disk cache). ``full_decode_reference``
     adds a napari-hila run whose computed levels come from full tile decodes.
     """
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
@@ -302,13 +325,17 @@ def render_benchmark(path: Path, full_decode_reference: bool = False) -> dict[st
         if importlib.util.find_spec(module) is None:
             results[name] = {"skipped": "not installed"}
             continue
+        # an empty overview cache per run: the first open computes, the re-open finds it
+        cache = tempfile.TemporaryDirectory(prefix="hila-overviews-")
         try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _RENDER_SCRIPT, str(path), plugin, method],
-                capture_output=True,
-                text=True,
-                timeout=1200,
-            )
+            with cache:
+                proc = subprocess.run(
+                    [sys.executable, "-c", _RENDER_SCRIPT, str(path), plugin, method],
+                    capture_output=True,
+                    text=True,
+                    timeout=1200,
+                    env={**os.environ, "NAPARI_HILA_OVERVIEW_CACHE": cache.name},
+                )
         except subprocess.TimeoutExpired:
             results[name] = {"failed": ["no render within 1200 s"]}
             continue
