@@ -101,8 +101,12 @@ def features_for_model(
     device: str = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    mpp: float | None = None,
 ):
-    """The slide's features with the model's encoders and grid (cached by the features package)."""
+    """The slide's features with the model's encoders and grid (cached by the features package).
+
+    ``mpp`` overrides or supplies the slide's pixel size, which sizes the grid's tiles.
+    """
     from napari_hila.features.extract import load_or_extract
 
     return load_or_extract(
@@ -111,6 +115,7 @@ def features_for_model(
         device=device,
         progress=progress,
         cancel=cancel,
+        mpp=mpp,
         **extraction_settings(card),
     )
 
@@ -129,7 +134,8 @@ def _warnings(card: dict[str, Any], mpp_is_assumed: bool, num_patches: int) -> l
         notes.append(_SYNTHETIC_WARNING)
     if mpp_is_assumed:
         notes.append(
-            "the slide does not record its pixel size; 0.5 um/px was assumed, so tile sizes may be wrong"
+            "the slide does not record its pixel size; 0.5 um/px was assumed, so tile sizes may be "
+            "wrong: set the scanner's value (--mpp, or the dock's um/px field)"
         )
     if num_patches < 16:
         notes.append(
@@ -146,6 +152,7 @@ def predict_slide(
     device: str = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    mpp: float | None = None,
 ) -> PredictionResult:
     """Run ``model`` (a model directory or a loaded model) on one slide.
 
@@ -153,6 +160,8 @@ def predict_slide(
     "explain" and "export"; ``cancel`` (a ``threading.Event``) stops the job
     between steps with :class:`~napari_hila.errors.Cancelled`. With ``out_dir``
     every output file is written there too (see :mod:`napari_hila.export`).
+    ``mpp`` (um/px at level 0) overrides or supplies the slide's pixel size:
+    the grid's tile sizes and the result's ``mpp`` follow it.
     """
     from napari_hila.models.registry import get_model_spec
     from napari_hila.training.crossval import edges_from_json
@@ -171,13 +180,16 @@ def predict_slide(
         from napari_hila.training.tiles import explain_slide_tiles
 
         # progress: "tiles" while the model encodes them, then "explain" when done
-        explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel)
+        explanation, facts = explain_slide_tiles(
+            loaded.model, slide_path, progress, cancel, mpp=mpp
+        )
         report("explain", 1.0)
         encoder = str(((card.get("encoders") or {}).get("patch") or {}).get("name", ""))
         fingerprint, mpp, mpp_assumed = facts.fingerprint, facts.mpp, facts.mpp_is_assumed
+        mpp_source = facts.mpp_source
         n_patches, n_regions = facts.num_tiles, 0
     else:
-        feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel)
+        feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel, mpp)
         check_features_match(card, feats, str(slide_path))
         _check_cancel(cancel)
         report("explain", 0.0)
@@ -188,6 +200,7 @@ def predict_slide(
         report("explain", 1.0)
         encoder, fingerprint = feats.encoder, str(feats.attrs.get("slide_fingerprint", ""))
         mpp, mpp_assumed = feats.attrs.get("mpp"), bool(feats.attrs.get("mpp_is_assumed"))
+        mpp_source = str(feats.attrs.get("mpp_source", "assumed" if mpp_assumed else "file"))
         n_patches, n_regions = feats.num_patches, feats.num_regions
     threshold = card.get("risk_threshold")
     result = PredictionResult(
@@ -208,6 +221,7 @@ def predict_slide(
             "risk_percentile_of": "the final model's risks over its training cohort",
             "risk_threshold_method": card.get("risk_threshold_method", ""),
             "encoder": encoder,
+            "mpp_source": mpp_source,
             "patches": n_patches,
             "regions": n_regions,
             "grid": card.get("grid", {}),

@@ -114,3 +114,23 @@ def test_risk_group_and_percentile():
     )
     assert risk_percentile(2.0, [1, 2, 3, 4]) == 50.0
     assert risk_percentile(0.0, []) is None
+
+
+def test_predict_mpp_supplies_the_pixel_size_of_a_slide_without_one(tmp_path, capsys):
+    from napari_hila.results import PredictionResult
+    from napari_hila.slides.synthetic import write_test_slide
+
+    slide = write_test_slide(tmp_path / "nompp.tif", 2400, 1800, layout="flat", mpp=None)
+    model, cache = resource_path("demo_model"), tmp_path / "cache"
+    assumed = predict_slide(slide, model, cache_dir=cache, device="cpu")
+    assert assumed.mpp == 0.5 and assumed.extra["mpp_source"] == "assumed"
+    assert any("0.5 um/px was assumed" in w for w in assumed.warnings)
+    out = tmp_path / "out"
+    argv = ["predict", str(slide), "--model", str(model), "--out", str(out)]
+    assert main([*argv, "--cache", str(cache), "--device", "cpu", "--mpp", "0.25"]) == 0
+    result = PredictionResult.load(out)
+    assert result.mpp == 0.25 and result.extra["mpp_source"] == "user"
+    assert not any("assumed" in w for w in result.warnings)
+    assert result.explanation.levels["patch"].tile_size == 512  # the grid follows the mpp
+    assert assumed.explanation.levels["patch"].tile_size == 256
+    assert len(list(cache.glob("*.h5"))) == 2  # the assumed features were not reused

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_hila.commands.options import add_mpp_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDES_OR_DIR", help="slide files or folders")
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--multiscale", action="store_true", help="shorthand for --magnifications 5x,10x,20x"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (64)")
+    add_mpp_argument(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--scheduler", default=None, help="address of a running Dask scheduler: one task per slide"
@@ -90,6 +93,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         "target_mpp": args.target_mpp,
         "magnifications": mags,
         "batch_size": args.batch_size,
+        "mpp": args.mpp,
     }
 
 

@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from napari_hila.commands.options import add_mpp_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", help="whole-slide image (.svs, .ndpi, .tif, ...)")
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", default=None, help="feature cache folder (default: the user cache)"
     )
+    add_mpp_argument(parser)
 
 
 class StageProgress:
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         device=args.device,
         progress=StageProgress(),
+        mpp=args.mpp,
     )
     print(result_summary(result))
     print(f"outputs: {Path(args.out).resolve()}")

@@ -230,6 +230,7 @@ def extract_slide(
     region_mode: str = "view",
     magnifications: tuple[str, ...] | None = None,
     batch_size: int = 64,
+    mpp: float | None = None,
 ) -> Path:
     """Extract (or find cached) features of one slide; returns the HDF5 path.
 
@@ -238,9 +239,11 @@ def extract_slide(
     raises :class:`~napari_hila.errors.Cancelled`, keeping finished patches
     for the next run. ``region_mode`` "view" encodes each region whole at low
     magnification with ``region_encoder`` (default: the patch encoder); "mean"
-    averages the region's patch features instead.
+    averages the region's patch features instead. ``mpp`` (um/px at level 0)
+    overrides or supplies the slide's pixel size; it sizes the tiles, so it is
+    part of the cache key (features made with an assumed mpp are not reused).
     """
-    from napari_hila.slides import detect_tissue, make_grids, open_slide
+    from napari_hila.slides import check_mpp, detect_tissue, make_grids, open_slide
 
     if region_mode not in REGION_MODES:
         raise ValueError(f"region_mode must be one of {REGION_MODES}, not {region_mode!r}")
@@ -257,6 +260,8 @@ def extract_slide(
         "region_encoder": region_encoder if region_encoder not in (None, encoder) else None,
         "region_mode": region_mode,
         "magnifications": ",".join(scales) if scales else None,
+        # a user's pixel size: None keeps the file's (or the assumed) one and its cache name
+        "mpp": check_mpp(mpp, f"{slide_path}: mpp") if mpp is not None else None,
     }
     patch_enc = vision_encoder(encoder, weights, device)
     region_enc = None
@@ -269,7 +274,7 @@ def extract_slide(
     region_name = region_enc.name if region_enc is not None else f"mean({encoder})"
     t0 = time.perf_counter()
     _check_writable(Path(out_dir))
-    with open_slide(slide_path) as slide:
+    with open_slide(slide_path, mpp=settings["mpp"]) as slide:
         fingerprint = slide.fingerprint()
         target = cache_path(
             out_dir, Path(slide_path).stem.removesuffix(".ome"), fingerprint, encoder, settings
@@ -282,6 +287,7 @@ def extract_slide(
             "region_px": int(region_px),
             "target_mpp": float(target_mpp),
             "slide_fingerprint": fingerprint,
+            "mpp": float(slide.mpp),
         }
         with slide_lock(target), cpu_threads_for_encoder(read_threads_for(patch_enc)):
             if _cache_is_valid(target, expected):
@@ -326,6 +332,7 @@ def extract_slide(
                     "region_size": int(grids.region_size),
                     "mpp": float(grids.mpp),
                     "mpp_is_assumed": bool(slide.mpp_is_assumed),
+                    "mpp_source": slide.mpp_source,
                     "min_tissue": float(grids.min_tissue),
                     "slide_path": str(Path(slide_path).resolve()),
                     "feature_names": json.dumps(list(getattr(patch_enc, "feature_names", ()))),

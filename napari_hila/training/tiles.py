@@ -123,12 +123,17 @@ class TileGrid:
     mpp: float
 
 
-def tile_grid(path: str | os.PathLike, tile_px: int, target_mpp: float) -> TileGrid:
-    """Tissue tiles of ``tile_px`` pixels at ``target_mpp`` (through napari_hila.slides)."""
+def tile_grid(
+    path: str | os.PathLike, tile_px: int, target_mpp: float, mpp: float | None = None
+) -> TileGrid:
+    """Tissue tiles of ``tile_px`` pixels at ``target_mpp`` (through napari_hila.slides).
+
+    ``mpp`` overrides or supplies the slide's pixel size, as in ``open_slide``.
+    """
     from napari_hila.errors import SlideError
     from napari_hila.slides import detect_tissue, make_grids, open_slide
 
-    with open_slide(path) as slide:
+    with open_slide(path, mpp=mpp) as slide:
         tissue = detect_tissue(slide)
         grids = make_grids(
             slide, tissue, patch_px=tile_px, region_px=16 * tile_px, target_mpp=target_mpp
@@ -231,6 +236,7 @@ class SlideRef:
 
     path: Path
     slide_id: str = ""
+    mpp: float | None = None  # the user's pixel size when the file lacks it or has it wrong
 
 
 def slide_key(name: str) -> int:
@@ -246,9 +252,10 @@ def slide_tiles(
     seed: int = 0,
     epoch: int = 0,
     workers: int = 2,
+    mpp: float | None = None,
 ) -> SlideTiles:
     """``n_tiles`` tissue tiles of one slide (all when it has fewer), fixed by (seed, epoch, slide)."""
-    grid = cached_tile_grid(str(path), int(tile_px), float(target_mpp), _mtime(path))
+    grid = cached_tile_grid(str(path), int(tile_px), float(target_mpp), _mtime(path), mpp)
     origin = tuple(int(v) for v in grid.coords.min(axis=0))
     every = SlideTiles(grid.path, grid.coords, grid.tile_size, int(tile_px), origin, workers)
     return every.subset(sample_indices(len(every), n_tiles, seed, epoch, slide_key(every.name)))
@@ -270,7 +277,8 @@ def tile_batch(
             sets.append(item.subset(chosen))
         else:
             path = item.path if isinstance(item, SlideRef) else Path(item)
-            sets.append(slide_tiles(path, n_tiles, tile_px, target_mpp, seed, epoch))
+            mpp = item.mpp if isinstance(item, SlideRef) else None
+            sets.append(slide_tiles(path, n_tiles, tile_px, target_mpp, seed, epoch, mpp=mpp))
     return TileBatch(sets)
 
 
@@ -286,9 +294,11 @@ def _mtime(path: str | os.PathLike) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def cached_tile_grid(path: str, tile_px: int, target_mpp: float, mtime: float) -> TileGrid:
+def cached_tile_grid(
+    path: str, tile_px: int, target_mpp: float, mtime: float, mpp: float | None = None
+) -> TileGrid:
     """:func:`tile_grid`, computed once per slide file version (positions only: a few KB)."""
-    return tile_grid(path, tile_px, target_mpp)
+    return tile_grid(path, tile_px, target_mpp, mpp)
 
 
 def find_slide_file(slides_dir: str | os.PathLike, slide_id: str) -> Path | None:
@@ -339,26 +349,32 @@ class SlideFacts:
     mpp: float
     mpp_is_assumed: bool
     num_tiles: int
+    mpp_source: str = "file"
 
 
-def explain_slide_tiles(model, slide_path: str | os.PathLike, progress=None, cancel=None):
+def explain_slide_tiles(
+    model, slide_path: str | os.PathLike, progress=None, cancel=None, mpp: float | None = None
+):
     """One slide through a model that reads its own tiles: ``(Explanation, SlideFacts)``.
 
     Tiles are sampled with the model's inference settings and read chunk by
     chunk; ``progress("tiles", fraction)`` and ``cancel`` reach the model.
+    ``mpp`` overrides or supplies the slide's pixel size (it sizes the tiles).
     """
     from napari_hila.slides import open_slide
 
-    with open_slide(slide_path) as slide:
-        fingerprint, mpp, assumed = (
+    with open_slide(slide_path, mpp=mpp) as slide:
+        fingerprint, mpp, assumed, source = (
             slide.fingerprint(),
             float(slide.mpp),
             bool(slide.mpp_is_assumed),
+            slide.mpp_source,
         )
-    batch = model.batch_from_bags([SlideRef(Path(slide_path))], train=False)
+    ref = SlideRef(Path(slide_path), mpp=mpp if source == "user" else None)
+    batch = model.batch_from_bags([ref], train=False)
     try:
         explanation = model.explain(batch, progress=progress, cancel=cancel)
     finally:
         for tiles in batch.slides:
             getattr(tiles, "close", lambda: None)()
-    return explanation, SlideFacts(fingerprint, mpp, assumed, len(batch.slides[0]))
+    return explanation, SlideFacts(fingerprint, mpp, assumed, len(batch.slides[0]), source)
