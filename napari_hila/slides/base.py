@@ -237,16 +237,13 @@ class Slide(abc.ABC):
             )
         return np.asarray(array.compute(scheduler="threads"))
 
-    def read_reduced(
-        self, downsample: float, max_side: int | None = None
-    ) -> tuple[np.ndarray, float]:
+    def read_reduced(self, downsample: float) -> tuple[np.ndarray, float]:
         """The whole slide at about ``downsample`` (level-0 px per px), and the exact downsample.
 
         Picks the coarsest pyramid level at least as fine, then box-averages it by
         the integer factor nearest to what is left, block by block into the output,
-        so nothing much larger than the result is ever held (a 80,000 px slide's
+        so nothing much larger than the result is ever held (an 80,000 px slide's
         8 um/px view costs the same few MB of reads per block as a 20,000 px one).
-        With ``max_side`` the factor is the smallest one that fits the result in it.
         """
         index = self.best_pyramid_level(max(downsample, 1.0))
         level = self.level_arrays()[index]
@@ -256,9 +253,7 @@ class Slide(abc.ABC):
             )
         level_ds = self.pyramid_downsamples()[index]
         h, w = level.shape[:2]
-        factor = max(1, round(downsample / level_ds))
-        if max_side is not None:
-            factor = max(factor, math.ceil(max(h, w) / max_side))
+        factor = min(max(1, round(downsample / level_ds)), max(1, min(h, w)))  # >= 1 px out
         out = reduce_level(level, factor)
         w0, h0 = self.dimensions
         actual = max(w0 / out.shape[1], h0 / out.shape[0])
