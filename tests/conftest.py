@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# computed slide overviews go to a throwaway folder, not the user's cache
+if "NAPARI_HILA_OVERVIEW_CACHE" not in os.environ:
+    _overviews = tempfile.mkdtemp(prefix="hila-test-overviews-")
+    atexit.register(shutil.rmtree, _overviews, ignore_errors=True)
+    os.environ["NAPARI_HILA_OVERVIEW_CACHE"] = _overviews
 
 
 def pytest_addoption(parser):
