@@ -132,6 +132,23 @@ def _read_dask(level0, tile_px: int, x: int, y: int) -> np.ndarray:
     return level0[y : y + tile_px, x : x + tile_px].compute(scheduler="threads")
 
 
+def _napari_wsi_level0(path: Path):
+    """Level 0 as napari-wsi's reader hands it to napari, or None if not installed."""
+    if importlib.util.find_spec("napari_wsi") is None:
+        return None
+    from napari_wsi.backends.common import WSIReaderBackend
+    from napari_wsi.color_transform import ColorSpace
+    from napari_wsi.common import open_store
+
+    store = open_store(path=path, backend=WSIReaderBackend.OPENSLIDE, color_space=ColorSpace.sRGB)
+    data, _kwargs, _kind = store.to_layer_data_tuples()[0]
+    return data[0]
+
+
+def _read_napari_wsi(level0, tile_px: int, x: int, y: int) -> np.ndarray:
+    return np.asarray(level0[y : y + tile_px, x : x + tile_px])
+
+
 def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict[str, Any]:
     """Per-tile read times for raw OpenSlide and each of our read paths.
 
@@ -169,6 +186,14 @@ def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict
         readers[f"ours_{backend}_dask_pyramid"] = partial(
             _read_dask, dask_slide.pyramid()[0], tile_px
         )
+    try:
+        wsi_level0 = _napari_wsi_level0(path)
+    except Exception as err:  # a peer failing on this file is a result, not a crash
+        wsi_level0, skipped["napari_wsi_level_view"] = None, {"skipped": str(err)}
+    if wsi_level0 is not None:
+        readers["napari_wsi_level_view"] = partial(_read_napari_wsi, wsi_level0, tile_px)
+    elif "napari_wsi_level_view" not in skipped:
+        skipped["napari_wsi_level_view"] = {"skipped": "napari-wsi not installed"}
     # warm the OS page cache through a throwaway handle: no reader pays for the
     # disk, and none starts with the locations already in its own tile cache
     with openslide.OpenSlide(str(path)) as warm:
@@ -193,7 +218,7 @@ def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict
     results["ours_vs_raw_median_ratio"] = {
         name: round(r["median_ms"] / raw_median, 3)
         for name, r in results.items()
-        if name.startswith("ours_") and "median_ms" in r
+        if name.startswith(("ours_", "napari_wsi")) and "median_ms" in r
     }
     return results
 
@@ -214,11 +239,15 @@ def open_benchmark(path: Path) -> dict[str, Any]:
     ours()  # imports and first-call costs are not the slide's
     with open_slide(path) as slide:
         backend = slide.backend
-    return {
+    timings = {
         "ours_open_s": round(_median_time(ours), 4),
         "ours_backend": backend,
         "openslide_raw_open_s": round(_median_time(raw), 4),
     }
+    if importlib.util.find_spec("napari_wsi") is not None:
+        _napari_wsi_level0(path)  # imports are not the slide's
+        timings["napari_wsi_open_s"] = round(_median_time(lambda: _napari_wsi_level0(path)), 4)
+    return timings
 
 
 OVERVIEW_METHODS = {"dct_scaled": True, "full_decode": False}  # -> Slide.reduced_decode
