@@ -21,12 +21,15 @@ def launch_viewer(
     model: str | os.PathLike | None = None,
     viewer: Any = None,
     show: bool = True,
+    mpp: float | None = None,
 ) -> Any:
     """A napari viewer showing ``slide_path`` with the HiLa and Kaplan-Meier docks.
 
     ``result`` is a :class:`PredictionResult` or a folder written by
     ``PredictionResult.save`` (e.g. by ``napari-hila predict``); its overlays
     are drawn at once. ``model`` preselects a model directory in the dock.
+    ``mpp`` (um/px at level 0) overrides or supplies the slide's pixel size,
+    through the dock's pixel size field (the layer's scale and later runs).
     The slide is opened with napari-hila's reader, so it is the same layer a
     user gets from File > Open. Call ``napari.run()`` afterwards to block.
     """
@@ -43,6 +46,14 @@ def launch_viewer(
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "HiLa survival")
     if model is not None:
         dock.model_picker.set_model(model)
+    if mpp is not None and slide_path is not None:
+        from napari_hila._qt.layers import slide_path_of
+
+        opened = Path(slide_path).expanduser().resolve()
+        for layer in viewer.layers:
+            path = slide_path_of(layer)
+            if path and Path(path).resolve() == opened:
+                dock.set_slide_mpp(mpp, layer)
     if result is not None:
         dock.show_result(result, tissue=_tissue_or_none(result))
     return viewer

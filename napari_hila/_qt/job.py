@@ -62,7 +62,7 @@ def stage_text(stage: str, fraction: float) -> str:
     return f"{label} ({step}/{len(shown)}): {100 * min(max(fraction, 0.0), 1.0):.0f}%"
 
 
-_TISSUE_CACHE: dict[tuple[str, int, int], Any] = {}
+_TISSUE_CACHE: dict[tuple[str, int, int, float | None], Any] = {}
 
 
 def tissue_of(result: PredictionResult) -> Any:
@@ -75,9 +75,11 @@ def tissue_of(result: PredictionResult) -> Any:
 
     path = Path(result.slide_path).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    # the tissue view is taken at a physical scale: a user's mpp changes it
+    mpp = result.mpp if result.extra.get("mpp_source") == "user" else None
+    key = (str(path), stat.st_mtime_ns, stat.st_size, mpp)
     if key not in _TISSUE_CACHE:
-        with open_slide(path) as slide:
+        with open_slide(path, mpp=mpp) as slide:
             _TISSUE_CACHE.clear()  # one slide's mask at a time is all the viewer needs
             _TISSUE_CACHE[key] = detect_tissue(slide)
     return _TISSUE_CACHE[key]
@@ -97,11 +99,13 @@ def run_prediction(
     cache_dir: str | Path | None = None,
     progress: Callable[[str, float], None] | None = None,
     cancel: threading.Event | None = None,
+    mpp: float | None = None,
 ) -> JobOutcome:
     """Predict one slide; every failure becomes a message, never an exception.
 
     The progress callback also checks ``cancel`` so a cancel lands at the next
-    progress report even inside a long stage.
+    progress report even inside a long stage. ``mpp`` is the user's pixel size
+    (None: the file's), passed to ``predict_slide``.
     """
     from napari_hila.predict import predict_slide
 
@@ -125,6 +129,7 @@ def run_prediction(
             device=device,
             progress=report,
             cancel=cancel,
+            mpp=mpp,
         )
         stop_if_cancelled()
         tissue = tissue_of(result)
@@ -162,12 +167,14 @@ class PredictionJob(QObject):
         device: str = "auto",
         cache_dir: str | Path | None = None,
         parent: QObject | None = None,
+        mpp: float | None = None,
     ) -> None:
         super().__init__(parent)
         self.slide_path = str(slide_path)
         self.model = model
         self.device = device
         self.cache_dir = cache_dir
+        self.mpp = mpp  # the user's pixel size, or None for the file's
         self.cancel_event = threading.Event()
         self.outcome: JobOutcome | None = None
         self._worker = None
@@ -187,6 +194,7 @@ class PredictionJob(QObject):
             self.cache_dir,
             self.progress.emit,
             self.cancel_event,
+            self.mpp,
             _ignore_errors=True,
         )
         self._worker.returned.connect(self._on_returned)

@@ -8,6 +8,7 @@ to do; nothing here lets an exception reach napari.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -39,6 +41,7 @@ from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
 from napari_hila.predict import default_cache_dir
 from napari_hila.results import PredictionResult
+from napari_hila.slides.opener import MPP_RANGE, check_mpp
 
 GALLERY_SIZE = 9
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class HilaSurvivalDock(QWidget):
         self.result: PredictionResult | None = None
         self.card: dict[str, Any] | None = None
         self.gallery_level: str | None = None
+        self.tissue: Any = None  # the shown result's tissue mask, redrawn when mpp changes
         self._slide = None  # opened lazily for thumbnails
         self.layers = ResultLayers(napari_viewer, on_hover=self._show_hover)
         self._build()
@@ -96,6 +100,20 @@ class HilaSurvivalDock(QWidget):
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(["auto", *available_devices()])
         self.device_combo.setToolTip("Where the model runs; only devices present are listed")
+        self.mpp_spin = QDoubleSpinBox(self)
+        self.mpp_spin.setRange(*MPP_RANGE)
+        self.mpp_spin.setDecimals(4)
+        self.mpp_spin.setSingleStep(0.01)
+        self.mpp_spin.setSuffix(" um/px")
+        self.mpp_spin.setKeyboardTracking(False)  # one change per typed value, not per digit
+        self.mpp_spin.setToolTip(
+            "Microns per pixel at level 0 (0.25 for 40x, 0.5 for 20x scans). It sizes the "
+            "patches and the scale bar; change it when the file lacks it or has it wrong."
+        )
+        self.mpp_note = QLabel(self)
+        self.mpp_note.setWordWrap(True)
+        self.mpp_note.setStyleSheet("color: #e8a33d;")  # a warning, visible on dark and light
+        self.mpp_note.setVisible(False)
         self.run_button = QPushButton("Run", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
@@ -110,6 +128,8 @@ class HilaSurvivalDock(QWidget):
         form.addRow("Slide", self.slide_combo)
         form.addRow("Model", self.model_picker)
         form.addRow("Device", self.device_combo)
+        form.addRow("Pixel size", self.mpp_spin)
+        form.addRow(self.mpp_note)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -151,6 +171,8 @@ class HilaSurvivalDock(QWidget):
         make_scrollable(self, content)
 
         self.run_button.clicked.connect(self.run)
+        self.slide_combo.currentIndexChanged.connect(self._show_slide_mpp)
+        self.mpp_spin.valueChanged.connect(self._on_mpp_changed)
         self.cancel_button.clicked.connect(self.cancel)
         self.chart.prompt_clicked.connect(self.set_prompt)
         self.gallery.tile_clicked.connect(self.center_on_tile)
@@ -168,6 +190,71 @@ class HilaSurvivalDock(QWidget):
             self.slide_combo.addItem(layer.name, layer)
         self.slide_combo.setCurrentIndex(max(self.slide_combo.findText(current), 0))
         self.slide_combo.blockSignals(False)
+        self._show_slide_mpp()
+
+    # -- pixel size -----------------------------------------------------------------
+    def _show_slide_mpp(self, *_: Any) -> None:
+        """Put the chosen slide's mpp in the spin box; warn when the file did not give one."""
+        layer = self.slide_combo.currentData()
+        meta = layer.metadata if layer is not None else {}
+        mpp = meta.get("mpp")
+        self.mpp_spin.setEnabled(mpp is not None)
+        if mpp is not None:
+            self.mpp_spin.blockSignals(True)
+            self.mpp_spin.setValue(float(mpp))
+            self.mpp_spin.blockSignals(False)
+        assumed = meta.get("mpp_source") == "assumed" or (
+            "mpp_source" not in meta and bool(meta.get("mpp_is_assumed"))
+        )
+        if assumed:
+            self.mpp_note.setText(
+                f"This slide has no pixel size; {float(mpp):g} um/px assumed — set the "
+                "scanner's value."
+            )
+        self.mpp_note.setVisible(assumed)
+
+    def _on_mpp_changed(self, value: float) -> None:
+        layer = self.slide_combo.currentData()
+        if layer is not None and layer in self.viewer.layers:
+            self.set_slide_mpp(value, layer)
+
+    def set_slide_mpp(self, mpp: float, layer: Any = None) -> None:
+        """Use ``mpp`` (um/px at level 0) for a slide layer: its scale, its overlays, its runs.
+
+        The slide layer and the shown result's overlays are rescaled so the
+        scale bar and lengths are true; the next Run extracts with this value.
+        """
+        mpp = check_mpp(mpp, "pixel size")
+        layer = layer if layer is not None else self.slide_combo.currentData()
+        if layer is None:
+            raise HilaError("no slide layer to set the pixel size of; open a slide first")
+        old = float(layer.metadata.get("mpp", layer.scale[-1]))
+        layer.scale = (*layer.scale[:-2], mpp, mpp)
+        layer.metadata = {
+            **layer.metadata,
+            "mpp": mpp,
+            "mpp_is_assumed": False,
+            "mpp_source": "user",
+        }
+        if layer is self.slide_combo.currentData():
+            self._show_slide_mpp()
+        shown = self.layers.result
+        if shown is not None and shown.slide_path == slide_path_of(layer) and shown.mpp != mpp:
+            # the overlays' grid is in level-0 px: only its scale follows the new mpp
+            units = layer.units if str(layer.units[0]) != "pixel" else None
+            self.layers.show(dataclasses.replace(shown, mpp=mpp), tissue=self.tissue, units=units)
+            if self.result is not None and self.result.mpp != mpp:
+                self.stage_label.setText(
+                    f"pixel size now {mpp:g} um/px; the result shown used "
+                    f"{self.result.mpp:g} um/px: press Run to predict with the new value"
+                )
+        if old != mpp:
+            self.viewer.reset_view()
+
+    def slide_mpp(self, layer: Any) -> float | None:
+        """The mpp a run on ``layer`` passes to the prediction: the user's, else None (the file's)."""
+        meta = layer.metadata
+        return float(meta["mpp"]) if meta.get("mpp_source") == "user" else None
 
     # -- running ------------------------------------------------------------------
     def run(self) -> bool:
@@ -198,6 +285,7 @@ class HilaSurvivalDock(QWidget):
             self.model_picker.model_path,
             self.device_combo.currentText(),
             self.cache_dir,
+            mpp=self.slide_mpp(layer),
             parent=self,
         )
         self.job.progress.connect(self._on_progress)
@@ -256,11 +344,18 @@ class HilaSurvivalDock(QWidget):
     ) -> None:
         """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock."""
         self.result = result
+        self.tissue = tissue
         self.card = card or self.card or _card_of(result)
         self._close_slide()
         layer = next(
             (ly for ly in self.slide_layers() if slide_path_of(ly) == result.slide_path), None
         )
+        if (
+            layer is not None
+            and result.extra.get("mpp_source") == "user"
+            and layer.metadata.get("mpp") != result.mpp
+        ):
+            self.set_slide_mpp(result.mpp, layer)  # made with a user's mpp: the slide takes it
         units = layer.units if layer is not None and str(layer.units[0]) != "pixel" else None
         self.layers.show(result, tissue=tissue, units=units)
         self.risk_label.setText(describe_risk(result))
@@ -339,7 +434,8 @@ class HilaSurvivalDock(QWidget):
         if self.result is None:
             return
         tile = self.result.explanation.levels[level]
-        center, zoom = overlays.camera_for_token(tile, index, self.result.mpp)
+        shown = self.layers.result or self.result  # its mpp follows the pixel size field
+        center, zoom = overlays.camera_for_token(tile, index, shown.mpp)
         self.viewer.camera.center = center
         self.viewer.camera.zoom = zoom
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 
+from napari_hila.commands.options import add_mpp_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", nargs="?", help="whole-slide image to open (optional)")
     parser.add_argument("--model", help="model directory to preselect (default: the shipped demo)")
     parser.add_argument("--result", help="folder with result.json/result.npz to show at once")
+    add_mpp_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.slide:
         from napari_hila.slides import open_slide
 
-        with open_slide(args.slide):  # a clear SlideError now rather than a napari dialog later
+        # a clear SlideError now rather than a napari dialog later
+        with open_slide(args.slide, mpp=args.mpp):
             pass
     if args.model:
         from napari_hila.training.modelfile import read_card
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_hila._qt.app import launch_viewer
 
     try:
-        launch_viewer(args.slide, result=args.result, model=args.model)
+        launch_viewer(args.slide, result=args.result, model=args.model, mpp=args.mpp)
     except (OSError, ValueError) as err:
         raise HilaError(f"{args.slide or args.result}: cannot show it in napari ({err})") from err
     napari.run()

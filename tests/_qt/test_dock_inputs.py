@@ -95,7 +95,9 @@ def slow_predict(monkeypatch):
     """predict_slide replaced by one that reports progress for ~10 s unless cancelled."""
     calls = []
 
-    def predict_slide(slide_path, model, cache_dir=None, device="auto", progress=None, cancel=None):
+    def predict_slide(
+        slide_path, model, cache_dir=None, device="auto", progress=None, cancel=None, mpp=None
+    ):
         calls.append(threading.current_thread().name)
         for i in range(200):
             if cancel is not None and cancel.is_set():
