@@ -126,6 +126,10 @@ def test_train_command_runs_vptsurv_on_slides(tmp_path):
     assert result.risk == pytest.approx(explanation.risk, abs=1e-6)  # same tiles, same risk
     assert result.mpp == 0.5 and result.slide_fingerprint and result.extra["encoder"] == "vit"
     assert result.risk_group in ("high", "low")
+    # a user's pixel size reaches the model's own tile grid: half the mpp, twice the level-0 tile
+    user = predict_slide(slides / "s0.svs", loaded, mpp=0.25)
+    assert user.mpp == 0.25 and user.extra["mpp_source"] == "user"
+    assert user.explanation.levels["tiles"].tile_size == 2 * level.tile_size
 
 
 def test_missing_slides_are_listed(tmp_path):
