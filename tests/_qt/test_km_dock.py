@@ -63,7 +63,9 @@ def test_km_dock_opened_later_shows_the_current_result(make_napari_viewer):
     assert late.result is survival.result and "log-rank" in late.figure.axes[0].get_title()
 
 
-def test_launched_km_dock_is_readable_and_uses_the_threshold_scale(sample_slide, qtbot, tmp_path):
+def test_launched_km_dock_is_readable_and_uses_the_threshold_scale(
+    make_napari_viewer, sample_slide, qtbot, tmp_path
+):
     """Beside the tall survival dock the KM dock gets real height (not a sliver),
     and its risk histogram is on the scale of the card's threshold."""
     import numpy as np
@@ -75,20 +77,17 @@ def test_launched_km_dock_is_readable_and_uses_the_threshold_scale(sample_slide,
     from napari_hila.training.modelfile import read_card
 
     result = predict_slide(sample_slide, demo_model_path(), cache_dir=tmp_path)
-    viewer = launch_viewer(sample_slide, result=result, show=True)
-    try:
-        viewer.window.resize(1600, 1000)
-        dock_viewer = survival_dock_of(viewer).viewer  # the docks key on napari's viewer proxy
-        dock = km_dock_for(dock_viewer, create=False)
-        assert dock is not None
-        qtbot.wait(1000)  # let the dock layout settle; before that heights are hints
-        # Without a height of its own it gets ~70 px of a 1000 px window.
-        assert dock.height() >= 200
-        card = read_card(demo_model_path())
-        reference = cohort_reference_risks(card)
-        assert np.allclose(reference, card["cohort"]["final_model_risk"])
-        # The threshold is the median of the final model's risks: half on each side.
-        below = np.mean(reference <= card["risk_threshold"])
-        assert 0.45 <= below <= 0.55
-    finally:
-        viewer.close()
+    viewer = launch_viewer(sample_slide, result=result, viewer=make_napari_viewer(show=True))
+    viewer.window.resize(1600, 1000)
+    dock_viewer = survival_dock_of(viewer).viewer  # the docks key on napari's viewer proxy
+    dock = km_dock_for(dock_viewer, create=False)
+    assert dock is not None
+    qtbot.wait(1000)  # let the dock layout settle; before that heights are hints
+    # Without a height of its own it gets ~70 px of a 1000 px window.
+    assert dock.height() >= 200
+    card = read_card(demo_model_path())
+    reference = cohort_reference_risks(card)
+    assert np.allclose(reference, card["cohort"]["final_model_risk"])
+    # The threshold is the median of the final model's risks: half on each side.
+    below = np.mean(reference <= card["risk_threshold"])
+    assert 0.45 <= below <= 0.55
