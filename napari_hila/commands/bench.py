@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(cmd)
+        cmd.add_argument("--out", default=None, help="also write the JSON to this file")
         cmd.set_defaults(_bench=module.run, _bench_name=name)
-    parser.add_argument("--out", default=None, help="also write the JSON to this file")
 
 
 def machine_info() -> dict:
