@@ -6,7 +6,13 @@ import warnings
 
 import torch
 
+from napari_hila.errors import HilaError
+
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+class DeviceError(HilaError, ValueError):
+    """A device setting that names no device kind (``--device gpu``)."""
 
 
 def available_devices() -> list[str]:
@@ -32,7 +38,9 @@ def resolve_device(requested: str | torch.device | None = "auto") -> torch.devic
     name = (requested or "auto").lower()
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        raise DeviceError(
+            f"unknown device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}"
+        )
     usable = available_devices()
     if kind == "auto":
         return torch.device(usable[0])
