@@ -12,11 +12,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# computed slide overviews go to a throwaway folder, not the user's cache
-if "NAPARI_HILA_OVERVIEW_CACHE" not in os.environ:
-    _overviews = tempfile.mkdtemp(prefix="hila-test-overviews-")
-    atexit.register(shutil.rmtree, _overviews, ignore_errors=True)
-    os.environ["NAPARI_HILA_OVERVIEW_CACHE"] = _overviews
+# feature caches and computed slide overviews go to throwaway folders, never
+# the user's cache (and a stale user cache cannot make a test pass)
+for _variable, _prefix in (
+    ("NAPARI_HILA_CACHE", "hila-test-cache-"),
+    ("NAPARI_HILA_OVERVIEW_CACHE", "hila-test-overviews-"),
+):
+    _folder = tempfile.mkdtemp(prefix=_prefix)
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+    os.environ[_variable] = _folder
 
 
 def pytest_addoption(parser):
