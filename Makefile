@@ -27,6 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@bash scripts/system_deps.sh
 	$(BIN)/ruff check napari_hila tests scripts
+	$(BIN)/ruff format --check napari_hila tests scripts
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)

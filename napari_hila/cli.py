@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        cmd = sub.add_parser(
+            name, help=help_text, description=(module.__doc__ or help_text).strip()
+        )
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser

@@ -15,10 +15,16 @@ import sys
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "io": ("napari_hila.bench.io", "open time, first render, random tile reads vs raw OpenSlide"),
-    "model": ("napari_hila.bench.model", "forward/backward time and memory per model; Sinkhorn vs POT"),
+    "model": (
+        "napari_hila.bench.model",
+        "forward/backward time and memory per model; Sinkhorn vs POT",
+    ),
     "extract": ("napari_hila.bench.extract", "tiles per second end to end vs decode only"),
     "train": ("napari_hila.bench.train", "seconds per epoch and peak memory for hila and abmil"),
-    "viewer": ("napari_hila.bench.viewer", "the dock's run: cold, cached, cancel latency vs predict_slide"),
+    "viewer": (
+        "napari_hila.bench.viewer",
+        "the dock's run: cold, cached, cancel latency vs predict_slide",
+    ),
 }
 
 
@@ -26,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module_name, help_text) in BENCHMARKS.items():
         module = importlib.import_module(module_name)
-        cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        cmd = sub.add_parser(
+            name, help=help_text, description=(module.__doc__ or help_text).strip()
+        )
         module.add_arguments(cmd)
         cmd.add_argument("--out", default=None, help="also write the JSON to this file")
         cmd.set_defaults(_bench=module.run, _bench_name=name)

@@ -133,7 +133,9 @@ def load_features(path: str | os.PathLike) -> SlideFeatures:
             attrs.update({f"coords.{k}": _attr_value(v) for k, v in h5["coords"].attrs.items()})
             empty = np.zeros((0, features.shape[1] if features.ndim == 2 else 0), np.float32)
             region_features = (
-                np.asarray(h5["region_features"][()], np.float32) if "region_features" in h5 else empty
+                np.asarray(h5["region_features"][()], np.float32)
+                if "region_features" in h5
+                else empty
             )
             region_coords = (
                 np.asarray(h5["region_coords"][()], np.int64)

@@ -24,7 +24,9 @@ class SurvivalOutput:
     details: dict = field(default_factory=dict)
 
 
-def survival_from_logits(logits: torch.Tensor, aux_loss: torch.Tensor | None = None, **details) -> SurvivalOutput:
+def survival_from_logits(
+    logits: torch.Tensor, aux_loss: torch.Tensor | None = None, **details
+) -> SurvivalOutput:
     """Hazards h = sigmoid(logits), S_j = prod_{l<=j} (1 - h_l), risk = -sum_j S_j."""
     hazards = torch.sigmoid(logits)
     survival = torch.cumprod(1.0 - hazards, dim=-1)

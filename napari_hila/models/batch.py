@@ -47,7 +47,9 @@ class SlideBatch:
         return SlideBatch(**moved)
 
 
-def _pad(arrays: Sequence[np.ndarray], fill: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    arrays: Sequence[np.ndarray], fill: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack arrays of shape (n_i, ...) into (B, max n, ...) plus a (B, max n) mask."""
     longest = max((len(a) for a in arrays), default=0)
     longest = max(longest, 1)  # keep a real axis even for all-empty input
@@ -80,6 +82,10 @@ def collate(slides: Sequence[SlideFeatures]) -> SlideBatch:
     extra_names = set.intersection(*(set(s.extras) for s in slides)) if slides[0].extras else set()
     extras = {}
     for name in sorted(extra_names):
-        dtype = torch.long if np.issubdtype(slides[0].extras[name].dtype, np.integer) else torch.float32
-        extras[name], _ = _pad([s.extras[name] for s in slides], -1 if dtype == torch.long else 0.0, dtype)
+        dtype = (
+            torch.long if np.issubdtype(slides[0].extras[name].dtype, np.integer) else torch.float32
+        )
+        extras[name], _ = _pad(
+            [s.extras[name] for s in slides], -1 if dtype == torch.long else 0.0, dtype
+        )
     return SlideBatch(pf, pm, pc, rf, rm, rc, p2r, scales, extras)
