@@ -81,16 +81,22 @@ def _check_heatmaps_align(viewer, result):
         assert np.count_nonzero(np.isfinite(data)) == len(level.coords)
 
 
-def test_crossfusion_levels_show_as_aligned_heatmaps(
-    make_napari_viewer, sample_slide, crossfusion_result
-):
+def _show_in_dock(make_napari_viewer, sample_slide, result):
+    """The sample open in a shown viewer, ``result`` displayed by the HiLa dock."""
     from napari_hila._qt.survival_dock import HilaSurvivalDock
 
     viewer = make_napari_viewer(show=True)
     viewer.open(sample_slide, plugin="napari-hila")
     dock = HilaSurvivalDock(viewer)
     viewer.window.add_dock_widget(dock)
-    dock.show_result(crossfusion_result)
+    dock.show_result(result)
+    return viewer
+
+
+def test_crossfusion_levels_show_as_aligned_heatmaps(
+    make_napari_viewer, sample_slide, crossfusion_result
+):
+    viewer = _show_in_dock(make_napari_viewer, sample_slide, crossfusion_result)
     levels = crossfusion_result.explanation.levels
     assert set(levels) == {"5x", "10x", "20x"}
     assert levels["5x"].tile_size == 4 * levels["20x"].tile_size
@@ -100,12 +106,6 @@ def test_crossfusion_levels_show_as_aligned_heatmaps(
 def test_vptsurv_sampled_tiles_show_as_an_aligned_heatmap(
     make_napari_viewer, sample_slide, vptsurv_result
 ):
-    from napari_hila._qt.survival_dock import HilaSurvivalDock
-
-    viewer = make_napari_viewer(show=True)
-    viewer.open(sample_slide, plugin="napari-hila")
-    dock = HilaSurvivalDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.show_result(vptsurv_result)
+    viewer = _show_in_dock(make_napari_viewer, sample_slide, vptsurv_result)
     assert list(vptsurv_result.explanation.levels) == ["tiles"]
     _check_heatmaps_align(viewer, vptsurv_result)
