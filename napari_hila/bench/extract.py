@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="um/px of the generated slides (0.25: a 40x scan, as most of TCGA; "
         "0.5: a 20x scan whose tiles are the patches)",
     )
-    parser.add_argument("--encoder", default="hila-descriptor")
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--encoder", default="hila-descriptor", help="vision encoder to time")
+    parser.add_argument("--weights", default=None, help="local weights for that encoder")
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
 
 

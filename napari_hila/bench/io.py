@@ -35,14 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=50_000, help="side of the generated slide in px"
     )
-    parser.add_argument("--layout", default="svs", choices=("svs", "ome", "flat", "pages"))
+    parser.add_argument(
+        "--layout",
+        default="svs",
+        choices=("svs", "ome", "flat", "pages"),
+        help="generated slide: Aperio pyramid, OME-TIFF SubIFDs, no pyramid, or unflagged pages",
+    )
     parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
     parser.add_argument("--tiles", type=int, default=200, help="random tissue locations to read")
-    parser.add_argument("--tile-px", type=int, default=256)
+    parser.add_argument("--tile-px", type=int, default=256, help="side of each read in px")
     parser.add_argument(
         "--no-render", action="store_true", help="skip the napari first-render timing"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the read locations")
     parser.add_argument(
         "--overview-reference",
         action=argparse.BooleanOptionalAction,

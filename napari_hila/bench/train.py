@@ -16,13 +16,13 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--slides", type=int, default=200)
+    parser.add_argument("--slides", type=int, default=200, help="synthetic slides per epoch")
     parser.add_argument("--patches", type=int, default=5000, help="patches per slide")
     parser.add_argument("--dim", type=int, default=1024, help="feature width")
     parser.add_argument("--models", default="hila,abmil", help="comma-separated registry names")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per model")
     parser.add_argument("--batch-size", type=int, default=1, help="slides per step")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic features")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )

@@ -23,7 +23,7 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide", default=None, help="slide to run on (default: the sample)")
     parser.add_argument("--model", default=None, help="model directory (default: the demo model)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto, cuda, mps or cpu")
     parser.add_argument("--repeats", type=int, default=3, help="cached runs to time")
     parser.add_argument("--gui", action="store_true", help="also time the display in napari")
     parser.add_argument(

@@ -45,10 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-encoder", default="minilm", help="text encoder for the prompts (default: minilm)"
     )
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-5)
+    parser.add_argument(
+        "--folds", type=int, default=5, help="cross-validation folds, by patient (default: 5)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="fixed epochs per fold; no best-epoch picking (20)"
+    )
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (2e-4)")
+    parser.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay (1e-5)")
     parser.add_argument(
         "--bins", type=int, default=4, help="time bins (quantiles of uncensored times)"
     )
@@ -57,11 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-patches", type=int, default=None, help="random patches per bag per step"
     )
     parser.add_argument("--splits", default=None, help="reuse a splits.json from an earlier run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for splits, initialisation and sampling (0)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    parser.add_argument("--time-unit", default="months")
+    parser.add_argument(
+        "--time-unit", default="months", help="unit of the CSV's time column, shown in plots"
+    )
     parser.add_argument("--label", default=None, help="label shown with the model in the viewer")
-    parser.add_argument("--cancer-type", default=None)
+    parser.add_argument(
+        "--cancer-type", default=None, help="shown on the model card (default: the prompt set)"
+    )
     parser.add_argument(
         "--set",
         action="append",
