@@ -81,11 +81,17 @@ DESCRIPTOR_DIM = len(DESCRIPTOR_NAMES)
 
 
 def _hist(values: torch.Tensor, weights: torch.Tensor, edges: tuple[float, ...]) -> torch.Tensor:
-    """Weighted fraction of pixels per bin (N, len(edges)); the last bin is open."""
-    bins = torch.bucketize(values.flatten(1).contiguous(), torch.tensor(edges[1:]), right=True)
-    w = weights.flatten(1)
-    counts = torch.zeros(values.shape[0], len(edges)).scatter_add_(1, bins, w)
-    return counts / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+    """Weighted fraction of pixels per bin (N, len(edges)); the last bin is open.
+
+    Values below the first edge count in the first bin (the values here are >= 0).
+    Cumulative counts above each edge, differenced: cheaper than bucketize+scatter.
+    """
+    v, w = values.flatten(1), weights.flatten(1)
+    total = w.sum(dim=1)
+    above = [total] + [w.mul(v >= e).sum(dim=1) for e in edges[1:]]
+    above.append(torch.zeros_like(total))
+    counts = torch.stack([above[i] - above[i + 1] for i in range(len(edges))], dim=1)
+    return counts / total.clamp_min(1.0)[:, None]
 
 
 def _gradients(gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,18 +124,36 @@ def _laplacian_energy(gray: torch.Tensor) -> torch.Tensor:
     return lap.abs().mean(dim=(1, 2))
 
 
+def _running_sum(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Cumulative sum along ``dim`` with ``radius + 1`` zeros before and ``radius`` totals after."""
+    c = x.cumsum(dim)
+    n = x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = radius + 1
+    tail = c.narrow(dim, n - 1, 1).expand(*shape[:dim], radius, *shape[dim + 1 :])
+    return torch.cat([x.new_zeros(shape), c, tail], dim=dim)
+
+
+def _window_counts(n: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Pixels inside each centred window of odd ``size`` along an axis of length n."""
+    r = size // 2
+    idx = torch.arange(n)
+    return (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).to(dtype)
+
+
+def _box_from_sum(c: torch.Tensor, pad: int, size: int, dim: int) -> torch.Tensor:
+    """Centred means of odd ``size`` from :func:`_running_sum` made with radius ``pad``."""
+    n = c.shape[dim] - 2 * pad - 1
+    offset = pad - size // 2
+    total = c.narrow(dim, offset + size, n) - c.narrow(dim, offset, n)
+    shape = [1] * c.ndim
+    shape[dim] = n
+    return total.div_(_window_counts(n, size, c.dtype).view(shape))
+
+
 def _box_1d(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Mean over a centred window of odd ``size`` along ``dim``, windows cut at the edges."""
-    r = size // 2
-    n = x.shape[dim]
-    pad = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [r + 1, r]
-    c = F.pad(x, pad).cumsum(dim)
-    total = c.narrow(dim, size, n) - c.narrow(dim, 0, n)
-    idx = torch.arange(n)
-    count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).to(x.dtype)
-    shape = [1] * x.ndim
-    shape[dim] = n
-    return total / count.view(shape)
+    return _box_from_sum(_running_sum(x, size // 2, dim), size // 2, size, dim)
 
 
 def _box(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -137,9 +161,24 @@ def _box(x: torch.Tensor, size: int) -> torch.Tensor:
     return _box_1d(_box_1d(x, size, 2), size, 1)
 
 
+def _boxes(x: torch.Tensor, inner: int, outer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_box` at two sizes sharing the first running sum (same values as two calls)."""
+    pad = outer // 2
+    rows = _running_sum(x, pad, 2)
+    return (
+        _box_1d(_box_from_sum(rows, pad, inner, 2), inner, 1),
+        _box_1d(_box_from_sum(rows, pad, outer, 2), outer, 1),
+    )
+
+
+def _pool2(x: torch.Tensor) -> torch.Tensor:
+    """2 x 2 mean of (N, H, W) (H, W even), summed in avg_pool2d's order: the same values."""
+    return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]).mul_(0.25)
+
+
 def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
     """Non-overlapping k x k mean of (N, H, W) (H, W multiples of k)."""
-    return F.avg_pool2d(x[:, None], k)[:, 0]
+    return _pool2(x) if k == 2 else F.avg_pool2d(x[:, None], k)[:, 0]
 
 
 def _is_local_max(x: torch.Tensor) -> torch.Tensor:
@@ -152,11 +191,17 @@ def _is_local_max(x: torch.Tensor) -> torch.Tensor:
 
 def _blob_count(h: torch.Tensor, inner: int, outer: int, threshold: float) -> torch.Tensor:
     """Count local maxima of a centre-surround haematoxylin response per tile."""
-    centre = _box(h, inner)
-    response = centre - _box(h, outer)
-    peaks = _is_local_max(response)
+    centre, surround = _boxes(h, inner, outer)
+    response = centre - surround
     strong = (response > threshold) & (centre > _NUCLEAR_H)
-    return (peaks & strong).sum(dim=(1, 2)).float()
+    return (_is_local_max(response) & strong).sum(dim=(1, 2)).float()
+
+
+def _std(x: torch.Tensor) -> torch.Tensor:
+    """Sample standard deviation per row of (N, ...) (torch.std's value, several times faster)."""
+    flat = x.flatten(1)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    return centred.square_().sum(dim=1).div_(flat.shape[1] - 1).sqrt_()
 
 
 def _resize_all(tiles: np.ndarray, px: int) -> np.ndarray:
@@ -170,6 +215,9 @@ def _resize_all(tiles: np.ndarray, px: int) -> np.ndarray:
         image = Image.fromarray(np.ascontiguousarray(tile))
         out[i] = image.reduce(factor) if exact else image.resize((px, px), Image.Resampling.BOX)
     return out
+
+
+_CHUNK = 16  # tiles per pass: a 128 px float plane of 16 tiles (1 MB) stays in L2 cache
 
 
 @torch.no_grad()
@@ -187,6 +235,12 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
     full_px = 2 * _WORK_PX
     if tiles.shape[1:3] != (full_px, full_px):
         tiles = _resize_all(tiles, full_px)
+    parts = [_describe_chunk(tiles[i : i + _CHUNK]) for i in range(0, len(tiles), _CHUNK)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _describe_chunk(tiles: np.ndarray) -> np.ndarray:
+    """:func:`describe_tiles` of (n, 256, 256, 3) uint8 tiles."""
     # Finest scale on the green channel alone (it carries most H&E contrast), as the
     # mean absolute difference of neighbours (L1: half the cost of the Euclidean norm).
     green = torch.from_numpy(np.ascontiguousarray(tiles[..., 1])).float()
@@ -196,35 +250,37 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
     ) / 255.0
     # 2x2 box reduction in PIL (SIMD, uint8) is several times faster than in torch.
     x = torch.from_numpy(_resize_all(tiles, _WORK_PX)).permute(0, 3, 1, 2).float().div_(255.0)
-    gray = x.mean(dim=1)
+    gray = (x[:, 0] + x[:, 1]).add_(x[:, 2]).div_(3.0)  # = x.mean(dim=1), bit for bit
 
-    od = -torch.log10(x.clamp_min(1.0 / 255.0))  # (N, 3, h, w)
+    od = x.clamp_min(1.0 / 255.0).log10_().neg_()  # (N, 3, h, w)
     stains = torch.einsum("nchw,cs->nshw", od, torch.from_numpy(HED_FROM_RGB)).clamp_min_(0.0)
     hem, eos, res = stains[:, 0], stains[:, 1], stains[:, 2]
     tissue = (od.sum(dim=1) > _BACKGROUND_OD).float()
     n_pix = float(tissue.shape[1] * tissue.shape[2])
-    tissue_frac = tissue.sum(dim=(1, 2)) / n_pix
-    t_count = tissue.sum(dim=(1, 2)).clamp_min(1.0)
+    t_sum = tissue.sum(dim=(1, 2))
+    tissue_frac = t_sum / n_pix
+    t_count = t_sum.clamp_min(1.0)
 
     def tissue_mean(v: torch.Tensor) -> torch.Tensor:
         return (v * tissue).sum(dim=(1, 2)) / t_count
 
     def tissue_std(v: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        return ((v - mean[:, None, None]).square() * tissue).sum(dim=(1, 2)).div(t_count).sqrt()
+        return ((v - mean[:, None, None]).square_() * tissue).sum(dim=(1, 2)).div(t_count).sqrt()
 
     h_mean, e_mean = tissue_mean(hem), tissue_mean(eos)
-    nuclear = (hem > _NUCLEAR_H).float() * tissue
+    nuclear = (hem > _NUCLEAR_H).float().mul_(tissue)
     nuc_count = nuclear.sum(dim=(1, 2))
     nuc_frac = nuc_count / t_count
-    nuc_smooth = (_box(nuclear, 5) > 0.5).float().sum(dim=(1, 2)) / t_count
+    nuc_smooth = (_box(nuclear, 5) > 0.5).sum(dim=(1, 2)).float() / t_count
+    hem_2um = _pool2(hem)
     small = _blob_count(hem, 3, 9, 0.04)
-    large = _blob_count(_pool(hem, 2), 5, 9, 0.04)
+    large = _blob_count(hem_2um, 5, 9, 0.04)
     nuc_h_mean = (hem * nuclear).sum(dim=(1, 2)) / nuc_count.clamp_min(1.0)
-    nuc_h_std = ((hem - nuc_h_mean[:, None, None]).square() * nuclear).sum(dim=(1, 2))
+    nuc_h_std = ((hem - nuc_h_mean[:, None, None]).square_() * nuclear).sum(dim=(1, 2))
     nuc_h_std = nuc_h_std.div(nuc_count.clamp_min(1.0)).sqrt()
 
     grad1, aniso1 = _gradient_energy_anisotropy(gray)
-    gray2 = _pool(gray, 2)
+    gray2 = _pool2(gray)
     gray4 = _pool(gray, 4)
     grad2 = _gradient_energy(gray2)
     grad4, aniso4 = _gradient_energy_anisotropy(gray4)
@@ -233,10 +289,10 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
     block = _pool(gray, 8)
     block_sq = _pool(gray.square(), 8)
     local_contrast = (block_sq - block.square()).clamp_min(0).sqrt().mean(dim=(1, 2))
-    nuc_blocks = _pool(nuclear, 16).flatten(1)
+    nuc_blocks = _pool(nuclear, 16)
 
-    hem_2um, eos_2um = _pool(hem, 2), _pool(eos, 2)
-    tissue_2um = _pool(tissue, 2)
+    eos_2um = _pool2(eos)
+    tissue_2um = _pool2(tissue)
     columns = [
         1.0 - tissue_frac,
         tissue_frac,
@@ -268,11 +324,11 @@ def describe_tiles(tiles: np.ndarray | torch.Tensor) -> np.ndarray:
         lap1,
         lap4,
         gray.mean(dim=(1, 2)),
-        gray.std(dim=(1, 2)),
+        _std(gray),
         *_hist(gray2, torch.ones_like(gray2), _GRAY_BINS).unbind(1),
         local_contrast,
         e_grad,
-        nuc_blocks.std(dim=1),
+        _std(nuc_blocks),
     ]
     out = torch.stack(columns, dim=1)
     return out.numpy().astype(np.float32, copy=False)
@@ -287,6 +343,8 @@ class DescriptorEncoder:
     input_size = 2 * _WORK_PX
     feature_names = DESCRIPTOR_NAMES
     device = torch.device("cpu")
+    # stateless, one torch thread per caller: extraction runs it in the tile reader threads
+    thread_parallel = True
 
     def __init__(self, batch_size: int = 64) -> None:
         self.batch_size = batch_size
