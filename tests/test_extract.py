@@ -17,26 +17,31 @@ from napari_hila.slides import detect_tissue, make_grids, open_slide
 
 
 class CountingEncoder:
-    """Wraps the real descriptor and counts the tiles it is given."""
+    """Wraps the real descriptor; counts the tiles it is given and the threads it runs in."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, thread_parallel: bool = False):
         self.inner = inner
         self.name, self.version = inner.name, inner.version
         self.output_dim, self.input_size = inner.output_dim, inner.input_size
+        self.thread_parallel = thread_parallel
         self.tiles = 0
+        self.threads: set[str] = set()
         self.lock = threading.Lock()
 
     def encode(self, tiles):
         with self.lock:
             self.tiles += len(tiles)
+            self.threads.add(threading.current_thread().name)
         return self.inner.encode(tiles)
 
 
-@pytest.fixture
-def counting(monkeypatch):
+@pytest.fixture(params=[False, True], ids=["encoder-thread", "in-reader-threads"])
+def counting(monkeypatch, request):
+    """Both ways extraction runs a CPU encoder: beside the readers, or inside them."""
     from napari_hila.encoders import get_vision_encoder
 
-    enc = CountingEncoder(get_vision_encoder("hila-descriptor", device="cpu"))
+    inner = get_vision_encoder("hila-descriptor", device="cpu")
+    enc = CountingEncoder(inner, thread_parallel=request.param)
     monkeypatch.setattr(extract_mod, "vision_encoder", lambda *a, **k: enc)
     return enc
 
@@ -87,6 +92,7 @@ def test_cache_hit_encodes_nothing_and_returns_same_arrays(sample_slide, extract
     np.testing.assert_allclose(pooled.features, first.features, atol=1e-6)
     np.testing.assert_allclose(pooled.region_features[0], first.features.mean(axis=0), rtol=1e-5)
     assert pooled.attrs["region_encoder"] == "mean(hila-descriptor)"
+    other.unlink()  # the module's shared folder goes back to holding the one file
 
 
 def test_cancel_then_resume_gives_the_same_file(sample_copy, extracted, tmp_path, counting):
@@ -102,13 +108,15 @@ def test_cancel_then_resume_gives_the_same_file(sample_copy, extracted, tmp_path
     with pytest.raises(Cancelled, match="resume"):
         extract_slide(sample_copy, out, batch_size=8, progress=progress, cancel=cancel)
     assert not [p for p in out.glob("*.h5") if not p.name.startswith(".")], "no final file"
-    assert len(list(out.glob(".*.partial.h5"))) == 1
-    done_before = counting.tiles
+    (partial,) = out.glob(".*.partial.h5")
+    with h5py.File(partial) as h5:
+        saved = int(h5.attrs["done"])
+    encoded_before = counting.tiles
     total = load_features(extracted).num_patches
-    assert 0 < done_before < total
+    assert 0 < saved <= encoded_before < total
     path = extract_slide(sample_copy, out, batch_size=8, progress=lambda s, f: seen.append(s))
-    resumed = counting.tiles - done_before - 1  # minus the one region view
-    assert resumed <= total - done_before + 8, "finished patches were not encoded again"
+    resumed = counting.tiles - encoded_before - 1  # minus the one region view
+    assert resumed == total - saved, "saved patches were encoded again, or some were skipped"
     assert {"tissue", "tiles", "features"} <= set(seen)
     np.testing.assert_allclose(
         load_features(path).features, load_features(extracted).features, atol=1e-6
@@ -215,3 +223,31 @@ def test_crash_mid_run_resumes_from_last_checkpoint(sample_copy, tmp_path, monke
     feats = load_features(extract_slide(sample_copy, out, batch_size=4))
     # Checkpoint after 8 batches of 4: only the patches after it, plus the region, are redone.
     assert counting.tiles - before == feats.num_patches - 8 * 4 + feats.num_regions
+
+
+def test_encoder_runs_inside_reader_threads_only_when_it_says_so(sample_slide, extracted, counting):
+    """A thread-parallel CPU encoder is called from the reader threads, anything else from
+    the extracting thread; the file is the same either way."""
+    feats = load_features(
+        extract_slide(sample_slide, extracted.parent / str(counting.thread_parallel), batch_size=8)
+    )
+    if counting.thread_parallel:
+        assert counting.threads and all(t.startswith("hila-tiles") for t in counting.threads)
+    else:
+        assert counting.threads == {threading.current_thread().name}
+    np.testing.assert_array_equal(feats.features, load_features(extracted).features)
+
+
+def test_reader_thread_layout_follows_the_encoder_and_device(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(extract_mod, "_cores", lambda: 8)
+    descriptor = SimpleNamespace(device=torch.device("cpu"), thread_parallel=True)
+    network = SimpleNamespace(device=torch.device("cpu"))
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), thread_parallel=True)
+    assert extract_mod.encodes_in_reader_threads(descriptor)
+    assert not extract_mod.encodes_in_reader_threads(network)
+    assert not extract_mod.encodes_in_reader_threads(on_gpu)
+    assert extract_mod.read_threads_for(descriptor) == 8  # one per core, each encodes too
+    assert extract_mod.read_threads_for(network) == 4  # half the cores left to torch
+    assert extract_mod.read_threads_for(on_gpu) == 8

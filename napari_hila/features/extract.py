@@ -26,7 +26,7 @@ from napari_hila.errors import Cancelled, FeatureFileError, SlideError
 from napari_hila.features.cache import PartialFeatures, cache_path, settings_key, slide_lock
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
-from napari_hila.features.tiles import DEFAULT_READ_THREADS, iter_tile_batches
+from napari_hila.features.tiles import DEFAULT_PREFETCH, DEFAULT_READ_THREADS, iter_tile_batches
 
 Progress = Callable[[str, float], None]
 DEFAULT_ENCODER = "hila-descriptor"
@@ -53,19 +53,72 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def read_threads_for(encoder) -> int:
-    """Tile reader threads to run beside ``encoder``.
+def encodes_in_reader_threads(encoder) -> bool:
+    """Whether ``encoder`` runs inside the tile reader threads, one core each.
 
-    On the CPU, decoding and encoding cost about the same per tile, so the
-    cores are split between them (on 2 cores: one reader, one encoder thread);
-    a third busy thread on 2 cores only adds switching and cache misses (about
-    10% more CPU per tile, ``napari-hila bench extract``). An accelerator
-    leaves every core to the readers.
+    Encoders that say so (``thread_parallel = True``: stateless, one torch
+    thread per caller, such as the weight-free descriptor) encode each batch in
+    the thread that decoded it, so all cores alternate between decoding and
+    encoding. Networks keep one encoder thread with intra-op parallelism (and
+    one copy of their activations).
     """
+    device = getattr(encoder, "device", None)
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return on_cpu and bool(getattr(encoder, "thread_parallel", False))
+
+
+def read_threads_for(encoder) -> int:
+    """Tile reader threads to run beside (or, see above, with) ``encoder``.
+
+    An encoder that runs in the reader threads gets one per core. Another CPU
+    encoder shares the cores with the readers (on 2 cores: one reader, one
+    encoder thread); a third busy thread on 2 cores only adds switching and
+    cache misses. An accelerator leaves every core to the readers.
+    """
+    if encodes_in_reader_threads(encoder):
+        return _cores()
     device = getattr(encoder, "device", None)
     if device is not None and torch.device(device).type != "cpu":
         return max(DEFAULT_READ_THREADS, _cores())
     return max(1, _cores() // 2)
+
+
+def encoded_batches(
+    slide,
+    coords: np.ndarray,
+    size: int,
+    out_px: int,
+    encoder,
+    batch_size: int = 64,
+    *,
+    start: int = 0,
+    prefetch: int = DEFAULT_PREFETCH,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_index, features)`` of the tiles at ``coords``, in order.
+
+    The one place tiles meet an encoder: patches, regions and coarser
+    magnifications all come through here, with the thread layout above.
+    """
+    in_readers = encodes_in_reader_threads(encoder)
+    batches = iter_tile_batches(
+        slide,
+        coords,
+        size,
+        out_px,
+        batch_size,
+        start=start,
+        threads=read_threads_for(encoder),
+        prefetch=prefetch,
+        stop=stop,
+        transform=encoder.encode if in_readers else None,
+    )
+    try:
+        with cpu_threads_for_encoder(read_threads_for(encoder)):
+            for first, batch in batches:
+                yield first, batch if in_readers else encoder.encode(batch)
+    finally:
+        batches.close()
 
 
 @contextlib.contextmanager
@@ -146,18 +199,18 @@ def encode_patches(
     try:
         done = partial.done
         _report(progress, "tiles", done / max(total, 1))
-        batches = iter_tile_batches(
+        batches = encoded_batches(
             slide,
             coords,
             grids.patch_size,
             grids.patch_px,
+            encoder,
             batch_size,
             start=done,
-            threads=read_threads_for(encoder),
             stop=cancel,
         )
         since = 0
-        for start, tiles in batches:
+        for start, batch_features in batches:
             if cancel is not None and cancel.is_set():
                 batches.close()
                 partial.checkpoint(done)
@@ -165,8 +218,8 @@ def encode_patches(
                     f"{slide.path}: extraction cancelled after {done} of {total} patches; "
                     "run it again to resume"
                 )
-            partial.write(start, encoder.encode(tiles))
-            done = start + len(tiles)
+            partial.write(start, batch_features)
+            done = start + len(batch_features)
             since += 1
             if since >= CHECKPOINT_EVERY:
                 partial.checkpoint(done)
@@ -196,18 +249,19 @@ def encode_regions(
     out_px = int(getattr(encoder, "input_size", None) or grids.patch_px)
     parts = []
     total = max(grids.num_regions, 1)
-    for start, tiles in iter_tile_batches(
+    for start, batch_features in encoded_batches(
         slide,
         grids.region_coords,
         grids.region_size,
         out_px,
+        encoder,
         batch_size=min(batch_size, 8),
         prefetch=2,
         stop=cancel,
     ):
         _check_cancel(cancel, f"{slide.path}: extraction cancelled while encoding regions")
-        parts.append(encoder.encode(tiles))
-        _report(progress, "features", (start + len(tiles)) / total)
+        parts.append(batch_features)
+        _report(progress, "features", (start + len(batch_features)) / total)
     if not parts:
         return np.zeros((0, int(encoder.output_dim)), np.float32)
     return np.concatenate(parts).astype(np.float32)

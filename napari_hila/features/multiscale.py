@@ -17,8 +17,8 @@ import threading
 import numpy as np
 
 from napari_hila.errors import Cancelled, HilaError
+from napari_hila.features.extract import encoded_batches
 from napari_hila.features.store import SlideFeatures
-from napari_hila.features.tiles import iter_tile_batches
 
 #: um per pixel of a nominal "1x": 10x is 1.0 um/px, 20x is 0.5, 40x is 0.25.
 MPP_AT_1X = 10.0
@@ -87,12 +87,12 @@ def add_magnifications(
         size = grids.patch_size * int(round(factor))
         coords, index = coarse_grid(grids.patch_coords, size)
         parts = []
-        for _, tiles in iter_tile_batches(
-            slide, coords, size, grids.patch_px, batch_size, stop=cancel
+        for _, batch_features in encoded_batches(
+            slide, coords, size, grids.patch_px, encoder, batch_size, stop=cancel
         ):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"{slide.path}: extraction cancelled while encoding {name} patches")
-            parts.append(encoder.encode(tiles))
+            parts.append(batch_features)
         features = np.concatenate(parts) if parts else np.zeros((0, encoder.output_dim), np.float32)
         feats.scales[f"{mag:g}x"] = (features.astype(np.float32), coords)
         feats.extras[f"cross_scale_index_{mag:g}x"] = index

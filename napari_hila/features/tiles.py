@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -69,26 +69,36 @@ def iter_tile_batches(
     threads: int = DEFAULT_READ_THREADS,
     prefetch: int = DEFAULT_PREFETCH,
     stop: threading.Event | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_index, tiles)`` in order, reading up to ``prefetch`` batches ahead.
 
     Memory is bounded by ``prefetch`` batches whatever the slide's size. Closing
-    the generator early (cancel) drops batches not yet started.
+    the generator early (cancel) drops batches not yet started. ``transform``
+    (a CPU encoder that may run in several threads at once) is applied to each
+    batch in the reader thread that read it, and its output is yielded instead
+    of the tiles: decoding and encoding then share every core, with no thread
+    idling while the other stage catches up.
     """
     coords = np.asarray(coords)
     level = read_level_for(slide, size, out_px)
     starts = iter(range(start, len(coords), batch_size))
     pending: deque[tuple[int, Future]] = deque()
-    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="hila-tiles")
+    threads = max(1, threads)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hila-tiles")
+
+    def read_and_transform(chunk: np.ndarray) -> np.ndarray:
+        tiles = read_batch(slide, chunk, size, out_px, level)
+        return transform(tiles) if transform is not None else tiles
 
     def submit_next() -> None:
         i = next(starts, None)
         if i is not None and not (stop is not None and stop.is_set()):
-            chunk = coords[i : i + batch_size]
-            pending.append((i, pool.submit(read_batch, slide, chunk, size, out_px, level)))
+            pending.append((i, pool.submit(read_and_transform, coords[i : i + batch_size])))
 
     try:
-        for _ in range(max(1, prefetch)):
+        # at least one batch queued behind each busy thread, so none waits for work
+        for _ in range(max(1, prefetch, threads + 1)):
             submit_next()
         while pending:
             i, future = pending.popleft()
