@@ -135,38 +135,6 @@ def test_descriptor_matches_stored_reference(sample_slide):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_descriptor_fast_helpers_equal_their_plain_definitions():
-    """The speed-ups in the descriptor compute the same numbers as the obvious code."""
-    import torch
-    import torch.nn.functional as F
-
-    from napari_hila.encoders import descriptor as d
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(5, 32, 32, generator=gen)
-    w = torch.rand(5, 32, 32, generator=gen)
-    # histogram by cumulative counts == bucketize + scatter
-    edges = d._STAIN_BINS
-    idx = torch.bucketize(x.flatten(1), torch.tensor(edges[1:]), right=True)
-    ref = torch.zeros(5, len(edges)).scatter_add_(1, idx, w.flatten(1))
-    ref = ref / w.flatten(1).sum(1, keepdim=True)
-    torch.testing.assert_close(d._hist(x, w, edges), ref, rtol=1e-5, atol=1e-6)
-    # sample standard deviation
-    torch.testing.assert_close(d._std(x), x.flatten(1).std(dim=1), rtol=1e-5, atol=1e-7)
-    # 2 x 2 pooling: bit for bit what avg_pool2d gives
-    assert torch.equal(d._pool2(x), F.avg_pool2d(x[:, None], 2)[:, 0])
-    # the shared-running-sum pair of boxes: bit for bit two separate boxes
-    inner, outer = d._boxes(x, 3, 9)
-    assert torch.equal(inner, d._box(x, 3)) and torch.equal(outer, d._box(x, 9))
-    # a box is the mean over the window clipped at the tile's edges
-    xd = x.double()
-    r = 2
-    for i, j in [(0, 0), (0, 31), (15, 16), (31, 2)]:
-        window = xd[:, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
-        got = d._box(x, 5)[:, i, j].double()
-        torch.testing.assert_close(got, window.mean((1, 2)), rtol=1e-5, atol=1e-6)
-
-
 def test_descriptor_of_a_tile_does_not_depend_on_its_batch(sample_tiles):
     tiles, _ = sample_tiles
     batch = describe_tiles(tiles[:40])  # several internal chunks
