@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	@# torch first, so nothing that depends on it pulls a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# compile the default encoder once (numba caches it on disk), not during the first run
+	$(BIN)/python -c "from napari_hila.encoders.descriptor import warm_up; warm_up()"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,9 @@ to do; nothing here lets an exception reach napari.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,7 @@ class HilaSurvivalDock(QWidget):
             getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
         self.destroyed.connect(_forget_viewer(napari_viewer, self.refresh_slides, self.layers))
         self.refresh_slides()
+        _warm_up_descriptor()
 
     # -- layout ---------------------------------------------------------------
     def _build(self) -> None:
@@ -478,6 +481,24 @@ class HilaSurvivalDock(QWidget):
         self.cancel()
         self._close_slide()
         super().closeEvent(event)
+
+
+@functools.cache
+def _warm_up_descriptor() -> threading.Thread:
+    """Compile the default encoder in the background, once per session, while the user
+    is still choosing a slide: on a new installation that takes 10-20 s."""
+
+    def warm() -> None:
+        try:
+            from napari_hila.encoders.descriptor import warm_up
+
+            warm_up()
+        except Exception:  # the first run compiles it instead, and reports any error
+            log.debug("descriptor warm-up failed", exc_info=True)
+
+    thread = threading.Thread(target=warm, name="hila-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _forget_viewer(viewer: Any, refresh: Any, layers: ResultLayers) -> Any:
