@@ -218,13 +218,17 @@ def green_gradient_energy(tile: np.ndarray) -> float:
     """Mean |horizontal| + mean |vertical| neighbour difference of the green channel
     of an (H, W, 3) uint8 tile, over its (H-1) x (W-1) top-left block, / 255."""
     h, w, _ = tile.shape
+    green = np.empty((h, w), np.int32)  # contiguous first: the loop below then vectorises
+    for i in range(h):
+        for j in range(w):
+            green[i, j] = tile[i, j, 1]
     sx = 0
     sy = 0
     for i in range(h - 1):
         for j in range(w - 1):
-            g = np.int32(tile[i, j, 1])
-            sx += abs(np.int32(tile[i, j + 1, 1]) - g)
-            sy += abs(np.int32(tile[i + 1, j, 1]) - g)
+            g = green[i, j]
+            sx += abs(green[i, j + 1] - g)
+            sy += abs(green[i + 1, j] - g)
     area = (h - 1) * (w - 1)
     return (sx / area + sy / area) / 255.0
 
