@@ -28,3 +28,5 @@ def test_bench_extract_reports_end_to_end_beside_decode_only(tmp_path):
     summary = result["summary"]
     assert summary["patches_by_slide"] == [patches]
     assert summary["goal_end_to_end_vs_decode"] == 0.5
+    growth = slide["end_to_end"]["peak_over_start_mb"]
+    assert summary["extraction_peak_over_start_mb_by_slide"] == [growth] and growth > 0

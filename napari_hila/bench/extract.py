@@ -143,6 +143,8 @@ def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "cache_hit_seconds": round(cached, 3),
         "rss_before_mb": before,
         **memory,
+        # what the extraction itself added at its peak (the process held other things before)
+        "peak_over_start_mb": round(memory.get("peak_rss_mb", 0.0) - before, 1),
     }
 
 
@@ -257,6 +259,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb_by_slide": peaks,
             "patches_by_slide": [r["end_to_end"]["patches"] for r in results],
             "peak_rss_growth_mb": round(float(np.ptp(peaks)), 1) if peaks else 0.0,
+            "extraction_peak_over_start_mb_by_slide": [
+                r["end_to_end"]["peak_over_start_mb"] for r in results
+            ],
             "detect_tissue_peak_rss_mb_by_slide": tissue_peaks,
             "detect_tissue_traced_peak_mb_by_slide": [
                 r["detect_tissue"]["traced_peak_mb"] for r in results
