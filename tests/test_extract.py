@@ -241,7 +241,7 @@ def test_encoder_runs_inside_reader_threads_only_when_it_says_so(sample_slide, e
 def test_reader_thread_layout_follows_the_encoder_and_device(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(extract_mod, "_cores", lambda: 8)
+    monkeypatch.setattr(extract_mod, "available_cores", lambda: 8)
     descriptor = SimpleNamespace(device=torch.device("cpu"), thread_parallel=True)
     network = SimpleNamespace(device=torch.device("cpu"))
     on_gpu = SimpleNamespace(device=torch.device("cuda"), thread_parallel=True)
@@ -251,3 +251,14 @@ def test_reader_thread_layout_follows_the_encoder_and_device(monkeypatch):
     assert extract_mod.read_threads_for(descriptor) == 8  # one per core, each encodes too
     assert extract_mod.read_threads_for(network) == 4  # half the cores left to torch
     assert extract_mod.read_threads_for(on_gpu) == 8
+
+
+def test_a_worker_share_of_the_cores_limits_the_threads(monkeypatch):
+    monkeypatch.delenv(extract_mod.THREADS_ENV, raising=False)
+    everything = extract_mod.available_cores()
+    monkeypatch.setenv(extract_mod.THREADS_ENV, "1")
+    assert extract_mod.available_cores() == 1
+    monkeypatch.setenv(extract_mod.THREADS_ENV, str(everything + 5))
+    assert extract_mod.available_cores() == everything  # never more than the machine has
+    monkeypatch.setenv(extract_mod.THREADS_ENV, "many")
+    assert extract_mod.available_cores() == everything  # not a number: ignored

@@ -176,9 +176,16 @@ def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
             raise HilaError(f"cannot reach the Dask scheduler at {args.scheduler}: {err}") from err
         with client:
             return extract_on_cluster(slides, args.out, options, client, on_row)
+    from napari_hila.features.extract import THREADS_ENV, available_cores
+
     try:
         cluster = LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # each worker reads and encodes with its share of the cores, not all of them
+            env={THREADS_ENV: str(max(1, available_cores() // args.workers))},
         )
     except (RuntimeError, OSError) as err:
         raise HilaError(

@@ -46,11 +46,20 @@ def vision_encoder(name: str, weights: str | os.PathLike | None = None, device: 
     return _vision_encoder(name, str(weights) if weights else None, str(device))
 
 
-def _cores() -> int:
-    """CPU cores this process may run on."""
+THREADS_ENV = "NAPARI_HILA_THREADS"  # cores one extraction may use (a Dask worker's share)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on, or its share of them when ``NAPARI_HILA_THREADS``
+    says so (local Dask workers get cores / workers)."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+        available = max(1, len(os.sched_getaffinity(0)))
+    else:
+        available = os.cpu_count() or 1
+    share = os.environ.get(THREADS_ENV, "").strip()
+    if share.isdigit() and int(share) > 0:
+        return min(available, int(share))
+    return available
 
 
 def encodes_in_reader_threads(encoder) -> bool:
@@ -76,11 +85,11 @@ def read_threads_for(encoder) -> int:
     cache misses. An accelerator leaves every core to the readers.
     """
     if encodes_in_reader_threads(encoder):
-        return _cores()
+        return available_cores()
     device = getattr(encoder, "device", None)
     if device is not None and torch.device(device).type != "cpu":
-        return max(DEFAULT_READ_THREADS, _cores())
-    return max(1, _cores() // 2)
+        return max(DEFAULT_READ_THREADS, available_cores())
+    return max(1, available_cores() // 2)
 
 
 def encoded_batches(
@@ -129,7 +138,7 @@ def cpu_threads_for_encoder(read_threads: int = DEFAULT_READ_THREADS) -> Iterato
     small machine torch's default (all cores) makes both wait on each other.
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, _cores() - read_threads)))
+    torch.set_num_threads(max(1, min(previous, available_cores() - read_threads)))
     try:
         yield
     finally:
