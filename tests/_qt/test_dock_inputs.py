@@ -191,3 +191,14 @@ def test_cancel_after_prediction_still_shows_nothing(monkeypatch, sample_slide):
     monkeypatch.setattr(job, "tissue_of", tissue_while_cancelling)
     outcome = job.run_prediction(sample_slide, "model", cancel=cancel)
     assert outcome.cancelled and outcome.result is None
+
+
+def test_opening_the_dock_compiles_the_descriptor_once_in_the_background(dock, make_napari_viewer):
+    from napari_hila._qt import survival_dock
+    from napari_hila.encoders import _descriptor_kernels as kernels
+
+    warm = survival_dock._warm_up_descriptor()  # the thread the dock started
+    assert warm.name == "hila-warm-up" and warm.daemon
+    assert HilaSurvivalDock(make_napari_viewer()) and survival_dock._warm_up_descriptor() is warm
+    warm.join(timeout=120)
+    assert not warm.is_alive() and kernels.describe.signatures
