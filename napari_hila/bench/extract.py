@@ -51,18 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _decode_only(slide, grids, batch_size: int) -> dict[str, Any]:
+    from napari_hila.features.extract import available_cores
     from napari_hila.features.tiles import iter_tile_batches
 
     _reset_peak_rss()
     t0, cpu0 = time.perf_counter(), time.process_time()
     n = 0
+    threads = available_cores()  # every core reading: the machine's limit
     for _, tiles in iter_tile_batches(
-        slide, grids.patch_coords, grids.patch_size, grids.patch_px, batch_size
+        slide, grids.patch_coords, grids.patch_size, grids.patch_px, batch_size, threads=threads
     ):
         n += len(tiles)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {
         "tiles": n,
+        "read_threads": threads,
         "seconds": round(seconds, 2),
         "tiles_per_s": round(n / seconds, 1),
         "cpu_ms_per_tile": round(1000 * cpu / max(n, 1), 2),

@@ -65,8 +65,8 @@ def available_cores() -> int:
 def encodes_in_reader_threads(encoder) -> bool:
     """Whether ``encoder`` runs inside the tile reader threads, one core each.
 
-    Encoders that say so (``thread_parallel = True``: stateless, one torch
-    thread per caller, such as the weight-free descriptor) encode each batch in
+    Encoders that say so (``thread_parallel = True``: stateless, releasing the
+    GIL, one core per caller, such as the weight-free descriptor) encode each batch in
     the thread that decoded it, so all cores alternate between decoding and
     encoding. Networks keep one encoder thread with intra-op parallelism (and
     one copy of their activations).
