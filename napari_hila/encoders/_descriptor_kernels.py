@@ -66,12 +66,18 @@ def pixel_planes(
     third, zero = np.float32(3.0), np.float32(0.0)
     background = np.float32(BACKGROUND_OD)
     m = hed_from_rgb.astype(np.float64)
-    # v / 255 and the first product of each stain, per 8-bit value (the same float32s)
+    # per 8-bit value: v / 255, the first product of each stain rounded to float32,
+    # and the other two products in float64 (the same numbers the loop would compute)
     intensity = np.arange(256).astype(np.float32) / np.float32(255.0)
-    first = np.empty((3, 256), np.float32)
-    for s in range(3):
-        for v in range(256):
-            first[s, v] = np.float32(np.float64(od_lut[v]) * m[0, s])
+    first = np.empty((256, 3), np.float64)
+    by_green = np.empty((256, 3), np.float64)
+    by_blue = np.empty((256, 3), np.float64)
+    for v in range(256):
+        od = np.float64(od_lut[v])
+        for s in range(3):
+            first[v, s] = np.float64(np.float32(od * m[0, s]))
+            by_green[v, s] = od * m[1, s]
+            by_blue[v, s] = od * m[2, s]
     counts = np.zeros((3, 256), np.int64)
     for i in range(h):
         for j in range(w):
@@ -80,10 +86,9 @@ def pixel_planes(
             counts[1, g] += 1
             counts[2, b] += 1
             planes[0, i, j] = ((intensity[r] + intensity[g]) + intensity[b]) / third
-            odg, odb = np.float64(od_lut[g]), np.float64(od_lut[b])
             for s in range(3):
-                second = np.float32(odg * m[1, s] + np.float64(first[s, r]))
-                value = np.float32(odb * m[2, s] + np.float64(second))
+                second = np.float32(by_green[g, s] + first[r, s])
+                value = np.float32(by_blue[b, s] + np.float64(second))
                 planes[1 + s, i, j] = max(value, zero)
             planes[4, i, j] = (
                 np.float32(1.0) if (od_lut[r] + od_lut[g]) + od_lut[b] > background else zero
