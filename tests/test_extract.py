@@ -262,3 +262,27 @@ def test_a_worker_share_of_the_cores_limits_the_threads(monkeypatch):
     assert extract_mod.available_cores() == everything  # never more than the machine has
     monkeypatch.setenv(extract_mod.THREADS_ENV, "many")
     assert extract_mod.available_cores() == everything  # not a number: ignored
+
+
+def test_large_views_are_read_in_bands_with_the_same_pixels(sample_slide, monkeypatch):
+    """A region view reduced by a whole factor is read band by band (a few MB at a time)
+    and equals reducing the whole square; the bands really are smaller reads."""
+    from napari_hila.features import tiles
+
+    with open_slide(sample_slide) as slide:
+        whole = tiles.resize_tile(slide.read_region((100, 50), 0, (2048, 2048)), 256)
+        whole_edge = tiles.resize_tile(slide.read_region((1800, 2500), 0, (4096, 4096)), 256)
+        sizes = []
+        read = slide.read_region
+
+        def spy(location, level, size):
+            sizes.append(size)
+            return read(location, level, size)
+
+        monkeypatch.setattr(slide, "read_region", spy)
+        banded = tiles.read_tile(slide, 100, 50, 2048, 256, level=0)
+        edge = tiles.read_tile(slide, 1800, 2500, 4096, 256, level=0)  # reaches past the slide
+    np.testing.assert_array_equal(banded, whole)
+    assert sizes[:4] == [(2048, tiles.BAND_ROWS)] * 4
+    np.testing.assert_array_equal(edge, whole_edge)
+    assert max(h for _, h in sizes) <= tiles.BAND_ROWS

@@ -41,13 +41,34 @@ def resize_tile(tile: np.ndarray, out_px: int) -> np.ndarray:
     return np.asarray(Image.fromarray(tile).resize((out_px, out_px), method))
 
 
+BAND_ROWS = 512  # rows read at a time when a large square is box-reduced
+
+
 def read_tile(
     slide, x: int, y: int, size: int, out_px: int, level: int | None = None
 ) -> np.ndarray:
-    """One ``size`` level-0 px square at (x, y), as (out_px, out_px, 3) uint8."""
+    """One ``size`` level-0 px square at (x, y), as (out_px, out_px, 3) uint8.
+
+    A large square reduced by a whole factor from a level of whole level-0
+    pixels (a region of a slide without a pyramid: 8192 px read for a 256 px
+    view) is read in bands of whole boxes and each band reduced as it comes:
+    the same pixels as reducing the whole square, for a few MB instead of 200.
+    """
     if level is None:
         level = read_level_for(slide, size, out_px)
-    side = max(1, math.ceil(size / slide.level_downsamples[level]))
+    downsample = slide.level_downsamples[level]
+    side = max(1, math.ceil(size / downsample))
+    factor = side // out_px
+    whole = float(downsample).is_integer()
+    if factor >= 2 and side == factor * out_px and side > BAND_ROWS and whole:
+        band = factor * max(1, BAND_ROWS // factor)
+        out = np.empty((out_px, out_px, 3), np.uint8)
+        for top in range(0, side, band):
+            rows = min(band, side - top)
+            y_band = int(y) + int(top * downsample)
+            part = slide.read_region((int(x), y_band), level, (side, rows))
+            out[top // factor : (top + rows) // factor] = Image.fromarray(part).reduce(factor)
+        return out
     return resize_tile(slide.read_region((int(x), int(y)), level, (side, side)), out_px)
 
 
