@@ -352,7 +352,7 @@ def extract_slide(
             "slide_fingerprint": fingerprint,
             "mpp": float(slide.mpp),
         }
-        with slide_lock(target), cpu_threads_for_encoder(read_threads_for(patch_enc)):
+        with slide_lock(target):
             if _cache_is_valid(target, expected):
                 _report(progress, "features", 1.0)
                 return target
