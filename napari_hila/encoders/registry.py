@@ -149,6 +149,14 @@ def _load_minilm(spec: EncoderSpec, weights: Path | None, device: torch.device) 
     return MiniLMTextEncoder(weights, device)
 
 
+def _load_descriptor_vocabulary(
+    spec: EncoderSpec, weights: Path | None, device: torch.device
+) -> object:
+    from napari_hila.encoders.vocabulary import DescriptorVocabularyEncoder
+
+    return DescriptorVocabularyEncoder()
+
+
 def _load_vit(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
     from napari_hila.encoders.checkpoints import load_vision_tower
     from napari_hila.encoders.vit import ViTEncoder
@@ -199,6 +207,23 @@ def _ensure_builtins() -> None:
             False,
             "all-MiniLM-L6-v2",
             "all-MiniLM-L6-v2 sentence embeddings, shipped with the package (offline)",
+        )
+    )
+    from napari_hila.encoders.vocabulary import VOCABULARY_VERSION
+
+    register_encoder(
+        EncoderSpec(
+            "descriptor-vocabulary",
+            "text",
+            _load_descriptor_vocabulary,
+            None,
+            None,
+            None,
+            DESCRIPTOR_DIM,
+            False,
+            f"{VOCABULARY_VERSION}+descriptor{DESCRIPTOR_VERSION}",
+            "prompt words -> weights on named hila-descriptor dimensions (no weights; pairs "
+            "with the hila-descriptor vision encoder)",
         )
     )
     # ViTs from local weights. The layout (timm, open_clip, transformers CLIP) is detected
