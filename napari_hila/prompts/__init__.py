@@ -14,6 +14,14 @@ A prompt set file looks like::
 Sets ship in this folder (``<type>.yaml``); a user adds or overrides one by
 putting a file in ``~/.napari-hila/prompts`` (or ``$NAPARI_HILA_PROMPTS``), or
 passes a path. A malformed file raises :class:`PromptSetError` with its line.
+
+A set may bring its own text embeddings, computed elsewhere (e.g. with a
+pathology text tower this machine does not have)::
+
+    embeddings: brca_conch.npz      # next to the YAML; arrays "patch" and "region",
+    embedding_encoder: conch-text   # one row per prompt in the order above
+
+Training then uses those rows (unit-normalised) and needs no text encoder.
 """
 
 from __future__ import annotations
@@ -42,12 +50,16 @@ class Prompt:
 
 @dataclass(frozen=True)
 class PromptSet:
+    """The prompts of one cancer type; ``embeddings`` (per level, K x D) when the file has them."""
+
     cancer_type: str
     patch: list[Prompt]
     region: list[Prompt]
     description: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    embedding_encoder: str | None = None
 
     def level(self, level: str) -> list[Prompt]:
         if level not in LEVELS:
@@ -153,15 +165,97 @@ def load_prompt_set(name_or_path: str | os.PathLike) -> PromptSet:
                 f"{path}: missing '{key}:' list (see napari_hila/prompts/BRCA.yaml)"
             )
     plain = yaml.safe_load(path.read_text(encoding="utf-8"))
-    extra = {k: v for k, v in plain.items() if k not in ("cancer_type", "description", *LEVELS)}
+    known = ("cancer_type", "description", "embeddings", "embedding_encoder", *LEVELS)
+    extra = {k: v for k, v in plain.items() if k not in known}
+    prompts = {level: _prompts(path, top[level], level) for level in LEVELS}
+    embeddings, encoder = _stored_embeddings(path, plain, {k: len(v) for k, v in prompts.items()})
     return PromptSet(
         cancer_type=str(plain.get("cancer_type") or path.stem),
-        patch=_prompts(path, top["patch"], "patch"),
-        region=_prompts(path, top["region"], "region"),
+        patch=prompts["patch"],
+        region=prompts["region"],
         description=str(plain.get("description", "")),
         source=str(path),
         extra=extra,
+        embeddings=embeddings,
+        embedding_encoder=encoder,
     )
+
+
+_EMBEDDINGS_FIX = (
+    "write it with numpy.savez(FILE, patch=P, region=R): P is (patch prompts x D) and R "
+    "(region prompts x D), one finite row per prompt in the YAML's order, the same D for both"
+)
+
+
+def _stored_embeddings(
+    path: Path, plain: Mapping[str, object], counts: Mapping[str, int]
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The ``embeddings:`` file of a prompt set, checked against its prompts (or None, None)."""
+    name, encoder = plain.get("embeddings"), plain.get("embedding_encoder")
+    if name is None:
+        if encoder is not None:
+            raise PromptSetError(
+                f"{path}: 'embedding_encoder:' is given without 'embeddings:'; add "
+                "'embeddings: FILE.npz' (the precomputed rows) or remove 'embedding_encoder:'"
+            )
+        return None, None
+    if not isinstance(name, str) or not name.strip():
+        raise PromptSetError(f"{path}: 'embeddings:' must be a file name (FILE.npz, next to it)")
+    if not isinstance(encoder, str) or not encoder.strip():
+        raise PromptSetError(
+            f"{path}: 'embeddings: {name}' needs 'embedding_encoder: NAME', the text encoder "
+            "that produced them (shown on the model card)"
+        )
+    npz = (path.parent / name.strip()).expanduser()
+
+    def fail(problem: str) -> PromptSetError:
+        return PromptSetError(f"{path}: embeddings {npz}: {problem}; {_EMBEDDINGS_FIX}")
+
+    if not npz.is_file():
+        raise fail("file not found (the path is relative to the YAML file)")
+    try:
+        archive = np.load(npz, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # not numpy data, truncated, or pickled
+        raise fail(f"not a readable .npz archive ({err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise fail("a single .npy array, not an .npz archive of named arrays")
+    with archive:
+        missing = [level for level in LEVELS if level not in archive.files]
+        if missing:
+            found = ", ".join(archive.files) or "none"
+            raise fail(f"no array {' or '.join(map(repr, missing))} (arrays found: {found})")
+        try:
+            arrays = {level: archive[level] for level in LEVELS}
+        except (OSError, ValueError, EOFError) as err:  # object arrays, corrupt members
+            raise fail(f"arrays unreadable without unpickling or corrupt ({err})") from err
+    for level, values in arrays.items():
+        if values.ndim != 2:
+            raise fail(f"{level!r} has shape {values.shape}, expected 2-D (prompts x D)")
+        if values.shape[0] != counts[level]:
+            raise fail(
+                f"{level!r} has {values.shape[0]} rows but the YAML has {counts[level]} prompts"
+            )
+        if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise fail(f"{level!r} holds {values.dtype} values, expected real numbers")
+        if not np.isfinite(values).all():
+            raise fail(f"{level!r} holds NaN or infinite values")
+        if not (np.abs(values).sum(axis=1) > 0).all():
+            raise fail(f"{level!r} has an all-zero row, which has no direction")
+    widths = {level: values.shape[1] for level, values in arrays.items()}
+    if len(set(widths.values())) != 1:
+        raise fail(f"'patch' is {widths['patch']} wide but 'region' {widths['region']}")
+    return {k: v.astype(np.float32) for k, v in arrays.items()}, encoder.strip()
+
+
+def stored_embeddings(prompt_set: PromptSet) -> dict[str, np.ndarray] | None:
+    """The set's precomputed embeddings as unit rows (float32), or None when it has none."""
+    if prompt_set.embeddings is None:
+        return None
+    out = {}
+    for level in LEVELS:
+        values = np.asarray(prompt_set.embeddings[level], np.float64)
+        out[level] = (values / np.linalg.norm(values, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def embed_prompt_set(prompt_set: PromptSet, text_encoder) -> dict[str, np.ndarray]:
@@ -188,4 +282,5 @@ __all__ = [
     "load_prompt_set",
     "prompt_dirs",
     "prompt_set_to_dict",
+    "stored_embeddings",
 ]

@@ -99,29 +99,63 @@ class RunSettings:
 
 
 def embed_prompts(
-    name_or_path: str, text_encoder: str = "minilm", device: str = "cpu"
+    name_or_path: str,
+    text_encoder: str | None = "auto",
+    device: str = "cpu",
+    *,
+    vision_encoder: str | None = None,
 ) -> dict[str, Any]:
     """Load a prompt set and embed its texts once for the whole run.
 
+    A set with its own ``embeddings:`` file uses those rows (unit-normalised) and
+    loads no text encoder; an explicit ``text_encoder`` that differs is ignored
+    with a note. Otherwise ``"auto"`` (or None) picks the text encoder that shares
+    ``vision_encoder``'s space (:func:`~napari_hila.encoders.pairing.choose_text_encoder`).
+
     Returns ``{"name", "cancer_type", "text_encoder", "text_dim", "levels": {level:
-    {"names", "texts", "embeddings"}}}``, the form :func:`run_training` takes.
+    {"names", "texts", "embeddings", "grounding"}}}`` (plus ``"embedding_encoder"``
+    for stored rows), the form :func:`run_training` takes. ``grounding`` is, per
+    prompt, the vocabulary terms it matched or None (a label on an arbitrary
+    direction), when the text encoder reports it; else None for the level.
     """
+    from napari_hila.encoders.pairing import AUTO, choose_text_encoder
     from napari_hila.encoders.registry import get_text_encoder
-    from napari_hila.prompts import LEVELS, embed_prompt_set, load_prompt_set
+    from napari_hila.prompts import LEVELS, embed_prompt_set, load_prompt_set, stored_embeddings
 
     prompt_set = load_prompt_set(name_or_path)
-    encoder = get_text_encoder(text_encoder, device=device)
-    embedded = embed_prompt_set(prompt_set, encoder)
+    stored = stored_embeddings(prompt_set)
+    extra: dict[str, Any] = {}
+    grounding: dict[str, list[str | None] | None] = dict.fromkeys(LEVELS)
+    if stored is not None:
+        embedded, label = stored, str(prompt_set.embedding_encoder)
+        extra["embedding_encoder"] = label
+        if text_encoder not in (None, AUTO) and text_encoder != label:
+            print(
+                f"note: --text-encoder {text_encoder} ignored: {prompt_set.source} brings its own "
+                f"embeddings ({label}), which were used",
+                file=sys.stderr,
+            )
+    else:
+        if text_encoder in (None, AUTO):
+            text_encoder, reason = choose_text_encoder(vision_encoder)
+            print(f"text encoder: {text_encoder} ({reason})")
+        encoder = get_text_encoder(text_encoder, device=device)
+        embedded = embed_prompt_set(prompt_set, encoder)
+        label = f"{encoder.name} ({getattr(encoder, 'version', '')})"
+        if hasattr(encoder, "grounding"):
+            grounding = {lvl: encoder.grounding(prompt_set.texts(lvl)) for lvl in LEVELS}
     return {
         "name": str(name_or_path),
         "cancer_type": prompt_set.cancer_type,
-        "text_encoder": f"{encoder.name} ({getattr(encoder, 'version', '')})",
+        "text_encoder": label,
+        **extra,
         "text_dim": int(embedded["patch"].shape[1]),
         "levels": {
             level: {
                 "names": prompt_set.names(level),
                 "texts": prompt_set.texts(level),
                 "embeddings": embedded[level].tolist(),
+                "grounding": grounding[level],
             }
             for level in LEVELS
         },
