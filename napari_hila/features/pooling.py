@@ -4,6 +4,15 @@ CLAM and TRIDENT write one feature per patch; HiLa also needs one per region.
 :func:`ensure_regions` lays the region grid over the patch coordinates (regions
 start at the slide's top-left corner, as :func:`napari_hila.slides.make_grids`
 does) and averages each region's patches.
+
+The region side (level-0 px, :func:`pooled_region_size`) follows the grid of
+METHODS: a region is ``region_px`` px at ``target_mpp`` um/px (4096 at 0.5), a
+patch ``patch_px`` (256). With the file's level-0 patch side (``patch_size``,
+or CLAM/TRIDENT ``coords`` attributes) and its ``mpp``, a region is the whole
+number of patches nearest ``region_px * target_mpp / mpp``; without ``mpp`` the
+patches are taken to be ``patch_px`` at ``target_mpp``, so a region is
+``patch_size * region_px / patch_px`` (16 patches); with ``mpp`` only,
+``region_px * target_mpp / mpp``; with neither, 16 patches of 256 px.
 """
 
 from __future__ import annotations
@@ -14,8 +23,29 @@ import numpy as np
 
 from napari_hila.features.store import SlideFeatures
 
+#: The tiling grid of METHODS: regions of 4096 px and patches of 256 px at 0.5 um/px.
+REGION_PX, PATCH_PX, TARGET_MPP = 4096, 256, 0.5
 #: Regions are this many patches wide when a file does not say (4096 / 256).
-DEFAULT_PATCHES_PER_REGION = 16
+DEFAULT_PATCHES_PER_REGION = REGION_PX // PATCH_PX
+
+
+def pooled_region_size(
+    attrs: dict,
+    region_px: int = REGION_PX,
+    patch_px: int = PATCH_PX,
+    target_mpp: float = TARGET_MPP,
+) -> int:
+    """Region side in level-0 px for pooling a patch-only file (rule in the module doc)."""
+    patch_size = int(attrs.get("patch_size") or 0)  # level-0 px, as the file records it
+    mpp = float(attrs.get("mpp") or 0.0)  # um/px at level 0
+    if patch_size > 0 and mpp > 0:
+        per_region = max(1, round(region_px * target_mpp / mpp / patch_size))
+        return int(per_region * patch_size)
+    if patch_size > 0:
+        return int(round(patch_size * max(1, round(region_px / patch_px))))
+    if mpp > 0:
+        return int(round(region_px * target_mpp / mpp))
+    return PATCH_PX * DEFAULT_PATCHES_PER_REGION
 
 
 def region_grid(coords: np.ndarray, region_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,17 +76,32 @@ def mean_per_region(
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
-def ensure_regions(feats: SlideFeatures, region_size: int | None = None) -> SlideFeatures:
+def has_regions(feats: SlideFeatures) -> bool:
+    """True when the file carries region features its patches point into."""
+    return bool(feats.num_regions and (feats.patch_to_region >= 0).any())
+
+
+def ensure_regions(
+    feats: SlideFeatures,
+    region_size: int | None = None,
+    *,
+    region_px: int = REGION_PX,
+    patch_px: int = PATCH_PX,
+    target_mpp: float = TARGET_MPP,
+) -> SlideFeatures:
     """``feats`` with region features; pooled from the patches when the file has none.
 
-    ``region_size`` is in level-0 px; by default the file's own, else 16 patches.
+    ``region_size`` is in level-0 px; by default the file's own ``region_size``,
+    else :func:`pooled_region_size` of the grid ``region_px``/``patch_px`` at
+    ``target_mpp`` (a model's card grid at prediction, METHODS' in training).
     Files without coordinates (a bare ``.pt`` tensor) get one whole-slide region.
     """
-    if feats.num_regions and (feats.patch_to_region >= 0).any():
+    if has_regions(feats):
         return feats
     if region_size is None:
         region_size = int(
-            feats.attrs.get("region_size") or feats.patch_size * DEFAULT_PATCHES_PER_REGION
+            feats.attrs.get("region_size")
+            or pooled_region_size(feats.attrs, region_px, patch_px, target_mpp)
         )
     if feats.attrs.get("coords_missing"):
         region_coords = np.zeros((1 if feats.num_patches else 0, 2), np.int64)
@@ -64,6 +109,10 @@ def ensure_regions(feats: SlideFeatures, region_size: int | None = None) -> Slid
     else:
         region_coords, patch_to_region = region_grid(feats.coords, region_size)
     attrs = dict(feats.attrs)
+    # the grid the pooled regions stand for, recorded so a model card repeats it at prediction
+    attrs.setdefault("patch_px", int(patch_px))
+    attrs.setdefault("region_px", int(region_px))
+    attrs.setdefault("target_mpp", float(target_mpp))
     attrs.update(
         region_encoder=f"mean({feats.encoder})",
         region_mode="mean",

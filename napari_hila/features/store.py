@@ -97,10 +97,20 @@ def _attr_value(value: Any) -> Any:
 
 
 def add_clam_patch_size(attrs: dict[str, Any]) -> None:
-    """Set ``patch_size`` (level-0 px) from CLAM's attributes on the coords dataset."""
-    if "patch_size" not in attrs and "coords.patch_size" in attrs:
+    """Set ``patch_size`` (level-0 px) from CLAM's or TRIDENT's attributes on the coords dataset.
+
+    TRIDENT records the level-0 side itself (``patch_size_level0``); CLAM records
+    ``patch_size`` at ``patch_level`` with that level's ``downsample`` (x, y).
+    """
+    if "patch_size" in attrs:
+        return
+    level0 = float(np.ravel(attrs.get("coords.patch_size_level0", 0))[0])
+    if level0 > 0:
+        attrs["patch_size"] = int(round(level0))
+    elif "coords.patch_size" in attrs:
         level = int(attrs.get("coords.patch_level", 0))
-        downsample = float(attrs.get("coords.level_downsample", 1.0)) if level else 1.0
+        raw = attrs.get("coords.level_downsample", attrs.get("coords.downsample", 1.0))
+        downsample = float(np.ravel(raw)[0]) if level else 1.0
         attrs["patch_size"] = int(round(int(attrs["coords.patch_size"]) * downsample))
 
 

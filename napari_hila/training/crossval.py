@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from napari_hila.errors import FeatureFileError, HilaError
+from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP, ensure_regions
 from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
 from napari_hila.survival.cohort import Cohort, feature_file_for
@@ -171,13 +172,26 @@ def edges_from_json(values: list[float | None]) -> np.ndarray:
     return np.array([math.inf if v is None else float(v) for v in values], float)
 
 
-def load_cohort_features(cohort: Cohort, features_dir: str | os.PathLike) -> list[SlideFeatures]:
-    """Every slide's features, checked to come from one encoder with one width."""
+def load_cohort_features(
+    cohort: Cohort,
+    features_dir: str | os.PathLike,
+    region_px: int = REGION_PX,
+    patch_px: int = PATCH_PX,
+    target_mpp: float = TARGET_MPP,
+) -> list[SlideFeatures]:
+    """Every slide's features, checked to come from one encoder with one width.
+
+    Patch-only files (CLAM/TRIDENT ``.h5``) get region features pooled on the
+    grid of ``region_px`` px at ``target_mpp`` (``features.pooling.ensure_regions``),
+    so a model's region level sees the slide's regions, not one constant vector.
+    """
     bags = []
     first = None
     for row in cohort.rows:
         path = feature_file_for(features_dir, row.slide_id)
-        feats = load_features(path)
+        feats = ensure_regions(
+            load_features(path), region_px=region_px, patch_px=patch_px, target_mpp=target_mpp
+        )
         key = (
             feats.encoder,
             feats.features.shape[1],
@@ -198,6 +212,35 @@ def load_cohort_features(cohort: Cohort, features_dir: str | os.PathLike) -> lis
             )
         bags.append(feats)
     return bags
+
+
+def region_level_warning(model: str, model_config: dict[str, Any], bags: list[Any]) -> str | None:
+    """Why a model's region level would learn nothing here, or None.
+
+    A model whose config declares ``use_region_level`` (the HiLa family) and has
+    it on, while every bag holds at most one region, sees one token per slide
+    at that level: it trains, but the level adds nothing.
+    """
+    import dataclasses
+
+    from napari_hila.models.registry import get_model_spec
+
+    spec = get_model_spec(model)
+    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+    if "use_region_level" not in fields:
+        return None
+    values = {**dict(spec.overrides), **model_config}
+    if not values.get("use_region_level", fields["use_region_level"].default):
+        return None
+    feature_bags = [b for b in bags if isinstance(b, SlideFeatures)]
+    if not feature_bags or max(b.num_regions for b in feature_bags) > 1:
+        return None
+    return (
+        f"{model}: every slide has at most one region (slides smaller than one region, or "
+        "feature files without coordinates), so its region level sees one token per slide and "
+        "adds nothing; extract with a smaller --region-px, or train with --set "
+        "use_region_level=false"
+    )
 
 
 # Settings that change no number of a run: a resumed run may change them.
@@ -331,6 +374,9 @@ def run_training(
     _prepare_run_dir(run_dir, settings)
     splits = _choose_splits(cohort, run_dir, settings, splits_file)
     data = _Data(cohort, bags)
+    region_note = region_level_warning(settings.model, settings.model_config, bags)
+    if region_note:
+        say(f"warning: {region_note}")
     say(
         f"{settings.model}: {len(cohort.patient_ids)} patients, {len(bags)} slides, "
         f"{splits.n_folds}-fold cross-validation ({splits.method}), {settings.epochs} epochs each "
@@ -383,6 +429,8 @@ def run_training(
     metrics = summarise_folds(folds, data.patient_time, data.patient_event)
     metrics["patient_risk"] = PATIENT_RISK_NOTE
     metrics["model"] = settings.model
+    if region_note:
+        metrics["warnings"] = [region_note]  # travels into the model card with the metrics
     write_json_atomic(run_dir / "metrics.json", metrics)
     if settings.train_final:
         final_dir = run_dir / "final_model"
