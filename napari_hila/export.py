@@ -199,34 +199,54 @@ def render_level_maps(
     return written
 
 
+#: The result's note when the outputs drawn on slide pixels were not written.
+NO_PIXELS_NOTE = (
+    "no slide pixels were read (prediction from features, or the slide file is absent): "
+    "thumbnail.png and the PNG heatmaps on it were not written"
+)
+
+
 def write_prediction_outputs(
     result: PredictionResult,
     out_dir: str | os.PathLike,
     card: dict[str, Any] | None = None,
     thumbnail: np.ndarray | None = None,
     thumbnail_max_side: int = 1024,
+    read_slide: bool = True,
 ) -> dict[str, Path]:
-    """Everything ``napari-hila predict`` writes, into ``out_dir``; returns the paths."""
+    """Everything ``napari-hila predict`` writes, into ``out_dir``; returns the paths.
+
+    Without a ``thumbnail``, one is read from the slide, unless ``read_slide`` is
+    False or the slide file is absent: then thumbnail.png and the maps drawn on
+    it are skipped and the result's warnings say so (GeoJSON, CSV and plots stay).
+    """
     from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    slide_path = str(result.slide_path or "")
+    pixels = thumbnail is not None or (
+        read_slide and bool(slide_path) and Path(slide_path).exists()
+    )
+    if not pixels and NO_PIXELS_NOTE not in result.warnings:
+        result.warnings.append(NO_PIXELS_NOTE)
     written = {"result": result.save(out_dir)}
     written["geojson"] = write_geojson(result, out_dir / "patches.geojson")
     written["csv"] = write_csv(result, out_dir / "patch_scores.csv")
-    if thumbnail is None:
-        from napari_hila.slides import open_slide
+    if pixels:
+        if thumbnail is None:
+            from napari_hila.slides import open_slide
 
-        with open_slide(result.slide_path) as slide:
-            thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
-            level0_width = slide.level_dimensions[0][0]
-    else:
-        level0_width = int(result.extra.get("level0_width", thumbnail.shape[1]))
-    downsample = level0_width / thumbnail.shape[1]
-    written["thumbnail"] = _save_png(
-        np.ascontiguousarray(thumbnail, np.uint8), out_dir / "thumbnail.png"
-    )
-    written.update(render_level_maps(result, thumbnail, downsample, out_dir))
+            with open_slide(slide_path) as slide:
+                thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
+                level0_width = slide.level_dimensions[0][0]
+        else:
+            level0_width = int(result.extra.get("level0_width", thumbnail.shape[1]))
+        downsample = level0_width / thumbnail.shape[1]
+        written["thumbnail"] = _save_png(
+            np.ascontiguousarray(thumbnail, np.uint8), out_dir / "thumbnail.png"
+        )
+        written.update(render_level_maps(result, thumbnail, downsample, out_dir))
     from matplotlib.figure import Figure
 
     if card is not None:

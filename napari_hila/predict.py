@@ -5,28 +5,43 @@ with the encoders and tiling grid the model was trained with (from its card);
 then one ``explain()`` pass gives risk, survival, maps and prompt contributions.
 The risk is placed against the model's cohort: group by the card's threshold,
 percentile among the final model's cohort risks.
+
+A feature file (ours, CLAM/TRIDENT ``.h5`` or ``.pt``) can stand in for the
+slide (:func:`predict_features`, :func:`predict_folder`): the same path from
+the features on, without reading a pixel. Patch-only files get region features
+pooled on the model's grid (``features.pooling.ensure_regions``) either way.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_hila.errors import Cancelled
-from napari_hila.results import PredictionResult
+from napari_hila.errors import Cancelled, FeatureFileError, HilaError, ModelFileError
+from napari_hila.io_utils import atomic_path
+from napari_hila.results import Explanation, PredictionResult
 
 __all__ = [
+    "FolderPrediction",
     "default_cache_dir",
     "extraction_settings",
+    "feature_files_in",
     "features_for_model",
+    "predict_features",
+    "predict_folder",
     "predict_slide",
+    "regions_for_model",
     "risk_group",
     "risk_percentile",
+    "slide_id_for",
 ]
 
 Progress = Callable[[str, float], None]
@@ -120,6 +135,19 @@ def features_for_model(
     )
 
 
+def regions_for_model(feats, card: dict[str, Any]):
+    """``feats`` with region features, pooled on the model's grid when the file has only patches."""
+    from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP, ensure_regions
+
+    grid = card.get("grid") or {}
+    return ensure_regions(
+        feats,
+        region_px=int(grid.get("region_px", REGION_PX)),
+        patch_px=int(grid.get("patch_px", PATCH_PX)),
+        target_mpp=float(grid.get("target_mpp", TARGET_MPP)),
+    )
+
+
 def _explain(model, feats, device):
     from napari_hila.models.batch import collate
 
@@ -144,6 +172,138 @@ def _warnings(card: dict[str, Any], mpp_is_assumed: bool, num_patches: int) -> l
     return notes
 
 
+@dataclass
+class _Inputs:
+    """What a result records about the model's input, however it was obtained."""
+
+    encoder: str
+    fingerprint: str
+    mpp: float | None
+    mpp_is_assumed: bool
+    mpp_source: str
+    n_patches: int
+    n_regions: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_model(model, device: str, report: Progress, cancel: threading.Event | None):
+    from napari_hila.training.modelfile import LoadedModel, load_model
+
+    report("model", 0.0)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
+    report("model", 1.0)
+    _check_cancel(cancel)
+    return loaded
+
+
+def _reads_tiles(loaded) -> bool:
+    from napari_hila.models.registry import get_model_spec
+
+    return get_model_spec(loaded.name).inputs == "tiles"
+
+
+def _explain_features(
+    loaded, feats, source: str, report: Progress, cancel: threading.Event | None
+) -> tuple[Explanation, _Inputs]:
+    """Regions, checks and scaling as in training, then one ``explain()`` pass."""
+    from napari_hila.features.pooling import has_regions
+    from napari_hila.training.modelfile import check_features_match
+    from napari_hila.training.scaling import FeatureScaling
+
+    card = loaded.card
+    pooled = not has_regions(feats)
+    feats = regions_for_model(feats, card)
+    check_features_match(card, feats, source)
+    _check_cancel(cancel)
+    report("explain", 0.0)
+    scaling = FeatureScaling.from_json(card.get("feature_scaling"))
+    explanation = _explain(loaded.model, scaling.apply(feats) if scaling else feats, loaded.device)
+    report("explain", 1.0)
+    attrs = feats.attrs
+    mpp_assumed = bool(attrs.get("mpp_is_assumed"))
+    extra = {"region_size": feats.region_size, "regions_pooled_from_patches": pooled}
+    if attrs.get("feature_file"):
+        extra["feature_file"] = str(attrs["feature_file"])
+    return explanation, _Inputs(
+        encoder=feats.encoder,
+        fingerprint=str(attrs.get("slide_fingerprint", "")),
+        mpp=attrs.get("mpp"),
+        mpp_is_assumed=mpp_assumed,
+        mpp_source=str(attrs.get("mpp_source", "assumed" if mpp_assumed else "file")),
+        n_patches=feats.num_patches,
+        n_regions=feats.num_regions,
+        extra=extra,
+    )
+
+
+def _explain_tiles(loaded, slide_path: Path, progress, cancel, mpp) -> tuple[Explanation, _Inputs]:
+    """The model reads its own tiles from the slide (VPTSurv): no feature file."""
+    from napari_hila.training.tiles import explain_slide_tiles
+
+    # progress: "tiles" while the model encodes them, then "explain" when done
+    explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel, mpp=mpp)
+    encoder = str(((loaded.card.get("encoders") or {}).get("patch") or {}).get("name", ""))
+    return explanation, _Inputs(
+        encoder=encoder,
+        fingerprint=facts.fingerprint,
+        mpp=facts.mpp,
+        mpp_is_assumed=facts.mpp_is_assumed,
+        mpp_source=facts.mpp_source,
+        n_patches=facts.num_tiles,
+        n_regions=0,
+    )
+
+
+def _finish(
+    loaded,
+    slide_path: str,
+    explanation: Explanation,
+    inputs: _Inputs,
+    out_dir: str | os.PathLike | None,
+    report: Progress,
+    cancel: threading.Event | None,
+    read_slide: bool = True,
+) -> PredictionResult:
+    """The result placed against the model's cohort, and its files when ``out_dir`` is given."""
+    from napari_hila.training.crossval import edges_from_json
+
+    card = loaded.card
+    threshold = card.get("risk_threshold")
+    result = PredictionResult(
+        slide_path=slide_path,
+        slide_fingerprint=inputs.fingerprint,
+        mpp=float(inputs.mpp) if inputs.mpp is not None else float("nan"),
+        model_name=loaded.name,
+        model_label=loaded.label,
+        model_path=str(loaded.path),
+        explanation=explanation,
+        time_bin_edges=edges_from_json(card["time_bin_edges"]),
+        time_unit=str(card.get("time_unit", "months")),
+        risk_threshold=None if threshold is None else float(threshold),
+        risk_group=risk_group(explanation.risk, threshold),
+        risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
+        warnings=_warnings(card, inputs.mpp_is_assumed, inputs.n_patches),
+        extra={
+            "risk_percentile_of": "the final model's risks over its training cohort",
+            "risk_threshold_method": card.get("risk_threshold_method", ""),
+            "encoder": inputs.encoder,
+            "mpp_source": inputs.mpp_source,
+            "patches": inputs.n_patches,
+            "regions": inputs.n_regions,
+            "grid": card.get("grid", {}),
+            **inputs.extra,
+        },
+    )
+    if out_dir is not None:
+        _check_cancel(cancel)
+        report("export", 0.0)
+        from napari_hila.export import write_prediction_outputs
+
+        write_prediction_outputs(result, out_dir, card=card, read_slide=read_slide)
+        report("export", 1.0)
+    return result
+
+
 def predict_slide(
     slide_path: str | os.PathLike,
     model,
@@ -163,75 +323,208 @@ def predict_slide(
     ``mpp`` (um/px at level 0) overrides or supplies the slide's pixel size:
     the grid's tile sizes and the result's ``mpp`` follow it.
     """
-    from napari_hila.models.registry import get_model_spec
-    from napari_hila.training.crossval import edges_from_json
-    from napari_hila.training.modelfile import LoadedModel, check_features_match, load_model
-    from napari_hila.training.scaling import FeatureScaling
-
     report = progress or (lambda stage, fraction: None)
     slide_path = Path(slide_path)
-    report("model", 0.0)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
-    card = loaded.card
-    report("model", 1.0)
-    _check_cancel(cancel)
-    if get_model_spec(loaded.name).inputs == "tiles":
-        # The model reads its own tiles from the slide (VPTSurv): no feature file.
-        from napari_hila.training.tiles import explain_slide_tiles
-
-        # progress: "tiles" while the model encodes them, then "explain" when done
-        explanation, facts = explain_slide_tiles(
-            loaded.model, slide_path, progress, cancel, mpp=mpp
-        )
+    loaded = _load_model(model, device, report, cancel)
+    if _reads_tiles(loaded):
+        explanation, inputs = _explain_tiles(loaded, slide_path, progress, cancel, mpp)
         report("explain", 1.0)
-        encoder = str(((card.get("encoders") or {}).get("patch") or {}).get("name", ""))
-        fingerprint, mpp, mpp_assumed = facts.fingerprint, facts.mpp, facts.mpp_is_assumed
-        mpp_source = facts.mpp_source
-        n_patches, n_regions = facts.num_tiles, 0
     else:
-        feats = features_for_model(slide_path, card, cache_dir, device, progress, cancel, mpp)
-        check_features_match(card, feats, str(slide_path))
-        _check_cancel(cancel)
-        report("explain", 0.0)
-        scaling = FeatureScaling.from_json(card.get("feature_scaling"))
-        explanation = _explain(
-            loaded.model, scaling.apply(feats) if scaling else feats, loaded.device
+        feats = features_for_model(
+            slide_path, loaded.card, cache_dir, device, progress, cancel, mpp
         )
-        report("explain", 1.0)
-        encoder, fingerprint = feats.encoder, str(feats.attrs.get("slide_fingerprint", ""))
-        mpp, mpp_assumed = feats.attrs.get("mpp"), bool(feats.attrs.get("mpp_is_assumed"))
-        mpp_source = str(feats.attrs.get("mpp_source", "assumed" if mpp_assumed else "file"))
-        n_patches, n_regions = feats.num_patches, feats.num_regions
-    threshold = card.get("risk_threshold")
-    result = PredictionResult(
-        slide_path=str(slide_path),
-        slide_fingerprint=fingerprint,
-        mpp=float(mpp) if mpp is not None else float("nan"),
-        model_name=loaded.name,
-        model_label=loaded.label,
-        model_path=str(loaded.path),
-        explanation=explanation,
-        time_bin_edges=edges_from_json(card["time_bin_edges"]),
-        time_unit=str(card.get("time_unit", "months")),
-        risk_threshold=None if threshold is None else float(threshold),
-        risk_group=risk_group(explanation.risk, threshold),
-        risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
-        warnings=_warnings(card, mpp_assumed, n_patches),
-        extra={
-            "risk_percentile_of": "the final model's risks over its training cohort",
-            "risk_threshold_method": card.get("risk_threshold_method", ""),
-            "encoder": encoder,
-            "mpp_source": mpp_source,
-            "patches": n_patches,
-            "regions": n_regions,
-            "grid": card.get("grid", {}),
-        },
-    )
-    if out_dir is not None:
-        _check_cancel(cancel)
-        report("export", 0.0)
-        from napari_hila.export import write_prediction_outputs
+        explanation, inputs = _explain_features(loaded, feats, str(slide_path), report, cancel)
+    return _finish(loaded, str(slide_path), explanation, inputs, out_dir, report, cancel)
 
-        write_prediction_outputs(result, out_dir, card=card)
-        report("export", 1.0)
-    return result
+
+def predict_features(
+    feats_or_path,
+    model,
+    out_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> PredictionResult:
+    """Run ``model`` on a slide's features (``SlideFeatures`` or a feature file), reading no pixels.
+
+    The same checks, feature scaling and ``explain()`` as :func:`predict_slide`;
+    with ``out_dir`` the outputs that need no pixels are written (no thumbnail
+    or PNG heatmaps: the result's warnings say so). The result's ``slide_path``
+    is the one the file records (possibly absent or elsewhere).
+    """
+    from napari_hila.features.store import load_features
+
+    report = progress or (lambda stage, fraction: None)
+    loaded = _load_model(model, device, report, cancel)
+    if isinstance(feats_or_path, (str, os.PathLike)):
+        source = str(feats_or_path)
+        if _reads_tiles(loaded):
+            raise ModelFileError(
+                f"{source}: model {loaded.name!r} reads raw tiles, not feature files; "
+                "give the slide instead"
+            )
+        report("features", 0.0)
+        feats = load_features(feats_or_path)
+        feats.attrs.setdefault("feature_file", source)
+        report("features", 1.0)
+    else:
+        feats = feats_or_path
+        source = str(feats.attrs.get("feature_file") or feats.attrs.get("source") or "features")
+        if _reads_tiles(loaded):
+            raise ModelFileError(
+                f"{source}: model {loaded.name!r} reads raw tiles, not features; give the slide"
+            )
+    if feats.num_patches == 0:
+        raise FeatureFileError(f"{source}: no patches (no tissue found); nothing to predict on")
+    explanation, inputs = _explain_features(loaded, feats, source, report, cancel)
+    slide_path = str(feats.attrs.get("slide_path", "") or "")
+    return _finish(
+        loaded, slide_path, explanation, inputs, out_dir, report, cancel, read_slide=False
+    )
+
+
+#: File names a folder of feature files is searched for (CLAM ``pt_files`` included).
+FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt", ".pth")
+
+
+def _holds_patch_features(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return "features" in h5
+    except OSError:
+        return True  # unreadable: let loading report it
+
+
+def feature_files_in(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """The feature files of ``folder`` (one per slide) and notes on the files passed over.
+
+    Hidden files (unfinished extractions) are ignored; a ``<stem>.h5`` holding only
+    the coordinates of ``<stem>.pt`` (CLAM) is the ``.pt``'s; when both hold
+    features the ``.h5`` is used.
+    """
+    folder = Path(folder)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FEATURE_SUFFIXES
+    )
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    chosen, notes = [], []
+    for paths in by_stem.values():
+        h5 = [p for p in paths if p.suffix.lower() in (".h5", ".hdf5")]
+        pt = [p for p in paths if p not in h5]
+        if h5 and pt:
+            h5_features = [p for p in h5 if _holds_patch_features(p)]
+            skipped = pt if h5_features else h5
+            kept = h5_features or pt
+            notes.extend(
+                f"{p}: skipped, {kept[0].name} holds this slide's features"
+                if h5_features
+                else f"{p}: taken as the coordinates of {kept[0].name}"
+                for p in skipped
+            )
+            chosen.extend(kept)
+        else:
+            chosen.extend(paths)
+    return sorted(chosen), notes
+
+
+def slide_id_for(path: str | os.PathLike, feats=None) -> str:
+    """A feature file's slide id: its stem, as ``survival.cohort.feature_file_for`` names files.
+
+    ``napari-hila extract`` names files ``<stem>-<fingerprint[:12]>-<encoder>.h5``;
+    that suffix is dropped when the file's recorded fingerprint confirms it.
+    """
+    stem = Path(path).stem
+    fingerprint = str((feats.attrs if feats is not None else {}).get("slide_fingerprint", ""))
+    mark = f"-{fingerprint[:12]}-"
+    if len(fingerprint) >= 12 and mark in stem:
+        return stem[: stem.rindex(mark)]
+    return stem
+
+
+@dataclass
+class FolderPrediction:
+    """What :func:`predict_folder` did: results by slide id, failures by file, the table."""
+
+    results: dict[str, PredictionResult]
+    failures: dict[str, str]  # file -> one-line reason
+    table: Path  # out_dir/predictions.csv (slide, risk, group, percentile)
+
+
+def _write_predictions_csv(path: Path, results: dict[str, PredictionResult]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["slide", "risk", "group", "percentile"])
+        for slide_id, result in results.items():
+            pct = result.risk_percentile
+            writer.writerow(
+                [
+                    slide_id,
+                    repr(float(result.risk)),
+                    result.risk_group or "",
+                    "" if pct is None else pct,
+                ]
+            )
+    return path
+
+
+def predict_folder(
+    folder: str | os.PathLike,
+    model,
+    out_dir: str | os.PathLike,
+    device: str = "auto",
+    cancel: threading.Event | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FolderPrediction:
+    """Predict every feature file of ``folder``: ``out_dir/<slide id>/`` each, and predictions.csv.
+
+    The model is loaded once. A file that cannot be used is reported through
+    ``log`` (default: stderr) and skipped; the caller decides what failures mean.
+    """
+    from napari_hila.features.store import load_features
+
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    folder, out_dir = Path(folder), Path(out_dir)
+    files, notes = feature_files_in(folder)
+    for note in notes:
+        say(note)
+    if not files:
+        raise FeatureFileError(
+            f"{folder}: no feature files ({', '.join(FEATURE_SUFFIXES)}) here; run "
+            "`napari-hila extract SLIDES --out DIR` and give DIR"
+        )
+    loaded = _load_model(model, device, lambda stage, fraction: None, cancel)
+    results: dict[str, PredictionResult] = {}
+    failures: dict[str, str] = {}
+    used: dict[str, Path] = {}
+    for i, path in enumerate(files, 1):
+        _check_cancel(cancel)
+        try:
+            feats = load_features(path)
+            feats.attrs.setdefault("feature_file", str(path))
+            slide_id = slide_id_for(path, feats)
+            if slide_id in used:
+                raise FeatureFileError(
+                    f"{path}: slide {slide_id!r} already predicted from {used[slide_id].name}; "
+                    "keep one feature file per slide (one encoder) in the folder"
+                )
+            result = predict_features(feats, loaded, out_dir / slide_id, device, cancel=cancel)
+        except Cancelled:
+            raise
+        except Exception as err:  # one bad file must not stop the others
+            reason = (
+                str(err) if isinstance(err, HilaError) else f"{path}: {type(err).__name__}: {err}"
+            )
+            failures[str(path)] = reason
+            say(f"[{i}/{len(files)}] failed: {reason}")
+            continue
+        used[slide_id] = path
+        results[slide_id] = result
+        say(f"[{i}/{len(files)}] {slide_id}: risk {result.risk:.4f} ({result.risk_group or 'n/a'})")
+    table = _write_predictions_csv(out_dir / "predictions.csv", results)
+    return FolderPrediction(results=results, failures=failures, table=table)

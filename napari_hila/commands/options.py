@@ -21,3 +21,18 @@ def mpp_value(text: str) -> float:
 def add_mpp_argument(parser: argparse.ArgumentParser) -> None:
     """``--mpp UM_PER_PX``: the slide's pixel size when the file lacks it or has it wrong."""
     parser.add_argument("--mpp", type=mpp_value, default=None, metavar="UM_PER_PX", help=MPP_HELP)
+
+
+THREADS_HELP = (
+    "torch CPU threads (default: %(default)s; 0: torch's own default, one per core). "
+    "Measured on a busy 2-core machine: one thread ran HiLa steps fastest (README, Threads)"
+)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU thread count (``devices.configure_torch_threads``)."""
+    from napari_hila.devices import DEFAULT_TORCH_THREADS
+
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_TORCH_THREADS, metavar="N", help=THREADS_HELP
+    )

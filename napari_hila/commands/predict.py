@@ -1,12 +1,18 @@
-"""Run a trained model on one slide and write every output to a folder.
+"""Run a trained model on one slide (or its features) and write every output to a folder.
 
 Writes result.json/result.npz, selection maps and per-prompt heatmaps as PNGs
 aligned to thumbnail.png, patches.geojson (QuPath: File > Import objects),
 patch_scores.csv, km.png (this slide against the model's cohort) and
 contributions.png. Features are cached, so a second run on a slide is fast.
 
-Example:
+In place of a slide, a feature file (.h5 from `napari-hila extract`, CLAM or
+TRIDENT .h5, .pt) or a folder of them: no pixel is read, so thumbnail.png and
+the PNG heatmaps are skipped; a folder gives one sub-folder per slide under
+--out and --out/predictions.csv (slide, risk, group, percentile).
+
+Examples:
   napari-hila predict slide.svs --model runs/hila/final_model --out results/slide
+  napari-hila predict feats/ --model runs/hila/final_model --out results/cohort
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import argparse
 import sys
 import time
 
-from napari_hila.commands.options import add_mpp_argument
+from napari_hila.commands.options import add_mpp_argument, add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("slide", help="whole-slide image (.svs, .ndpi, .tif, ...)")
+    parser.add_argument(
+        "slide",
+        help="whole-slide image (.svs, .ndpi, .tif, ...), a feature file (.h5, .pt) "
+        "or a folder of feature files",
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -31,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache", default=None, help="feature cache folder (default: the user cache)"
     )
     add_mpp_argument(parser)
+    add_threads_argument(parser)
 
 
 class StageProgress:
@@ -91,22 +102,72 @@ def default_model_path():
         ) from None
 
 
+def input_kind(path: str) -> str:
+    """ "slide", "features" or "folder", from what ``path`` is; anything else is one clear error."""
+    from pathlib import Path
+
+    from napari_hila.errors import HilaError
+    from napari_hila.predict import FEATURE_SUFFIXES
+    from napari_hila.slides import SLIDE_SUFFIXES
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_file() and suffix in FEATURE_SUFFIXES:
+        return "features"
+    if p.exists() and suffix in SLIDE_SUFFIXES:
+        return "slide"
+    if p.is_dir():
+        return "folder"
+    what = "does not exist" if not p.exists() else f"is not a slide or feature file ({suffix})"
+    raise HilaError(
+        f"{path}: {what}; give a slide ({', '.join(sorted(SLIDE_SUFFIXES))}), a feature file "
+        f"({', '.join(FEATURE_SUFFIXES)}) or a folder of feature files"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from napari_hila.predict import predict_slide
+    from napari_hila.devices import configure_torch_threads
 
+    kind = input_kind(args.slide)
+    configure_torch_threads(args.threads)
     model = args.model or default_model_path()
     print(f"predicting {args.slide} with {model}", file=sys.stderr)
-    result = predict_slide(
-        args.slide,
-        model,
-        out_dir=args.out,
-        cache_dir=args.cache,
-        device=args.device,
-        progress=StageProgress(),
-        mpp=args.mpp,
-    )
+    if kind == "folder":
+        from napari_hila.predict import predict_folder
+
+        done = predict_folder(args.slide, model, args.out, device=args.device)
+        print(f"{len(done.results)} slides predicted: {done.table}")
+        if done.failures:
+            print(
+                f"{len(done.failures)} feature files failed (listed above on stderr)",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if kind == "features":
+        from napari_hila.predict import predict_features
+
+        result = predict_features(
+            args.slide, model, out_dir=args.out, device=args.device, progress=StageProgress()
+        )
+    else:
+        from napari_hila.predict import predict_slide
+
+        result = predict_slide(
+            args.slide,
+            model,
+            out_dir=args.out,
+            cache_dir=args.cache,
+            device=args.device,
+            progress=StageProgress(),
+            mpp=args.mpp,
+        )
+    from napari_hila.export import NO_PIXELS_NOTE
+
+    if NO_PIXELS_NOTE in result.warnings:
+        print(f"note: {NO_PIXELS_NOTE}", file=sys.stderr)
     print(result_summary(result))
     print(f"outputs: {Path(args.out).resolve()}")
     return 0
