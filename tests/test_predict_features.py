@@ -260,3 +260,21 @@ def test_thread_setting_is_shared_by_train_predict_and_view():
             configure_torch_threads(-1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_worker_thread_reapplies_the_chosen_count():
+    import threading
+
+    from napari_hila.devices import apply_torch_threads, configure_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        configure_torch_threads(1)
+        torch.set_num_threads(2)  # changed behind the setting's back
+        seen = []
+        job = threading.Thread(target=lambda: seen.append(apply_torch_threads()))
+        job.start()
+        job.join()
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)

@@ -107,8 +107,10 @@ def run_prediction(
     progress report even inside a long stage. ``mpp`` is the user's pixel size
     (None: the file's), passed to ``predict_slide``.
     """
+    from napari_hila.devices import apply_torch_threads
     from napari_hila.predict import predict_slide
 
+    apply_torch_threads()  # in the job's own thread: `view --threads N`, else the default
     cancel = cancel or threading.Event()
     started = time.perf_counter()
 

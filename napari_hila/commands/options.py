@@ -23,10 +23,15 @@ def add_mpp_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=mpp_value, default=None, metavar="UM_PER_PX", help=MPP_HELP)
 
 
-THREADS_HELP = (
-    "torch CPU threads (default: %(default)s; 0: torch's own default, one per core). "
-    "Measured on a busy 2-core machine: one thread ran HiLa steps fastest (README, Threads)"
-)
+def threads_help() -> str:
+    """``--threads``' help, with the default and the measurements behind it."""
+    from napari_hila.devices import DEFAULT_TORCH_THREADS
+
+    return (
+        f"torch CPU threads (default {DEFAULT_TORCH_THREADS}; 0: torch's own default). Measured on "
+        "a busy 2-core machine, a HiLa training step on 500 / 5,000 patches took 17 / 68-150 ms "
+        "on 1 thread, 38-700 / 180-820 ms on 2 and 900-1000 / 180-1040 ms with torch's default"
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -34,5 +39,5 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     from napari_hila.devices import DEFAULT_TORCH_THREADS
 
     parser.add_argument(
-        "--threads", type=int, default=DEFAULT_TORCH_THREADS, metavar="N", help=THREADS_HELP
+        "--threads", type=int, default=DEFAULT_TORCH_THREADS, metavar="N", help=threads_help()
     )

@@ -15,6 +15,7 @@ import argparse
 import json
 from typing import Any
 
+from napari_hila.commands.options import add_threads_argument
 from napari_hila.errors import HilaError
 
 DEFAULT_PROMPT_SET = "BRCA"
@@ -81,13 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-final", action="store_true", help="skip the final all-patient model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch's default; 1 is often fastest for per-slide steps "
-        "on a busy machine)",
-    )
+    add_threads_argument(parser)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -135,10 +130,9 @@ def check_magnifications_present(cohort, bags, features_dir) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads > 0:
-        import torch
+    from napari_hila.devices import configure_torch_threads
 
-        torch.set_num_threads(args.threads)
+    configure_torch_threads(args.threads)
     from pathlib import Path
 
     from napari_hila.devices import resolve_device

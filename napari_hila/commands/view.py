@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_hila.commands.options import add_mpp_argument
+from napari_hila.commands.options import add_mpp_argument, add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,13 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory to preselect (default: the shipped demo)")
     parser.add_argument("--result", help="folder with result.json/result.npz to show at once")
     add_mpp_argument(parser)
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from napari_hila.devices import configure_torch_threads
     from napari_hila.errors import HilaError, ModelFileError
 
+    configure_torch_threads(args.threads)  # the prediction job's thread applies it too
     if args.slide:
         from napari_hila.slides import open_slide
 
