@@ -11,6 +11,19 @@ Memory is the growth of the peak resident set size (``ru_maxrss``) over a
 pass, each model in a fresh process so one model's peak does not hide
 another's; it includes the autograd graph and torch's allocator caching.
 
+Those per-model times come from processes run one after another, so load
+drift on a shared machine moves their quotients. The head-to-heads are
+measured the way the benchmark rules ask, side by side in ONE process and
+interleaved (A, B, A, B) so drift cancels: ``hila_vs_abmil`` alternates HiLa
+and ABMIL on the same slide (forward+backward, then forward only) for
+``--repeats`` rounds (default 5) and reports each model's median, the median,
+min and max of the per-round quotient and the goal; ``hila_explanation``
+alternates HiLa's no-grad forward (prediction) with ``model.explain(batch)``
+(maps and contributions with the resampled noise floor) and
+``model.explain(batch, resamples=0)`` (no floor), after
+``fit_explanation_baseline``. Both run on ``--threads`` torch threads
+(default 1; 0 = torch's own), reported as used.
+
 Sinkhorn: the same cost matrices (1 - cosine similarity of random tokens
 scattered around the prompts) solved by ours and by POT's ``ot.sinkhorn(method="sinkhorn_log")``
 at the same eps, iteration cap and tolerance, both stopping on the L2 norm
@@ -20,16 +33,22 @@ of the column-marginal error (ours checks every iteration, POT every tenth).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
 import multiprocessing
 import resource
 import statistics
 import time
+from queue import Empty
 from typing import Any
 
 import numpy as np
 
 DEFAULT_GOALS = {"hila_over_abmil_forward_backward": 3.0, "sinkhorn_over_pot": 1.0}
+DEFAULT_REPEATS = 3  # timed runs per model in the per-model table
+DEFAULT_ROUNDS = 5  # interleaved rounds in the head-to-heads
+DEFAULT_HEAD_TO_HEAD_THREADS = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=256, help="shared width d (256)")
     parser.add_argument("--feature-dim", type=int, default=1024, help="encoder width (1024)")
     parser.add_argument("--text-dim", type=int, default=384, help="text embedding width (384)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed runs per measurement ({DEFAULT_REPEATS}; rounds of the interleaved "
+        f"head-to-heads: {DEFAULT_ROUNDS})",
+    )
     parser.add_argument(
         "--models", nargs="*", default=None, help="model names (default: all features models)"
     )
@@ -49,7 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iter", type=int, default=100, help="Sinkhorn iteration cap (100)")
     parser.add_argument("--skip-models", action="store_true", help="only the Sinkhorn comparison")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (per-model table: torch's choice; interleaved head-to-heads: "
+        "1; 0: torch's own)",
     )
     parser.add_argument(
         "--memory-limit-gb",
@@ -125,6 +154,35 @@ def build_for_bench(name: str, settings: dict[str, Any]):
     return model
 
 
+def _bench_batch(name: str, settings: dict[str, Any]):
+    """The model's own synthetic input (``bench_batch``), else one synthetic features slide."""
+    from napari_hila.models import collate, get_model_spec
+
+    cls = get_model_spec(name).model_cls
+    if hasattr(cls, "bench_batch"):
+        return cls.bench_batch(settings["patches"], settings["regions"], 0)
+    slide = synthetic_slide(settings["patches"], settings["regions"], settings["feature_dim"])
+    return collate([slide])
+
+
+def _steps(model, batch):
+    """``forward()`` (eval, no grad: a prediction) and ``forward_backward()`` (a training step)."""
+    import torch
+
+    def forward() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+
+    def forward_backward() -> None:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        (out.risk.sum() + out.aux_loss).backward()
+
+    return forward, forward_backward
+
+
 def _median_seconds(step, repeats: int) -> float:
     step()  # warm-up
     times = []
@@ -143,33 +201,13 @@ def _measure_model(name: str, settings: dict[str, Any], queue) -> None:
     """Runs in a fresh process: time and peak-memory growth of one model."""
     import torch
 
-    from napari_hila.models import collate, get_model_spec
-
     try:
         limit = int(settings["memory_limit_gb"] * 1024**3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         torch.set_num_threads(settings["threads"])
         model = build_for_bench(name, settings)
-        cls = get_model_spec(name).model_cls
-        if hasattr(cls, "bench_batch"):
-            batch = cls.bench_batch(settings["patches"], settings["regions"], 0)
-        else:
-            slide = synthetic_slide(
-                settings["patches"], settings["regions"], settings["feature_dim"]
-            )
-            batch = collate([slide])
-
-        def forward() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(batch)
-
-        def forward_backward() -> None:
-            model.train()
-            model.zero_grad(set_to_none=True)
-            out = model(batch)
-            (out.risk.sum() + out.aux_loss).backward()
-
+        batch = _bench_batch(name, settings)
+        forward, forward_backward = _steps(model, batch)
         baseline = _peak_rss_mb()
         forward_s = _median_seconds(forward, settings["repeats"])
         forward_peak = _peak_rss_mb()
@@ -202,6 +240,154 @@ def measure_models(names: list[str], settings: dict[str, Any]) -> dict[str, dict
             cause = " (killed: likely out of memory)" if process.exitcode == -9 else ""
             results[name] = {"error": f"process died with exit code {process.exitcode}{cause}"}
     return results
+
+
+def _interleave(steps: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each step per round, the steps run in turn (A, B, A, B) after one warm-up each."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def _head_to_head(a: str, b: str, times: dict[str, list[float]], goal: float | None) -> dict:
+    """Medians of ``a`` and ``b``, their quotient and the per-round quotient a/b (and goal)."""
+    ratios = [ta / tb for ta, tb in zip(times[a], times[b], strict=True)]
+    median_a, median_b = statistics.median(times[a]), statistics.median(times[b])
+    out: dict[str, Any] = {
+        f"{a}_median_s": round(median_a, 6),
+        f"{b}_median_s": round(median_b, 6),
+        f"{a}_rounds_s": [round(t, 6) for t in times[a]],
+        f"{b}_rounds_s": [round(t, 6) for t in times[b]],
+        "ratio_of_medians": round(median_a / median_b, 4),
+        "per_round_ratio": [round(r, 4) for r in ratios],
+        "per_round_ratio_median": round(statistics.median(ratios), 4),
+        "per_round_ratio_min": round(min(ratios), 4),
+        "per_round_ratio_max": round(max(ratios), 4),
+    }
+    if goal is not None:
+        out["goal"] = f"<= {goal}"
+        out["pass"] = bool(statistics.median(ratios) <= goal)
+    return out
+
+
+def interleaved_benchmarks(settings: dict[str, Any], hila: bool, abmil: bool) -> dict[str, Any]:
+    """In this process: HiLa vs ABMIL and HiLa's explanation vs prediction, interleaved.
+
+    Sets torch's threads from ``settings["head_to_head_threads"]`` (1 if absent).
+    """
+    import torch
+
+    from napari_hila.devices import configure_torch_threads
+
+    threads = configure_torch_threads(
+        settings.get("head_to_head_threads", DEFAULT_HEAD_TO_HEAD_THREADS)
+    )
+    rounds = settings["rounds"]
+    out: dict[str, Any] = {
+        "torch_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "rounds": rounds,
+        "patches": settings["patches"],
+    }
+    if not hila:
+        return out
+    model = build_for_bench("hila", settings)
+    batch = _bench_batch("hila", settings)
+    hila_forward, hila_step = _steps(model, batch)
+    if abmil:
+        peer = build_for_bench("abmil", settings)
+        abmil_forward, abmil_step = _steps(peer, batch)
+        goal = DEFAULT_GOALS["hila_over_abmil_forward_backward"]
+        step_times = _interleave({"hila": hila_step, "abmil": abmil_step}, rounds)
+        forward_times = _interleave({"hila": hila_forward, "abmil": abmil_forward}, rounds)
+        both = {
+            "forward_backward": _head_to_head("hila", "abmil", step_times, goal),
+            "forward": _head_to_head("hila", "abmil", forward_times, goal),
+        }
+        out["hila_vs_abmil"] = {
+            **both,
+            "goal": f"per-round hila/abmil ratio median <= {goal}",
+            "pass": all(part["pass"] for part in both.values()),
+        }
+        del peer
+    out["hila_explanation"] = _explanation_vs_prediction(model, batch, hila_forward, rounds)
+    return out
+
+
+def _explanation_vs_prediction(model, batch, forward, rounds: int) -> dict[str, Any]:
+    """Seconds of ``explain`` (with and without the noise floor) beside a no-grad forward."""
+    baseline_risk = None
+    if hasattr(model, "fit_explanation_baseline"):
+        baseline_risk = model.fit_explanation_baseline([batch])
+    steps: dict[str, Any] = {"forward": forward, "explain": lambda: model.explain(batch)}
+    if "resamples" in inspect.signature(model.explain).parameters:
+        steps["explain_resamples_0"] = lambda: model.explain(batch, resamples=0)
+    times = _interleave(steps, rounds)
+    out: dict[str, Any] = {
+        "explanation_resamples": getattr(model.config, "explanation_resamples", None),
+        "baseline_fitted": baseline_risk is not None,
+        "forward_s": round(statistics.median(times["forward"]), 6),
+        "forward_rounds_s": [round(t, 6) for t in times["forward"]],
+    }
+    for label in steps:
+        if label == "forward":
+            continue
+        multiples = [t / f for t, f in zip(times[label], times["forward"], strict=True)]
+        out[f"{label}_s"] = round(statistics.median(times[label]), 6)
+        out[f"{label}_rounds_s"] = [round(t, 6) for t in times[label]]
+        out[f"{label}_over_forward"] = _spread(multiples)
+        out[f"{label}_over_forward_of_medians"] = round(
+            statistics.median(times[label]) / statistics.median(times["forward"]), 4
+        )
+    if "explain_resamples_0" not in steps:
+        out["explain_resamples_0"] = "explain() takes no resamples argument"
+    return out
+
+
+def _measure_interleaved(settings: dict[str, Any], hila: bool, abmil: bool, queue) -> None:
+    """Runs in a fresh process: :func:`interleaved_benchmarks` under the memory cap."""
+    try:
+        limit = int(settings["memory_limit_gb"] * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        queue.put(interleaved_benchmarks(settings, hila, abmil))
+    except Exception as err:  # reported in the JSON
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def measure_interleaved(settings: dict[str, Any], hila: bool, abmil: bool) -> dict[str, Any]:
+    """:func:`interleaved_benchmarks` in one fresh process (its own threads and memory cap)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measure_interleaved, args=(settings, hila, abmil, queue))
+    process.start()
+    result = None
+    while result is None:  # read before join: a child with queued data does not exit
+        try:
+            result = queue.get(timeout=1.0)
+        except Empty:
+            if not process.is_alive():
+                with contextlib.suppress(Empty):
+                    result = queue.get(timeout=1.0)
+                break
+    process.join()
+    if result is None:
+        cause = " (killed: likely out of memory)" if process.exitcode == -9 else ""
+        return {"error": f"process died with exit code {process.exitcode}{cause}"}
+    return result
 
 
 def _sinkhorn_problems(sizes: list[int], n_prompts: int, width: int, seed: int):
@@ -258,9 +444,10 @@ def compare_sinkhorn(args: argparse.Namespace, sizes: list[int]) -> dict[str, An
         float(np.abs(ours.plan[b, : len(c)].double().numpy() - pot_plans[b][0]).max())
         for b, c in enumerate(costs)
     )
-    ours_s = _median_seconds(lambda: sinkhorn_log(cost_t, mask_t, **solve), args.repeats)
-    pot64_s = _median_seconds(lambda: [pot(c) for c in costs], args.repeats)
-    pot32_s = _median_seconds(lambda: [pot(c) for c in costs_t32], args.repeats)
+    repeats = DEFAULT_REPEATS if args.repeats is None else args.repeats
+    ours_s = _median_seconds(lambda: sinkhorn_log(cost_t, mask_t, **solve), repeats)
+    pot64_s = _median_seconds(lambda: [pot(c) for c in costs], repeats)
+    pot32_s = _median_seconds(lambda: [pot(c) for c in costs_t32], repeats)
     return {
         "slides": len(sizes),
         "tokens": sizes,
@@ -277,19 +464,31 @@ def compare_sinkhorn(args: argparse.Namespace, sizes: list[int]) -> dict[str, An
     }
 
 
+def _sizes(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("patches", "regions", "prompts", "width", "feature_dim", "text_dim")
+    return {key: getattr(args, key) for key in keys}
+
+
+def interleaved_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings of :func:`measure_interleaved` from the command's arguments."""
+    return {
+        **_sizes(args),
+        "memory_limit_gb": args.memory_limit_gb,
+        "rounds": DEFAULT_ROUNDS if args.repeats is None else args.repeats,
+        "head_to_head_threads": DEFAULT_HEAD_TO_HEAD_THREADS
+        if args.threads is None
+        else args.threads,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {
-        "patches": args.patches,
-        "regions": args.regions,
-        "prompts": args.prompts,
-        "width": args.width,
-        "feature_dim": args.feature_dim,
-        "text_dim": args.text_dim,
-        "repeats": args.repeats,
+        **_sizes(args),
+        "repeats": DEFAULT_REPEATS if args.repeats is None else args.repeats,
         "threads": torch.get_num_threads(),
         "memory_limit_gb": args.memory_limit_gb,
     }
@@ -298,7 +497,8 @@ def run(args: argparse.Namespace) -> dict:
         "memory": "peak RSS growth (ru_maxrss) per process",
     }
     if not args.skip_models:
-        models = measure_models(benchmark_models(args), settings)
+        names = benchmark_models(args)
+        models = measure_models(names, settings)
         out["models"] = models
         hila, abmil = models.get("hila", {}), models.get("abmil", {})
         if "forward_backward_s" in hila and "forward_backward_s" in abmil:
@@ -308,7 +508,18 @@ def run(args: argparse.Namespace) -> dict:
                     hila["forward_backward_s"] / abmil["forward_backward_s"], 2
                 ),
                 "goal": f"<= {DEFAULT_GOALS['hila_over_abmil_forward_backward']}",
+                "note": "each model in its own process, one after another: load drift moves "
+                "this; hila_vs_abmil is the interleaved measurement",
             }
+        if "hila" in names:
+            measured = measure_interleaved(interleaved_settings(args), True, "abmil" in names)
+            if "error" in measured:
+                out["interleaved"] = measured
+            else:
+                for key in ("hila_vs_abmil", "hila_explanation"):
+                    if key in measured:
+                        out[key] = measured.pop(key)
+                out["interleaved"] = measured  # threads, rounds and patches of the two above
     rng = np.random.default_rng(0)
     batch_sizes = sorted(
         rng.integers(args.patches // 4, args.patches + 1, args.sinkhorn_batch).tolist()
