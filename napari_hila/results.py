@@ -17,6 +17,26 @@ import numpy as np
 
 from napari_hila.io_utils import atomic_path, write_json_atomic
 
+#: A map whose tokens all lie within this fraction of a uniform share (1) shows
+#: nowhere in particular: it is flagged as uninformative wherever it is shown.
+UNIFORM_TOLERANCE = 0.10
+MAP_UNIT = "share of the token relative to a uniform share (1 = uniform, 0 = none)"
+
+
+def map_departure(values: np.ndarray) -> float:
+    """How far a relative-share map departs from uniform: max |v - 1| over the 2nd-98th percentiles."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    low, high = np.percentile(values, [2, 98])
+    return float(max(abs(high - 1.0), abs(1.0 - low)))
+
+
+def map_is_informative(values: np.ndarray) -> bool:
+    """False when the map stays within :data:`UNIFORM_TOLERANCE` of a uniform share."""
+    return map_departure(values) >= UNIFORM_TOLERANCE
+
 
 @dataclass
 class LevelExplanation:
@@ -24,9 +44,12 @@ class LevelExplanation:
 
     ``level`` is "patch" or "region" for HiLa, a magnification ("5x", "10x",
     "20x") for CrossFusion, "tiles" for VPTSurv. ``maps`` has one column per
-    named map: the OT plan column P*[:, k] per prompt for HiLa, attention maps
-    for the other models. ``scores`` is the token's alignment score (or
-    attention) and ``selected`` the selection map.
+    named map, on one scale for every model, prompt and slide: the token's
+    share relative to a uniform share (1 = what a uniform plan or uniform
+    attention gives it, 0 = none). For HiLa that is M K P*[i, k], the token's
+    transport-plan mass for prompt k relative to 1 / (M K); for attention
+    models M a_i. ``scores`` is the token's alignment score (or attention)
+    and ``selected`` the selection map.
     """
 
     level: str
@@ -39,15 +62,32 @@ class LevelExplanation:
     map_texts: list[str]  # K long descriptions (prompt texts)
     parent: np.ndarray | None = None  # (N,) index of the enclosing region, -1 if none
 
+    def uninformative_maps(self) -> list[str]:
+        """Names of the maps within 10% of a uniform share everywhere (they show nowhere)."""
+        return [
+            name
+            for k, name in enumerate(self.map_names)
+            if len(self.coords) and not map_is_informative(self.maps[:, k])
+        ]
+
 
 @dataclass
 class PromptContribution:
-    """How much one prompt moves this slide's risk (positive raises it)."""
+    """How much one prompt moves this slide's risk (positive raises it).
+
+    ``delta_risk`` is in risk units, ``delta_sd`` in units of the model's
+    training-cohort risk SD (set by prediction, which knows the cohort);
+    ``noise_floor`` (risk units) is twice the contribution's SD when the
+    slide's patches are resampled, and ``negligible`` says it lies inside it.
+    """
 
     level: str
     name: str
     text: str
     delta_risk: float
+    delta_sd: float | None = None
+    noise_floor: float | None = None
+    negligible: bool | None = None
 
 
 @dataclass
@@ -60,6 +100,9 @@ class Explanation:
     levels: dict[str, LevelExplanation] = field(default_factory=dict)
     contributions: list[PromptContribution] = field(default_factory=list)
     contribution_method: str = ""
+    # Risk the contributions are measured from: they add up to risk - baseline_risk.
+    baseline_risk: float | None = None
+    notes: list[str] = field(default_factory=list)  # what a reader must know about them
 
 
 @dataclass
@@ -96,6 +139,7 @@ class PredictionResult:
             "model_label": self.model_label,
             "model_path": self.model_path,
             "risk": exp.risk,
+            "baseline_risk": exp.baseline_risk,
             "risk_group": self.risk_group,
             "risk_threshold": self.risk_threshold,
             "risk_percentile": self.risk_percentile,
@@ -105,6 +149,7 @@ class PredictionResult:
             "survival": np.asarray(exp.survival, float).tolist(),
             "contribution_method": exp.contribution_method,
             "contributions": [asdict(c) for c in exp.contributions],
+            "explanation_notes": list(exp.notes),
             "levels": {
                 name: {
                     "tokens": int(len(lv.coords)),
@@ -112,6 +157,8 @@ class PredictionResult:
                     "tile_size": int(lv.tile_size),
                     "maps": list(lv.map_names),
                     "map_texts": list(lv.map_texts),
+                    "map_unit": MAP_UNIT,
+                    "uninformative_maps": lv.uninformative_maps(),
                 }
                 for name, lv in exp.levels.items()
             },
@@ -162,6 +209,8 @@ class PredictionResult:
             levels=levels,
             contributions=[PromptContribution(**c) for c in info["contributions"]],
             contribution_method=info.get("contribution_method", ""),
+            baseline_risk=info.get("baseline_risk"),
+            notes=list(info.get("explanation_notes", [])),
         )
         return cls(
             slide_path=info["slide"],

@@ -108,6 +108,29 @@ def test_pickled_weights_refused(saved_abmil, tmp_path):
         load_model(tmp_path / "model.pt", "cpu")
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle_loads(saved_abmil):
+    """A header length of 0x..80 (first byte 0x80, like pickle's protocol byte) is safetensors."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    model, folder = saved_abmil
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    blob = next(
+        b
+        for n in range(300)
+        if (b := save(state, metadata={"format": "napari-hila-model/1", "pad": "x" * n}))[:1]
+        == b"\x80"
+    )
+    (folder / "model.safetensors").write_bytes(blob)
+    card = json.loads((folder / "card.json").read_text())
+    card["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    (folder / "card.json").write_text(json.dumps(card))
+    loaded = load_model(folder, "cpu")
+    for key, value in state.items():
+        torch.testing.assert_close(loaded.model.state_dict()[key], value)
+
+
 def test_corrupt_or_partial_model_dirs(saved_abmil, tmp_path):
     model, folder = saved_abmil
     with pytest.raises(ModelFileError, match="no card.json"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _model_fixtures import ALL_MODELS, PROMPT_MODELS, make_model, make_slide, one_torch_thread  # noqa: F401
 
-from napari_hila.models import available_models, collate, get_model_spec
+from napari_hila.models import available_models, build_model, collate, get_model_spec
 from napari_hila.models.hila import HiLa
 
 
@@ -102,8 +102,8 @@ def test_clp_and_mcl_switch_off_cleanly(rng):
     batch = collate([make_slide(rng, 30, 4), make_slide(rng, 20, 3)])
     full = make_model("hila").train()
     no_clp = make_model("hila-no-clp").train()
-    no_mcl = make_model("hila-no-mcl").train()
-    patch_only = make_model("hila-patch").train()
+    no_mcl = make_model("hila-no-mcl", prompt_anchor_weight=0.0).train()
+    patch_only = make_model("hila-patch", prompt_anchor_weight=0.0).train()
     assert no_clp.clp is None and not any("clp" in n for n, _ in no_clp.named_parameters())
     assert no_mcl.mcl is None and not any("mcl" in n for n, _ in no_mcl.named_parameters())
     assert patch_only.clp is None and patch_only.mcl is None and "region" not in patch_only.text
@@ -137,7 +137,7 @@ def test_mcl_queue_wraps_around(rng):
 
 
 @pytest.mark.parametrize("name", PROMPT_MODELS)
-def test_explanation_maps_are_the_plan(name, rng):
+def test_explanation_maps_are_the_plan_relative_to_a_uniform_share(name, rng):
     slide = make_slide(rng, 47, 5)
     model = make_model(name).train()
     exp = model.explain(collate([slide]), tile_sizes={"patch": 256, "region": 1024})
@@ -152,10 +152,13 @@ def test_explanation_maps_are_the_plan(name, rng):
         assert lv.maps.shape == (n, k) and lv.coords.shape == (n, 2) and lv.scores.shape == (n,)
         assert lv.map_names == model.prompt_names(level)
         assert lv.map_texts == model.prompt_texts(level)
+        # Maps are M K P*: each token's share relative to a uniform one.
+        plan = lv.maps / (n * k)
         if config.alignment == "ot":  # softmax attention has no row marginal
-            np.testing.assert_allclose(lv.maps.sum(axis=1), 1.0 / n, rtol=1e-3)
+            np.testing.assert_allclose(plan.sum(axis=1), 1.0 / n, rtol=1e-3)
+            np.testing.assert_allclose(lv.maps.mean(axis=1), 1.0, rtol=1e-3)
         # Rows exact, columns within the Sinkhorn tolerance (L2), exact for softmax.
-        assert np.linalg.norm(lv.maps.sum(axis=0) - 1.0 / k) < config.sinkhorn_tol
+        assert np.linalg.norm(plan.sum(axis=0) - 1.0 / k) < config.sinkhorn_tol
         expected = min(n, max(math.ceil(round(config.select_ratio * n, 9)), config.min_selected))
         assert int(lv.selected.sum()) == expected
         # Selected tokens are those with the highest alignment scores.
@@ -173,9 +176,47 @@ def test_explanation_maps_are_the_plan(name, rng):
     assert np.all(np.diff(exp.survival) <= 0) and exp.hazards.shape == (config.n_bins,)
 
 
-def test_contribution_is_leave_one_out_risk_change(rng):
+def test_contributions_add_up_to_risk_minus_baseline(rng):
+    """Completeness, against a baseline fitted on a cohort, and a floor from resampling."""
+    cohort = [collate([make_slide(rng, 25 + 3 * i, 4)]) for i in range(6)]
+    model = make_model("hila").eval()
+    baseline = model.fit_explanation_baseline(cohort)
+    assert baseline == pytest.approx(model.baseline_risk())
+    for batch in cohort[:3]:
+        exp = model.explain(batch, resamples=6)
+        total = sum(c.delta_risk for c in exp.contributions)
+        assert exp.baseline_risk == pytest.approx(baseline)
+        assert total == pytest.approx(exp.risk - baseline, abs=1e-5)
+        assert all(c.noise_floor is not None and c.noise_floor >= 0 for c in exp.contributions)
+        assert all(c.negligible == (abs(c.delta_risk) < c.noise_floor) for c in exp.contributions)
+    # The cohort's mean terms give its mean linear predictor: contributions average out.
+    mean_total = np.mean(
+        [sum(c.delta_risk for c in model.explain(b, resamples=0).contributions) for b in cohort]
+    )
+    assert abs(mean_total) < np.std([model.explain(b, resamples=0).risk for b in cohort])
+    assert "risk - baseline_risk" in exp.contribution_method
+
+
+def test_a_prompt_term_moves_only_its_own_contribution(rng):
+    """Each prompt reaches the risk on its own path: zeroing one prompt's head weights
+    zeroes that prompt's contribution and leaves the others' ordering to the rest."""
     batch = collate([make_slide(rng, 30, 4)])
     model = make_model("hila").eval()
+    model.fit_explanation_baseline([batch, collate([make_slide(rng, 20, 3)])])
+    with torch.no_grad():
+        head = model.heads["patch"]
+        for weights in (head.weight, head.presence_weight, head.similarity_weight, head.bias):
+            weights[0] = 0.0
+    model.fit_explanation_baseline([batch, collate([make_slide(rng, 20, 3)])])
+    exp = model.explain(batch, resamples=0)
+    assert exp.contributions[0].name == model.prompt_names("patch")[0]
+    assert exp.contributions[0].delta_risk == pytest.approx(0.0, abs=1e-7)
+    assert max(abs(c.delta_risk) for c in exp.contributions[1:]) > 1e-4
+
+
+def test_older_mean_head_keeps_leave_one_out_with_a_note(rng):
+    batch = collate([make_slide(rng, 30, 4)])
+    model = make_model("hila", head="mean").eval()
     exp = model.explain(batch)
     with torch.no_grad():
         levels = model(batch).details["levels"]
@@ -186,7 +227,72 @@ def test_contribution_is_leave_one_out_risk_change(rng):
         risk_without_first = float(-survival.sum())
     assert exp.contributions[0].name == model.prompt_names("patch")[0]
     assert exp.contributions[0].delta_risk == pytest.approx(exp.risk - risk_without_first, abs=1e-6)
-    assert "leave-one-out" in exp.contribution_method
+    assert "leave-one-out" in exp.contribution_method and exp.baseline_risk is None
+    assert any("retrain" in note for note in exp.notes)
+
+
+def test_collapsed_prompts_are_reported(rng):
+    model = make_model("hila-patch").eval()
+    stats = model.prompt_statistics()["patch"]
+    assert stats["mean_pairwise_cosine"] < 0.9 and model.collapsed_levels() == []
+    same = np.tile(np.random.default_rng(0).normal(size=(1, 8)), (4, 1))
+    model.set_prompt_embeddings("patch", same)
+    assert model.prompt_statistics()["patch"]["mean_pairwise_cosine"] > 0.99
+    assert model.collapsed_levels() == ["patch"]
+    exp = model.explain(collate([make_slide(rng, 20, 2)]), resamples=0)
+    assert any("collapsed" in note for note in exp.notes)
+
+
+def shared_model(**settings):
+    torch.manual_seed(0)
+    model = build_model("hila", patch_dim=8, region_dim=8, text_dim=8, hidden_dim=16, **settings)
+    gen = np.random.default_rng(3)
+    for level in model.prompt_levels():
+        model.set_prompt_embeddings(level, gen.normal(size=(len(model.prompt_names(level)), 8)))
+    return model.eval()
+
+
+def test_shared_space_starts_from_the_spaces_own_similarity(rng):
+    """With features and prompts from one space, S = cos(x, e) before any training."""
+    slide = make_slide(rng, 40, 4)
+    slide.region_features = rng.normal(size=(4, 8)).astype(np.float32)
+    slide.features = slide.features[:, :8]
+    model = shared_model(shared_space=True)
+    with torch.no_grad():
+        align = model(collate([slide])).details["levels"]["patch"]
+    x = torch.nn.functional.normalize(torch.as_tensor(slide.features), dim=-1)
+    e = torch.nn.functional.normalize(model.prompt_embeddings_patch, dim=-1)
+    torch.testing.assert_close(align.similarity[0], x @ e.T, atol=1e-5, rtol=0)
+    other = shared_model(shared_space=False)
+    with torch.no_grad():
+        unrelated = other(collate([slide])).details["levels"]["patch"].similarity[0]
+    assert (unrelated - x @ e.T).abs().max() > 0.1  # a random start does not have it
+
+
+def test_anchor_keeps_prompts_apart_while_training(rng):
+    """Training only the text side to one target drives prompts together without the anchor."""
+    bags = [collate([make_slide(rng, 30, 3)]) for _ in range(2)]
+    target = torch.nn.functional.normalize(torch.ones(16), dim=0)
+
+    def train(weight: float) -> float:
+        model = make_model("hila-patch", prompt_anchor_weight=weight).train()
+        params = list(model.text.parameters()) + list(model.heads.parameters())
+        optimiser = torch.optim.Adam(params, lr=0.05)
+        for _ in range(40):
+            for batch in bags:
+                out = model(batch)
+                # a pull every prompt can follow by pointing the same way
+                unit = torch.nn.functional.normalize(model.prompt_features("patch"), dim=-1)
+                loss = -(unit @ target).mean() + out.aux_loss
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        return model.prompt_statistics()["patch"]["mean_pairwise_cosine"]
+
+    free, anchored = train(0.0), train(10.0)
+    text = make_model("hila-patch").prompt_statistics()["patch"]["text_mean_pairwise_cosine"]
+    assert free > anchored + 0.2
+    assert abs(anchored - text) < 0.15
 
 
 @pytest.mark.parametrize("name", ["abmil", "transmil"])
@@ -195,7 +301,9 @@ def test_baseline_explains_with_attention(name, rng):
     exp = make_model(name).explain(collate([slide]))
     lv = exp.levels["patch"]
     assert lv.map_names == ["attention"] and lv.maps.shape == (33, 1)
-    assert lv.maps.sum() == pytest.approx(1.0, abs=1e-5) and (lv.maps >= 0).all()
+    # attention relative to a uniform share: mean 1 over the slide's tiles
+    assert lv.maps.mean() == pytest.approx(1.0, abs=1e-5) and (lv.maps >= 0).all()
+    assert lv.scores.sum() == pytest.approx(1.0, abs=1e-5)
     assert lv.tile_size == 256  # from the coordinate spacing
     assert exp.contributions == []
 
@@ -251,14 +359,25 @@ def test_bad_prompt_settings_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("add_aligned_prompt", "differentiable", "text_learns"),
-    [(True, False, True), (False, False, False), (False, True, True)],
+    ("head", "add_aligned_prompt", "differentiable", "text_learns"),
+    [
+        ("mean", True, False, True),
+        ("mean", False, False, False),
+        ("mean", False, True, True),
+        ("additive", False, False, True),
+    ],
 )
-def test_gradient_path_into_the_prompts(add_aligned_prompt, differentiable, text_learns, rng):
-    # With a constant plan and the bare pooling formula nothing reaches the text
-    # projection; the aligned-prompt term or a differentiable plan opens a path.
+def test_gradient_path_into_the_prompts(head, add_aligned_prompt, differentiable, text_learns, rng):
+    # Older mean head: with a constant plan and the bare pooling formula nothing
+    # reaches the text projection; the aligned-prompt bias or a differentiable
+    # plan opened a path. The additive head's presence and transport-weighted
+    # similarity reach it through S itself, with a constant plan.
     model = make_model(
-        "hila-patch", add_aligned_prompt=add_aligned_prompt, sinkhorn_differentiable=differentiable
+        "hila-patch",
+        head=head,
+        add_aligned_prompt=add_aligned_prompt,
+        sinkhorn_differentiable=differentiable,
+        prompt_anchor_weight=0.0,
     ).train()
     out = model(collate([make_slide(rng, 20, 2), make_slide(rng, 11, 1)]))
     out.risk.sum().backward()

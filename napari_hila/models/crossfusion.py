@@ -270,7 +270,8 @@ class CrossFusion(nn.Module):
             np.float32
         )
         columns /= np.maximum(columns.sum(axis=0, keepdims=True), 1e-12)  # each map sums to 1
-        scores = columns[:, 0]
+        scores = columns[:, 0].copy()
+        columns *= len(columns)  # relative to a uniform share, the scale of every map
         keep = max(1, int(math.ceil(self.config.explain_top_fraction * len(scores))))
         selected = np.zeros(len(scores), bool)
         selected[np.argsort(-scores, kind="stable")[:keep]] = True

@@ -105,15 +105,17 @@ def attention_explanation(
     """Explanation of an attention-MIL model: its patch attention is the one map.
 
     Every valid token counts as selected (these models do not select);
-    ``scores`` and the map are both the attention weights.
+    ``scores`` are the attention weights, the map is M a_i, the token's
+    attention relative to a uniform share (the scale of every map).
     """
+    counts = batch.patch_mask.sum(dim=1).clamp(min=1).to(attention.dtype)
     level = level_explanation(
         "patch",
         batch.patch_coords,
         batch.patch_mask,
         attention,
         batch.patch_mask,
-        attention.unsqueeze(-1),
+        (attention * counts.unsqueeze(1)).unsqueeze(-1),
         ["attention"],
         [text],
         tile_sizes,

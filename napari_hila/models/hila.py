@@ -5,6 +5,14 @@ transport (OPL), the selected patches recalibrate the regions they lie in
 (CLP), the two levels' prototypes contrast against each other (MCL, training
 only), and the mean prompt features of both levels predict T hazards.
 
+Each prompt reaches the risk on its own path (METHODS 1.6 and 5): an additive
+head gives every prompt of both levels one scalar term from its feature Z_k,
+its presence and its transport-weighted similarity, the terms add up to the
+linear predictor eta, and the T hazard logits are eta plus one learned offset
+per bin. The risk -sum_j S_j rises with eta, so each prompt's contribution to
+the risk is exact (see :data:`CONTRIBUTION_METHOD`). Models saved before this
+head (``head="mean"``) still load and explain, with a note.
+
 The variants the paper compares against share this class through settings:
 ``hila-patch`` (patch level only), ``vl-cosine`` (patch level, softmax over
 cosine similarity instead of OT, no selection), ``hila-no-clp``,
@@ -18,8 +26,9 @@ model needs no text encoder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +38,7 @@ from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.batch import SlideBatch
 from napari_hila.models.explain import eval_mode, forward_for_explanation, level_explanation
 from napari_hila.models.hila_layers import (
+    AdditivePromptHead,
     AlignmentSettings,
     CrossLevelPropagation,
     LevelAlignment,
@@ -36,6 +46,9 @@ from napari_hila.models.hila_layers import (
     PromptProjection,
     VisualProjection,
     align_tokens,
+    init_shared_space,
+    mean_pairwise_cosine,
+    prompt_anchor_loss,
 )
 from napari_hila.models.registry import add_variant, register_model
 from napari_hila.results import Explanation, PromptContribution
@@ -43,9 +56,19 @@ from napari_hila.results import Explanation, PromptContribution
 __all__ = ["HiLa", "HiLaConfig"]
 
 CONTRIBUTION_METHOD = (
-    "leave-one-out: the slide's risk minus its risk when prompt k's feature is "
-    "left out of its level's mean over prompts (positive: the prompt raises the risk)"
+    "additive head, exact: each prompt's term minus its training-cohort mean, mapped to risk "
+    "units along the path from the baseline (integrated gradients of the risk over the prompt "
+    "terms, exact because the risk depends on their sum); the contributions add up to "
+    "risk - baseline_risk (positive: the prompt raises the risk)"
 )
+LEGACY_CONTRIBUTION_METHOD = (
+    "leave-one-out (older model): the slide's risk minus its risk when prompt k's feature is "
+    "left out of its level's mean over prompts; these do not add up to the risk: retrain the "
+    "model for exact contributions"
+)
+#: Mean pairwise cosine of a level's projected prompts above which they have collapsed
+#: (the model card's threshold too: training.modelfile.COLLAPSE_COSINE reads this).
+COLLAPSE_COSINE = 0.9
 
 # Fallback prompts (METHODS 1.1 examples) so the model builds without a prompt
 # set; real use passes the cancer type's prompt set from napari_hila.prompts.
@@ -90,12 +113,25 @@ class HiLaConfig:
     sinkhorn_differentiable: bool = False
     select_ratio: float = 0.6  # r
     min_selected: int = 4
-    add_aligned_prompt: bool = True  # Z_k += s_k T_k (gradient path through S)
+    add_aligned_prompt: bool = False  # older models: Z_k += s_k T_k (let prompts collapse)
+    head: str = "additive"  # "additive" (a term per prompt) or "mean" (older models)
+    visual_skip: bool = True  # linear skip in the visual projection (shared-space start)
+    shared_space: bool = False  # features and prompts from one vision-language space
+    prompt_anchor_weight: float = 1.0  # keeps the prompts' pairwise cosines their texts'
+    presence_temperature: float = 0.1  # softness of each prompt's presence detector
+    explanation_resamples: int = 8  # patch resamples for the contributions' noise floor
+    prompt_feature_term: bool = True  # the head reads Z_k as well as presence and s_k
+    prompt_feature_penalty: float = 0.0  # L2 on the head's Z_k weights
+    prompt_sparsity: float = 0.0  # L1 on the head's per-prompt weights: few prompts explain
     mcl_queue_size: int = 256
     mcl_temperature: float = 0.1
     mcl_weight: float = 0.1  # lambda
     mcl_dim: int = 128
     nll_alpha: float = 0.0  # uncensored weight of the NLL, read by the trainer (METHODS 1.6)
+
+    #: Values of settings added since a model was first saved, for cards that
+    #: lack them: such a model was built this way.
+    LEGACY_DEFAULTS: ClassVar[dict] = {"head": "mean", "visual_skip": False}
 
 
 @register_model("hila", HiLaConfig, "HiLa: OPL at patch and region level, CLP and MCL (full model)")
@@ -119,7 +155,10 @@ class HiLa(nn.Module):
         width = config.hidden_dim
         in_dims = {"patch": config.patch_dim, "region": config.region_dim}
         self.visual = nn.ModuleDict(
-            {lv: VisualProjection(in_dims[lv], width, config.dropout) for lv in self.levels}
+            {
+                lv: VisualProjection(in_dims[lv], width, config.dropout, config.visual_skip)
+                for lv in self.levels
+            }
         )
         self.text = nn.ModuleDict(
             {
@@ -146,12 +185,36 @@ class HiLa(nn.Module):
             if hierarchical and config.use_mcl
             else None
         )
-        self.fusion = nn.Sequential(
-            nn.Linear(width * len(self.levels), width),
-            nn.GELU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(width, config.n_bins),
-        )
+        if config.head == "additive":
+            self.heads = nn.ModuleDict(
+                {
+                    lv: AdditivePromptHead(
+                        len(self.prompt_names(lv)),
+                        width,
+                        config.dropout,
+                        config.prompt_feature_term,
+                        config.presence_temperature,
+                    )
+                    for lv in self.levels
+                }
+            )
+            self.bin_offsets = nn.Parameter(torch.zeros(config.n_bins))
+            for lv in self.levels:  # each prompt term's training-cohort mean (the baseline)
+                self.register_buffer(
+                    f"term_reference_{lv}", torch.zeros(len(self.prompt_names(lv)))
+                )
+            self.register_buffer("term_reference_ready", torch.zeros((), dtype=torch.bool))
+        else:
+            self.fusion = nn.Sequential(
+                nn.Linear(width * len(self.levels), width),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(width, config.n_bins),
+            )
+        if config.shared_space:
+            for lv in self.levels:
+                if in_dims[lv] == config.text_dim and config.visual_skip:
+                    init_shared_space(self.visual[lv], self.text[lv], seed=self.levels.index(lv))
         self.alignment = AlignmentSettings(
             method=config.alignment,
             eps=config.sinkhorn_eps,
@@ -170,6 +233,8 @@ class HiLa(nn.Module):
             raise ValueError(f"alignment must be 'ot' or 'cosine', got {c.alignment!r}")
         if not 0.0 < c.select_ratio <= 1.0:
             raise ValueError(f"select_ratio must be in (0, 1], got {c.select_ratio}")
+        if c.head not in ("additive", "mean"):
+            raise ValueError(f"head must be 'additive' or 'mean', got {c.head!r}")
         for lv in self.levels:
             names, texts = self.prompt_names(lv), self.prompt_texts(lv)
             if not names or len(names) != len(texts):
@@ -219,11 +284,45 @@ class HiLa(nn.Module):
             )
         alignments = self._align_levels(batch)
         summaries = [alignments[lv].features.mean(dim=1) for lv in self.levels]
-        logits = self.fusion(torch.cat(summaries, dim=-1))
+        terms = None
+        if self.config.head == "additive":
+            terms = self._prompt_terms(alignments)
+            eta = sum(t.sum(dim=-1) for t in terms.values())
+            logits = eta.unsqueeze(-1) + self.bin_offsets
+        else:
+            logits = self.fusion(torch.cat(summaries, dim=-1))
         aux_loss = logits.new_zeros(())
-        if self.mcl is not None and self.training:
-            aux_loss = self.config.mcl_weight * self.mcl(summaries[0], summaries[1])
-        return survival_from_logits(logits, aux_loss, levels=alignments)
+        if self.training:
+            if self.mcl is not None:
+                aux_loss = aux_loss + self.config.mcl_weight * self.mcl(summaries[0], summaries[1])
+            if self.config.prompt_anchor_weight > 0:
+                anchor = sum(
+                    prompt_anchor_loss(
+                        self.prompt_features(lv), getattr(self, f"prompt_embeddings_{lv}")
+                    )
+                    for lv in self.levels
+                )
+                aux_loss = aux_loss + self.config.prompt_anchor_weight * anchor
+            if terms is not None and self.config.prompt_sparsity > 0:
+                l1 = sum(
+                    self.heads[lv].presence_weight.abs().sum()
+                    + self.heads[lv].similarity_weight.abs().sum()
+                    + self.heads[lv].weight.norm(dim=-1).sum()
+                    * float(self.config.prompt_feature_term)
+                    for lv in self.levels
+                )
+                aux_loss = aux_loss + self.config.prompt_sparsity * l1
+            if terms is not None and self.config.prompt_feature_penalty > 0:
+                penalty = sum(self.heads[lv].weight.pow(2).sum() for lv in self.levels)
+                aux_loss = aux_loss + self.config.prompt_feature_penalty * penalty
+        return survival_from_logits(logits, aux_loss, levels=alignments, terms=terms)
+
+    def _prompt_terms(self, alignments: Mapping[str, LevelAlignment]) -> dict[str, torch.Tensor]:
+        """Per level, the (B, K) additive terms of the prompts."""
+        terms = {}
+        for lv, alignment in alignments.items():
+            terms[lv], alignment.presence = self.heads[lv](alignment)
+        return terms
 
     def _align_levels(self, batch: SlideBatch) -> dict[str, LevelAlignment]:
         patch_tokens = self.visual["patch"](batch.patch_features)
@@ -245,45 +344,205 @@ class HiLa(nn.Module):
         )
 
     # -- explanation ---------------------------------------------------------
+    def prompt_statistics(self) -> dict[str, dict[str, float]]:
+        """Per level: mean pairwise cosine of the projected prompts T and of their texts E.
+
+        Above :data:`COLLAPSE_COSINE` the prompts have collapsed onto one
+        direction and cannot mean different things (METHODS 5).
+        """
+        with torch.no_grad():
+            return {
+                lv: {
+                    "mean_pairwise_cosine": mean_pairwise_cosine(self.prompt_features(lv)),
+                    "text_mean_pairwise_cosine": mean_pairwise_cosine(
+                        getattr(self, f"prompt_embeddings_{lv}")
+                    ),
+                }
+                for lv in self.levels
+            }
+
+    def collapsed_levels(self) -> list[str]:
+        """Levels whose projected prompts have collapsed (mean cosine above 0.9)."""
+        stats = self.prompt_statistics()
+        return [lv for lv in self.levels if stats[lv]["mean_pairwise_cosine"] > COLLAPSE_COSINE]
+
+    @torch.no_grad()
+    def fit_explanation_baseline(self, batches: Iterable[SlideBatch]) -> float | None:
+        """Store each prompt term's mean over ``batches`` (the training cohort) as the baseline.
+
+        Returns the baseline risk: the risk at the cohort's mean prompt terms,
+        which for the linear terms is the risk at the cohort's mean prompt
+        features. Models with the older mean head have no baseline (None).
+        """
+        if self.config.head != "additive":
+            return None
+        sums = {lv: torch.zeros_like(getattr(self, f"term_reference_{lv}")) for lv in self.levels}
+        count = 0
+        with eval_mode(self):
+            for batch in batches:
+                terms = self(batch.to(self.bin_offsets.device)).details["terms"]
+                for lv in self.levels:
+                    sums[lv] += terms[lv].sum(dim=0)
+                count += int(batch.batch_size)
+        if count == 0:
+            return None
+        for lv in self.levels:
+            getattr(self, f"term_reference_{lv}").copy_(sums[lv] / count)
+        self.term_reference_ready.fill_(True)
+        return self.baseline_risk()
+
+    def baseline_risk(self) -> float | None:
+        """The risk at the stored baseline terms, or None before a baseline was fitted."""
+        if self.config.head != "additive" or not bool(self.term_reference_ready):
+            return None
+        eta = sum(getattr(self, f"term_reference_{lv}").sum() for lv in self.levels)
+        return float(self._risk_of_eta(eta.reshape(1))[0].detach())
+
+    def _risk_of_eta(self, eta: torch.Tensor) -> torch.Tensor:
+        return survival_from_logits(eta.unsqueeze(-1) + self.bin_offsets).risk
+
     @torch.no_grad()
     def explain(
-        self, batch: SlideBatch, tile_sizes: Mapping[str, int] | None = None
+        self,
+        batch: SlideBatch,
+        tile_sizes: Mapping[str, int] | None = None,
+        resamples: int | None = None,
     ) -> Explanation:
         """Risk, survival, per-level maps and per-prompt contributions of one slide.
 
-        Runs one forward pass in eval mode (restoring the mode after). Maps are
-        the plan columns P*[:, k]; ``tile_sizes`` maps level -> level-0 px side
-        (from the feature file); without it the coordinate spacing is used.
+        Runs one forward pass in eval mode (restoring the mode after). The map
+        of prompt k is each token's plan mass relative to a uniform share,
+        M K P*[i, k] (1 = the share a uniform plan gives, 0 = none; METHODS 5).
+        ``tile_sizes`` maps level -> level-0 px side (from the feature file);
+        without it the coordinate spacing is used. ``resamples`` patch
+        resamplings (default the config's) give each contribution's noise floor.
         """
         with eval_mode(self):
             output = forward_for_explanation(self, batch)
-            contributions = self._contributions(output)
+            if self.config.head == "additive":
+                contributions, baseline, notes = self._additive_contributions(
+                    batch,
+                    output,
+                    self.config.explanation_resamples if resamples is None else resamples,
+                )
+                method = CONTRIBUTION_METHOD
+            else:
+                contributions, baseline = self._contributions(output), None
+                notes = [
+                    "this model was saved before contributions that add up (older mean head): "
+                    "the prompt bars are leave-one-out changes; retrain for exact contributions"
+                ]
+                method = LEGACY_CONTRIBUTION_METHOD
         levels = {}
         for lv, align in output.details["levels"].items():
             coords = batch.patch_coords if lv == "patch" else batch.region_coords
+            counts = align.mask.sum(dim=1).clamp(min=1).to(align.plan.dtype)
+            relative = align.plan * counts.view(-1, 1, 1) * align.plan.shape[-1]
             levels[lv] = level_explanation(
                 lv,
                 coords,
                 align.mask,
                 align.scores,
                 align.selected,
-                align.plan,
+                relative,
                 self.prompt_names(lv),
                 self.prompt_texts(lv),
                 tile_sizes,
                 parent=batch.patch_to_region if lv == "patch" else None,
             )
+        collapsed = self.collapsed_levels()
+        notes.extend(
+            f"the {lv} prompts have collapsed onto one direction (mean pairwise cosine above "
+            f"{COLLAPSE_COSINE}): their maps and contributions cannot tell the prompts apart"
+            for lv in collapsed
+        )
         return Explanation(
             risk=float(output.risk[0]),
             hazards=output.hazards[0].cpu().numpy().astype(np.float32),
             survival=output.survival[0].cpu().numpy().astype(np.float32),
             levels=levels,
             contributions=contributions,
-            contribution_method=CONTRIBUTION_METHOD,
+            contribution_method=method,
+            baseline_risk=baseline,
+            notes=notes,
         )
 
+    def _term_contributions(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, K_all) contributions in risk units of every prompt, patch level first."""
+        deltas = torch.cat(
+            [terms[lv] - getattr(self, f"term_reference_{lv}") for lv in self.levels], dim=-1
+        )
+        eta = deltas.new_zeros(deltas.shape[0]) + sum(
+            getattr(self, f"term_reference_{lv}").sum() for lv in self.levels
+        )
+        moved = deltas.sum(dim=-1)
+        risk_change = self._risk_of_eta(eta + moved) - self._risk_of_eta(eta)
+        # d risk / d eta where the path is too short for a quotient.
+        with torch.enable_grad():
+            point = (eta + moved).detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(self._risk_of_eta(point).sum(), point)
+        small = moved.abs() < 1e-6
+        ratio = torch.where(small, slope, risk_change / torch.where(small, 1.0, moved))
+        return deltas * ratio.unsqueeze(-1)
+
+    def _additive_contributions(
+        self, batch: SlideBatch, output: SurvivalOutput, resamples: int
+    ) -> tuple[list[PromptContribution], float | None, list[str]]:
+        notes = []
+        if not bool(self.term_reference_ready):
+            notes.append(
+                "this model stores no cohort baseline: contributions are measured from zero "
+                "prompt terms, not from the training cohort's mean"
+            )
+        values = self._term_contributions(output.details["terms"])[0]
+        floor = self._noise_floor(batch, resamples)
+        labels = [(lv, k) for lv in self.levels for k in range(len(self.prompt_names(lv)))]
+        contributions = []
+        for j, (lv, k) in enumerate(labels):
+            noise = None if floor is None else float(floor[j])
+            contributions.append(
+                PromptContribution(
+                    level=lv,
+                    name=self.prompt_names(lv)[k],
+                    text=self.prompt_texts(lv)[k],
+                    delta_risk=float(values[j]),
+                    noise_floor=noise,
+                    negligible=None if noise is None else bool(abs(float(values[j])) < noise),
+                )
+            )
+        baseline = self.baseline_risk()
+        if baseline is None:
+            baseline = float(self._risk_of_eta(values.new_zeros(1))[0].detach())
+        return contributions, baseline, notes
+
+    def _noise_floor(self, batch: SlideBatch, resamples: int) -> torch.Tensor | None:
+        """Twice the SD of each contribution when the slide's patches are resampled.
+
+        Patches are drawn with replacement (a bootstrap of the slide); regions
+        are kept. A contribution inside this floor is "negligible".
+        """
+        n = int(batch.patch_mask[0].sum())
+        if resamples < 2 or n < 2:
+            return None
+        generator = torch.Generator().manual_seed(0)
+        draws = []
+        for _ in range(resamples):
+            pick = torch.randint(0, n, (n,), generator=generator).to(batch.patch_features.device)
+            resampled = SlideBatch(
+                batch.patch_features[:, pick],
+                batch.patch_mask[:, pick],
+                batch.patch_coords[:, pick],
+                batch.region_features,
+                batch.region_mask,
+                batch.region_coords,
+                batch.patch_to_region[:, pick],
+            )
+            terms = self(resampled).details["terms"]
+            draws.append(self._term_contributions(terms)[0])
+        return 2.0 * torch.stack(draws).std(dim=0)
+
     def _contributions(self, output: SurvivalOutput) -> list[PromptContribution]:
-        """Leave-one-out change in risk per prompt (see CONTRIBUTION_METHOD)."""
+        """Leave-one-out change in risk per prompt, for older mean-head models."""
         alignments = output.details["levels"]
         features = [alignments[lv].features[0] for lv in self.levels]  # each (K, d)
         means = [z.mean(dim=0) for z in features]

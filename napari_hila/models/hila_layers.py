@@ -19,28 +19,43 @@ from napari_hila.models.sinkhorn import sinkhorn_log
 
 __all__ = [
     "AlignmentSettings",
+    "AdditivePromptHead",
     "CrossLevelPropagation",
     "LevelAlignment",
     "MutualContrastive",
     "PromptProjection",
     "VisualProjection",
     "align_tokens",
+    "init_shared_space",
+    "mean_pairwise_cosine",
+    "prompt_anchor_loss",
     "select_top_fraction",
+    "shared_space_basis",
 ]
 
 
 class VisualProjection(nn.Module):
-    """H = LayerNorm(MLP(X)): frozen encoder features to the shared width d."""
+    """H = LayerNorm(MLP(X) [+ A X]): frozen encoder features to the shared width d.
 
-    def __init__(self, in_dim: int, width: int, dropout: float) -> None:
+    The optional linear skip ``A X`` lets a model whose features and prompts
+    come from one vision-language space start from that space's own cosine
+    similarity (see :func:`init_shared_space`); models saved before it had
+    none (``skip=False``).
+    """
+
+    def __init__(self, in_dim: int, width: int, dropout: float, skip: bool = True) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, width)
         )
+        self.skip = nn.Linear(in_dim, width, bias=False) if skip else None
         self.norm = nn.LayerNorm(width)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.mlp(features))
+        hidden = self.mlp(features)
+        if self.skip is not None:
+            hidden = hidden + self.skip(features)
+        return self.norm(hidden)
 
 
 class PromptProjection(nn.Module):
@@ -58,6 +73,78 @@ class PromptProjection(nn.Module):
         return projected + self.alpha * self.adapter(projected)
 
 
+def shared_space_basis(in_dim: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(width, in_dim) map Q that keeps cosines and has zero-mean outputs.
+
+    Columns are orthonormal and orthogonal to the all-ones vector when
+    ``in_dim < width`` (then cos(Qx, Qy) = cos(x, y) exactly and LayerNorm's
+    centring leaves Qx unchanged); otherwise rows are orthonormal, a random
+    projection that keeps cosines approximately.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    raw = torch.randn(width, in_dim, generator=generator, dtype=torch.float64)
+    ones = torch.full((width, 1), 1.0 / math.sqrt(width), dtype=torch.float64)
+    raw = raw - ones @ (ones.T @ raw)
+    if in_dim < width:
+        basis, _ = torch.linalg.qr(raw)  # (width, in_dim), orthonormal columns
+    else:
+        rows, _ = torch.linalg.qr(raw.T)  # (in_dim, width)
+        basis = rows.T
+    return basis.float()
+
+
+@torch.no_grad()
+def init_shared_space(visual: VisualProjection, text: PromptProjection, seed: int = 0) -> None:
+    """Start a level from its encoders' shared space: S = cos(x, e) before training.
+
+    For features and prompt embeddings from one vision-language space (CONCH,
+    the descriptor with its grounded vocabulary): visual H = LN(Q x) and text
+    T = Q e at initialisation (the MLP's and the adapter's last layers start
+    at zero), so the plan and the maps mean the space's own similarity from
+    the first step, and training refines them.
+    """
+    in_dim = visual.mlp[0].in_features
+    text_dim = text.linear.in_features
+    if visual.skip is None or in_dim != text_dim:
+        raise ValueError(
+            f"a shared space needs a visual skip and equal widths (features {in_dim}, "
+            f"text {text_dim})"
+        )
+    basis = shared_space_basis(in_dim, visual.mlp[-1].out_features, seed)
+    visual.skip.weight.copy_(basis)
+    text.linear.weight.copy_(basis)
+    visual.mlp[-1].weight.zero_()
+    visual.mlp[-1].bias.zero_()
+    text.adapter[-1].weight.zero_()
+    text.adapter[-1].bias.zero_()
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+    """Mean cosine over distinct pairs of rows (1.0: collapsed onto one direction)."""
+    n = vectors.shape[0]
+    if n < 2:
+        return float("nan")
+    unit = F.normalize(vectors.detach().float(), dim=-1)
+    gram = unit @ unit.T
+    off = gram[~torch.eye(n, dtype=torch.bool, device=gram.device)]
+    return float(off.mean())
+
+
+def prompt_anchor_loss(prompts: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of the prompts' pairwise cosines from their text embeddings'.
+
+    Keeps the projected prompts T as far apart as their texts are, so they
+    cannot collapse onto one direction and each keeps its meaning.
+    """
+    n = prompts.shape[0]
+    if n < 2:
+        return prompts.new_zeros(())
+    unit_t = F.normalize(prompts, dim=-1)
+    unit_e = F.normalize(embeddings.detach(), dim=-1)
+    off = ~torch.eye(n, dtype=torch.bool, device=prompts.device)
+    return ((unit_t @ unit_t.T - unit_e @ unit_e.T)[off] ** 2).mean()
+
+
 @dataclass(frozen=True)
 class AlignmentSettings:
     """How one level aligns its tokens with its prompts (see HiLaConfig)."""
@@ -70,7 +157,7 @@ class AlignmentSettings:
     cosine_temperature: float = 0.1
     select_ratio: float = 0.6
     min_selected: int = 4
-    add_aligned_prompt: bool = True
+    add_aligned_prompt: bool = False
 
 
 @dataclass
@@ -85,6 +172,66 @@ class LevelAlignment:
     selected: torch.Tensor  # (B, N) bool selection map
     features: torch.Tensor  # (B, K, d) prompt-specific features Z
     iterations: int = 0
+    presence: torch.Tensor | None = None  # (B, K) fraction of tokens showing k (set by the head)
+    prompt_similarity: torch.Tensor | None = None  # (B, K) s_k = sum_i P~_ik S_ik
+
+
+class AdditivePromptHead(nn.Module):
+    """One scalar term per prompt; the risk's linear predictor is their sum.
+
+    term_k = a_k * presence_k + c_k * s_k [+ w_k . z_k] + b_k. presence_k is
+    the fraction of the slide's tokens that show attribute k, each prompt
+    judging every token on its own, mean_i sigmoid((S_ik - theta_k) / tau)
+    with a learned threshold theta_k: unlike the balanced plan (every prompt
+    gets mass 1/K) or a softmax over prompts (one prompt that resembles all
+    tissue takes most tokens), it says how much of attribute k there is.
+    s_k is the prompt's transport-weighted similarity (PLOT) and z_k its
+    feature, optional because the balanced plan spills an abundant
+    attribute's tokens into other prompts' z (and so their terms). Each
+    prompt reaches the risk on its own path, so the decomposition over
+    prompts is exact in the linear predictor.
+    """
+
+    def __init__(
+        self,
+        n_prompts: int,
+        width: int,
+        dropout: float,
+        feature_term: bool = True,
+        temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.feature_term = feature_term
+        self.temperature = temperature
+        self.threshold = nn.Parameter(torch.zeros(n_prompts))
+        self.weight = nn.Parameter(torch.zeros(n_prompts, width))
+        self.presence_weight = nn.Parameter(torch.zeros(n_prompts))
+        self.similarity_weight = nn.Parameter(torch.zeros(n_prompts))
+        self.bias = nn.Parameter(torch.zeros(n_prompts))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(width) / math.sqrt(max(n_prompts, 1)))
+        # Non-zero from the start, so the text side gets its gradient at the first step.
+        nn.init.normal_(self.presence_weight, std=0.1)
+        nn.init.normal_(self.similarity_weight, std=0.1)
+        self.dropout = nn.Dropout(dropout)
+
+    def presence(self, similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, K) similarities, (B, N) mask -> (B, K) fraction of tokens showing each prompt."""
+        shows = torch.sigmoid((similarity - self.threshold) / self.temperature)
+        valid = mask.unsqueeze(-1).to(similarity.dtype)
+        counts = valid.sum(dim=1).clamp(min=1.0)
+        return (shows * valid).sum(dim=1) / counts
+
+    def forward(self, alignment: LevelAlignment) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) per-prompt terms and (B, K) presence of one level."""
+        presence = self.presence(alignment.similarity, alignment.mask)
+        terms = (
+            self.presence_weight * presence
+            + self.similarity_weight * alignment.prompt_similarity
+            + self.bias
+        )
+        if self.feature_term:
+            terms = terms + (self.dropout(alignment.features) * self.weight).sum(dim=-1)
+        return terms, presence
 
 
 def select_top_fraction(
@@ -115,10 +262,13 @@ def align_tokens(
     """Optimal Prompt Learning at one level (METHODS 1.3).
 
     Z_k = sum over selected i of P~_ik H_i, with P~ the plan restricted to the
-    selected tokens and normalised per prompt. With ``add_aligned_prompt``,
-    Z_k also gets s_k T_k, s_k = sum_i P~_ik S_ik (the prompt's transport-
-    weighted similarity, as in PLOT): this is the path by which the gradient
-    flows through S into the text projection while the plan stays constant.
+    selected tokens and normalised per prompt. Balanced OT gives every prompt
+    the same mass, so how much of an attribute is present is carried beside Z:
+    s_k = sum_i P~_ik S_ik (the prompt's transport-weighted similarity, as in
+    PLOT) here, presence_k by the head (:class:`AdditivePromptHead`). Both are
+    differentiable in S, the path by which the text projection learns while
+    the plan stays constant. ``add_aligned_prompt`` (older models only) adds
+    s_k T_k to Z_k, a shortcut that let prompts collapse.
     A slide with no valid token gets ``empty_feature`` for every prompt.
     """
     unit_tokens = F.normalize(tokens, dim=-1)
@@ -153,12 +303,25 @@ def align_tokens(
     restricted = plan * selected.unsqueeze(-1).to(plan.dtype)
     weights = restricted / restricted.sum(dim=1, keepdim=True).clamp(min=1e-30)
     features = weights.transpose(1, 2) @ tokens  # (B, K, d)
+    prompt_similarity = (weights * similarity).sum(dim=1)  # (B, K)
     if settings.add_aligned_prompt:
-        alignment = (weights * similarity).sum(dim=1)  # (B, K)
-        features = features + alignment.unsqueeze(-1) * prompts.unsqueeze(0)
+        features = features + prompt_similarity.unsqueeze(-1) * prompts.unsqueeze(0)
     has_tokens = (counts > 0).view(-1, 1, 1)
     features = torch.where(has_tokens, features, empty_feature.expand_as(features))
-    return LevelAlignment(tokens, mask, similarity, plan, scores, selected, features, iterations)
+    has = has_tokens.view(-1, 1)
+    prompt_similarity = torch.where(has, prompt_similarity, torch.zeros_like(prompt_similarity))
+    return LevelAlignment(
+        tokens,
+        mask,
+        similarity,
+        plan,
+        scores,
+        selected,
+        features,
+        iterations,
+        None,
+        prompt_similarity,
+    )
 
 
 class CrossLevelPropagation(nn.Module):

@@ -393,7 +393,8 @@ class VPTSurv(nn.Module):
         ]
         maps = torch.stack(columns, dim=1).cpu().numpy().astype(np.float32)
         maps /= np.maximum(maps.sum(axis=0, keepdims=True), 1e-12)
-        scores = maps[:, 0]
+        scores = maps[:, 0].copy()
+        maps *= len(maps)  # relative to a uniform share, the scale of every map
         keep = max(1, int(math.ceil(self.config.explain_top_fraction * len(scores))))
         selected = np.zeros(len(scores), bool)
         selected[np.argsort(-scores, kind="stable")[:keep]] = True

@@ -325,6 +325,7 @@ def _build_and_fit(
         *feature_widths(bag0),
         len(edges) - 1,
         prompt_set,
+        vision_encoder=bag0.encoder if isinstance(bag0, SlideFeatures) else None,
     )
     values.update(settings.model_config)
     torch.manual_seed(settings.seed + seed_offset)
@@ -349,6 +350,35 @@ def _build_and_fit(
         checkpoint=checkpoint,
     )
     return model, spec.make_config(**values), edges, losses, scaling
+
+
+def fit_explanation_baseline(model, bags, device: str, transform=None) -> float | None:
+    """Give a model that explains against a cohort baseline its training cohort's mean terms.
+
+    Models without ``fit_explanation_baseline`` (no prompts) are left alone.
+    """
+    fit = getattr(model, "fit_explanation_baseline", None)
+    if fit is None:
+        return None
+    from napari_hila.training.trainer import make_batch
+
+    model.to(device)
+    batches = (
+        make_batch(model, [bag], None, None, train=False, transform=transform) for bag in bags
+    )
+    return fit(batches)
+
+
+def explanation_card(model, baseline: float | None, risks) -> dict[str, Any]:
+    """What the card says about explanations: baseline, cohort risk SD, prompt statistics."""
+    stats = model.prompt_statistics() if hasattr(model, "prompt_statistics") else {}
+    risks = np.asarray(risks, float)
+    return {
+        "baseline_risk": baseline,
+        "cohort_risk_sd": float(np.std(risks, ddof=1)) if len(risks) > 1 else None,
+        "cohort_risk_sd_of": "the final model's per-patient risks over its training cohort",
+        "prompt_statistics": stats,
+    }
 
 
 def run_training(
@@ -452,9 +482,9 @@ def run_training(
                 show_progress,
                 run_dir / "final_model.checkpoint.pt",
             )
-            ids, risk = data.patient_scores(
-                model, all_slides, device, scaling.apply if scaling else None
-            )
+            transform = scaling.apply if scaling else None
+            ids, risk = data.patient_scores(model, all_slides, device, transform)
+            baseline = fit_explanation_baseline(model, bags, device, transform)
             card = build_card(
                 getattr(model, "config", config),  # a model may complete its config (VPTSurv's ViT)
                 settings,
@@ -472,6 +502,7 @@ def run_training(
             from napari_hila.training.modelfile import save_model
 
             card["feature_scaling"] = scaling.to_json() if scaling else None
+            card["explanation"] = explanation_card(model, baseline, risk)
             save_model(final_dir, model, card)
             (run_dir / "final_model.checkpoint.pt").unlink(missing_ok=True)
             say(f"final model: written to {final_dir}")

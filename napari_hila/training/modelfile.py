@@ -22,8 +22,9 @@ import torch
 
 from napari_hila import __version__
 from napari_hila.devices import resolve_device
-from napari_hila.errors import ModelFileError
+from napari_hila.errors import HilaError, ModelFileError
 from napari_hila.io_utils import atomic_path, write_json_atomic
+from napari_hila.models.hila import COLLAPSE_COSINE
 
 __all__ = [
     "LoadedModel",
@@ -31,6 +32,8 @@ __all__ = [
     "load_model",
     "read_card",
     "check_features_match",
+    "collapse_warning",
+    "prompt_statistics",
     "CARD_KEYS",
     "WEIGHTS_NAME",
     "CARD_NAME",
@@ -138,6 +141,25 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
+def config_for_loading(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's config, completed for models saved before some settings existed.
+
+    A config class may name in ``LEGACY_DEFAULTS`` the values that settings
+    added later had in the models saved without them (HiLa's older mean head),
+    so an older card builds the model its weights were trained as.
+    """
+    from napari_hila.models.registry import get_model_spec
+
+    values = dict(card["config"])
+    try:
+        legacy = getattr(get_model_spec(card["model"]).config_cls, "LEGACY_DEFAULTS", {})
+    except HilaError:
+        return values
+    for key, value in legacy.items():
+        values.setdefault(key, value)
+    return values
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> LoadedModel:
     """Build the registry model named in the card and load its safetensors weights."""
     from safetensors import SafetensorError
@@ -151,7 +173,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> 
     if not weights.is_file():
         raise ModelFileError(f"{folder}: {WEIGHTS_NAME} is missing; copy the whole model directory")
     blob = weights.read_bytes()
-    if blob[:2] == b"PK" or blob[:1] == b"\x80":
+    # safetensors: an 8-byte header length, then the JSON header; a torch pickle
+    # starts with a zip signature or a pickle protocol byte instead.
+    looks_safetensors = blob[8:9] == b"{"
+    if not looks_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):
         raise ModelFileError(
             f"{weights}: this is a pickled torch file, not safetensors; napari-hila never unpickles "
             "(it could run code). Re-save the weights with safetensors or retrain"
@@ -167,7 +192,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> 
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{weights}: not a readable safetensors file ({err})") from err
     try:
-        model = build_model(card["model"], **card["config"])
+        model = build_model(card["model"], **config_for_loading(card))
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(
             f"{folder}: cannot build model {card['model']!r} from its card ({err}); "
@@ -222,3 +247,34 @@ def check_features_match(card: dict[str, Any], feats: Any, source: str = "featur
             f"{source}: " + "; ".join(problems) + f". Extract features with the model's encoders "
             f"(patch {patch.get('name')!r}, region {region.get('name')!r}) or use a model trained on these"
         )
+
+
+def prompt_statistics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """Per level, the mean pairwise cosine of a model's projected prompts (METHODS 5).
+
+    From the card when training recorded it; for older cards from the weights
+    (the model is loaded on the CPU). ``{}`` for models without prompts.
+    """
+    card = read_card(path)
+    stored = (card.get("explanation") or {}).get("prompt_statistics")
+    if stored:
+        return stored
+    model = load_model(path, "cpu").model
+    return model.prompt_statistics() if hasattr(model, "prompt_statistics") else {}
+
+
+def collapse_warning(stats: dict[str, dict[str, float]]) -> str | None:
+    """A sentence naming the levels whose prompts collapsed, or None when none did."""
+    collapsed = {
+        level: values["mean_pairwise_cosine"]
+        for level, values in stats.items()
+        if values.get("mean_pairwise_cosine", 0.0) > COLLAPSE_COSINE
+    }
+    if not collapsed:
+        return None
+    levels = ", ".join(f"{level} (mean cosine {cos:.3f})" for level, cos in collapsed.items())
+    return (
+        f"the projected prompts of this model have collapsed onto one direction at the {levels} "
+        f"level: its prompt maps and contributions cannot tell the prompts apart; retrain it "
+        "with this version"
+    )

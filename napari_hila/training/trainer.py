@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_hila.encoders.pairing import shares_space
 from napari_hila.features.store import SlideFeatures
 from napari_hila.models.batch import collate
 
@@ -57,18 +58,24 @@ def data_config(
     region_dim: int,
     n_bins: int,
     prompt_set: dict[str, Any] | None = None,
+    vision_encoder: str | None = None,
 ) -> dict[str, Any]:
     """Config values the data decides, for the fields ``config_cls`` declares.
 
     The contract (docs/ARCHITECTURE.md, "Trainer <-> models"): ``patch_dim``,
-    ``region_dim``, ``n_bins``, ``text_dim`` and ``<level>_prompt_names`` /
-    ``<level>_prompt_texts`` are filled only when the model's config has a
-    field of that name, so the trainer needs no knowledge of any model.
+    ``region_dim``, ``n_bins``, ``text_dim``, ``shared_space`` and
+    ``<level>_prompt_names`` / ``<level>_prompt_texts`` are filled only when
+    the model's config has a field of that name, so the trainer needs no
+    knowledge of any model.
     """
     names = {f.name for f in dataclasses.fields(config_cls)}
     offered: dict[str, Any] = {"patch_dim": patch_dim, "region_dim": region_dim, "n_bins": n_bins}
     if prompt_set:
         offered["text_dim"] = int(prompt_set["text_dim"])
+        text_encoder = prompt_set.get("embedding_encoder") or prompt_set.get("text_encoder")
+        offered["shared_space"] = shares_space(vision_encoder, text_encoder) and (
+            int(prompt_set["text_dim"]) == int(patch_dim)
+        )
         for level, entry in prompt_set["levels"].items():
             offered[f"{level}_prompt_names"] = list(entry["names"])
             offered[f"{level}_prompt_texts"] = list(entry["texts"])
