@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.io_utils import atomic_path
+from napari_hila.overlays import heatmap_values
 from napari_hila.results import LevelExplanation, PredictionResult
 
 __all__ = [
@@ -40,11 +41,19 @@ def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
     return [[[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]]
 
 
-def _measurements(lv: LevelExplanation, i: int) -> dict[str, float]:
+def _measurements(lv: LevelExplanation, i: int, shown: np.ndarray) -> dict[str, float]:
+    """QuPath measurements: the values the viewer shows (x a uniform share) per prompt."""
     values = {"alignment score": float(lv.scores[i])}
     for k, name in enumerate(lv.map_names):
-        values[f"prompt: {name}"] = float(lv.maps[i, k])
+        values[f"{name} (x uniform share)"] = float(shown[i, k])
     return values
+
+
+def _shown_maps(lv: LevelExplanation) -> np.ndarray:
+    """(N, K) every map as the viewer shows it, relative to a uniform share."""
+    if not len(lv.map_names):
+        return np.zeros((len(lv.coords), 0), np.float32)
+    return np.stack([heatmap_values(lv, k) for k in range(len(lv.map_names))], axis=1)
 
 
 def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
@@ -53,6 +62,7 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
     levels = result.explanation.levels
     for name, lv in levels.items():
         is_patch = name == "patch" or (len(levels) == 1)
+        shown = _shown_maps(lv)
         for i in range(len(lv.coords)):
             selected = bool(lv.selected[i])
             if is_patch and not selected:
@@ -77,7 +87,7 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
                         "name": f"{name} {i}",
                         "classification": cls,
                         "isLocked": False,
-                        "measurements": _measurements(lv, i),
+                        "measurements": _measurements(lv, i, shown),
                     },
                 }
             )
@@ -100,9 +110,10 @@ def write_csv(result: PredictionResult, path: str | os.PathLike) -> Path:
         writer.writerow(["level", "index", "x", "y", "size", "region", "selected", "score", *names])
         for level, lv in result.explanation.levels.items():
             column = {n: k for k, n in enumerate(lv.map_names)}
+            shown = _shown_maps(lv)
             for i in range(len(lv.coords)):
                 parent = int(lv.parent[i]) if lv.parent is not None else -1
-                maps = [f"{lv.maps[i, column[n]]:.6g}" if n in column else "" for n in names]
+                maps = [f"{shown[i, column[n]]:.6g}" if n in column else "" for n in names]
                 writer.writerow(
                     [
                         level,
@@ -143,21 +154,22 @@ def token_raster(
     return out, mask
 
 
-def _blend(thumbnail: np.ndarray, values: np.ndarray, mask: np.ndarray, cmap: str) -> np.ndarray:
-    """Colour the painted pixels by ``values`` (scaled to their own min..max) over the thumbnail."""
-    from matplotlib import colormaps
+def _blend(thumbnail: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A map's painted pixels over the thumbnail, on the fixed scale (:func:`overlays.blend_map`)."""
+    from napari_hila.overlays import blend_map
 
-    out = thumbnail.copy()
-    if not mask.any():
-        return out
-    painted = values[mask]
-    lo, hi = float(painted.min()), float(painted.max())
-    scaled = (painted - lo) / (hi - lo) if hi > lo else np.full_like(painted, 0.5)
-    colours = colormaps[cmap](scaled)[:, :3] * 255.0
-    out[mask] = (
-        ((1 - OVERLAY_ALPHA) * thumbnail[mask] + OVERLAY_ALPHA * colours).round().astype(np.uint8)
-    )
-    return out
+    return blend_map(thumbnail, np.where(mask, values, np.nan))
+
+
+def _blend_selection(thumbnail: np.ndarray, selected: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Left-out tiles greyed as in the viewer, selected ones clear."""
+    from napari_hila.overlays import UNSELECTED_RGBA
+
+    out = thumbnail[..., :3].astype(np.float32)
+    grey = mask & (selected < 0.5)
+    alpha = UNSELECTED_RGBA[3]
+    out[grey] = (1 - alpha) * out[grey] + alpha * 255.0 * np.asarray(UNSELECTED_RGBA[:3])
+    return out.round().astype(np.uint8)
 
 
 def _save_png(rgb: np.ndarray, path: Path) -> Path:
@@ -177,8 +189,9 @@ def render_level_maps(
 ) -> dict[str, Path]:
     """Selection map and per-prompt heatmaps of every level, blended on the thumbnail.
 
-    Each heatmap's colours span that map's own min..max over the slide's
-    tokens (stated in the file name's map, not comparable across maps).
+    Every heatmap is drawn on the one fixed scale the viewer uses
+    (:data:`napari_hila.overlays.MAP_LIMITS`, relative to a uniform share),
+    so maps compare across prompts and slides; left-out tiles are greyed.
     """
     out_dir = Path(out_dir)
     written = {}
@@ -188,14 +201,12 @@ def render_level_maps(
             continue
         sel, mask = token_raster(lv, lv.selected.astype(np.float32), shape, downsample)
         written[f"selection_{level}"] = _save_png(
-            _blend(thumbnail, sel, mask, "cividis"), out_dir / f"selection_{level}.png"
+            _blend_selection(thumbnail, sel, mask), out_dir / f"selection_{level}.png"
         )
         for k, name in enumerate(lv.map_names):
-            values, mask = token_raster(lv, lv.maps[:, k], shape, downsample)
+            values, mask = token_raster(lv, heatmap_values(lv, k), shape, downsample)
             path = out_dir / f"heatmap_{level}_{k:02d}_{_slug(name)}.png"
-            written[f"heatmap_{level}_{name}"] = _save_png(
-                _blend(thumbnail, values, mask, "inferno"), path
-            )
+            written[f"heatmap_{level}_{name}"] = _save_png(_blend(thumbnail, values, mask), path)
     return written
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_hila.results import LevelExplanation, PredictionResult
+from napari_hila.results import MAP_UNIT, LevelExplanation, PredictionResult, map_is_informative
 
 __all__ = [
     "GridLayout",
@@ -32,9 +32,13 @@ __all__ = [
     "TokenInfo",
     "camera_for_token",
     "grid_layout",
+    "MAP_COLORMAP",
+    "MAP_LIMITS",
+    "blend_map",
     "heatmap_layer",
-    "heatmap_limits",
     "heatmap_values",
+    "map_colours",
+    "map_label",
     "prompt_index",
     "region_outline_layer",
     "result_layers",
@@ -59,6 +63,16 @@ REGION_SELECTED_RGBA = (1.0, 0.85, 0.0, 1.0)
 REGION_UNSELECTED_RGBA = (0.6, 0.6, 0.6, 0.6)
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 OVERLAY_KEY = "hila_overlay"  # layer.metadata key naming the overlay kind
+
+# The one scale of every prompt map, for every prompt, slide and output (napari
+# layers, CLI PNGs, exports): the token's share relative to a uniform share.
+# 0 = none of it, 1 = a uniform share, 3 or more = three times (saturated).
+MAP_LIMITS = (0.0, 3.0)
+MAP_COLORMAP = "inferno"
+MAP_OPACITY = 0.45
+MAP_SCALE_NOTE = (
+    f"{MAP_UNIT}; colours span {MAP_LIMITS[0]:g} to {MAP_LIMITS[1]:g} for every prompt and slide"
+)
 
 
 @dataclass(frozen=True)
@@ -143,11 +157,11 @@ def prompt_index(level: LevelExplanation, prompt: int | str) -> int:
 
 
 def heatmap_values(level: LevelExplanation, prompt: int | str) -> np.ndarray:
-    """A prompt's per-token alignment relative to its slide mean (1 = average share).
+    """A prompt's per-token map relative to a uniform share (1 = a uniform share).
 
-    For HiLa's OT plan with uniform prompt marginals this is ``M * K * P*[i, k]``;
-    for an attention map summing to one it is ``M * a_i``. Either way the number
-    reads the same on every slide and every prompt.
+    New results store exactly that (M K P*[i, k] for HiLa, M a_i for attention
+    models, each with mean 1); older results stored the plan column P*[:, k],
+    which dividing by the column's mean brings to the same scale.
     """
     column = np.asarray(level.maps, np.float64)[:, prompt_index(level, prompt)]
     mean = column.mean() if len(column) else 0.0
@@ -156,20 +170,51 @@ def heatmap_values(level: LevelExplanation, prompt: int | str) -> np.ndarray:
     return (column / mean).astype(np.float32)
 
 
-def heatmap_limits(values: np.ndarray) -> tuple[float, float]:
-    """Contrast limits spanning the 1st to 99th percentile (robust to a few extreme tiles).
+def map_label(level: LevelExplanation, prompt: int | str) -> str:
+    """A map's name as every output shows it, flagged when it is uninformative."""
+    k = prompt_index(level, prompt)
+    name = level.map_names[k]
+    if len(level.coords) and not map_is_informative(heatmap_values(level, k)):
+        return f"{name} (uninformative: within 10% of uniform everywhere)"
+    return name
 
-    Near-uniform alignments would otherwise show as one flat colour; a
-    degenerate range is widened around its value so the colours stay honest.
+
+def map_colours(
+    values: np.ndarray, colormap: Any = MAP_COLORMAP, limits: tuple[float, float] = MAP_LIMITS
+) -> np.ndarray:
+    """RGB in 0..1 (shape ``values.shape + (3,)``) of map values on the fixed scale.
+
+    ``colormap`` is a matplotlib colormap name or object (napari's colormaps
+    are converted by the caller); values outside ``limits`` saturate.
     """
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return (0.0, 1.0)
-    low, high = (float(v) for v in np.percentile(values, [1, 99]))
-    if high - low < 1e-6:
-        low, high = low - 0.5, high + 0.5
-    return (low, high)
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    cmap = colormaps[colormap] if isinstance(colormap, str) else colormap
+    norm = Normalize(*limits, clip=True)
+    filled = np.where(np.isfinite(values), values, limits[0])
+    return np.asarray(cmap(norm(filled)))[..., :3]
+
+
+def blend_map(
+    pixels: np.ndarray,
+    values: np.ndarray,
+    colormap: Any = MAP_COLORMAP,
+    limits: tuple[float, float] = MAP_LIMITS,
+    opacity: float = MAP_OPACITY,
+) -> np.ndarray:
+    """The one renderer of a map over tissue: (h, w, 3) uint8 pixels, (h, w) values.
+
+    Pixels whose value is NaN (no token there) keep the slide's colour; the
+    others are ``opacity`` of the map's colour over the tissue, as napari's
+    translucent blending draws the heatmap layer.
+    """
+    out = np.asarray(pixels)[..., :3].astype(np.float32)
+    shown = np.isfinite(values)
+    if shown.any():
+        colours = map_colours(values[shown], colormap, limits) * 255.0
+        out[shown] = (1.0 - opacity) * out[shown] + opacity * colours
+    return out.round().astype(np.uint8)
 
 
 def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict[str, Any]:
@@ -183,9 +228,9 @@ def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict
 
 
 def heatmap_layer(
-    result: PredictionResult, level_name: str, prompt: int | str, colormap: str = "turbo"
+    result: PredictionResult, level_name: str, prompt: int | str, colormap: str = MAP_COLORMAP
 ) -> LayerData:
-    """Image layer data: one pixel per tile, the prompt's relative alignment, NaN off-tissue."""
+    """Image layer data: one pixel per tile, the prompt's map on the fixed scale, NaN off-tissue."""
     level = result.explanation.levels[level_name]
     k = prompt_index(level, prompt)
     layout = grid_layout(level.coords, level.tile_size)
@@ -196,8 +241,8 @@ def heatmap_layer(
         "scale": layout.scale(result.mpp),
         "translate": layout.translate(result.mpp),
         "colormap": colormap,
-        "opacity": 0.6,
-        "contrast_limits": heatmap_limits(values),
+        "opacity": MAP_OPACITY,
+        "contrast_limits": MAP_LIMITS,
         "interpolation2d": "nearest",
         "blending": "translucent",
         "metadata": _meta(
@@ -207,6 +252,8 @@ def heatmap_layer(
             prompt=level.map_names[k],
             prompt_index=k,
             prompt_text=level.map_texts[k] if k < len(level.map_texts) else "",
+            map_unit=MAP_UNIT,
+            informative=map_is_informative(values),
         ),
     }
     return image, kwargs, "image"
@@ -401,8 +448,8 @@ class TokenInfo:
         region = f", region {self.region}" if self.region >= 0 else ""
         kept = "selected" if self.selected else "not selected"
         return (
-            f"{self.level} {self.index}: alignment score {self.score:.3g}, {kept}{region}; "
-            f"{self.prompt} {self.alignment:.2f}x mean"
+            f"{self.level} {self.index} ({kept}{region}): '{self.prompt}' "
+            f"{self.alignment:.2f}x a uniform share"
         )
 
 

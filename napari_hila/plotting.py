@@ -15,7 +15,13 @@ import numpy as np
 from napari_hila.results import PredictionResult
 from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk
 
-__all__ = ["plot_cohort_km", "plot_prompt_contributions", "cohort_groups", "finite_edges"]
+__all__ = [
+    "cohort_groups",
+    "contribution_values",
+    "finite_edges",
+    "plot_cohort_km",
+    "plot_prompt_contributions",
+]
 
 HIGH_COLOUR = "#d62728"
 LOW_COLOUR = "#1f77b4"
@@ -166,10 +172,24 @@ def plot_cohort_km(
     return info
 
 
+def contribution_values(contributions) -> tuple[np.ndarray, str]:
+    """Bar lengths and their unit: cohort risk-SD units when every contribution has them."""
+    if contributions and all(c.delta_sd is not None for c in contributions):
+        return np.array([c.delta_sd for c in contributions], float), "cohort risk SDs"
+    return np.array([c.delta_risk for c in contributions], float), "risk units"
+
+
 def plot_prompt_contributions(
     result: PredictionResult, ax=None, top: int | None = None
 ) -> dict[str, Any]:
-    """Horizontal bars: how much each prompt moves this slide's risk (red raises it)."""
+    """Horizontal bars: how much each prompt moves this slide's risk (red raises it).
+
+    Bars are in units of the model cohort's risk SD when the result has them.
+    A contribution inside its noise floor (twice its SD under resampling of
+    the slide's patches) gets no bar: it is written "negligible" instead, so
+    noise is never drawn as an effect. One bar patch per prompt is kept (of
+    zero width when negligible) so a click maps to its prompt.
+    """
     contributions = list(result.explanation.contributions)
     ax = _new_axes(ax, size=(6.4, 0.35 * max(len(contributions), 4) + 1.2))
     if not contributions:
@@ -187,21 +207,39 @@ def plot_prompt_contributions(
     if top:
         ranked = ranked[:top]
     ranked = ranked[::-1]  # largest at the top of a barh chart
-    values = np.array([c.delta_risk for c in ranked], float)
+    values, unit = contribution_values(ranked)
+    negligible = np.array([bool(c.negligible) for c in ranked])
+    shown = np.where(negligible, 0.0, values)
     labels = [f"[{c.level}] {c.name}" for c in ranked]
     colours = [HIGH_COLOUR if v > 0 else LOW_COLOUR for v in values]
-    ax.barh(np.arange(len(values)), values, color=colours)
+    ax.barh(np.arange(len(values)), shown, color=colours)
+    for i in np.flatnonzero(negligible):
+        ax.annotate(
+            "negligible (within noise)",
+            (0, i),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color="grey",
+        )
     ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("change in risk from this prompt (positive raises risk)", fontsize=8)
-    method = result.explanation.contribution_method
-    ax.set_title(
-        f"prompt contributions: {method[:90]}{'...' if len(method) > 90 else ''}", fontsize=7
-    )
+    ax.set_xlabel(f"change in risk, {unit} (positive raises it)", fontsize=8)
+    exp = result.explanation
+    if exp.baseline_risk is not None:
+        title = f"risk {exp.risk:.3f} = baseline {exp.baseline_risk:.3f} + sum of prompt bars"
+    else:
+        method = exp.contribution_method
+        title = f"prompt contributions: {method[:90]}{'...' if len(method) > 90 else ''}"
+    ax.set_title(title, fontsize=7)
     return {
         "n": len(values),
+        "unit": unit,
         "names": [c.name for c in ranked[::-1]],
-        "delta_risk": values[::-1].tolist(),
+        "delta_risk": [c.delta_risk for c in ranked[::-1]],
+        "values": values[::-1].tolist(),
+        "negligible": negligible[::-1].tolist(),
     }
 
 

@@ -104,9 +104,13 @@ def test_geojson_is_qupath_style_with_one_feature_per_selected_patch(tmp_path):
     assert props["classification"]["name"] == "Selected patch"
     assert set(props["measurements"]) == {
         "alignment score",
-        "prompt: dense nuclei",
-        "prompt: stroma",
+        "dense nuclei (x uniform share)",
+        "stroma (x uniform share)",
     }
+    # the values the viewer shows: each map relative to a uniform share
+    i = int(np.flatnonzero(patch.selected)[0])
+    shown = patch.maps[i, 1] / patch.maps[:, 1].mean()
+    assert props["measurements"]["stroma (x uniform share)"] == pytest.approx(shown, rel=1e-5)
     assert ann[1]["properties"]["classification"]["name"] == "Selected region"
 
 
@@ -118,7 +122,8 @@ def test_csv_has_every_token(tmp_path):
     patch_rows = [r for r in rows if r["level"] == "patch"]
     lv = result.explanation.levels["patch"]
     assert [int(r["selected"]) for r in patch_rows] == lv.selected.astype(int).tolist()
-    assert float(patch_rows[5]["stroma"]) == pytest.approx(lv.maps[5, 1], rel=1e-5)
+    shown = lv.maps[5, 1] / lv.maps[:, 1].mean()  # as the viewer shows it
+    assert float(patch_rows[5]["stroma"]) == pytest.approx(shown, rel=1e-5)
     assert patch_rows[5]["solid sheets"] == ""
 
 

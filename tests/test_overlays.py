@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hila_fake_results import PATCH_NAMES, fake_result
@@ -185,14 +187,32 @@ def test_card_cindex_from_trainer_metrics():
     assert "0.650 &plusmn; 0.071" in text and "Not for clinical use" in text
 
 
-def test_heatmap_limits_spread_near_uniform_values():
-    values = np.r_[np.full(98, 1.0), 0.2, 9.0] + np.linspace(0, 0.01, 100)
-    low, high = overlays.heatmap_limits(values)
-    assert np.percentile(values, 1) == pytest.approx(low)
-    assert np.percentile(values, 99) == pytest.approx(high)
-    assert high < 9.0  # one extreme tile does not flatten the rest
-    assert overlays.heatmap_limits(np.ones(5)) == (0.5, 1.5)
-    assert overlays.heatmap_limits(np.array([np.nan])) == (0.0, 1.0)
+def test_maps_share_one_fixed_scale_and_flag_near_uniform(result):
+    """Every heatmap layer has the same limits and colormap whatever its values."""
+    level = result.explanation.levels["patch"]
+    limits = {
+        overlays.heatmap_layer(result, "patch", k)[1]["contrast_limits"]
+        for k in range(len(level.map_names))
+    }
+    assert limits == {overlays.MAP_LIMITS}
+    flat = dataclasses.replace(level, maps=np.ones_like(level.maps) * 0.3)
+    assert "uninformative" in overlays.map_label(flat, 0)
+    spread = dataclasses.replace(
+        level, maps=np.linspace(0.2, 2.5, level.maps.size).reshape(level.maps.shape)
+    )
+    assert "uninformative" not in overlays.map_label(spread, 0)
+
+
+def test_blend_map_draws_the_fixed_scale_over_tissue():
+    pixels = np.full((2, 3, 3), 200, np.uint8)
+    values = np.array([[0.0, 3.0, np.nan], [1.5, 30.0, -1.0]])
+    out = overlays.blend_map(pixels, values, "gray", opacity=1.0)
+    assert out[0, 2].tolist() == [200, 200, 200]  # no token: tissue untouched
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [255, 255, 255]
+    assert out[1, 1].tolist() == [255, 255, 255] and out[1, 2].tolist() == [0, 0, 0]  # saturate
+    assert 120 < out[1, 0, 0] < 135  # 1.5 is half-way on 0..3
+    half = overlays.blend_map(pixels, values, "gray", opacity=0.5)
+    assert half[0, 0].tolist() == [100, 100, 100]
 
 
 def test_tile_lookup_matches_linear_scan(result):

@@ -144,7 +144,7 @@ def annotated_screenshot(viewer: Any, result: PredictionResult) -> np.ndarray:
         details,
         colormap=_mpl_colormap(heat) if heat is not None else None,
         contrast_limits=tuple(heat.contrast_limits) if heat is not None else None,
-        colorbar_label=f"alignment with '{prompt}' (x slide mean)" if heat is not None else "",
+        colorbar_label=f"'{prompt}': x a uniform share" if heat is not None else "",
     )
 
 
@@ -176,14 +176,15 @@ def heatmap_over(
     bbox: tuple[int, int, int, int],
     layout: overlays.GridLayout,
     grid_values: np.ndarray,
-    colormap: Any,
-    limits: tuple[float, float],
-    alpha: float = 0.45,
+    colormap: Any = overlays.MAP_COLORMAP,
+    limits: tuple[float, float] = overlays.MAP_LIMITS,
+    alpha: float = overlays.MAP_OPACITY,
 ) -> np.ndarray:
     """Blend a grid heatmap over slide pixels showing level-0 box ``bbox``.
 
     Each output pixel takes the cell its centre falls in (nearest, exact tile
-    edges); cells without a token leave the slide untouched.
+    edges); cells without a token leave the slide untouched. The colours are
+    :func:`napari_hila.overlays.blend_map`'s, the one map renderer.
     """
     x0, y0, x1, y1 = bbox
     height, width = pixels.shape[:2]
@@ -193,19 +194,11 @@ def heatmap_over(
     rows = np.floor((ys - layout.origin[1]) / layout.step).astype(np.int64)
     col_ok = (cols >= 0) & (cols < layout.shape[1])
     row_ok = (rows >= 0) & (rows < layout.shape[0])
-    norm = Normalize(*limits, clip=True)
-    shown_grid = np.isfinite(grid_values)
-    cell_rgb = colormap(norm(np.where(shown_grid, grid_values, limits[0])))[..., :3] * 255.0
-    cell_rgb = cell_rgb.astype(np.float32)
+    values = np.full((height, width), np.nan, np.float32)
     rr, cc = np.ix_(np.flatnonzero(row_ok), np.flatnonzero(col_ok))
     cell_r, cell_c = np.ix_(rows[row_ok], cols[col_ok])
-    shown = np.zeros((height, width), bool)
-    shown[rr, cc] = shown_grid[cell_r, cell_c]
-    colors = np.zeros((height, width, 3), np.float32)
-    colors[rr, cc] = cell_rgb[cell_r, cell_c]
-    out = pixels[..., :3].astype(np.float32)
-    out[shown] = (1 - alpha) * out[shown] + alpha * colors[shown]
-    return out.round().astype(np.uint8)
+    values[rr, cc] = grid_values[cell_r, cell_c]
+    return overlays.blend_map(pixels, values, colormap, limits, alpha)
 
 
 def region_figure(
@@ -215,11 +208,16 @@ def region_figure(
     level: str,
     prompt: int | str,
     max_side: int = 3000,
+    colormap: Any = None,
+    limits: tuple[float, float] | None = None,
+    opacity: float | None = None,
 ) -> np.ndarray:
     """A figure of a slide region with a prompt's heatmap over it, at up to ``max_side`` px.
 
     Reads the slide at the finest pyramid level that keeps the longer side
     near ``max_side``; the heatmap cells sit at their exact tile positions.
+    Colormap, limits and opacity default to the fixed map scale; the viewer
+    passes the heatmap layer's own, so the figure matches the screen.
     """
     x0, y0, x1, y1 = (int(v) for v in bbox)
     x0, y0 = max(x0, 0), max(y0, 0)
@@ -243,10 +241,13 @@ def region_figure(
     k = overlays.prompt_index(lv, prompt)
     layout = overlays.grid_layout(lv.coords, lv.tile_size)
     values = overlays.heatmap_values(lv, k)
-    limits = overlays.heatmap_limits(values)
-    cmap = matplotlib.colormaps["turbo"]
-    blended = heatmap_over(pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, limits)
-    name = lv.map_names[k]
+    cmap = matplotlib.colormaps[overlays.MAP_COLORMAP] if colormap is None else colormap
+    limits = overlays.MAP_LIMITS if limits is None else limits
+    opacity = overlays.MAP_OPACITY if opacity is None else opacity
+    blended = heatmap_over(
+        pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, limits, opacity
+    )
+    name = overlays.map_label(lv, k)
     return compose_annotated(
         blended,
         result.mpp * (x1 - x0) / blended.shape[1],
@@ -254,7 +255,7 @@ def region_figure(
         f"{Path(result.slide_path).name}  x {x0}-{x1}, y {y0}-{y1}   prompt ({level}): {name}",
         colormap=cmap,
         contrast_limits=limits,
-        colorbar_label=f"alignment with '{name}' (x slide mean)",
+        colorbar_label=f"'{name}': x a uniform share",
     )
 
 
@@ -271,7 +272,14 @@ def export_all(
     level = heat.metadata["level"] if heat is not None else None
     if slide is not None and level is not None:
         figure = region_figure(
-            slide, result, view_bbox(viewer, result.mpp), level, heat.metadata["prompt"]
+            slide,
+            result,
+            view_bbox(viewer, result.mpp),
+            level,
+            heat.metadata["prompt"],
+            colormap=_mpl_colormap(heat),
+            limits=tuple(heat.contrast_limits),
+            opacity=float(heat.opacity),
         )
         written["region"] = save_png(figure, f"{stem}_region.png")
     written["geojson"] = Path(result_export.write_geojson(result, f"{stem}.geojson"))

@@ -66,7 +66,8 @@ class ContributionChart(FigureCanvasQTAgg):
         method = result.explanation.contribution_method
         ax.set_title(f"top {len(ranked)} prompts by effect on risk", fontsize=8)
         self.setToolTip(f"Contribution method: {method}" if method else "")
-        ax.set_xlabel("change in risk (positive raises it)", fontsize=8)
+        unit = "cohort risk SDs" if ranked and ranked[0].delta_sd is not None else "risk units"
+        ax.set_xlabel(f"change in risk, {unit}", fontsize=8)
         apply_theme(self.figure, self.viewer)
         self.draw_idle()
 

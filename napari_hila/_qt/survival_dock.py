@@ -425,7 +425,7 @@ class HilaSurvivalDock(QWidget):
             self.gallery.show_tiles(level_name, [], [], [])
             return
         captions = [
-            f"{level_name} {i}: {values[i]:.2f}x mean alignment with '{prompt}'" for i in indices
+            f"{level_name} {i}: '{prompt}' {values[i]:.2f}x a uniform share" for i in indices
         ]
         self.gallery_title.setText(
             f"Top {len(indices)} {level_name} tiles for '{prompt}' (click one to zoom)"
