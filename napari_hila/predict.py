@@ -31,7 +31,10 @@ from napari_hila.results import Explanation, PredictionResult
 
 __all__ = [
     "FolderPrediction",
+    "cohort_risk_sd",
     "default_cache_dir",
+    "explanation_warnings",
+    "express_in_cohort_sd",
     "extraction_settings",
     "feature_files_in",
     "features_for_model",
@@ -73,6 +76,42 @@ def risk_percentile(risk: float, cohort_risks) -> float | None:
     if values.size == 0:
         return None
     return float(100.0 * np.mean(values <= risk))
+
+
+def cohort_risk_sd(card: dict[str, Any]) -> float | None:
+    """The training cohort's risk SD (the card's, else from its final-model risks)."""
+    stored = (card.get("explanation") or {}).get("cohort_risk_sd")
+    if stored:
+        return float(stored)
+    risks = cohort_reference_risks(card)
+    return float(np.std(risks, ddof=1)) if len(risks) > 1 else None
+
+
+def express_in_cohort_sd(explanation: Explanation, card: dict[str, Any]) -> None:
+    """Fill each contribution's ``delta_sd``: its risk change in cohort risk-SD units."""
+    sd = cohort_risk_sd(card)
+    if not sd:
+        return
+    for contribution in explanation.contributions:
+        contribution.delta_sd = contribution.delta_risk / sd
+
+
+def explanation_warnings(loaded, explanation: Explanation) -> list[str]:
+    """What a reader must know before trusting the prompt bars and maps of this result.
+
+    The explanation's own notes (collapsed prompts, an older model's
+    leave-one-out bars, no stored baseline) plus uninformative maps.
+    """
+    notes = list(explanation.notes)
+    for name, level in explanation.levels.items():
+        flat = level.uninformative_maps()
+        if flat and len(level.map_names) > 1:
+            shown = ", ".join(flat[:4]) + (f" and {len(flat) - 4} more" if len(flat) > 4 else "")
+            notes.append(
+                f"{len(flat)} of {len(level.map_names)} {name} maps stay within 10% of a uniform "
+                f"share everywhere and show nowhere in particular: {shown}"
+            )
+    return notes
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -269,6 +308,7 @@ def _finish(
 
     card = loaded.card
     threshold = card.get("risk_threshold")
+    express_in_cohort_sd(explanation, card)
     result = PredictionResult(
         slide_path=slide_path,
         slide_fingerprint=inputs.fingerprint,
@@ -282,7 +322,8 @@ def _finish(
         risk_threshold=None if threshold is None else float(threshold),
         risk_group=risk_group(explanation.risk, threshold),
         risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
-        warnings=_warnings(card, inputs.mpp_is_assumed, inputs.n_patches),
+        warnings=_warnings(card, inputs.mpp_is_assumed, inputs.n_patches)
+        + explanation_warnings(loaded, explanation),
         extra={
             "risk_percentile_of": "the final model's risks over its training cohort",
             "risk_threshold_method": card.get("risk_threshold_method", ""),

@@ -159,7 +159,7 @@ class ModelPicker(QWidget):
             self.set_model(folder)
 
     def _on_index(self, _index: int) -> None:
-        from napari_hila.training.modelfile import read_card
+        from napari_hila.training.modelfile import collapse_warning, prompt_statistics, read_card
 
         path = self.model_path
         self.card, self.error = None, None
@@ -169,7 +169,11 @@ class ModelPicker(QWidget):
         else:
             try:
                 self.card = read_card(path)
-                self.card_label.setText(card_summary(self.card))
+                text = card_summary(self.card)
+                warning = collapse_warning(prompt_statistics(path))
+                if warning:
+                    text += f"<br><span style='color:#e0524f'>{html.escape(warning)}</span>"
+                self.card_label.setText(text)
             except HilaError as err:
                 self.error = str(err)
                 self.card_label.setText(

@@ -67,6 +67,15 @@ class StageProgress:
             self.last = percent
 
 
+def contribution_text(c) -> str:
+    """One prompt's effect in words: direction, size in risk and in cohort SDs, or negligible."""
+    if c.negligible:
+        return f"negligible ({c.delta_risk:+.3f}, within its noise floor {c.noise_floor:.3f})"
+    direction = "raises" if c.delta_risk > 0 else "lowers"
+    sd = f" ({abs(c.delta_sd):.2f} cohort risk SD)" if c.delta_sd is not None else ""
+    return f"{direction} risk by {abs(c.delta_risk):.3f}{sd}"
+
+
 def result_summary(result, top: int = 3) -> str:
     """A few lines a person reads first: risk, group, percentile, strongest prompts."""
     lines = [f"model:  {result.model_label}"]
@@ -79,10 +88,15 @@ def result_summary(result, top: int = 3) -> str:
     lines.append(f"risk:   {result.risk:.3f}  ({group} risk; {pct})")
     survival = ", ".join(f"{s:.2f}" for s in result.explanation.survival)
     lines.append(f"S(t) at the end of each time bin ({result.time_unit}): {survival}")
-    ranked = sorted(result.explanation.contributions, key=lambda c: abs(c.delta_risk), reverse=True)
+    exp = result.explanation
+    if exp.baseline_risk is not None and exp.contributions:
+        lines.append(
+            f"prompts: risk = baseline {exp.baseline_risk:.3f} (the model cohort's mean prompt "
+            "terms) + the prompts' contributions"
+        )
+    ranked = sorted(exp.contributions, key=lambda c: abs(c.delta_risk), reverse=True)
     for c in ranked[:top]:
-        direction = "raises" if c.delta_risk > 0 else "lowers"
-        lines.append(f"  [{c.level}] {c.name}: {direction} risk by {abs(c.delta_risk):.3f}")
+        lines.append(f"  [{c.level}] {c.name}: {contribution_text(c)}")
     for level, lv in result.explanation.levels.items():
         lines.append(f"{level}: {int(lv.selected.sum())} of {len(lv.coords)} selected")
     lines.extend(f"note:   {w}" for w in result.warnings)
