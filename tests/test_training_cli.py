@@ -72,5 +72,5 @@ def test_prompt_defaults_name_a_shipped_set():
     args = build_parser().parse_args(
         ["train", "--cohort", "c.csv", "--features", "f", "--out", "o"]
     )
-    assert args.model == "hila" and args.text_encoder == "minilm"
+    assert args.model == "hila" and args.text_encoder == "auto"
     assert load_prompt_set(args.prompts).patch  # the default set exists and has prompts

@@ -44,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {DEFAULT_PROMPT_SET})",
     )
     parser.add_argument(
-        "--text-encoder", default="minilm", help="text encoder for the prompts (default: minilm)"
+        "--text-encoder",
+        default="auto",
+        help="text encoder for the prompts (default: auto: descriptor-vocabulary for "
+        "hila-descriptor features, whose space it shares, else minilm); a prompt set with its "
+        "own embeddings file uses those instead",
     )
     parser.add_argument(
         "--folds", type=int, default=5, help="cross-validation folds, by patient (default: 5)"
@@ -170,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
             check_magnifications_present(cohort, bags, args.features)
     prompt_set = None
     if wants_prompts(spec.config_cls):
-        prompt_set = embed_prompts(args.prompts, args.text_encoder, device)
+        vision_encoder = getattr(bags[0], "encoder", None) if bags else None
+        prompt_set = embed_prompts(
+            args.prompts, args.text_encoder, device, vision_encoder=vision_encoder
+        )
     settings = RunSettings(
         model=args.model,
         model_config=parse_settings(args.set),
