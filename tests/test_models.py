@@ -201,7 +201,7 @@ def test_a_prompt_term_moves_only_its_own_contribution(rng):
     """Each prompt reaches the risk on its own path: zeroing one prompt's head weights
     zeroes that prompt's contribution and leaves the others' ordering to the rest."""
     batch = collate([make_slide(rng, 30, 4)])
-    model = make_model("hila").eval()
+    model = make_model("hila", prompt_feature_term=True).eval()
     model.fit_explanation_baseline([batch, collate([make_slide(rng, 20, 3)])])
     with torch.no_grad():
         head = model.heads["patch"]
@@ -396,3 +396,27 @@ def test_bad_model_settings_are_user_errors_not_tracebacks(capsys):
         build_model("abmil", patch_dim=8, not_a_setting=1)
     with pytest.raises(HilaError, match="unknown model 'hilla'.*available: .*hila"):
         build_model("hilla")
+
+
+def test_shared_space_similarity_stays_near_the_spaces_own(rng):
+    """A pull that would invert prompt 0's similarity is held back by the anchor."""
+    slide = make_slide(rng, 40, 4)
+    slide.region_features = rng.normal(size=(4, 8)).astype(np.float32)
+    slide.features = slide.features[:, :8]
+    batch = collate([slide])
+
+    def drift_after_training(weight: float) -> float:
+        model = shared_model(shared_space=True, similarity_anchor_weight=weight).train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+        for _ in range(30):
+            out = model(batch)
+            pull = out.details["levels"]["patch"].similarity[..., 0].mean()
+            optimiser.zero_grad()
+            (pull + out.aux_loss).backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            align = model(batch).details["levels"]["patch"]
+            return float(model._similarity_drift("patch", batch, align))
+
+    assert drift_after_training(0.0) > 5 * drift_after_training(20.0)

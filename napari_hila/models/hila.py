@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
@@ -118,11 +119,19 @@ class HiLaConfig:
     visual_skip: bool = True  # linear skip in the visual projection (shared-space start)
     shared_space: bool = False  # features and prompts from one vision-language space
     prompt_anchor_weight: float = 1.0  # keeps the prompts' pairwise cosines their texts'
+    similarity_anchor_weight: float = 1.0  # shared spaces: keeps S near cos(feature, embedding)
     presence_temperature: float = 0.1  # softness of each prompt's presence detector
     explanation_resamples: int = 8  # patch resamples for the contributions' noise floor
-    prompt_feature_term: bool = True  # the head reads Z_k as well as presence and s_k
+    # Whether the head reads Z_k too. None: only when features and prompts do not share
+    # a space. In a shared space a prompt's meaning comes from the space, and the
+    # balanced plan spills an abundant attribute's tokens into other prompts' Z, which
+    # then carry its effect under their names (measured on the planted-truth cohort:
+    # misattributed contributions and a lower C-index); in unrelated spaces the prompt
+    # directions are learned anyway and Z_k's detail helps the risk.
+    prompt_feature_term: bool | None = None
     prompt_feature_penalty: float = 0.0  # L2 on the head's Z_k weights
     prompt_sparsity: float = 0.0  # L1 on the head's per-prompt weights: few prompts explain
+    head_gain: float = 10.0  # the head's scalars learn this much faster (equalised lr)
     mcl_queue_size: int = 256
     mcl_temperature: float = 0.1
     mcl_weight: float = 0.1  # lambda
@@ -139,8 +148,9 @@ class HiLa(nn.Module):
     """HiLa and its ablations; forward(SlideBatch) -> SurvivalOutput.
 
     Degenerate slides: with fewer tokens than ``min_selected`` all are
-    selected; a level with no token at all (a slide without regions) gets the
-    learned ``empty_level`` feature for every prompt, so the risk then rests
+    selected; a level with no token at all (a slide without regions) has no
+    presence and gets the learned ``empty_level`` feature (zeros where Z
+    reaches no output) for every prompt, so the risk then rests
     on the other level; a region holding no selected patch gets CLP's learned
     empty token.
     """
@@ -174,11 +184,22 @@ class HiLa(nn.Module):
         self.register_buffer(
             "prompt_embeddings_ready", torch.zeros(len(self.levels), dtype=torch.bool)
         )
-        # Z for a level where the slide has no token (e.g. no region): learned.
-        self.empty_level = nn.ParameterDict(
-            {lv: nn.Parameter(torch.zeros(width)) for lv in self.levels}
-        )
         hierarchical = config.use_region_level
+        self.reads_prompt_features = (
+            not config.shared_space
+            if config.prompt_feature_term is None
+            else bool(config.prompt_feature_term)
+        )
+        # Z for a level where the slide has no token (e.g. no region): learned, where
+        # Z reaches an output (the older mean head, the Z_k head term, MCL's prototypes).
+        uses_z = (
+            config.head == "mean" or self.reads_prompt_features or (hierarchical and config.use_mcl)
+        )
+        self.empty_level = (
+            nn.ParameterDict({lv: nn.Parameter(torch.zeros(width)) for lv in self.levels})
+            if uses_z
+            else None
+        )
         self.clp = CrossLevelPropagation(width) if hierarchical and config.use_clp else None
         self.mcl = (
             MutualContrastive(width, config.mcl_dim, config.mcl_queue_size, config.mcl_temperature)
@@ -192,8 +213,9 @@ class HiLa(nn.Module):
                         len(self.prompt_names(lv)),
                         width,
                         config.dropout,
-                        config.prompt_feature_term,
+                        self.reads_prompt_features,
                         config.presence_temperature,
+                        config.head_gain,
                     )
                     for lv in self.levels
                 }
@@ -211,10 +233,15 @@ class HiLa(nn.Module):
                 nn.Dropout(config.dropout),
                 nn.Linear(width, config.n_bins),
             )
-        if config.shared_space:
-            for lv in self.levels:
-                if in_dims[lv] == config.text_dim and config.visual_skip:
-                    init_shared_space(self.visual[lv], self.text[lv], seed=self.levels.index(lv))
+        # Levels whose features share the prompts' space: they start from its cosine and
+        # are held near it, so a prompt keeps the meaning the vision-language space gives.
+        self.shared_levels = tuple(
+            lv
+            for lv in self.levels
+            if config.shared_space and in_dims[lv] == config.text_dim and config.visual_skip
+        )
+        for lv in self.shared_levels:
+            init_shared_space(self.visual[lv], self.text[lv], seed=self.levels.index(lv))
         self.alignment = AlignmentSettings(
             method=config.alignment,
             eps=config.sinkhorn_eps,
@@ -303,19 +330,29 @@ class HiLa(nn.Module):
                     for lv in self.levels
                 )
                 aux_loss = aux_loss + self.config.prompt_anchor_weight * anchor
-            if terms is not None and self.config.prompt_sparsity > 0:
-                l1 = sum(
-                    self.heads[lv].presence_weight.abs().sum()
-                    + self.heads[lv].similarity_weight.abs().sum()
-                    + self.heads[lv].weight.norm(dim=-1).sum()
-                    * float(self.config.prompt_feature_term)
+            if self.shared_levels and self.config.similarity_anchor_weight > 0:
+                aux_loss = aux_loss + self.config.similarity_anchor_weight * sum(
+                    self._similarity_drift(lv, batch, alignments[lv]) for lv in self.shared_levels
+                )
+            if terms is not None:
+                aux_loss = aux_loss + sum(
+                    self.heads[lv].penalty(
+                        self.config.prompt_sparsity, self.config.prompt_feature_penalty
+                    )
                     for lv in self.levels
                 )
-                aux_loss = aux_loss + self.config.prompt_sparsity * l1
-            if terms is not None and self.config.prompt_feature_penalty > 0:
-                penalty = sum(self.heads[lv].weight.pow(2).sum() for lv in self.levels)
-                aux_loss = aux_loss + self.config.prompt_feature_penalty * penalty
         return survival_from_logits(logits, aux_loss, levels=alignments, terms=terms)
+
+    def _similarity_drift(
+        self, level: str, batch: SlideBatch, align: LevelAlignment
+    ) -> torch.Tensor:
+        """Mean squared change of S from the shared space's own cosine(feature, embedding)."""
+        raw = batch.patch_features if level == "patch" else batch.region_features
+        embeddings = getattr(self, f"prompt_embeddings_{level}")
+        reference = F.normalize(raw, dim=-1) @ F.normalize(embeddings, dim=-1).T
+        valid = align.mask.unsqueeze(-1).to(reference.dtype)
+        squared = (align.similarity - reference.detach()) ** 2 * valid
+        return squared.sum() / (valid.sum() * reference.shape[-1]).clamp(min=1.0)
 
     def _prompt_terms(self, alignments: Mapping[str, LevelAlignment]) -> dict[str, torch.Tensor]:
         """Per level, the (B, K) additive terms of the prompts."""
@@ -340,7 +377,11 @@ class HiLa(nn.Module):
 
     def _align(self, level: str, tokens: torch.Tensor, mask: torch.Tensor) -> LevelAlignment:
         return align_tokens(
-            tokens, mask, self.prompt_features(level), self.alignment, self.empty_level[level]
+            tokens,
+            mask,
+            self.prompt_features(level),
+            self.alignment,
+            self.empty_level[level] if self.empty_level is not None else tokens.new_zeros(()),
         )
 
     # -- explanation ---------------------------------------------------------
@@ -591,4 +632,5 @@ add_variant(
     use_region_level=False,
     alignment="cosine",
     select_ratio=1.0,
+    prompt_feature_term=True,  # the baseline reads its attention-pooled features
 )

@@ -176,20 +176,31 @@ class LevelAlignment:
     prompt_similarity: torch.Tensor | None = None  # (B, K) s_k = sum_i P~_ik S_ik
 
 
+#: The head's per-prompt scalars are stored divided by this gain and used times it,
+#: so Adam, which moves a parameter by about lr per step, moves them this much
+#: faster: at the paper's lr 2e-4 a weight of O(1) is reached within an epoch or
+#: two instead of never (an equalised learning rate, as in Karras et al. 2018).
+HEAD_GAIN = 10.0
+
+
 class AdditivePromptHead(nn.Module):
     """One scalar term per prompt; the risk's linear predictor is their sum.
 
-    term_k = a_k * presence_k + c_k * s_k [+ w_k . z_k] + b_k. presence_k is
-    the fraction of the slide's tokens that show attribute k, each prompt
-    judging every token on its own, mean_i sigmoid((S_ik - theta_k) / tau)
-    with a learned threshold theta_k: unlike the balanced plan (every prompt
-    gets mass 1/K) or a softmax over prompts (one prompt that resembles all
-    tissue takes most tokens), it says how much of attribute k there is.
-    s_k is the prompt's transport-weighted similarity (PLOT) and z_k its
-    feature, optional because the balanced plan spills an abundant
-    attribute's tokens into other prompts' z (and so their terms). Each
-    prompt reaches the risk on its own path, so the decomposition over
-    prompts is exact in the linear predictor.
+    term_k = a_k * presence_k + c_k * s_k / tau [+ w_k . z_k] + b_k.
+
+    presence_k is the share of the slide's tokens that show attribute k, in
+    units of a uniform share (K times the fraction), each prompt judging every
+    token on its own: K mean_i sigmoid((S_ik - theta_k) / tau), with a learned
+    threshold theta_k that starts at the first training batch's (1 - 1/K)
+    quantile of S_k (data-dependent initialisation, as ActNorm's), so about
+    1/K of the tokens pass at first. Unlike the balanced plan (every prompt
+    gets mass 1/K) or a softmax over prompts (a prompt resembling all tissue
+    takes most tokens), it says how much of attribute k there is. s_k is the
+    prompt's transport-weighted similarity (PLOT) and z_k its feature,
+    optional because the balanced plan spills an abundant attribute's tokens
+    into other prompts' z (and so their terms). Each prompt reaches the risk
+    on its own path, so the decomposition over prompts is exact in the linear
+    predictor.
     """
 
     def __init__(
@@ -199,37 +210,71 @@ class AdditivePromptHead(nn.Module):
         dropout: float,
         feature_term: bool = True,
         temperature: float = 0.1,
+        gain: float = HEAD_GAIN,
     ) -> None:
         super().__init__()
         self.feature_term = feature_term
         self.temperature = temperature
+        self.gain = gain
         self.threshold = nn.Parameter(torch.zeros(n_prompts))
-        self.weight = nn.Parameter(torch.zeros(n_prompts, width))
+        self.register_buffer("threshold_ready", torch.zeros((), dtype=torch.bool))
+        self.weight = nn.Parameter(torch.zeros(n_prompts, width)) if feature_term else None
         self.presence_weight = nn.Parameter(torch.zeros(n_prompts))
         self.similarity_weight = nn.Parameter(torch.zeros(n_prompts))
         self.bias = nn.Parameter(torch.zeros(n_prompts))
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(width) / math.sqrt(max(n_prompts, 1)))
+        if self.weight is not None:
+            nn.init.normal_(self.weight, std=1.0 / math.sqrt(width) / math.sqrt(max(n_prompts, 1)))
         # Non-zero from the start, so the text side gets its gradient at the first step.
-        nn.init.normal_(self.presence_weight, std=0.1)
-        nn.init.normal_(self.similarity_weight, std=0.1)
+        nn.init.normal_(self.presence_weight, std=0.1 / gain)
+        nn.init.normal_(self.similarity_weight, std=0.1 / gain)
         self.dropout = nn.Dropout(dropout)
 
+    @torch.no_grad()
+    def _start_thresholds(self, similarity: torch.Tensor, mask: torch.Tensor) -> None:
+        n_prompts = similarity.shape[-1]
+        values = similarity[mask]  # (tokens, K)
+        if values.shape[0] == 0:
+            return
+        q = 1.0 - 1.0 / max(n_prompts, 2)
+        self.threshold.copy_(torch.quantile(values.float(), q, dim=0) / self.gain)
+        self.threshold_ready.fill_(True)
+
     def presence(self, similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, N, K) similarities, (B, N) mask -> (B, K) fraction of tokens showing each prompt."""
-        shows = torch.sigmoid((similarity - self.threshold) / self.temperature)
+        """(B, N, K) similarities, (B, N) mask -> (B, K) share of tokens showing each prompt.
+
+        In units of a uniform share (K times the fraction: 1 = 1/K of the
+        slide), the unit of the maps.
+        """
+        if self.training and not bool(self.threshold_ready):
+            self._start_thresholds(similarity.detach(), mask)
+        threshold = self.gain * self.threshold
+        shows = torch.sigmoid((similarity - threshold) / self.temperature)
         valid = mask.unsqueeze(-1).to(similarity.dtype)
         counts = valid.sum(dim=1).clamp(min=1.0)
-        return (shows * valid).sum(dim=1) / counts
+        return similarity.shape[-1] * (shows * valid).sum(dim=1) / counts
+
+    def penalty(self, sparsity: float, feature_l2: float) -> torch.Tensor:
+        """L1 on the per-prompt weights (few prompts explain the risk) and L2 on Z_k's weights."""
+        loss = self.bias.new_zeros(())
+        if sparsity > 0:
+            loss = (
+                loss + sparsity * (self.presence_weight.abs() + self.similarity_weight.abs()).sum()
+            )
+            if self.weight is not None:
+                loss = loss + sparsity * self.weight.norm(dim=-1).sum()
+        if feature_l2 > 0 and self.weight is not None:
+            loss = loss + feature_l2 * self.weight.pow(2).sum()
+        return loss
 
     def forward(self, alignment: LevelAlignment) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) per-prompt terms and (B, K) presence of one level."""
         presence = self.presence(alignment.similarity, alignment.mask)
-        terms = (
+        terms = self.gain * (
             self.presence_weight * presence
-            + self.similarity_weight * alignment.prompt_similarity
+            + self.similarity_weight * alignment.prompt_similarity / self.temperature
             + self.bias
         )
-        if self.feature_term:
+        if self.weight is not None:
             terms = terms + (self.dropout(alignment.features) * self.weight).sum(dim=-1)
         return terms, presence
 
