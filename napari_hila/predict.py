@@ -114,6 +114,18 @@ def explanation_warnings(loaded, explanation: Explanation) -> list[str]:
     return notes
 
 
+def ungrounded_prompts(card: dict[str, Any]) -> list[str]:
+    """Prompts whose text side could not ground them (a label on an arbitrary direction)."""
+    prompts = card.get("prompts") or {}
+    names = []
+    for level in ("patch", "region"):
+        entry = prompts.get(level) or {}
+        grounding = entry.get("grounding")
+        if grounding is not None:
+            names += [n for n, g in zip(entry.get("names", []), grounding, strict=False) if not g]
+    return names
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("prediction cancelled by the user")
@@ -332,6 +344,7 @@ def _finish(
             "patches": inputs.n_patches,
             "regions": inputs.n_regions,
             "grid": card.get("grid", {}),
+            "ungrounded_prompts": ungrounded_prompts(card),
             **inputs.extra,
         },
     )

@@ -170,7 +170,10 @@ class ModelPicker(QWidget):
             try:
                 self.card = read_card(path)
                 text = card_summary(self.card)
-                warning = collapse_warning(prompt_statistics(path))
+                try:
+                    warning = collapse_warning(prompt_statistics(path))
+                except HilaError:  # weights unreadable: the card still shows; Run says why
+                    warning = None
                 if warning:
                     text += f"<br><span style='color:#e0524f'>{html.escape(warning)}</span>"
                 self.card_label.setText(text)

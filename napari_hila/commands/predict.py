@@ -95,8 +95,10 @@ def result_summary(result, top: int = 3) -> str:
             "terms) + the prompts' contributions"
         )
     ranked = sorted(exp.contributions, key=lambda c: abs(c.delta_risk), reverse=True)
+    ungrounded = set(result.extra.get("ungrounded_prompts", []))
     for c in ranked[:top]:
-        lines.append(f"  [{c.level}] {c.name}: {contribution_text(c)}")
+        note = "  (not grounded: a label on an arbitrary direction)" if c.name in ungrounded else ""
+        lines.append(f"  [{c.level}] {c.name}: {contribution_text(c)}{note}")
     for level, lv in result.explanation.levels.items():
         lines.append(f"{level}: {int(lv.selected.sum())} of {len(lv.coords)} selected")
     lines.extend(f"note:   {w}" for w in result.warnings)

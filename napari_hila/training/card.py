@@ -124,7 +124,12 @@ def build_card(
     final = dict(zip(patient_ids, np.asarray(final_risk, float).tolist(), strict=True))
     ids = [p for p in cohort.patient_ids if p in oof]
     used_levels = {
-        level: {"names": list(v["names"]), "texts": list(v["texts"])}
+        level: {
+            "names": list(v["names"]),
+            "texts": list(v["texts"]),
+            # per prompt: the vocabulary terms that ground it, or None (not grounded)
+            **({"grounding": list(v["grounding"])} if v.get("grounding") is not None else {}),
+        }
         for level, v in (prompt_set or {}).get("levels", {}).items()
         if f"{level}_prompt_texts" in config
     }
@@ -139,6 +144,7 @@ def build_card(
         "prompts": {
             "set": (prompt_set or {}).get("name"),
             "text_encoder": (prompt_set or {}).get("text_encoder"),
+            "embedding_encoder": (prompt_set or {}).get("embedding_encoder"),
             **used_levels,
         },
         "time_bin_edges": edges_to_json(edges),

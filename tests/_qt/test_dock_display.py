@@ -105,8 +105,8 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     world = ((y0 + 10) * 0.499, (x0 + 10) * 0.499)
     dock.layers._on_mouse_move(viewer, type("Move", (), {"position": world})())
     text = dock.hover_label.text()
-    assert text.startswith("patch 4:") and f"region {level.parent[4]}" in text
+    assert text.startswith("patch 4 (") and f"region {level.parent[4]}" in text
     status = dock.layers.heatmaps["patch"].get_status(world, world=True)
-    assert "patch 4:" in status["coordinates"]
+    assert "patch 4 (" in status["coordinates"]
     selection = next(ly for ly in overlay_layers(viewer, "selection"))
-    assert "patch 4:" in selection.get_status(world, world=True)["coordinates"]
+    assert "patch 4 (" in selection.get_status(world, world=True)["coordinates"]
