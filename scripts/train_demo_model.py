@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts", default="BRCA")
+    p.add_argument("--prompts", default="DEMO", help="prompt set (DEMO names what was planted)")
     p.add_argument("--baselines", default="abmil,hila-patch,vl-cosine")
     p.add_argument(
         "--ship", default=str(REPO / "resources" / "demo_model"), help="where the model goes"
@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     cohort_dir, summary = build_cohort(work, args)
-    prompt_set = embed_prompts(args.prompts, "minilm", "cpu")
+    # The descriptor's own grounded vocabulary: prompt words mean descriptor measurements.
+    prompt_set = embed_prompts(args.prompts, "auto", "cpu", vision_encoder="hila-descriptor")
     results = {"hila": train("hila", cohort_dir, work, args, prompt_set, True, DEMO_LABEL)}
     if not args.quick:  # ship at once; the card is updated as each baseline finishes
         ship(work, Path(args.ship), summary, results)

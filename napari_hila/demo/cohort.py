@@ -5,12 +5,18 @@ laid out on a grid of regions, each region ``region_px / patch_px`` tiles on a
 side. Two things set a patient's log-hazard, and both are measurable from the
 slide:
 
-- composition: the fraction of tiles with dense nuclei, ``f_dense``;
-- arrangement: whether those tiles are packed into a few regions or scattered,
+- composition: the fraction of tiles with dense nuclei, ``f_dense``, which
+  raises the hazard, and the fraction of sparse tissue-edge tiles (mostly fat
+  and glass), ``f_sparse``, which lowers it: two concepts the demo prompt set
+  (prompts/DEMO.yaml) names, "Dense nuclei" and "Fat or glass", and that the
+  descriptor measures on separate axes (nuclear area, background fraction),
+  so the demo's explanations can be checked against what was planted;
+- arrangement: whether the dense tiles are packed into a few regions or scattered,
   ``clustering = max over regions of the region's dense fraction - f_dense``.
   A patch-level bag sees composition only; region-level context sees both.
 
-``log_hazard = beta_dense * f_dense + beta_cluster * clustering`` (centred),
+``log_hazard = beta_dense * f_dense + beta_sparse * f_sparse + beta_cluster * clustering``
+(centred, ``beta_sparse`` negative),
 survival times are Weibull with that hazard, censoring is uniform in a window;
 everything is drawn from one seeded generator, so a seed gives one cohort.
 Region features are computed as extraction's default "view" mode computes
@@ -50,6 +56,7 @@ class DemoSettings:
     second_slide_fraction: float = 0.15  # patients with two slides
     clustered_fraction: float = 0.5
     beta_dense: float = 5.0
+    beta_sparse: float = -5.0  # sparse tissue edge (fat, glass) lowers the hazard
     beta_cluster: float = 5.0
     weibull_shape: float = 2.0
     weibull_scale: float = 40.0  # months, at the mean log-hazard
@@ -62,6 +69,7 @@ class DemoPatient:
 
     patient_id: str
     f_dense: float
+    f_sparse: float
     clustering: float
     arrangement: str  # "clustered" or "scattered"
     log_hazard: float
@@ -111,7 +119,11 @@ def _assign_categories(
     n_sparse = min(len(border), int(round(mix[0] * n)))
     category[rng.choice(border, size=n_sparse, replace=False)] = SPARSE
     free = np.flatnonzero(category < 0)
-    category[free] = np.where(rng.random(len(free)) < mix[1], STROMA, MIXED)
+    # Stroma is drawn on its own, independent of the dense share: the two planted
+    # concepts vary separately, so each prompt's effect can be told apart.
+    n_stroma = min(len(free), int(round(mix[1] * n)))
+    category[rng.choice(free, size=n_stroma, replace=False)] = STROMA
+    category[category < 0] = MIXED
     return category
 
 
@@ -199,25 +211,29 @@ def make_demo_cohort(
     rng = np.random.default_rng(s.seed)
     patients = []
     for p in range(s.n_patients):
-        f_dense = float(rng.beta(1.5, 2.5) * 0.8)
+        f_dense = float(rng.beta(1.5, 2.5) * 0.6)
         clustered = bool(rng.random() < s.clustered_fraction)
-        mix = (rng.uniform(0.05, 0.2), rng.uniform(0.3, 0.7))  # sparse share, stroma vs mixed
+        # sparse-edge and stroma shares, each independent of f_dense; mixed fills the rest
+        mix = (float(rng.beta(1.5, 2.5) * 0.45), float(rng.beta(1.5, 2.5) * 0.4))
         n_slides = 2 if rng.random() < s.second_slide_fraction else 1
         pid = f"DEMO-{p:03d}"
-        slides, f_measured, c_measured = {}, [], []
+        slides, f_measured, c_measured, s_measured = {}, [], [], []
         for k in range(n_slides):
             feats, clustering = _slide(rng, library, s, f_dense, clustered, mix, encoder)
             sid = f"{pid}-S{k + 1}"
             feats.attrs = _attrs(library, s, sid)
             slides[sid] = feats
             f_measured.append(float((feats.extras["tile_category"] == DENSE).mean()))
+            s_measured.append(float((feats.extras["tile_category"] == SPARSE).mean()))
             c_measured.append(clustering)
         f_mean, c_mean = float(np.mean(f_measured)), float(np.mean(c_measured))
-        log_hazard = s.beta_dense * f_mean + s.beta_cluster * c_mean
+        sparse_mean = float(np.mean(s_measured))
+        log_hazard = s.beta_dense * f_mean + s.beta_sparse * sparse_mean + s.beta_cluster * c_mean
         patients.append(
             DemoPatient(
                 pid,
                 f_mean,
+                sparse_mean,
                 c_mean,
                 "clustered" if clustered else "scattered",
                 log_hazard,
@@ -258,13 +274,14 @@ def write_demo_cohort(patients: list[DemoPatient], out_dir: str | os.PathLike) -
     out = Path(out_dir)
     (out / "features").mkdir(parents=True, exist_ok=True)
     rows = ["patient_id,slide_id,time,event"]
-    truth = ["patient_id,log_hazard,f_dense,clustering,arrangement,true_time,time,event"]
+    truth = ["patient_id,log_hazard,f_dense,f_sparse,clustering,arrangement,true_time,time,event"]
     for pt in patients:
         for sid, feats in pt.slides.items():
             save_features(out / "features" / f"{sid}.h5", feats)
             rows.append(f"{pt.patient_id},{sid},{pt.time},{pt.event}")
         truth.append(
-            f"{pt.patient_id},{pt.log_hazard:.6f},{pt.f_dense:.4f},{pt.clustering:.4f},"
+            f"{pt.patient_id},{pt.log_hazard:.6f},{pt.f_dense:.4f},{pt.f_sparse:.4f},"
+            f"{pt.clustering:.4f},"
             f"{pt.arrangement},{pt.true_time:.3f},{pt.time},{pt.event}"
         )
     for name, lines in (("cohort.csv", rows), ("truth.csv", truth)):
