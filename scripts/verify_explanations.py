@@ -201,6 +201,14 @@ def _has_option(command: str, option: str) -> bool:
     return option in sub.choices[command].format_help()
 
 
+def _takes_setting(model: str, name: str) -> bool:
+    import dataclasses
+
+    from napari_hila.models import get_model_spec
+
+    return name in {f.name for f in dataclasses.fields(get_model_spec(model).config_cls)}
+
+
 def train_model(args, model: str, train_csv: Path, paths, root: Path) -> tuple[Path, float]:
     run_dir = root / "runs" / model
     cmd = [sys.executable, "-m", "napari_hila.cli", "train"]
@@ -214,6 +222,10 @@ def train_model(args, model: str, train_csv: Path, paths, root: Path) -> tuple[P
         cmd += ["--batch-size", str(args.batch_size)]
     for pair in args.set:
         cmd += ["--set", pair]
+    if args.layout == "clam" and _takes_setting(model, "shared_space"):
+        # CLAM files do not name their encoder, so train cannot see that the features and
+        # the prompt embeddings share a space; a user says so, as the README describes.
+        cmd += ["--set", "shared_space=true"]
     seconds = _run(cmd, root / f"train-{model}.log", args.threads, args.quiet)
     return run_dir / "final_model", seconds
 
