@@ -3,11 +3,12 @@
 Patch and region tokens are aligned with language prompts by optimal
 transport (OPL), the selected patches recalibrate the regions they lie in
 (CLP), the two levels' prototypes contrast against each other (MCL, training
-only), and the mean prompt features of both levels predict T hazards.
+only), and an additive head over the prompts of both levels predicts T hazards.
 
 Each prompt reaches the risk on its own path (METHODS 1.6 and 5): an additive
-head gives every prompt of both levels one scalar term from its feature Z_k,
-its presence and its transport-weighted similarity, the terms add up to the
+head gives every prompt of both levels one scalar term from its presence, its
+transport-weighted similarity and, where features and prompts come from
+different spaces, its feature Z_k (see ``prompt_feature_term``); the terms add up to the
 linear predictor eta, and the T hazard logits are eta plus one learned offset
 per bin. The risk -sum_j S_j rises with eta, so each prompt's contribution to
 the risk is exact (see :data:`CONTRIBUTION_METHOD`). Models saved before this
