@@ -96,7 +96,7 @@ def express_in_cohort_sd(explanation: Explanation, card: dict[str, Any]) -> None
         contribution.delta_sd = contribution.delta_risk / sd
 
 
-def explanation_warnings(loaded, explanation: Explanation) -> list[str]:
+def explanation_warnings(explanation: Explanation) -> list[str]:
     """What a reader must know before trusting the prompt bars and maps of this result.
 
     The explanation's own notes (collapsed prompts, an older model's
@@ -335,7 +335,7 @@ def _finish(
         risk_group=risk_group(explanation.risk, threshold),
         risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
         warnings=_warnings(card, inputs.mpp_is_assumed, inputs.n_patches)
-        + explanation_warnings(loaded, explanation),
+        + explanation_warnings(explanation),
         extra={
             "risk_percentile_of": "the final model's risks over its training cohort",
             "risk_threshold_method": card.get("risk_threshold_method", ""),

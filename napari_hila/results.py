@@ -23,6 +23,32 @@ UNIFORM_TOLERANCE = 0.10
 MAP_UNIT = "share of the token relative to a uniform share (1 = uniform, 0 = none)"
 
 
+#: Mean pairwise cosine of a level's projected prompts above which they have
+#: collapsed onto one direction and cannot mean different things (METHODS 5).
+COLLAPSE_COSINE = 0.9
+
+
+def collapse_warning(stats: dict[str, dict[str, float]]) -> str | None:
+    """A sentence naming the levels whose prompts collapsed, or None when none did.
+
+    ``stats`` is per level ``{"mean_pairwise_cosine": ...}``, as a model's
+    ``prompt_statistics()`` and the card's ``explanation.prompt_statistics`` give it.
+    """
+    collapsed = {
+        level: values["mean_pairwise_cosine"]
+        for level, values in stats.items()
+        if values.get("mean_pairwise_cosine", 0.0) > COLLAPSE_COSINE
+    }
+    if not collapsed:
+        return None
+    levels = ", ".join(f"{level} (mean cosine {cos:.3f})" for level, cos in collapsed.items())
+    return (
+        f"the projected prompts of this model have collapsed onto one direction at the {levels} "
+        "level: its prompt maps and contributions cannot tell the prompts apart; retrain it "
+        "with this version"
+    )
+
+
 def map_departure(values: np.ndarray) -> float:
     """How far a relative-share map departs from uniform: max |v - 1| over the 2nd-98th percentiles."""
     values = np.asarray(values, np.float64)

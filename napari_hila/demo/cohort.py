@@ -34,7 +34,14 @@ import numpy as np
 from napari_hila.demo.tiles import DENSE, MIXED, SPARSE, STROMA, TileLibrary
 from napari_hila.features.store import SlideFeatures, save_features
 
-__all__ = ["DemoSettings", "DemoPatient", "make_demo_cohort", "write_demo_cohort", "oracle_c_index"]
+__all__ = [
+    "DemoSettings",
+    "DemoPatient",
+    "make_demo_cohort",
+    "oracle_c_index",
+    "weibull_outcome",
+    "write_demo_cohort",
+]
 
 SYNTHETIC_NOTE = (
     "SYNTHETIC demo cohort: mosaics of real tiles from the CMU-1-Small-Region sample with a "
@@ -246,16 +253,25 @@ def make_demo_cohort(
     centre = np.mean([pt.log_hazard for pt in patients])
     for pt in patients:
         pt.log_hazard -= centre
-        u = 1.0 - rng.random()
-        pt.true_time = float(
-            s.weibull_scale
-            * (-np.log(u)) ** (1 / s.weibull_shape)
-            * np.exp(-pt.log_hazard / s.weibull_shape)
+        pt.true_time, pt.time, pt.event = weibull_outcome(
+            rng, pt.log_hazard, s.weibull_scale, s.weibull_shape, s.censor_window
         )
-        censor = float(rng.uniform(*s.censor_window))
-        pt.event = int(pt.true_time <= censor)
-        pt.time = round(min(pt.true_time, censor), 2)
     return patients
+
+
+def weibull_outcome(
+    rng: np.random.Generator,
+    log_hazard: float,
+    scale: float,
+    shape: float,
+    censor_window: tuple[float, float],
+) -> tuple[float, float, int]:
+    """(true time, observed time, event) of a patient: Weibull with that log-hazard,
+    censored at a uniform time in ``censor_window`` (the observed time rounded to 0.01)."""
+    u = 1.0 - rng.random()
+    true_time = float(scale * (-np.log(u)) ** (1 / shape) * np.exp(-log_hazard / shape))
+    censor = float(rng.uniform(*censor_window))
+    return true_time, round(min(true_time, censor), 2), int(true_time <= censor)
 
 
 def oracle_c_index(patients: list[DemoPatient]) -> float:

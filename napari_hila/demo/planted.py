@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_hila.demo.cohort import weibull_outcome
 from napari_hila.features.store import SlideFeatures, save_features
 
 __all__ = [
@@ -320,15 +321,9 @@ def make_planted_cohort(settings: PlantedSettings | None = None) -> PlantedCohor
     raw -= raw.mean()
     for pt, log_hazard in zip(cohort.patients, raw, strict=True):
         pt.log_hazard = float(log_hazard)
-        u = 1.0 - rng.random()
-        pt.true_time = float(
-            s.weibull_scale
-            * (-np.log(u)) ** (1 / s.weibull_shape)
-            * np.exp(-log_hazard / s.weibull_shape)
+        pt.true_time, pt.time, pt.event = weibull_outcome(
+            rng, pt.log_hazard, s.weibull_scale, s.weibull_shape, s.censor_window
         )
-        censor = float(rng.uniform(*s.censor_window))
-        pt.event = int(pt.true_time <= censor)
-        pt.time = round(min(pt.true_time, censor), 2)
     return cohort
 
 

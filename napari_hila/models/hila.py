@@ -27,6 +27,7 @@ model needs no text encoder.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -53,7 +54,7 @@ from napari_hila.models.hila_layers import (
     prompt_anchor_loss,
 )
 from napari_hila.models.registry import add_variant, register_model
-from napari_hila.results import Explanation, PromptContribution
+from napari_hila.results import COLLAPSE_COSINE, Explanation, PromptContribution, collapse_warning
 
 __all__ = ["HiLa", "HiLaConfig"]
 
@@ -68,9 +69,6 @@ LEGACY_CONTRIBUTION_METHOD = (
     "left out of its level's mean over prompts; these do not add up to the risk: retrain the "
     "model for exact contributions"
 )
-#: Mean pairwise cosine of a level's projected prompts above which they have collapsed
-#: (the model card's threshold too: training.modelfile.COLLAPSE_COSINE reads this).
-COLLAPSE_COSINE = 0.9
 
 # Fallback prompts (METHODS 1.1 examples) so the model builds without a prompt
 # set; real use passes the cancer type's prompt set from napari_hila.prompts.
@@ -362,8 +360,12 @@ class HiLa(nn.Module):
             terms[lv], alignment.presence = self.heads[lv](alignment)
         return terms
 
-    def _align_levels(self, batch: SlideBatch) -> dict[str, LevelAlignment]:
-        patch_tokens = self.visual["patch"](batch.patch_features)
+    def _align_levels(
+        self, batch: SlideBatch, patch_tokens: torch.Tensor | None = None
+    ) -> dict[str, LevelAlignment]:
+        """OPL at both levels; ``patch_tokens`` reuses already projected patch tokens."""
+        if patch_tokens is None:
+            patch_tokens = self.visual["patch"](batch.patch_features)
         patch = self._align("patch", patch_tokens, batch.patch_mask)
         alignments = {"patch": patch}
         if "region" in self.levels:
@@ -492,12 +494,9 @@ class HiLa(nn.Module):
                 tile_sizes,
                 parent=batch.patch_to_region if lv == "patch" else None,
             )
-        collapsed = self.collapsed_levels()
-        notes.extend(
-            f"the {lv} prompts have collapsed onto one direction (mean pairwise cosine above "
-            f"{COLLAPSE_COSINE}): their maps and contributions cannot tell the prompts apart"
-            for lv in collapsed
-        )
+        collapsed = collapse_warning(self.prompt_statistics())
+        if collapsed:
+            notes.append(collapsed)
         return Explanation(
             risk=float(output.risk[0]),
             hazards=output.hazards[0].cpu().numpy().astype(np.float32),
@@ -537,7 +536,7 @@ class HiLa(nn.Module):
                 "prompt terms, not from the training cohort's mean"
             )
         values = self._term_contributions(output.details["terms"])[0]
-        floor = self._noise_floor(batch, resamples)
+        floor = self._noise_floor(batch, output, resamples)
         labels = [(lv, k) for lv in self.levels for k in range(len(self.prompt_names(lv)))]
         contributions = []
         for j, (lv, k) in enumerate(labels):
@@ -557,30 +556,33 @@ class HiLa(nn.Module):
             baseline = float(self._risk_of_eta(values.new_zeros(1))[0].detach())
         return contributions, baseline, notes
 
-    def _noise_floor(self, batch: SlideBatch, resamples: int) -> torch.Tensor | None:
+    def _noise_floor(
+        self, batch: SlideBatch, output: SurvivalOutput, resamples: int
+    ) -> torch.Tensor | None:
         """Twice the SD of each contribution when the slide's patches are resampled.
 
         Patches are drawn with replacement (a bootstrap of the slide); regions
-        are kept. A contribution inside this floor is "negligible".
+        are kept. The visual projection acts on each token alone, so the
+        slide's projected tokens are resampled instead of projected again.
+        A contribution inside this floor is "negligible".
         """
         n = int(batch.patch_mask[0].sum())
         if resamples < 2 or n < 2:
             return None
+        tokens = output.details["levels"]["patch"].tokens
         generator = torch.Generator().manual_seed(0)
         draws = []
         for _ in range(resamples):
-            pick = torch.randint(0, n, (n,), generator=generator).to(batch.patch_features.device)
-            resampled = SlideBatch(
-                batch.patch_features[:, pick],
-                batch.patch_mask[:, pick],
-                batch.patch_coords[:, pick],
-                batch.region_features,
-                batch.region_mask,
-                batch.region_coords,
-                batch.patch_to_region[:, pick],
+            pick = torch.randint(0, n, (n,), generator=generator).to(tokens.device)
+            resampled = dataclasses.replace(
+                batch,
+                patch_features=batch.patch_features[:, pick],
+                patch_mask=batch.patch_mask[:, pick],
+                patch_coords=batch.patch_coords[:, pick],
+                patch_to_region=batch.patch_to_region[:, pick],
             )
-            terms = self(resampled).details["terms"]
-            draws.append(self._term_contributions(terms)[0])
+            alignments = self._align_levels(resampled, patch_tokens=tokens[:, pick])
+            draws.append(self._term_contributions(self._prompt_terms(alignments))[0])
         return 2.0 * torch.stack(draws).std(dim=0)
 
     def _contributions(self, output: SurvivalOutput) -> list[PromptContribution]:

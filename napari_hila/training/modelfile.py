@@ -24,7 +24,6 @@ from napari_hila import __version__
 from napari_hila.devices import resolve_device
 from napari_hila.errors import HilaError, ModelFileError
 from napari_hila.io_utils import atomic_path, write_json_atomic
-from napari_hila.models.hila import COLLAPSE_COSINE
 
 __all__ = [
     "LoadedModel",
@@ -32,7 +31,6 @@ __all__ = [
     "load_model",
     "read_card",
     "check_features_match",
-    "collapse_warning",
     "prompt_statistics",
     "CARD_KEYS",
     "WEIGHTS_NAME",
@@ -261,20 +259,3 @@ def prompt_statistics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
         return stored
     model = load_model(path, "cpu").model
     return model.prompt_statistics() if hasattr(model, "prompt_statistics") else {}
-
-
-def collapse_warning(stats: dict[str, dict[str, float]]) -> str | None:
-    """A sentence naming the levels whose prompts collapsed, or None when none did."""
-    collapsed = {
-        level: values["mean_pairwise_cosine"]
-        for level, values in stats.items()
-        if values.get("mean_pairwise_cosine", 0.0) > COLLAPSE_COSINE
-    }
-    if not collapsed:
-        return None
-    levels = ", ".join(f"{level} (mean cosine {cos:.3f})" for level, cos in collapsed.items())
-    return (
-        f"the projected prompts of this model have collapsed onto one direction at the {levels} "
-        f"level: its prompt maps and contributions cannot tell the prompts apart; retrain it "
-        "with this version"
-    )
