@@ -173,8 +173,8 @@ class ModelPicker(QWidget):
                 text = card_summary(self.card)
                 try:
                     warning = collapse_warning(prompt_statistics(path))
-                except HilaError:  # weights unreadable: the card still shows; Run says why
-                    warning = None
+                except HilaError as err:  # weights unreadable: the card still shows
+                    warning = f"prompt statistics unavailable: {err}"
                 if warning:
                     text += f"<br><span style='color:#e0524f'>{html.escape(warning)}</span>"
                 self.card_label.setText(text)

@@ -104,6 +104,8 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     card_text = dock.model_picker.card_label.text()
     assert "cross-validated C-index: 0.660 &plusmn; 0.040" in card_text
     assert "60 patients" in card_text and "Not for clinical use" in card_text
+    # this card comes without weights: the view says the prompt statistics are unavailable
+    assert "prompt statistics unavailable" in card_text and "safetensors" in card_text
     km = next(w for name, w in viewer.window.dock_widgets.items() if "Kaplan-Meier" in name)
     assert isinstance(km, KaplanMeierDock) and km.result is dock.result
 
