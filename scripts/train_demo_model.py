@@ -9,8 +9,9 @@ Steps, each resumable (re-running skips what is done):
    (napari_hila.demo.cohort), written as feature files + cohort.csv + truth.csv;
 3. 5-fold cross-validation of HiLa and the baselines with the same splits, and
    HiLa's final model on all patients;
-4. the final model is copied to resources/demo_model with the oracle C-index of
-   the true hazard and every model's cross-validated C-index in its card.
+4. the final model is copied to napari_hila/resources/demo_model (shipped in the
+   wheel) with the oracle C-index of the true hazard and every model's
+   cross-validated C-index in its card.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts", default="DEMO", help="prompt set (DEMO names what was planted)")
     p.add_argument("--baselines", default="abmil,hila-patch,vl-cosine")
     p.add_argument(
-        "--ship", default=str(REPO / "resources" / "demo_model"), help="where the model goes"
+        "--ship",
+        default=str(REPO / "napari_hila" / "resources" / "demo_model"),
+        help="where the model goes",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; does not ship")

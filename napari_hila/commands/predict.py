@@ -108,10 +108,10 @@ def result_summary(result, top: int = 3) -> str:
 def default_model_path():
     """The shipped demo model directory."""
     from napari_hila.errors import ModelFileError
-    from napari_hila.resources import resource_path
+    from napari_hila.resources import demo_model_path
 
     try:
-        return resource_path("demo_model")
+        return demo_model_path()
     except FileNotFoundError:
         raise ModelFileError(
             "the demo model is not installed; pass --model RUN_DIR/final_model"

@@ -24,7 +24,7 @@ def model_dir() -> Path:
     chosen = os.environ.get("HILA_E2E_MODEL")
     path = Path(chosen) if chosen else demo_model_path()
     if path is None:
-        pytest.skip("resources/demo_model is not built yet (napari-hila demo engineer)")
+        pytest.skip("napari_hila/resources/demo_model is not built yet (napari-hila demo engineer)")
     return path
 
 

@@ -21,7 +21,7 @@ def nompp_slide(tmp_path_factory):
 
 @pytest.fixture
 def model_dir():
-    return demo_model_path() or pytest.skip("resources/demo_model is not built")
+    return demo_model_path() or pytest.skip("napari_hila/resources/demo_model is not built")
 
 
 def slide_layer(viewer):
