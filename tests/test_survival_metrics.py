@@ -35,6 +35,49 @@ def test_cindex_equals_lifelines_and_sksurv(seed):
     assert counts.comparable == sk[1] + sk[2] + sk[3]
 
 
+def _pair_counts_by_definition(time, event, risk):
+    """The module docstring's definition, pair by pair (O(n^2), small n only)."""
+    later = (time[None, :] > time[:, None]) | ((time[None, :] == time[:, None]) & ~event[None, :])
+    comparable = later & event[:, None]
+    return (
+        int((comparable & (risk[:, None] > risk[None, :])).sum()),
+        int((comparable & (risk[:, None] == risk[None, :])).sum()),
+        int(comparable.sum()),
+    )
+
+
+def test_cindex_counts_equal_the_pairwise_definition():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(1, 80))
+        # few distinct times and risks: most pairs tie in one or both
+        time = rng.integers(0, rng.integers(1, 8), n).astype(float)
+        event = rng.random(n) < rng.random()
+        risk = rng.integers(0, rng.integers(1, 6), n).astype(float)
+        assert tuple(concordance_counts(time, event, risk)) == _pair_counts_by_definition(
+            time, event, risk
+        )
+
+
+@pytest.mark.parametrize("distinct_times", [5, 300, None])
+def test_cindex_equals_lifelines_and_sksurv_on_a_large_cohort(distinct_times):
+    from lifelines.utils import concordance_index as lifelines_ci
+    from sksurv.metrics import concordance_index_censored
+
+    rng = np.random.default_rng(distinct_times or 0)
+    n = 4000
+    time = rng.random(n) if distinct_times is None else rng.integers(0, distinct_times, n) * 1.0
+    event = rng.random(n) < 0.4
+    risk = np.round(rng.normal(size=n) - 0.3 * time / time.max(), 1)  # many tied risks
+    sk = concordance_index_censored(event, time, risk)
+    counts = concordance_counts(time, event, risk)
+    assert (counts.concordant, counts.tied_risk) == (sk[1], sk[3])
+    assert counts.comparable == sk[1] + sk[2] + sk[3]
+    ours = concordance_index(time, event, risk)
+    assert ours == pytest.approx(lifelines_ci(time, -risk, event), abs=1e-12)
+    assert ours == pytest.approx(sk[0], abs=1e-12)
+
+
 def test_cindex_simple_cases():
     time = np.array([1.0, 2.0, 3.0, 4.0])
     event = np.array([1, 1, 1, 0])
@@ -45,6 +88,14 @@ def test_cindex_simple_cases():
     assert concordance_counts([2.0, 2.0], [1, 0], [1.0, 0.0]).comparable == 1
     # two deaths at the same time: not comparable
     assert np.isnan(concordance_index([2.0, 2.0], [1, 1], [1.0, 0.0]))
+    assert np.isnan(concordance_index([1.0, 2.0], [0, 0], [1.0, 0.0]))  # no death
+    assert np.isnan(concordance_index([], [], []))
+    # the censored patient at the death's time and the later one both count
+    assert concordance_counts([1.0, 3.0, 3.0, 5.0], [0, 1, 0, 0], [9.0, 2.0, 2.0, 1.0]) == (
+        1,
+        1,
+        2,
+    )
 
 
 def test_cindex_rejects_bad_input():
