@@ -3,7 +3,8 @@
 Patient-level k-fold cross-validation (stratified by event, splits saved in
 RUN_DIR), a fixed number of epochs (no model selection on the reported fold),
 then a final model trained on all patients for use in the viewer
-(RUN_DIR/final_model). Re-running the same command resumes an interrupted run.
+(RUN_DIR/final_model). Re-running the same command resumes an interrupted run;
+a changed cohort, feature file or setting is refused (--force starts over).
 
 Example:
   napari-hila train --cohort cohort.csv --features feats/ --out runs/hila --prompts brca
@@ -85,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model setting, e.g. --set select_ratio=0.5 (value parsed as JSON when it can be)",
     )
     parser.add_argument("--no-final", action="store_true", help="skip the final all-patient model")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: delete the run already in --out (its settings, folds and final model) "
+        "instead of resuming it; needed when the cohort, the features or the settings changed",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_argument(parser)
 
@@ -204,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         splits_file=args.splits,
         device=device,
         show_progress=not args.quiet,
+        force=args.force,
     )
     print_fold_table(metrics)
     out = Path(args.out)

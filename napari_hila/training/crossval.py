@@ -3,13 +3,16 @@
 Writes into RUN_DIR:
 
 - ``settings.json``  what was asked (a resumed run must ask the same),
+- ``inputs.json``    per slide, its labels and a digest of its features
+                     (a resumed run must have the same: ``training.runinputs``),
 - ``splits.json``    the patient folds (reusable with ``--splits``),
 - ``fold_<k>.json``  each fold's test patients, their risks, its threshold and C-index,
 - ``metrics.json``   per-fold C-index, mean, standard deviation, log-rank p,
 - ``final_model/``   the model trained on every patient, for the viewer.
 
 Each file is written atomically when its step completes, so an interrupted run
-resumes at the first fold without a ``fold_<k>.json``.
+resumes at the first fold without a ``fold_<k>.json``; ``force=True`` removes
+these files first and starts over.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
 from napari_hila.survival.cohort import Cohort, feature_file_for
 from napari_hila.survival.metrics import concordance_index, patient_risks
+from napari_hila.training.runinputs import (
+    RESTART_HINT,
+    check_run_inputs,
+    clear_run_folder,
+    run_inputs,
+)
 from napari_hila.training.scaling import FeatureScaling
 from napari_hila.training.splits import (
     Splits,
@@ -261,7 +270,7 @@ def _prepare_run_dir(run_dir: Path, settings: RunSettings) -> None:
         if changed:
             raise HilaError(
                 f"{run_dir} holds a run with other settings ({', '.join(changed)} differ); "
-                "resume it with the same settings or choose a new --out"
+                f"resume it with the same settings, or {RESTART_HINT}"
             )
     write_json_atomic(path, wanted)
 
@@ -391,8 +400,12 @@ def run_training(
     device: str = "cpu",
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Cross-validate, train the final model, write everything; return the metrics.
+
+    Resumes a run found in ``run_dir`` when its settings and inputs are the same
+    (else a HilaError); ``force`` deletes that run's files first.
 
     ``prompt_set`` is ``{"name", "text_encoder", "levels": {level: {"names", "texts",
     "embeddings"}}}``; only the levels the model's config asks for are used.
@@ -401,7 +414,13 @@ def run_training(
 
     say = log or (lambda msg: print(msg, file=sys.stderr))
     run_dir = Path(run_dir)
+    if force and run_dir.is_dir():
+        removed = clear_run_folder(run_dir)
+        if removed:
+            say(f"--force: removed the earlier run in {run_dir} ({len(removed)} files and folders)")
+    inputs = run_inputs(cohort, bags)
     _prepare_run_dir(run_dir, settings)
+    check_run_inputs(run_dir, inputs)
     splits = _choose_splits(cohort, run_dir, settings, splits_file)
     data = _Data(cohort, bags)
     region_note = region_level_warning(settings.model, settings.model_config, bags)
