@@ -150,8 +150,8 @@ def read_slide(path: str | list[str], **_: Any) -> list:
     except HilaError as err:
         _notify_error(str(err))
         return NO_LAYERS
-    warning = mpp_warning(slide)
-    if warning:
-        _notify_warning(warning)
+    for warning in [*slide.open_warnings, mpp_warning(slide)]:
+        if warning:
+            _notify_warning(warning)
     show_scale_bar()
     return [fit_to_napari(layer)]

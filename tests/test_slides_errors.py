@@ -30,12 +30,12 @@ def bad_files(tmp_path, sample_slide):
     files["uint16"] = _tiled(
         tmp_path / "deep.tif", np.zeros((128, 128, 3), np.uint16), photometric="rgb"
     )
-    files["grey"] = _tiled(tmp_path / "grey.tif", np.zeros((128, 128), np.uint8))
-    files["rgba"] = _tiled(
-        tmp_path / "rgba.tif",
-        np.zeros((128, 128, 4), np.uint8),
-        photometric="rgb",
-        extrasamples=[2],
+    files["int8"] = _tiled(tmp_path / "signed.tif", np.zeros((128, 128, 3), np.int8))
+    files["fluorescence"] = _tiled(
+        tmp_path / "fluo.tif", np.zeros((3, 128, 128), np.uint8), photometric="minisblack"
+    )
+    files["cmyk"] = _tiled(
+        tmp_path / "cmyk.tif", np.zeros((128, 128, 4), np.uint8), photometric="separated"
     )
     files["folder"] = tmp_path / "folder.svs"
     files["folder"].mkdir()
@@ -48,9 +48,10 @@ EXPECTED = {
     "text": "text file",
     "truncated": "truncated",
     "corrupt_header": "corrupt",
-    "uint16": "16-bit",
-    "grey": "single-channel",
-    "rgba": "RGBA",
+    "uint16": "uint16 pixels (uint16, 3 samples per pixel, photometric RGB)",
+    "int8": "int8 pixels (int8, 3 samples per pixel, photometric RGB)",
+    "fluorescence": "fluorescence or multi-channel image with 3 channels",
+    "cmyk": "photometric SEPARATED",
     "folder": "folder",
     "missing": "not found",
 }

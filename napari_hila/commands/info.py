@@ -46,6 +46,8 @@ def describe_slide(
             "mpp": slide.mpp,
             "mpp_is_assumed": slide.mpp_is_assumed,
             "mpp_source": slide.mpp_source,
+            "mpp_note": slide.mpp_note,
+            "warnings": list(slide.open_warnings),
             "objective_power": slide.objective_power,
             "tile_size": list(slide.tile_size),
             "associated_images": {

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 #: mpp used when the file does not say; flagged with ``mpp_is_assumed``.
 ASSUMED_MPP = 0.5
+#: Pixel sizes (um/px at level 0) taken as real: 0.05 is beyond any 100x
+#: objective, 20 a 0.5x overview; a value outside is a typo (mm or nm, px/um)
+#: or an image writer's default resolution (72 dpi is 352.8 um/px).
+MPP_RANGE = (0.05, 20.0)
 #: Extra coarse levels are added until the coarsest one is at most this wide.
 MAX_COARSEST_SIDE = 2048
 #: Bytes hashed from each of the start, middle and end of the file.
@@ -34,15 +38,23 @@ _FINGERPRINT_CHUNK = 1 << 16
 REDUCE_BLOCK = 1024
 
 
-def rgba_over_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite straight-alpha RGBA on white, so areas outside a slide are white."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.uint16)
-    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-    return out.astype(np.uint8)
+def file_pixel_size(mpp: float | None, origin: str) -> tuple[float | None, str]:
+    """The file's pixel size if a microscope could have it, else None and the reason.
+
+    Image writers put 72 dpi (352.8 um/px) in resolution tags by default; read
+    as microns, that gives a grid of 1 px patches. A value outside
+    ``MPP_RANGE`` is treated as no pixel size at all, as ``--mpp`` would refuse it.
+    """
+    if mpp is None or not math.isfinite(mpp) or mpp <= 0:
+        return None, "the file does not record its pixel size"
+    low, high = MPP_RANGE
+    if low <= mpp <= high:
+        return float(mpp), ""
+    dpi = 25400.0 / mpp
+    return None, (
+        f"the file's {origin or 'metadata'} say {mpp:.4g} um/px ({dpi:.4g} dpi), which no "
+        f"microscope scans at ({low:g}-{high:g} um/px): an image writer's default, not a pixel size"
+    )
 
 
 class Slide(abc.ABC):
@@ -62,6 +74,7 @@ class Slide(abc.ABC):
         level_downsamples: list[float],
         tile_size: tuple[int, int],
         mpp: float | None,
+        mpp_origin: str = "",
         objective_power: float | None,
         vendor: str,
         properties: dict[str, str],
@@ -71,10 +84,16 @@ class Slide(abc.ABC):
         self.level_dimensions = [(int(w), int(h)) for w, h in level_dimensions]
         self.level_downsamples = [float(d) for d in level_downsamples]
         self.tile_size = (int(tile_size[0]), int(tile_size[1]))
-        self.mpp_is_assumed = mpp is None or not math.isfinite(mpp) or mpp <= 0
-        self.mpp = ASSUMED_MPP if self.mpp_is_assumed else float(mpp)
+        file_mpp, why = file_pixel_size(mpp, mpp_origin)
+        self.mpp_is_assumed = file_mpp is None
+        self.mpp = ASSUMED_MPP if file_mpp is None else file_mpp
         #: Where ``mpp`` came from: "file", "assumed" (``ASSUMED_MPP``) or "user".
         self.mpp_source = "assumed" if self.mpp_is_assumed else "file"
+        #: Why: the metadata it was read from ("Aperio MPP", "TIFF resolution tags"),
+        #: or why the file's value was not taken.
+        self.mpp_note = why or f"from the file's {mpp_origin or 'metadata'}"
+        #: Messages for the user about the file (a lost label, damaged metadata).
+        self.open_warnings: list[str] = []
         self.objective_power = objective_power
         self.vendor = vendor
         self.properties = dict(properties)

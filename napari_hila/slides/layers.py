@@ -26,7 +26,7 @@ def mpp_warning(slide: Slide) -> str | None:
     if not slide.mpp_is_assumed:
         return None
     return (
-        f"{slide.path.name}: the file does not record its pixel size; assuming {slide.mpp} um/px "
+        f"{slide.path.name}: {slide.mpp_note}; assuming {slide.mpp} um/px "
         "(20x). Lengths, the scale bar and the patch grid depend on it: set the scanner's "
         "value in the HiLa survival dock's um/px field (or --mpp on the command line)."
     )
@@ -41,6 +41,7 @@ def slide_metadata(slide: Slide) -> dict[str, Any]:
         "mpp": slide.mpp,
         "mpp_is_assumed": slide.mpp_is_assumed,
         "mpp_source": slide.mpp_source,
+        "mpp_note": slide.mpp_note,
         "objective_power": slide.objective_power,
         "fingerprint": slide.fingerprint(),
         "tile_size": list(slide.tile_size),
@@ -48,6 +49,7 @@ def slide_metadata(slide: Slide) -> dict[str, Any]:
         "pyramid_downsamples": slide.pyramid_downsamples(),
         "associated_images": list(slide.associated_image_names),
         "properties": dict(slide.properties),
+        "warnings": list(slide.open_warnings),
     }
 
 

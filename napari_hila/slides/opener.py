@@ -1,12 +1,14 @@
 """``open_slide``: the one way to open a slide, whatever its format.
 
 Checks the file first (exists, is a file, is not empty, is what its name says,
-is complete, holds 8-bit RGB) so every bad input gives one message naming the
-file and what to do. Then picks the backend per file: tifffile (tile-by-tile
-decoding) for Aperio and generic tiled TIFFs, where it reads regions faster
-than OpenSlide (see ``napari-hila bench io``), and for TIFF pyramids OpenSlide
-sees as one level (OME SubIFDs, unflagged pages); OpenSlide for everything
-else it reads (vendor formats, non-tiled layouts).
+is whole, holds 8-bit brightfield pixels) so every bad input gives one message
+naming the file and the real cause. A TIFF is parsed once; what the check
+learns goes on to the backend. Then picks the backend per file: tifffile
+(tile-by-tile decoding) for Aperio and generic tiled TIFFs, where it reads
+regions faster than OpenSlide (see ``napari-hila bench io``), and for TIFF
+pyramids OpenSlide sees as one level (OME SubIFDs, unflagged pages); OpenSlide
+for everything else it reads (vendor formats, DICOM, non-tiled layouts, and
+TIFFs whose compression tifffile cannot decode).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import openslide
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.base import Slide
+from napari_hila.slides.base import MPP_RANGE, Slide
 
 BACKENDS = ("openslide", "tifffile")
 #: Extensions whose files must be TIFFs; a text file named .svs is caught early.
@@ -33,9 +35,6 @@ TIFFFILE_FIRST_FORMATS = {"aperio", "generic-tiff"}
 #: Aperio's JPEG 2000 variants carry their own colour handling: left to OpenSlide.
 _APERIO_JPEG2000 = {33003, 33005}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-#: Pixel sizes (um/px at level 0) a user may give: 0.05 is beyond any 100x
-#: objective, 20 a 0.5x overview; a value outside is a typo (mm or nm, px/um).
-MPP_RANGE = (0.05, 20.0)
 
 
 def check_mpp(mpp: float | str, what: str = "mpp") -> float:
@@ -101,21 +100,16 @@ def open_slide(
     slide.mpp_source = "assumed" if slide.mpp_is_assumed else "file"
     if mpp is not None:
         slide.mpp, slide.mpp_is_assumed, slide.mpp_source = mpp, False, "user"
+        slide.mpp_note = "given by the user"
     return slide
 
 
 def _open(path: str | os.PathLike, backend: str | None) -> Slide:
-    """The slide with the backend :func:`open_slide` picks, pixel size as the file says."""
-    from napari_hila.slides.openslide_backend import OpenSlideSlide
-    from napari_hila.slides.tifffile_backend import (
-        TifffileSlide,
-        check_tiff_complete,
-        check_tiff_pixels,
-        open_tiff,
-        tiff_pyramid_series,
-    )
-    from napari_hila.slides.tiles import is_fast_path_page
+    """The slide with the backend :func:`open_slide` picks, pixel size as the file says.
 
+    A TIFF is parsed once: the opener's survey (completeness, levels, pixel
+    layout) and the open TiffFile go on to the tifffile backend.
+    """
     if backend is not None and backend not in BACKENDS:
         raise SlideError(f"unknown slide backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = check_slide_path(path)
@@ -130,45 +124,75 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
         osr_format = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
         osr_format = None
-    tiff_levels, tiff_fast = 0, False
-    if is_tiff:
-        with open_tiff(path) as tif:
-            check_tiff_complete(path, tif)
-            if osr_format in (None, "generic-tiff") or backend == "tifffile":
-                check_tiff_pixels(path, tif)
-            levels = tiff_pyramid_series(tif)
-            tiff_levels = len(levels)
-            tiff_fast = all(
-                s.axes == "YXS"
-                and is_fast_path_page(s.keyframe)
-                and s.keyframe.compression not in _APERIO_JPEG2000
-                for s in levels
-            )
-
-    if backend == "tifffile":
-        if not is_tiff:
+    if not is_tiff:
+        if backend == "tifffile":
             raise SlideError(
                 f"{path}: the tifffile backend reads TIFF files only; use backend='openslide'"
             )
-        return _probed(TifffileSlide(path))
-    if backend == "openslide" or (osr_format is not None and not is_tiff):
         if osr_format is None:
-            raise SlideError(f"{path}: OpenSlide does not recognise this file's format")
-        return _probed(OpenSlideSlide(path))
-    tifffile_first = osr_format is None or (osr_format in TIFFFILE_FIRST_FORMATS and tiff_fast)
-    if is_tiff and tifffile_first:
-        return _probed(TifffileSlide(path))
-    if osr_format is not None:
-        slide = OpenSlideSlide(path)
-        if slide.level_count >= tiff_levels:
-            return _probed(slide)
-        slide.close()  # tifffile sees levels OpenSlide misses (OME SubIFDs, unflagged pages)
-    if is_tiff:
-        return _probed(TifffileSlide(path))
-    raise SlideError(
-        f"{path}: unsupported slide format ({_describe_start(path)}); napari-hila opens "
-        f"{', '.join(sorted(SLIDE_SUFFIXES))} files"
+            raise SlideError(
+                f"{path}: unsupported slide format ({_describe_start(path)}); napari-hila opens "
+                f"{', '.join(sorted(SLIDE_SUFFIXES))} files"
+            )
+        return _probed(_openslide(path))
+    from napari_hila.slides.tifffile_backend import open_tiff
+
+    tif, log = open_tiff(path)
+    try:
+        return _open_tiff(path, tif, log, osr_format, backend)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _open_tiff(path: Path, tif, log: list[str], osr_format: str | None, backend: str | None):
+    """A TIFF-family slide: tifffile where it is faster or sees more, OpenSlide otherwise."""
+    from napari_hila.slides.tifffile_backend import TifffileSlide, survey_tiff
+
+    survey = survey_tiff(path, tif, log)
+    # vendor layouts (NDPI, BIF, SCN) keep their main image where OpenSlide
+    # knows to look; their pixels are OpenSlide's to judge
+    layout = survey.layout
+    judged_here = osr_format in (None, "generic-tiff") or backend == "tifffile"
+    if judged_here and isinstance(layout, SlideError):
+        raise layout
+    if backend == "openslide" and not isinstance(layout, SlideError) and layout.openslide_misreads:
+        raise SlideError(
+            f"{path}: OpenSlide misreads grey+alpha TIFFs (libtiff's RGBA reader returns "
+            "wrong pixels); open it with the tifffile backend (the default)"
+        )
+    if backend == "tifffile" or (backend is None and osr_format is None):
+        return _probed(TifffileSlide(path, tif, survey))
+    if osr_format is None:  # backend == "openslide"
+        raise SlideError(f"{path}: OpenSlide does not recognise this file's format")
+    compressions = {s.keyframe.compression for s in survey.levels}
+    tifffile_first = (
+        backend is None
+        and osr_format in TIFFFILE_FIRST_FORMATS
+        and survey.fast
+        and not compressions & _APERIO_JPEG2000
     )
+    if tifffile_first:
+        return _probed(TifffileSlide(path, tif, survey))
+    try:
+        slide = _openslide(path, survey.warnings)
+    except SlideError:
+        if backend == "openslide" or survey.decode_problem:
+            raise
+        return _probed(TifffileSlide(path, tif, survey))  # e.g. old-style JPEG: tifffile only
+    if backend == "openslide" or survey.decode_problem or slide.level_count >= len(survey.levels):
+        tif.close()
+        return _probed(slide)
+    slide.close()  # tifffile sees levels OpenSlide misses (OME SubIFDs, unflagged pages)
+    return _probed(TifffileSlide(path, tif, survey))
+
+
+def _openslide(path: Path, warnings: list[str] = ()) -> Slide:
+    from napari_hila.slides.openslide_backend import OpenSlideSlide
+
+    slide = OpenSlideSlide(path)
+    slide.open_warnings = list(warnings)
+    return slide
 
 
 def _probed(slide: Slide) -> Slide:

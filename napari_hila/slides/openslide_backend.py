@@ -13,7 +13,15 @@ import numpy as np
 import openslide
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.base import Slide, rgba_over_white
+from napari_hila.slides.base import Slide
+from napari_hila.slides.pixels import rgba_over_white
+
+#: Where OpenSlide's ``openslide.mpp-x`` comes from, by vendor (for messages).
+_MPP_ORIGIN = {
+    "aperio": "Aperio MPP",
+    "dicom": "DICOM PixelSpacing",
+    "generic-tiff": "TIFF resolution tags",
+}
 
 
 def _float_or_none(value: str | None) -> float | None:
@@ -21,6 +29,13 @@ def _float_or_none(value: str | None) -> float | None:
         return float(value) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def _hint(err: Exception) -> str:
+    """What to do about an OpenSlide error: convert what it does not support, else copy again."""
+    if "nsupported" in str(err):
+        return "convert it to a tiled JPEG TIFF (vips tiffsave --compression jpeg --tile --pyramid)"
+    return "the file may be corrupt: copy it again"
 
 
 class OpenSlideSlide(Slide):
@@ -33,9 +48,10 @@ class OpenSlideSlide(Slide):
             self._osr = openslide.OpenSlide(str(path))
         except openslide.OpenSlideError as err:
             raise SlideError(
-                f"{path}: OpenSlide cannot read this file ({err}); it may be truncated or corrupt"
+                f"{path}: OpenSlide cannot read this file ({err}); {_hint(err)}"
             ) from err
         props = dict(self._osr.properties)
+        vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or "unknown"
         level0 = "openslide.level[0]"
         tile_w = int(props.get(f"{level0}.tile-width", 0)) or 256
         tile_h = int(props.get(f"{level0}.tile-height", 0)) or 256
@@ -45,8 +61,9 @@ class OpenSlideSlide(Slide):
             level_downsamples=list(self._osr.level_downsamples),
             tile_size=(tile_w, tile_h),
             mpp=_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X)),
+            mpp_origin=_MPP_ORIGIN.get(vendor, f"{vendor} metadata"),
             objective_power=_float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)),
-            vendor=props.get(openslide.PROPERTY_NAME_VENDOR) or "unknown",
+            vendor=vendor,
             properties=props,
             associated_image_names=sorted(self._osr.associated_images.keys()),
         )
@@ -60,8 +77,7 @@ class OpenSlideSlide(Slide):
             image = self._osr.read_region(origin, level, (w, h))
         except openslide.OpenSlideError as err:
             raise SlideError(
-                f"{self.path}: reading level {level} at {origin} failed ({err}); "
-                "the file is probably truncated or corrupt"
+                f"{self.path}: reading level {level} at {origin} failed ({err}); {_hint(err)}"
             ) from err
         return rgba_over_white(np.asarray(image))
 

@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,19 @@ import tifffile
 from napari_hila.errors import SlideError
 from napari_hila.slides.arrays import LevelArray
 from napari_hila.slides.base import Slide
+from napari_hila.slides.pixels import (
+    PixelLayout,
+    compression_name,
+    pixel_layout,
+    tifffile_decode_problem,
+)
+from napari_hila.slides.tiff_checks import (
+    Damage,
+    data_damage,
+    directory_damage,
+    log_warnings,
+    tifffile_log,
+)
 from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
 
 if TYPE_CHECKING:
@@ -32,62 +46,97 @@ if TYPE_CHECKING:
 _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3}
 
 
-def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
-    """Open ``path`` with tifffile, or raise SlideError saying it is not a TIFF."""
-    try:
-        tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError, struct.error) as err:
-        raise SlideError(
-            f"{path}: not a readable TIFF ({err}); the file may be truncated or corrupt"
-        ) from err
-    try:
-        has_image = len(tif.pages) > 0 and len(tif.series) > 0
-    except Exception:  # tifffile parses lazily; a broken directory fails here
-        has_image = False
+def open_tiff(path: str | os.PathLike) -> tuple[tifffile.TiffFile, list[str]]:
+    """Open ``path`` with tifffile after checking it is whole, with what tifffile logged.
+
+    Raises SlideError saying "truncated" when the directory chain runs past
+    the end of the file, "corrupt" when the bytes are there but unreadable.
+    """
+    cut = [d for d in directory_damage(path) if d.chain]
+    if cut:
+        raise _truncated(path, cut[0])
+    with tifffile_log() as messages:
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError, struct.error) as err:
+            raise SlideError(f"{path}: not a readable TIFF ({err}); the file is corrupt") from err
+        try:
+            has_image = len(tif.pages) > 0 and len(tif.series) > 0
+        except Exception:  # tifffile parses lazily; a broken directory fails here
+            has_image = False
     if not has_image:
         tif.close()
-        raise SlideError(f"{path}: the TIFF's image directory is missing or corrupt; copy it again")
-    return tif
+        raise SlideError(f"{path}: the TIFF's image directory is corrupt; copy it again")
+    return tif, list(messages)
 
 
-def check_tiff_pixels(path: str | os.PathLike, tif: tifffile.TiffFile) -> None:
-    """Raise SlideError unless the main image is 8-bit RGB, naming what is unsupported."""
-    if not tif.series:
-        raise SlideError(f"{path}: the TIFF holds no image")
-    series = tif.series[0]
-    page = series.keyframe
-    if series.dtype != np.uint8:
-        bits = series.dtype.itemsize * 8
-        raise SlideError(
-            f"{path}: {bits}-bit ({series.dtype}) pixels are not supported; napari-hila reads "
-            "8-bit RGB brightfield slides (convert to 8-bit RGB, e.g. with vips or bfconvert)"
-        )
-    samples = page.samplesperpixel
-    grey = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
-    if samples == 1 or page.photometric in grey:
-        raise SlideError(
-            f"{path}: single-channel (grayscale or fluorescence) images are not supported; "
-            "napari-hila reads RGB brightfield (e.g. H&E) slides"
-        )
-    if samples != 3:
-        kind = "RGBA (4 samples, with alpha)" if samples == 4 else f"{samples}-sample"
-        raise SlideError(
-            f"{path}: {kind} images are not supported; napari-hila reads 3-sample RGB slides "
-            "(save the slide without an alpha channel)"
-        )
-
-
-def check_tiff_complete(path: str | os.PathLike, tif: tifffile.TiffFile) -> None:
-    """Raise SlideError if the file was cut short: its tiles point past its end."""
+def _truncated(path: str | os.PathLike, damage: Damage) -> SlideError:
     size = Path(path).stat().st_size
-    subifd_pages = [p for level in tif.series[0].levels[1:] for p in level.pages if p is not None]
-    for page in [*tif.pages, *subifd_pages]:
-        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
-        if ends and max(ends) > size:
-            raise SlideError(
-                f"{path}: the file is truncated ({size} bytes, but its tiles reach byte "
-                f"{max(ends)}); copy or download it again"
-            )
+    return SlideError(
+        f"{path}: the file is truncated ({size} bytes, but {damage.what}); "
+        "copy or download it again"
+    )
+
+
+@dataclass
+class TiffSurvey:
+    """What the opener learns from one parse of a TIFF, handed on to :class:`TifffileSlide`."""
+
+    levels: list[tifffile.TiffPageSeries]
+    associated: dict[str, tifffile.TiffPageSeries]
+    #: How the samples become RGB, or the SlideError saying why they cannot.
+    layout: PixelLayout | SlideError
+    #: Why tifffile cannot decode the pixels (unsupported compression), or None.
+    decode_problem: str | None
+    #: Messages for the user: damaged associated images, tifffile's log, in our words.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fast(self) -> bool:
+        """Every level is tiled 8-bit and decodable tile by tile (``tiles.py``)."""
+        return self.decode_problem is None and all(
+            s.axes in ("YX", "YXS") and is_fast_path_page(s.keyframe) for s in self.levels
+        )
+
+
+def survey_tiff(path: str | os.PathLike, tif: tifffile.TiffFile, log: list[str] = ()) -> TiffSurvey:
+    """Levels, associated images, pixel layout and completeness of an open TIFF.
+
+    Raises SlideError ("truncated") when a level's data or tags run past the
+    end of the file; a cut associated image (label, macro) is dropped with a warning.
+    """
+    levels = tiff_pyramid_series(tif)
+    associated = {
+        s.name.lower(): s for s in tif.series if s.name.lower() in ("thumbnail", "label", "macro")
+    }
+    level_pages = [p for s in levels for p in s.pages if p is not None]
+    level_indices = {p.index for p in level_pages}
+    damage = [d for d in directory_damage(path) if not d.chain]
+    damage += data_damage(path, [*level_pages, *(s.keyframe for s in associated.values())])
+    warnings = []
+    for item in damage:
+        if item.page is None or item.page in level_indices:
+            raise _truncated(path, item)
+        for name, series in list(associated.items()):
+            if series.keyframe.index == item.page:
+                del associated[name]
+                warnings.append(
+                    f"{path}: the file is truncated ({item.what}): its {name} image is lost, "
+                    "the slide's levels are whole; copy the file again to get it back"
+                )
+    try:
+        layout: PixelLayout | SlideError = pixel_layout(path, levels[0])
+    except SlideError as err:
+        layout = err
+    problems = {tifffile_decode_problem(s.keyframe) for s in levels} - {None}
+    log = [m for m in log if "invalid value offset" not in m] if damage else list(log)
+    return TiffSurvey(
+        levels=levels,
+        associated=associated,
+        layout=layout,
+        decode_problem=sorted(problems)[0] if problems else None,
+        warnings=warnings + log_warnings(path, log),
+    )
 
 
 def tiff_pyramid_series(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
@@ -128,7 +177,9 @@ def _to_yxs(array: da.Array, axes: str) -> da.Array:
         if axes[i] not in "YXS" and array.shape[i] == 1:
             array = array[(slice(None),) * i + (0,)]
             axes = axes[:i] + axes[i + 1 :]
-    if axes == "SYX":
+    if axes == "YX":
+        array = array[..., None]
+    elif axes == "SYX":
         array = array.transpose(1, 2, 0)
     elif axes != "YXS":
         raise SlideError(f"image axes {axes!r} are not supported; expected an RGB 2D slide")
@@ -181,17 +232,33 @@ class TifffileSlide(Slide):
 
     backend = "tifffile"
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._tif = open_tiff(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tif: tifffile.TiffFile | None = None,
+        survey: TiffSurvey | None = None,
+    ) -> None:
+        """Open ``path``; the opener passes the ``tif`` and ``survey`` it already made."""
+        if tif is None:
+            tif, log = open_tiff(path)
+            survey = None
+        self._tif = tif
         try:
-            check_tiff_pixels(path, self._tif)
-            check_tiff_complete(path, self._tif)
-            self._levels = tiff_pyramid_series(self._tif)
+            survey = survey or survey_tiff(path, tif, log)
+            if isinstance(survey.layout, SlideError):
+                raise survey.layout
+            if survey.decode_problem:
+                raise SlideError(
+                    f"{path}: the file holds {survey.decode_problem}; open it with the "
+                    "openslide backend, or convert it (e.g. vips tiffsave --compression jpeg)"
+                )
+            self._layout = survey.layout
+            self._levels = survey.levels
             self._bytes = FileBytes(path)
-            # tiled RGB levels are decoded tile by tile (fast path); anything else via zarr
+            # tiled levels are decoded tile by tile (fast path); anything else via zarr
             self._tiled = [
-                TiledLevel(s.keyframe, self._bytes)
-                if s.axes == "YXS" and is_fast_path_page(s.keyframe)
+                TiledLevel(s.keyframe, self._bytes, layout=self._layout)
+                if s.axes in ("YX", "YXS") and is_fast_path_page(s.keyframe)
                 else None
                 for s in self._levels
             ]
@@ -205,10 +272,10 @@ class TifffileSlide(Slide):
         except Exception as err:  # tifffile/zarr raise many kinds on corrupt files
             self.close()
             raise SlideError(
-                f"{path}: cannot read the TIFF's image ({err}); the file may be corrupt"
+                f"{path}: cannot read the TIFF's image ({err}); the file is corrupt"
             ) from err
         page = self._levels[0].keyframe
-        props, mpp, power, vendor = self._metadata(page)
+        props, mpp, mpp_origin, power, vendor = self._metadata(page)
         shapes = [
             t.shape if t else z.shape for t, z in zip(self._tiled, self._zarr_arrays, strict=True)
         ]
@@ -217,27 +284,29 @@ class TifffileSlide(Slide):
         h0 = dims[0][1]
         downsamples = [((w0 / w) + (h0 / h)) / 2 for w, h in dims]
         tile = (page.tilewidth or page.imagewidth, page.tilelength or page.rowsperstrip or 1)
-        associated = {
-            s.name.lower(): s
-            for s in self._tif.series
-            if s.name.lower() in ("thumbnail", "label", "macro")
-        }
-        self._associated = associated
+        self._associated = survey.associated
         super().__init__(
             path,
             level_dimensions=dims,
             level_downsamples=downsamples,
             tile_size=tile,
             mpp=mpp,
+            mpp_origin=mpp_origin,
             objective_power=power,
             vendor=vendor,
             properties=props,
-            associated_image_names=sorted(associated),
+            associated_image_names=sorted(self._associated),
         )
+        self.open_warnings = list(survey.warnings)
 
     def _metadata(
         self, page: tifffile.TiffPage
-    ) -> tuple[dict[str, str], float | None, float | None, str]:
+    ) -> tuple[dict[str, str], float | None, str, float | None, str]:
+        """Properties, mpp and where it came from, objective power, vendor.
+
+        Vendor metadata (Aperio MPP, OME PhysicalSizeX) comes before the
+        resolution tags, which image writers fill with 72 dpi defaults.
+        """
         tif = self._tif
         props: dict[str, str] = {}
         for tag in page.tags:
@@ -253,11 +322,12 @@ class TifffileSlide(Slide):
                     tag.value.name if hasattr(tag.value, "name") else tag.value
                 )
         mpp = power = None
+        mpp_origin = ""
         vendor = "generic-tiff"
         if tif.is_svs:
             vendor = "aperio"
             props.update(_parse_svs_description(page.description))
-            mpp = _float(props.get("aperio.MPP"))
+            mpp, mpp_origin = _float(props.get("aperio.MPP")), "Aperio MPP"
             power = _float(props.get("aperio.AppMag"))
         elif tif.is_ome and tif.ome_metadata:
             vendor = "ome-tiff"
@@ -266,14 +336,15 @@ class TifffileSlide(Slide):
             size = _float(ome.get("ome.PhysicalSizeX"))
             factor = _UM_PER_UNIT.get(ome.get("ome.PhysicalSizeXUnit", "µm"))
             mpp = size * factor if size and factor else None
+            mpp_origin = "OME PhysicalSizeX"
             power = _float(ome.get("ome.NominalMagnification"))
         if mpp is None:
-            mpp = _resolution_mpp(page)
+            mpp, mpp_origin = _resolution_mpp(page), "TIFF resolution tags"
         for i, (w, h) in enumerate((s.shape[1], s.shape[0]) for s in self._levels):
             props[f"tifffile.level[{i}].width"] = str(w)
             props[f"tifffile.level[{i}].height"] = str(h)
         props["tifffile.series"] = self._levels[0].kind
-        return props, mpp, power, vendor
+        return props, mpp, mpp_origin, power, vendor
 
     def _read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         try:
@@ -281,12 +352,9 @@ class TifffileSlide(Slide):
             if tiled is not None:
                 return tiled.read_box(x, y, w, h)
             box = self._zarr_arrays[level][y : y + h, x : x + w]
-            return np.asarray(box.compute(scheduler="sync"))
+            return self._layout.to_rgb(np.asarray(box.compute(scheduler="sync")))
         except Exception as err:
-            raise SlideError(
-                f"{self.path}: reading level {level} at ({x}, {y}) failed ({err}); "
-                "the file is probably truncated or corrupt"
-            ) from err
+            raise self._read_failed(level, x, y, err) from err
 
     def _stream_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         tiled = self._tiled[level]
@@ -295,10 +363,7 @@ class TifffileSlide(Slide):
         try:
             return tiled.read_box(x, y, w, h, cached=False)
         except Exception as err:
-            raise SlideError(
-                f"{self.path}: reading level {level} at ({x}, {y}) failed ({err}); "
-                "the file is probably truncated or corrupt"
-            ) from err
+            raise self._read_failed(level, x, y, err) from err
 
     def _reduced_level(self, level: int, scale: int) -> LevelArray | None:
         tiled = self._tiled[level]
@@ -313,10 +378,28 @@ class TifffileSlide(Slide):
         try:
             return self._tiled[level].read_box(x, y, w, h, scale=scale)
         except Exception as err:
-            raise SlideError(
-                f"{self.path}: reading level {level} at 1/{scale} at ({x}, {y}) failed ({err}); "
-                "the file is probably truncated or corrupt"
-            ) from err
+            raise self._read_failed(level, x, y, err, f" at 1/{scale}") from err
+
+    def _read_failed(
+        self, level: int, x: int, y: int, err: Exception, scale: str = ""
+    ) -> SlideError:
+        """The error for a tile that does not decode, naming the compression.
+
+        The file was checked whole at open, so a tile of a codec tifffile knows
+        that fails is corrupt; old-style JPEG is a family of layouts tifffile
+        reads only in part, so there the layout, not the bytes, is the cause.
+        """
+        page = self._levels[level].keyframe
+        where = f"{self.path}: reading level {level}{scale} at ({x}, {y}) failed ({err})"
+        if page.compression == tifffile.COMPRESSION.OJPEG:
+            return SlideError(
+                f"{where}: tifffile decodes only {compression_name(page)} tiles that hold whole "
+                "JPEG streams, and OpenSlide reads none; convert the file (vips tiffsave "
+                "--compression jpeg --tile --pyramid)"
+            )
+        return SlideError(
+            f"{where}; its {compression_name(page)} tile data is corrupt: copy the file again"
+        )
 
     def read_associated(self, name: str) -> np.ndarray:
         series = self._associated.get(name)
@@ -325,8 +408,17 @@ class TifffileSlide(Slide):
                 f"{self.path}: no associated image {name!r}; "
                 f"this slide has {', '.join(self.associated_image_names) or 'none'}"
             )
-        image = np.asarray(series.asarray())
-        return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+        with tifffile_log():  # a damaged label is this message, not a log line
+            try:
+                image = np.asarray(series.asarray())
+            except Exception as err:
+                raise SlideError(
+                    f"{self.path}: the {name} image cannot be decoded ({err}); it is corrupt"
+                ) from err
+        try:
+            return pixel_layout(self.path, series).to_rgb(image)
+        except SlideError:  # an unusual label (e.g. 1-bit): its first three samples, or grey
+            return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
 
     def close(self) -> None:
         self._tif.close()

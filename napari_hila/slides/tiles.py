@@ -28,6 +28,7 @@ from napari_hila.slides.jpeg import (
     decode_jpeg_scaled,
     tiff_jpeg_stream,
 )
+from napari_hila.slides.pixels import RGB, PixelLayout
 
 #: Decoded tiles kept per level: 256 tiles of 256 x 256 RGB are about 50 MB,
 #: several screens of a full-HD canvas.
@@ -59,23 +60,32 @@ class FileBytes:
 
 
 def is_fast_path_page(page: tifffile.TiffPage) -> bool:
-    """A tiled, chunky (interleaved) 8-bit RGB page: what TiledLevel reads."""
+    """A tiled, chunky (interleaved) 8-bit page of 1-4 samples: what TiledLevel reads."""
     return bool(
         page.is_tiled
-        and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+        and (page.planarconfig == tifffile.PLANARCONFIG.CONTIG or page.samplesperpixel == 1)
         and page.imagedepth == 1
-        and page.samplesperpixel == 3
+        and 1 <= page.samplesperpixel <= 4
         and page.dtype == np.uint8
     )
 
 
 class TiledLevel:
-    """Boxes of one tiled TIFF page, decoded tile by tile with a cache."""
+    """Boxes of one tiled TIFF page as RGB, decoded tile by tile with a cache.
+
+    ``layout`` says how the page's samples become RGB (grey repeated, alpha
+    over white); the default is plain RGB.
+    """
 
     def __init__(
-        self, page: tifffile.TiffPage, data: FileBytes, cache_tiles: int = TILE_CACHE_TILES
+        self,
+        page: tifffile.TiffPage,
+        data: FileBytes,
+        cache_tiles: int = TILE_CACHE_TILES,
+        layout: PixelLayout = RGB,
     ):
         self._page = page
+        self._layout = layout
         self._data = data
         self.tile_w, self.tile_h = page.tilewidth, page.tilelength
         self.shape = (page.imagelength, page.imagewidth, 3)
@@ -86,7 +96,7 @@ class TiledLevel:
         self.tile = functools.lru_cache(maxsize=cache_tiles)(self._decode_tile)
         self._jpeg_colorspace = (
             _JPEG_COLORSPACE.get(page.photometric)
-            if page.compression == tifffile.COMPRESSION.JPEG
+            if page.compression == tifffile.COMPRESSION.JPEG and layout.is_rgb
             else None
         )
         self._reduced = {
@@ -108,7 +118,7 @@ class TiledLevel:
             return np.full((self.tile_h, self.tile_w, 3), 255, np.uint8)
         raw = self._raw_tile(index)
         tile = self._page.decode(raw, index, jpegtables=self._jpegtables)[0]
-        tile = tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
+        tile = self._layout.to_rgb(tile.reshape(self.tile_h, self.tile_w, -1))
         tile.flags.writeable = False  # shared through the cache
         return tile
 
