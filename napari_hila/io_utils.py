@@ -1,10 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half."""
+"""Atomic file writes: a reader sees the old file or the new one, never half.
+
+Also the one translation of a failed write (disk full, read-only, no
+permission) into a message naming the folder and what to do.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +58,45 @@ def write_json_atomic(target: str | os.PathLike, data: Any) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return Path(target)
+
+
+# errno -> (what happened, what to do)
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("the disk is full", "free disk space or choose another folder"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space or choose another folder"),
+    errno.EFBIG: ("the file size limit was reached", "choose another folder"),
+    errno.EROFS: ("the folder is on a read-only file system", "choose a writable folder"),
+    errno.EACCES: ("no permission to write there", "choose a folder you can write to"),
+    errno.EPERM: ("no permission to write there", "choose a folder you can write to"),
+}
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """True for the OSErrors a full, read-only or forbidden folder gives."""
+    return isinstance(err, OSError) and err.errno in _WRITE_FAILURES
+
+
+def write_failure(folder: str | os.PathLike, err: OSError, what: str = "files"):
+    """One HilaError for a failed write of ``what`` into ``folder`` (the caller raises it)."""
+    from napari_hila.errors import HilaError
+
+    reason, fix = _WRITE_FAILURES.get(
+        err.errno, (err.strerror or str(err), "choose another folder")
+    )
+    return HilaError(f"{folder}: cannot write {what} ({reason}); {fix}")
+
+
+def check_free_space(folder: str | os.PathLike, nbytes: int, what: str = "files") -> None:
+    """Refuse a write of about ``nbytes`` that cannot fit in ``folder`` (5% + 1 MB margin)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < nbytes * 1.05 + 2**20:
+        from napari_hila.errors import HilaError
+
+        raise HilaError(
+            f"{folder}: not enough disk space for {what} ({nbytes / 2**20:.1f} MB needed, "
+            f"{free / 2**20:.1f} MB free); free disk space or choose another folder"
+        )

@@ -2,10 +2,14 @@
 
 A slide's features are cached as ``<stem>-<fingerprint[:12]>-<encoder>.h5`` in
 the output folder (plus ``-<settings hash>`` when the grid or region encoder
-differs from the defaults), so a renamed or moved slide still hits its cache
-and different settings never collide. A lock file beside it serialises
-processes that extract the same slide; a hidden ``.partial.h5`` file holds the
-patch features done so far, so an interrupted run resumes where it stopped.
+differs from the defaults), so different settings never collide. The
+fingerprint is of the slide's content: a moved slide hits its file, and a
+renamed copy reuses the original's file (linked under its own name, which is
+how cohort files find it). A complete file is read without a lock or a write,
+so a read-only shared cache works. Only when something must be written does a
+``.lock`` file beside it serialise processes that extract the same slide;
+hidden ``.partial.f32``/``.partial.json`` files hold the patch features done so
+far, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
@@ -72,66 +76,150 @@ def slide_lock(target: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         ) from err
 
 
+def cached_copies(target: Path, fingerprint: str) -> list[Path]:
+    """``target``, then the feature files beside it of renamed copies of the slide
+    (same content fingerprint, encoder and settings, another file stem)."""
+    marker = f"-{fingerprint[:12]}-"
+    if marker not in target.name:
+        return [target]
+    rest = target.name.split(marker, 1)[1]
+    others = sorted(p for p in target.parent.glob(f"*{marker}{rest}") if p != target)
+    return [target, *others]
+
+
+def adopt_cached(found: Path, target: Path) -> Path:
+    """Give a renamed copy's feature file the slide's own name (a hard link, else a
+    copy) so cohort lookups by file stem find it; in a folder that cannot be
+    written, the file as found."""
+    if found == target:
+        return target
+    try:
+        os.link(found, target)
+    except FileExistsError:
+        return target
+    except OSError:
+        try:
+            from napari_hila.io_utils import atomic_path
+
+            with atomic_path(target) as tmp:
+                shutil.copyfile(found, tmp)
+        except OSError:
+            return found
+    return target
+
+
 def partial_path(target: Path) -> Path:
-    return target.with_name(f".{target.stem}.partial.h5")
+    """The raw float32 rows of an unfinished extraction (``partial_header`` describes them)."""
+    return target.with_name(f".{target.stem}.partial.f32")
+
+
+def partial_header(target: Path) -> Path:
+    return target.with_name(f".{target.stem}.partial.json")
 
 
 class PartialFeatures:
     """Patch features written as they are computed, so a rerun can skip them.
 
-    The file records the patch coordinates and a settings key; a rerun with a
-    different grid or encoder starts over. ``done`` rows are valid.
+    The rows go to a plain binary file whose whole size is reserved on disk up
+    front (a full disk fails here, before any patch is encoded, instead of inside
+    HDF5, whose close then crashes); a small JSON header records the settings
+    key, the shape, a digest of the patch coordinates and how many rows are
+    done. A rerun with a different grid or encoder starts over. Any write error
+    removes both files and becomes one FeatureFileError naming the folder.
     """
 
     def __init__(self, target: Path, coords: np.ndarray, dim: int, key: str) -> None:
+        self.target = target
         self.path = partial_path(target)
-        self.done = 0
-        self._h5: h5py.File | None = None
-        if self.path.exists():
-            self.done = self._reopen(coords, dim, key)
-        if self._h5 is None:
-            self.path.unlink(missing_ok=True)
-            self._h5 = h5py.File(self.path, "w")
-            self._h5.create_dataset("coords", data=np.asarray(coords, np.int64))
-            self._h5.create_dataset("features", shape=(len(coords), dim), dtype=np.float32)
-            self._h5.attrs["key"] = key
-            self._h5.attrs["done"] = 0
-            self._h5.flush()
-
-    def _reopen(self, coords: np.ndarray, dim: int, key: str) -> int:
+        self.header = partial_header(target)
+        self.shape = (len(coords), int(dim))
+        self.identity = {
+            "key": key,
+            "shape": list(self.shape),
+            "coords": hashlib.sha1(np.ascontiguousarray(coords, np.int64).tobytes()).hexdigest(),
+        }
+        self.done = self._resumable_rows()
+        self._file = None
         try:
-            h5 = h5py.File(self.path, "r+")
-        except OSError:
-            return 0  # torn by a crash: start again
-        ok = (
-            h5.attrs.get("key") == key
-            and h5["features"].shape == (len(coords), dim)
-            and np.array_equal(h5["coords"][()], coords)
-        )
-        if not ok:
-            h5.close()
+            if self.done == 0:
+                self.discard(target)
+                self._file = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
+                nbytes = self.shape[0] * self.shape[1] * 4
+                if nbytes and hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(self._file.fileno(), 0, nbytes)
+                else:
+                    self._file.truncate(nbytes)
+                self._write_header(0)
+            else:
+                self._file = open(self.path, "r+b")  # noqa: SIM115 (closed by close())
+        except OSError as err:
+            self._fail(err)
+
+    def _resumable_rows(self) -> int:
+        try:
+            saved = json.loads(self.header.read_text())
+            size = self.path.stat().st_size
+        except (OSError, ValueError):
+            return 0  # none, or torn by a crash: start again
+        same = {k: saved.get(k) for k in self.identity} == self.identity
+        if not same or size != self.shape[0] * self.shape[1] * 4:
             return 0
-        self._h5 = h5
-        return int(h5.attrs["done"])
+        return int(saved.get("done", 0))
+
+    def _write_header(self, done: int) -> None:
+        from napari_hila.io_utils import write_json_atomic
+
+        write_json_atomic(self.header, {**self.identity, "done": int(done)})
+
+    def _fail(self, err: OSError) -> None:
+        from napari_hila.io_utils import write_failure
+
+        self.close()
+        self.discard(self.target)
+        raise write_failure(self.target.parent, err, "the unfinished patch features") from err
 
     def read_done(self) -> np.ndarray:
-        return np.asarray(self._h5["features"][: self.done], np.float32)
+        self._file.seek(0)
+        count = self.done * self.shape[1]
+        rows = np.fromfile(self._file, dtype="<f4", count=count)
+        return rows.reshape(self.done, self.shape[1]).astype(np.float32, copy=False)
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        """Store rows [start, start + len(rows)); they count as done once flushed."""
-        self._h5["features"][start : start + len(rows)] = rows
+        """Store rows [start, start + len(rows)); they count as done once checkpointed."""
+        data = np.ascontiguousarray(rows, dtype="<f4")
+        try:
+            self._file.seek(start * self.shape[1] * 4)
+            self._file.write(data.tobytes())
+        except OSError as err:
+            self._fail(err)
 
     def checkpoint(self, done: int) -> None:
-        self._h5.attrs["done"] = int(done)
-        self._h5.flush()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._write_header(done)
+        except OSError as err:
+            self._fail(err)
         self.done = int(done)
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    @staticmethod
+    def saved_rows(target: Path) -> int:
+        """How many rows an interrupted extraction of ``target`` kept (0 if none)."""
+        try:
+            return int(json.loads(partial_header(target).read_text()).get("done", 0))
+        except (OSError, ValueError):
+            return 0
 
     @staticmethod
     def discard(target: Path) -> None:
-        """Delete the partial file of ``target`` (after the final file is saved)."""
-        partial_path(target).unlink(missing_ok=True)
+        """Delete the partial files of ``target`` (after the final file is saved, or on failure)."""
+        for path in (partial_path(target), partial_header(target)):
+            path.unlink(missing_ok=True)
+        # the HDF5 partial file of earlier versions
+        target.with_name(f".{target.stem}.partial.h5").unlink(missing_ok=True)

@@ -22,8 +22,15 @@ import h5py
 import numpy as np
 import torch
 
-from napari_hila.errors import Cancelled, FeatureFileError, SlideError
-from napari_hila.features.cache import PartialFeatures, cache_path, settings_key, slide_lock
+from napari_hila.errors import Cancelled, FeatureFileError, HilaError, SlideError
+from napari_hila.features.cache import (
+    PartialFeatures,
+    adopt_cached,
+    cache_path,
+    cached_copies,
+    settings_key,
+    slide_lock,
+)
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
 from napari_hila.features.tiles import DEFAULT_PREFETCH, DEFAULT_READ_THREADS, iter_tile_batches
@@ -336,7 +343,6 @@ def extract_slide(
         )
     region_name = region_enc.name if region_enc is not None else f"mean({encoder})"
     t0 = time.perf_counter()
-    _check_writable(Path(out_dir))
     with open_slide(slide_path, mpp=settings["mpp"]) as slide:
         fingerprint = slide.fingerprint()
         target = cache_path(
@@ -352,8 +358,15 @@ def extract_slide(
             "slide_fingerprint": fingerprint,
             "mpp": float(slide.mpp),
         }
+        # a complete file is only ever renamed into place: read it without a lock or
+        # a write probe, so a read-only cache serves; a renamed copy's file is reused
+        for found in cached_copies(target, fingerprint):
+            if _cache_is_valid(found, expected):
+                _report(progress, "features", 1.0)
+                return adopt_cached(found, target)
+        _check_writable(Path(out_dir))
         with slide_lock(target):
-            if _cache_is_valid(target, expected):
+            if _cache_is_valid(target, expected):  # another process just finished it
                 _report(progress, "features", 1.0)
                 return target
             _report(progress, "tissue", 0.0)
@@ -410,7 +423,11 @@ def extract_slide(
             _check_cancel(cancel, f"{slide.path}: extraction cancelled before saving")
             try:
                 save_features(target, feats)
+            except HilaError:  # a full or read-only disk: free what this run took there
+                PartialFeatures.discard(target)
+                raise
             except OSError as err:
+                PartialFeatures.discard(target)
                 raise FeatureFileError(
                     f"{target}: cannot write the feature file ({err}); free disk space or "
                     "choose another output folder"

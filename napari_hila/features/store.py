@@ -11,6 +11,7 @@ mpp and the slide fingerprint so a mismatch is caught, not silently used.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import h5py
 import numpy as np
 
 from napari_hila.errors import FeatureFileError
-from napari_hila.io_utils import atomic_path
+from napari_hila.io_utils import atomic_path, check_free_space, write_failure
 
 FORMAT_VERSION = 1
 
@@ -68,24 +69,72 @@ class SlideFeatures:
 
 
 def save_features(path: str | os.PathLike, feats: SlideFeatures) -> Path:
-    """Write ``feats`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``feats`` to ``path`` atomically (temporary file, then rename).
+
+    The HDF5 file is built in memory and written with plain file I/O after a
+    free-space check: HDF5 crashes the process when its own write hits a full
+    disk, a plain write raises an OSError, which becomes one message naming the
+    folder (the temporary file is removed; the old file, if any, stays).
+    """
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=np.asarray(feats.features, np.float32))
-        h5.create_dataset("coords", data=np.asarray(feats.coords, np.int64))
-        h5.create_dataset("region_features", data=np.asarray(feats.region_features, np.float32))
-        h5.create_dataset("region_coords", data=np.asarray(feats.region_coords, np.int64))
-        h5.create_dataset("patch_to_region", data=np.asarray(feats.patch_to_region, np.int64))
-        for name, (f, c) in feats.scales.items():
-            grp = h5.require_group(f"scales/{name}")
-            grp.create_dataset("features", data=np.asarray(f, np.float32))
-            grp.create_dataset("coords", data=np.asarray(c, np.int64))
-        for name, arr in feats.extras.items():
-            h5.create_dataset(f"extras/{name}", data=np.asarray(arr))
-        h5.attrs["format_version"] = FORMAT_VERSION
-        for key, value in feats.attrs.items():
-            h5.attrs[key] = value
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        _write_datasets(h5, feats)
+    data = buffer.getbuffer()
+    try:
+        check_free_space(path.parent, data.nbytes, f"the feature file {path.name}")
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise write_failure(path.parent, err, f"the feature file {path.name}") from err
     return path
+
+
+def _write_datasets(h5: h5py.File, feats: SlideFeatures) -> None:
+    h5.create_dataset("features", data=np.asarray(feats.features, np.float32))
+    coords = h5.create_dataset("coords", data=np.asarray(feats.coords, np.int64))
+    h5.create_dataset("region_features", data=np.asarray(feats.region_features, np.float32))
+    h5.create_dataset("region_coords", data=np.asarray(feats.region_coords, np.int64))
+    h5.create_dataset("patch_to_region", data=np.asarray(feats.patch_to_region, np.int64))
+    for name, (f, c) in feats.scales.items():
+        grp = h5.require_group(f"scales/{name}")
+        grp.create_dataset("features", data=np.asarray(f, np.float32))
+        grp.create_dataset("coords", data=np.asarray(c, np.int64))
+    for name, arr in feats.extras.items():
+        h5.create_dataset(f"extras/{name}", data=np.asarray(arr))
+    h5.attrs["format_version"] = FORMAT_VERSION
+    for key, value in feats.attrs.items():
+        if not key.startswith("coords."):  # a loaded file's coords attributes go back below
+            h5.attrs[key] = value
+    for key, value in clam_coords_attrs(feats.attrs).items():
+        coords.attrs[key] = value
+
+
+def clam_coords_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes CLAM and TRIDENT put on ``coords``, from ours.
+
+    CLAM's ``create_patches_fp`` writes ``patch_size`` at ``patch_level`` with
+    that level's ``downsample``; TRIDENT writes ``patch_size_level0`` (the
+    level-0 side its slide encoders read) and the magnifications. Patches here
+    are read at level 0, so ``patch_size`` is the level-0 side at level 0 with
+    downsample 1; a file without ``patch_size`` gets none.
+    """
+    if "patch_size" not in attrs:
+        return {}
+    size = int(attrs["patch_size"])
+    out: dict[str, Any] = {
+        "patch_size": size,
+        "patch_level": 0,
+        "downsample": np.array([1.0, 1.0]),
+        "patch_size_level0": size,
+    }
+    if attrs.get("target_mpp"):  # 10x is 1 um/px
+        out["target_magnification"] = int(round(10.0 / float(attrs["target_mpp"])))
+    if attrs.get("mpp"):
+        out["level0_magnification"] = int(round(10.0 / float(attrs["mpp"])))
+    return out
 
 
 def _attr_value(value: Any) -> Any:
