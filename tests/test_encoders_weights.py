@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _vl_reference import OpenClipReference, write_clip_tokenizer
 from torch import nn
 
 from napari_hila.encoders import EncoderError, get_text_encoder, get_vision_encoder
@@ -61,75 +62,20 @@ def test_timm_layout_checkpoint_loads_exactly(tmp_path, suffix, layer_scale):
     assert {"norm1", "attn", "norm2", "mlp"} <= set(dict(block.named_children()))
 
 
-class _OpenClipBlock(nn.Module):
-    """The open_clip ResidualAttentionBlock, written independently with nn.MultiheadAttention."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("gelu", nn.GELU())
-        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
-
-    def forward(self, x):
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class _OpenClipVisual(nn.Module):
-    def __init__(self, width=32, layers=2, heads=2, patch=8, size=32, out=16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(width) * 0.1)
-        self.positional_embedding = nn.Parameter(torch.randn((size // patch) ** 2 + 1, width) * 0.1)
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(
-            _OpenClipBlock(width, heads) for _ in range(layers)
-        )
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(torch.randn(width, out) * 0.1)
-
-    def forward(self, x):
-        x = self.conv1(x).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = self.ln_pre(torch.cat([cls, x], 1) + self.positional_embedding)
-        x = x.transpose(0, 1)  # open_clip blocks are sequence-first
-        for blk in self.transformer.resblocks:
-            x = blk(x)
-        return self.ln_post(x[0]) @ self.proj
-
-
 def test_open_clip_visual_tower_loads_exactly(tmp_path):
+    """GELU towers (no QuickGELU in a config) and heads from a side-car JSON."""
     torch.manual_seed(1)
-    visual = _OpenClipVisual().eval()
-    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
-    state["token_embedding.weight"] = torch.randn(10, 16)  # text tower keys are ignored
-    state["logit_scale"] = torch.tensor(4.6)
+    model = OpenClipReference(20, width=32, embed=16, quick=False).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     path = tmp_path / "quilt.bin"
     torch.save(state, path)
     path.with_name("quilt.bin.json").write_text(json.dumps({"heads": 2}))
     enc = get_vision_encoder("quiltnet", weights=path, device="cpu")
-    assert enc.output_dim == 16
+    assert enc.output_dim == 16 and enc.model.config.act == "gelu"
     tiles = _tiles()
-    np.testing.assert_allclose(enc.encode(tiles), _reference_output(visual, enc, tiles), atol=1e-5)
-
-
-def _write_clip_tokenizer(folder) -> None:
-    """A character-level CLIP BPE vocabulary (no merges): enough to tokenize offline."""
-    # GPT-2's reversible byte -> printable character map, which CLIP's BPE uses.
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    extra = iter(range(256, 512))
-    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    with torch.no_grad():
+        expected = model.encode_image(enc.preprocess(tiles)).numpy()
+    np.testing.assert_allclose(enc.encode(tiles), expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +108,7 @@ def tiny_clip_dir(tmp_path_factory):
     )
     model = CLIPModel(config).eval()
     model.save_pretrained(folder)
-    _write_clip_tokenizer(folder)
+    write_clip_tokenizer(folder)
     CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
     return folder, model
 
@@ -225,6 +171,6 @@ def test_conch_style_trunk_loads_and_heads_are_skipped(tmp_path):
     path = tmp_path / "conch.pt"
     torch.save(state, path)
     path.with_suffix(".json").write_text(json.dumps({"heads": 2}))
-    enc = get_vision_encoder("conch", weights=path, device="cpu")
+    enc = get_vision_encoder("conch-trunk", weights=path, device="cpu")
     tiles = _tiles()
     np.testing.assert_allclose(enc.encode(tiles), _reference_output(model, enc, tiles), atol=1e-5)

@@ -31,6 +31,7 @@ transformers directory, its own ``vision_config``). Anything else gives an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -42,6 +43,14 @@ from napari_hila.encoders.registry import EncoderError
 from napari_hila.encoders.vit import VisionTransformer, ViTConfig
 
 StateDict = dict[str, torch.Tensor]
+#: weight files looked for inside a model directory, in this order
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "pytorch_model.pt",
+)
 
 
 def read_state_dict(path: Path) -> tuple[StateDict, dict]:
@@ -49,25 +58,16 @@ def read_state_dict(path: Path) -> tuple[StateDict, dict]:
     path = Path(path)
     config: dict = {}
     if path.is_dir():
-        cfg_file = path / "config.json"
-        if cfg_file.is_file():
-            config = json.loads(cfg_file.read_text())
-        for name in (
-            "model.safetensors",
-            "pytorch_model.bin",
-            "open_clip_model.safetensors",
-            "open_clip_pytorch_model.bin",
-            "pytorch_model.pt",
-        ):
-            if (path / name).is_file():
-                return _read_file(path / name), config
-        raise EncoderError(
-            f"{path}: no weights found (expected model.safetensors or pytorch_model.bin)"
-        )
+        for cfg_name in ("config.json", "open_clip_config.json"):
+            if (path / cfg_name).is_file():
+                config = json.loads((path / cfg_name).read_text())
+                break
+        return _read_file(weights_file(path)), config
     for side in (
         path.with_name(path.name + ".json"),
         path.with_suffix(".json"),
         path.parent / "config.json",
+        path.parent / "open_clip_config.json",
     ):
         if side.is_file():
             config = json.loads(side.read_text())
@@ -183,12 +183,32 @@ def to_timm_layout(state: StateDict, config: dict | None = None) -> tuple[StateD
             defaults["heads"] = vc["num_attention_heads"]
         return _from_transformers(state), defaults
     if "visual.conv1.weight" in keys:
-        return _from_open_clip(state), {"norm_eps": 1e-5}
+        act = "quick_gelu" if model_settings(config).get("quick_gelu") else "gelu"
+        return _from_open_clip(state), {"norm_eps": 1e-5, "act": act}
     for prefix in ("visual.trunk.", "trunk.", "model.", "encoder."):
         if any(k.startswith(prefix + "patch_embed.") for k in keys):
             inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             return inner, {}
     return dict(state), {}
+
+
+def model_settings(config: dict | None) -> dict:
+    """What shapes cannot tell, from an open_clip or CONCH model config beside the weights.
+
+    Accepts open_clip's hub file (``open_clip_config.json``: ``model_cfg``) and the
+    model configs of open_clip and CONCH's code (``embed_dim``, ``quick_gelu``,
+    ``vision_cfg``, ``text_cfg``). Returns ``quick_gelu``, ``vision_heads``,
+    ``text_heads`` and ``pool_heads`` when given.
+    """
+    cfg = (config or {}).get("model_cfg", config or {})
+    vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
+    out = {
+        "quick_gelu": bool(cfg.get("quick_gelu", False)),
+        "vision_heads": vision.get("num_heads", vision.get("heads")),
+        "text_heads": text.get("heads"),
+        "pool_heads": vision.get("attn_pooler_heads"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def infer_config(state: StateDict, overrides: dict | None = None) -> ViTConfig:
@@ -235,6 +255,8 @@ def build_vit(
         if extra in timm_state and timm_state[extra].numel() == 0:
             timm_state.pop(extra)
     flat_cfg = {k: v for k, v in (config or {}).items() if not isinstance(v, dict)}
+    if model_settings(config).get("vision_heads"):
+        flat_cfg.setdefault("heads", model_settings(config)["vision_heads"])
     cfg = infer_config(timm_state, {**defaults, **flat_cfg})
     model = VisionTransformer(cfg)
     missing, unexpected = _compare_keys(model.state_dict(), timm_state)
@@ -266,9 +288,35 @@ def load_vision_tower(path: Path) -> VisionTransformer:
     """Read a checkpoint file or directory and build the ViT it holds."""
     state, config = read_state_dict(path)
     model = build_vit(state, config, source=str(path))
-    digest = hashlib.sha1()
-    for key in sorted(state)[:4]:
-        digest.update(key.encode())
-        digest.update(state[key].float().flatten()[:64].numpy().tobytes())
-    model.weights_digest = f"{Path(path).name}:{digest.hexdigest()[:10]}"
+    model.weights_digest = weights_digest(path)
     return model
+
+
+def weights_file(path: Path) -> Path:
+    """The one file holding the tensors of a checkpoint file or model directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in WEIGHT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    raise EncoderError(f"{path}: no weights found (expected one of {', '.join(WEIGHT_NAMES)})")
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(path: Path) -> str:
+    """``sha256:`` and 16 hex digits of the weights file's bytes: which weights made a feature.
+
+    Computed once per file and modification time in a process (about 1-2 s per GB).
+    """
+    file = weights_file(path).resolve()
+    stat = file.stat()
+    return "sha256:" + _file_sha256(str(file), stat.st_size, stat.st_mtime_ns)[:16]

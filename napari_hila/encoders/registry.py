@@ -110,13 +110,23 @@ def _load(name: str, kind: str, weights: str | os.PathLike | None, device: str) 
             f"{name!r} is a {spec.kind} encoder, not a {kind} one; use one of {others}"
         )
     path = Path(weights).expanduser() if weights else None
-    if spec.needs_weights and path is None:
-        raise EncoderError(
-            f"encoder {name!r} needs local weights: pass --weights PATH (a checkpoint file or a "
-            "model directory); napari-hila never downloads weights"
-        )
+    where = "given"
+    if path is None and spec.needs_weights:
+        from napari_hila.encoders.userconfig import config_path, configured
+
+        path, where = configured(name), f"named in {config_path()}"
+        if path is None:
+            flag = "--text-weights" if kind == "text" else "--weights"
+            raise EncoderError(
+                f"encoder {name!r} needs local weights: pass {flag} PATH (a checkpoint file or "
+                f"a model directory) or add '{name.removesuffix('-text')}: PATH' to "
+                f"{config_path()} (or the file $NAPARI_HILA_ENCODERS names); napari-hila "
+                "never downloads weights"
+            )
     if path is not None and not path.exists():
-        raise EncoderError(f"{path}: weights not found for encoder {name!r}; check the path")
+        raise EncoderError(
+            f"{path}: weights {where} for encoder {name!r} not found; check the path"
+        )
     return spec.loader(spec, path, resolve_device(device))
 
 
@@ -165,10 +175,17 @@ def _load_vit(spec: EncoderSpec, weights: Path | None, device: torch.device) -> 
     return ViTEncoder(model, spec, device)
 
 
-def _load_clip_text(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
-    from napari_hila.encoders.text import CLIPTextEncoder
+def _load_conch(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.vl import load_conch_vision
 
-    return CLIPTextEncoder(weights, spec.name, device)
+    return load_conch_vision(spec, weights, device)
+
+
+def _load_tower_text(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:
+    from napari_hila.encoders.userconfig import configured
+    from napari_hila.encoders.vl import load_tower_text
+
+    return load_tower_text(spec, weights, device, tokenizer=configured(spec.name, "tokenizer"))
 
 
 _BUILTINS_DONE = False
@@ -238,11 +255,12 @@ def _ensure_builtins() -> None:
         ),
         ("uni", 224, IMAGENET_MEAN, IMAGENET_STD, "UNI (ViT-L/16, timm layout with layer scale)"),
         (
-            "conch",
+            "conch-trunk",
             448,
             CLIP_MEAN,
             CLIP_STD,
-            "CONCH vision trunk (open_clip checkpoint, visual.trunk)",
+            "CONCH's ViT-B/16 trunk alone: class token, 768-d, before CoCa's pooling and "
+            "projection (not in the text tower's space)",
         ),
         ("clip", 224, CLIP_MEAN, CLIP_STD, "CLIP image tower (open_clip or transformers layout)"),
         ("plip", 224, CLIP_MEAN, CLIP_STD, "PLIP image tower (transformers CLIP directory)"),
@@ -252,19 +270,39 @@ def _ensure_builtins() -> None:
         register_encoder(
             EncoderSpec(name, "vision", _load_vit, size, mean, std, None, True, "local", text)
         )
-    for name in ("clip", "plip", "quiltnet"):
+    register_encoder(
+        EncoderSpec(
+            "conch",
+            "vision",
+            _load_conch,
+            448,
+            CLIP_MEAN,
+            CLIP_STD,
+            None,
+            True,
+            "local",
+            "CONCH image embedding (CoCa ViT-B/16 at 448 px: attention pooling, layer norm, "
+            "projection; 512-d, shares conch-text's space)",
+        )
+    )
+    texts = {
+        "conch": "CONCH text tower (the same checkpoint; CONCH's tokenizer JSON)",
+        "clip": "CLIP text tower (open_clip checkpoint or transformers CLIP directory)",
+        "plip": "PLIP text tower (transformers CLIP directory with tokenizer files)",
+        "quiltnet": "QuiltNet text tower (open_clip checkpoint with CLIP's tokenizer files)",
+    }
+    for name, text in texts.items():
         register_encoder(
             EncoderSpec(
                 f"{name}-text",
                 "text",
-                _load_clip_text,
+                _load_tower_text,
                 None,
                 None,
                 None,
                 None,
                 True,
                 "local",
-                f"{name.upper() if name != 'quiltnet' else 'QuiltNet'} text tower "
-                "(transformers CLIP directory with tokenizer files)",
+                text,
             )
         )

@@ -151,19 +151,61 @@ class VisionTransformer(nn.Module):
         return self.pool(x)
 
 
+PRECISION_ENV = "NAPARI_HILA_PRECISION"  # float32, bfloat16, float16 or auto (default)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for encoding on ``device``.
+
+    "auto" (default, or ``$NAPARI_HILA_PRECISION``): bfloat16 on a CUDA GPU that
+    supports it, else float16 on CUDA and MPS, float32 on the CPU. Mixed precision
+    runs matrix products in the low dtype under autocast (norms and softmax stay
+    float32); tests/test_encoders_vl.py measures the embeddings' agreement with
+    float32.
+    """
+    import os
+
+    choice = (precision or os.environ.get(PRECISION_ENV) or "auto").lower()
+    if choice != "auto":
+        if choice not in _DTYPES:
+            from napari_hila.encoders.registry import EncoderError
+
+            raise EncoderError(
+                f"precision {choice!r} unknown ({PRECISION_ENV}); use auto, " + ", ".join(_DTYPES)
+            )
+        return _DTYPES[choice]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
 class ViTEncoder:
-    """A :class:`VisionTransformer` behind the vision-encoder interface.
+    """A ViT image tower behind the vision-encoder interface.
 
     ``encode`` resizes tiles to the model's input size, normalises them with the
-    spec's mean/std and returns one embedding per tile. ``model`` is the
-    ``VisionTransformer`` itself (for code that adapts its blocks).
+    spec's mean/std and returns one embedding per tile, in batches, under
+    autocast when ``precision`` asks for bfloat16/float16 (see
+    :func:`resolve_precision`); tiles reach a GPU through pinned host memory.
+    ``model`` is the tower itself (a ``VisionTransformer``, or CONCH's
+    ``ConchVisual`` around one, for code that adapts its blocks).
     """
 
-    def __init__(self, model: VisionTransformer, spec, device: torch.device, batch_size: int = 32):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec,
+        device: torch.device,
+        batch_size: int = 32,
+        precision: str | None = None,
+    ):
         self.model = model.eval().to(device)
         self.name = spec.name
         self.version = str(getattr(model, "weights_digest", "local"))
         self.device = device
+        self.dtype = resolve_precision(precision, device)
         self.input_size = int(model.config.image_size)
         self.output_dim = model.output_dim
         self.batch_size = batch_size
@@ -172,7 +214,11 @@ class ViTEncoder:
 
     def preprocess(self, tiles: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> normalised (N, 3, S, S) float on the device."""
-        x = torch.as_tensor(np.ascontiguousarray(tiles), device=self.device)
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(
@@ -187,10 +233,12 @@ class ViTEncoder:
     @torch.no_grad()
     def encode(self, tiles: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, output_dim) float32."""
-        out = [
-            self.model(self.preprocess(tiles[i : i + self.batch_size])).float().cpu()
-            for i in range(0, len(tiles), self.batch_size)
-        ]
+        mixed = self.dtype != torch.float32
+        out = []
+        for i in range(0, len(tiles), self.batch_size):
+            pixels = self.preprocess(tiles[i : i + self.batch_size])
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=mixed):
+                out.append(self.model(pixels).float().cpu())
         if not out:
             return np.zeros((0, self.output_dim), np.float32)
         return torch.cat(out).numpy()
