@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 from _single_thread import one_torch_thread  # noqa: F401
+from safetensors.torch import save_file
 
-from napari_hila.encoders import get_text_encoder, get_vision_encoder
+from napari_hila.encoders import EncoderError, get_text_encoder, get_vision_encoder
 
 IMAGE, CONTEXT, STEPS = 32, 16, 400
 RETRIEVAL_FLOOR = 0.6  # share of held-out images whose caption ranks first (chance: 1/12)
@@ -312,3 +313,215 @@ def test_transformers_clip_zero_shot_retrieval_end_to_end(made, data, tmp_path, 
     assert got >= RETRIEVAL_FLOOR, got
     assert plip["untrained"] <= 0.3
     assert TIMINGS["plip"] < 20
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def _resave(state: dict, path, drop=(), rename=None):
+    state = {k: v.contiguous() for k, v in state.items() if k not in drop}
+    for old, new in (rename or {}).items():
+        state[new] = state.pop(old)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def _copy_beside(src_folder, dst_folder, names):
+    import shutil
+
+    dst_folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src_folder / name).exists():
+            shutil.copy(src_folder / name, dst_folder / name)
+
+
+def test_conch_missing_or_renamed_key_is_refused_by_name(conch, tmp_path):
+    state = torch.load(conch["weights"], weights_only=True)
+    folder = tmp_path / "c"
+    _copy_beside(conch["weights"].parent, folder, [conch["tokenizer"].name])
+    path = _resave(
+        state,
+        folder / "renamed.bin",
+        rename={"visual.ln_contrast.weight": "visual.ln_contrast.gamma"},
+    )
+    with pytest.raises(EncoderError) as err:
+        get_vision_encoder("conch", weights=path, device="cpu")
+    assert "visual.ln_contrast.weight" in str(err.value) and "visual.ln_contrast.gamma" in str(
+        err.value
+    )
+    assert str(path) in str(err.value)
+    path = _resave(state, folder / "missing.bin", drop=["text.ln_final.weight"])
+    with pytest.raises(EncoderError, match=r"text\.ln_final\.weight"):
+        get_text_encoder("conch-text", weights=path, device="cpu")
+    path = _resave(state, folder / "trunk.bin", drop=["visual.trunk.norm.bias"])
+    with pytest.raises(EncoderError, match=r"norm\.bias"):
+        get_vision_encoder("conch", weights=path, device="cpu")
+
+
+def test_open_clip_missing_or_renamed_key_is_refused_by_name(made, tmp_path):
+    folder = made("quiltnet", 0)["folder"]
+    state = torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True)
+    dst = tmp_path / "q"
+    _copy_beside(folder, dst, ["vocab.json", "merges.txt", "open_clip_config.json"])
+    path = _resave(state, dst / "renamed.bin", rename={"ln_final.weight": "ln_final.scale"})
+    with pytest.raises(EncoderError) as err:
+        get_text_encoder("quiltnet-text", weights=path, device="cpu")
+    assert "ln_final.weight" in str(err.value) and "ln_final.scale" in str(err.value)
+    path = _resave(state, dst / "missing.bin", drop=["visual.ln_post.weight"])
+    with pytest.raises(EncoderError, match=r"norm\.weight"):  # reported in the ViT's names
+        get_vision_encoder("quiltnet", weights=path, device="cpu")
+
+
+def test_transformers_clip_missing_key_is_refused_by_name(made, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = made("plip", 0)["folder"]
+    state = load_file(str(folder / "model.safetensors"))
+    for drop, name, what in (
+        ("text_model.final_layer_norm.weight", "plip-text", "text"),
+        ("vision_model.post_layernorm.weight", "plip", "vision"),
+    ):
+        dst = tmp_path / what
+        _copy_beside(
+            folder,
+            dst,
+            [
+                "config.json",
+                "vocab.json",
+                "merges.txt",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            ],
+        )
+        _resave(state, dst / "model.safetensors", drop=[drop])
+        load = get_text_encoder if what == "text" else get_vision_encoder
+        with pytest.raises(EncoderError) as err:
+            load(name, weights=dst, device="cpu")
+        short = drop.split(".", 1)[1] if what == "vision" else drop
+        assert short.replace("post_layernorm", "") in str(err.value) or drop in str(err.value)
+
+
+def test_pickled_checkpoints_are_refused(conch, made, tmp_path):
+    folder = tmp_path / "pickled"
+    _copy_beside(conch["weights"].parent, folder, [conch["tokenizer"].name])
+    torch.save({"model": conch["model"]}, folder / "pytorch_model.bin")  # code, not tensors
+    for load, name in ((get_vision_encoder, "conch"), (get_text_encoder, "conch-text")):
+        with pytest.raises(EncoderError, match="cannot read weights"):
+            load(name, weights=folder / "pytorch_model.bin", device="cpu")
+    quilt = tmp_path / "quilt"
+    _copy_beside(made("quiltnet", 0)["folder"], quilt, ["vocab.json", "merges.txt"])
+    torch.save(made("quiltnet", 0)["model"], quilt / "open_clip_pytorch_model.bin")
+    with pytest.raises(EncoderError, match="cannot read weights"):
+        get_text_encoder("quiltnet-text", weights=quilt, device="cpu")
+
+
+def test_weights_of_another_model_are_refused(conch, made):
+    quilt = made("quiltnet", 0)["folder"]
+    with pytest.raises(EncoderError, match="not a CONCH checkpoint"):
+        get_vision_encoder("conch", weights=quilt, device="cpu")
+    with pytest.raises(EncoderError, match="CONCH's CoCa checkpoint.*open_clip CLIP"):
+        get_vision_encoder("quiltnet", weights=conch["weights"], device="cpu")
+    with pytest.raises(EncoderError, match="transformers CLIPModel"):
+        get_vision_encoder("plip", weights=quilt, device="cpu")
+    with pytest.raises(EncoderError, match="no text tower"):
+        get_text_encoder(
+            "conch-text", weights=made("plip", 0)["folder"] / "model.safetensors", device="cpu"
+        )
+
+
+def test_tokenizer_problems_are_one_clear_error(conch, made, tmp_path):
+    # no tokenizer beside the weights and none configured
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "pytorch_model.bin").write_bytes(conch["weights"].read_bytes())
+    with pytest.raises(EncoderError, match="conch_byte_level_bpe_uncased.json"):
+        get_text_encoder("conch-text", weights=bare / "pytorch_model.bin", device="cpu")
+    # a tokenizer of another vocabulary
+    other = ref.conch_tokenizer_file(tmp_path, vocab_size=280)
+    (bare / other.name).write_bytes(other.read_bytes())
+    with pytest.raises(EncoderError, match="does not match") as err:
+        get_text_encoder("conch-text", weights=bare / "pytorch_model.bin", device="cpu")
+    assert str(bare / other.name) in str(err.value)
+    # open_clip: no tokenizer files, then a vocabulary of another size
+    quilt = tmp_path / "quilt"
+    _copy_beside(made("quiltnet", 0)["folder"], quilt, ["open_clip_pytorch_model.bin"])
+    with pytest.raises(EncoderError, match="tokenizer"):
+        get_text_encoder("quiltnet-text", weights=quilt, device="cpu")
+    vocab = json.loads((made("quiltnet", 0)["folder"] / "vocab.json").read_text())
+    vocab["extra</w>"] = len(vocab)
+    (quilt / "vocab.json").write_text(json.dumps(vocab))
+    (quilt / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(EncoderError, match="does not match"):
+        get_text_encoder("quiltnet-text", weights=quilt, device="cpu")
+
+
+# -- where weights are found ------------------------------------------------------------------
+
+
+def test_encoders_config_finds_weights_and_tokenizers(conch, tmp_path, monkeypatch):
+    from napari_hila.encoders.userconfig import EncoderConfigError, read_config
+
+    config = tmp_path / "cfg" / "encoders.yaml"
+    config.parent.mkdir()
+    rel = conch["weights"]  # absolute here; relative paths are relative to the file
+    config.write_text(
+        f"conch:\n  weights: {rel}\n  tokenizer: {conch['tokenizer']}\nuni: models/uni.bin\n"
+    )
+    monkeypatch.setenv("NAPARI_HILA_ENCODERS", str(config))
+    assert read_config()["uni"]["weights"] == (config.parent / "models" / "uni.bin").resolve()
+    vision = get_vision_encoder("conch", device="cpu")
+    text = get_text_encoder("conch-text", device="cpu")  # falls back to conch's entry
+    assert vision.version == text.version
+    with pytest.raises(EncoderError, match="uni.bin") as err:
+        get_vision_encoder("uni", device="cpu")
+    assert str(config) in str(err.value)
+    config.write_text("conch:\n  weights: [unclosed\n")
+    with pytest.raises(EncoderConfigError, match="line 2"):
+        get_vision_encoder("conch", device="cpu")
+    config.write_text("conch:\n  wieghts: /x\n")
+    with pytest.raises(EncoderConfigError, match="'conch'"):
+        get_vision_encoder("conch", device="cpu")
+    monkeypatch.setenv("NAPARI_HILA_ENCODERS", str(tmp_path / "nowhere.yaml"))
+    with pytest.raises(EncoderConfigError, match="nowhere.yaml"):
+        get_vision_encoder("conch", device="cpu")
+    monkeypatch.delenv("NAPARI_HILA_ENCODERS")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.napari-hila/encoders.yaml
+    with pytest.raises(EncoderError, match="--text-weights"):
+        get_text_encoder("conch-text", device="cpu")
+
+
+# -- mixed precision --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_agrees_with_float32(conch, data, precision):
+    """Autocast on the CPU runs the GPU code path; its embeddings stay within a measured cosine."""
+    from napari_hila.encoders.vit import resolve_precision
+
+    if precision == "float16" and not _cpu_autocast_supports(torch.float16):
+        pytest.skip("this torch has no float16 autocast on the CPU")
+    images, labels = data[2], data[3]
+    full = get_vision_encoder("conch", weights=conch["weights"], device="cpu")
+    assert full.dtype == resolve_precision(None, torch.device("cpu")) == torch.float32
+    mixed = get_vision_encoder("conch", weights=conch["weights"], device="cpu")
+    mixed.dtype = resolve_precision(precision, torch.device("cpu"))
+    a, b = full.encode(images), mixed.encode(images)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert not np.array_equal(a, b)  # autocast did run in the low precision
+    assert cos.min() > 0.995, cos.min()
+    text = get_text_encoder("conch-text", weights=conch["weights"], device="cpu")
+    emb = text.encode(ref.CAPTIONS)
+    assert abs(ref.top1(a, emb, labels) - ref.top1(b, emb, labels)) <= 0.05
+
+
+def _cpu_autocast_supports(dtype) -> bool:
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            torch.ones(2, 2) @ torch.ones(2, 2)
+        return True
+    except RuntimeError:
+        return False

@@ -284,9 +284,39 @@ def _fmt(keys: list[str]) -> str:
     return ", ".join(keys[:8]) + more
 
 
-def load_vision_tower(path: Path) -> VisionTransformer:
-    """Read a checkpoint file or directory and build the ViT it holds."""
+LAYOUT_NAMES = {
+    "timm": "a timm ViT state dict",
+    "conch": "CONCH's CoCa checkpoint (visual.trunk, visual.attn_pool_contrast, text)",
+    "open_clip": "an open_clip CLIP checkpoint (visual.conv1, visual.transformer, ...)",
+    "transformers": "a transformers CLIPModel (vision_model, visual_projection)",
+}
+
+
+def layout_of(state: StateDict) -> str:
+    """Which owner's layout a state dict is in: timm, conch, open_clip or transformers."""
+    if any(k.startswith(("vision_model.", "text_model.")) for k in state):
+        return "transformers"
+    if any(k.startswith("visual.attn_pool_contrast.") for k in state) or "text.cls_emb" in state:
+        return "conch"
+    if "visual.conv1.weight" in state or "token_embedding.weight" in state:
+        return "open_clip"
+    return "timm"
+
+
+def load_vision_tower(path: Path, layouts: tuple[str, ...] | None = None) -> VisionTransformer:
+    """Read a checkpoint file or directory and build the ViT it holds.
+
+    ``layouts`` (names of :data:`LAYOUT_NAMES`) restricts which owners' layouts
+    are accepted, so the weights of another model are refused by name.
+    """
     state, config = read_state_dict(path)
+    found = layout_of(state)
+    if layouts and found not in layouts:
+        wanted = " or ".join(LAYOUT_NAMES[name] for name in layouts)
+        raise EncoderError(
+            f"{path}: this is {LAYOUT_NAMES[found]}, but this encoder's weights are {wanted}; "
+            "give the encoder name that matches the file (see the README's encoder section)"
+        )
     model = build_vit(state, config, source=str(path))
     model.weights_digest = weights_digest(path)
     return model

@@ -171,8 +171,18 @@ def _load_vit(spec: EncoderSpec, weights: Path | None, device: torch.device) -> 
     from napari_hila.encoders.checkpoints import load_vision_tower
     from napari_hila.encoders.vit import ViTEncoder
 
-    model = load_vision_tower(weights)
+    model = load_vision_tower(weights, VIT_LAYOUTS.get(spec.name))
     return ViTEncoder(model, spec, device)
+
+
+#: the owners' layouts each named ViT is distributed in (``vit`` takes any)
+VIT_LAYOUTS = {
+    "uni": ("timm",),
+    "conch-trunk": ("conch",),
+    "quiltnet": ("open_clip",),
+    "clip": ("open_clip", "transformers"),
+    "plip": ("transformers",),
+}
 
 
 def _load_conch(spec: EncoderSpec, weights: Path | None, device: torch.device) -> object:

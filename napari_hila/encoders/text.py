@@ -66,8 +66,6 @@ class MiniLMTextEncoder:
 class CLIPTextEncoder:
     """Text tower of a transformers CLIP directory (PLIP, CLIP; tokenizer files included)."""
 
-    version = "local"
-
     def __init__(
         self, model_dir: Path, name: str = "clip-text", device: torch.device | None = None
     ):
@@ -79,7 +77,10 @@ class CLIPTextEncoder:
                 f"{model_dir}: a CLIP text encoder needs a transformers model directory "
                 "(config.json, weights and tokenizer files, as written by save_pretrained)"
             )
+        from napari_hila.encoders.checkpoints import weights_digest
+
         self.name = name
+        self.version = weights_digest(Path(model_dir))
         self.device = device or torch.device("cpu")
         try:
             self._tokenizer = CLIPTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -87,7 +88,24 @@ class CLIPTextEncoder:
             raise EncoderError(
                 f"{model_dir}: tokenizer files (vocab.json, merges.txt) missing or unreadable: {err}"
             ) from err
-        model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True)
+        try:
+            model, info = CLIPModel.from_pretrained(
+                str(model_dir), local_files_only=True, output_loading_info=True
+            )
+        except (OSError, RuntimeError, ValueError) as err:
+            raise EncoderError(
+                f"{model_dir}: cannot load a transformers CLIPModel here ({err}); give the "
+                "directory as save_pretrained wrote it (safetensors, or a plain state dict)"
+            ) from err
+        text_keys = ("text_model.", "text_projection")
+        missing = sorted(k for k in info.get("missing_keys", []) if k.startswith(text_keys))
+        if missing:
+            raise EncoderError(
+                f"{model_dir}: the text tower's weights are incomplete; missing keys: "
+                + ", ".join(missing[:8])
+                + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+                + ". Give the original CLIPModel directory"
+            )
         self._model = model.eval().to(self.device)
         self.output_dim = int(model.config.projection_dim)
 
