@@ -1,8 +1,9 @@
 """npe2 reader: whole-slide images as multiscale RGB layers in micrometres.
 
-``get_reader`` claims slide files only: any OpenSlide format, and TIFFs that
-are tiled or pyramidal 8-bit RGB. Other TIFFs (16-bit, grey, small flat RGB)
-go to napari's own readers. A file that is ours but broken gives one error
+``get_reader`` claims slide files only: any OpenSlide format, DICOM WSI
+(a folder of instances or any one of them), and TIFFs that are tiled or
+pyramidal 8-bit RGB. Other TIFFs (16-bit, grey, small flat RGB) go to
+napari's own readers. A file that is ours but broken gives one error
 notification naming the file and the fix, and no layer, never a traceback.
 """
 
@@ -16,9 +17,6 @@ from napari_hila.errors import HilaError
 
 logger = logging.getLogger(__name__)
 
-# file types that are always slides; .tif/.tiff are claimed only when they look like one
-_ALWAYS_OURS = {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide"}
-_TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 #: The sentinel napari's reader protocol accepts for "handled, no layers".
 NO_LAYERS = [(None,)]
 
@@ -27,8 +25,10 @@ def _is_slide_like_tiff(path: Path) -> bool:
     """An 8-bit RGB TIFF that is tiled or pyramidal: ours. Anything else: napari's."""
     import tifffile
 
+    from napari_hila.slides.tiff_checks import tifffile_log
+
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile_log(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             page = series.keyframe
             return (
@@ -41,18 +41,30 @@ def _is_slide_like_tiff(path: Path) -> bool:
 
 
 def get_reader(path: str | list[str]):
-    """Return a reader for a slide file, or None for files napari-hila does not handle."""
+    """Return a reader for a slide file or DICOM WSI folder, or None for what is not ours.
+
+    The suffixes are the opener's (``SLIDE_SUFFIXES``), the one list napari.yaml
+    also follows; generic TIFF suffixes are claimed only for slide-like TIFFs.
+    Several ``.dcm`` files of one folder are that folder's series.
+    """
+    from napari_hila.slides.dicom import DICOM_SUFFIXES, dicom_instances
+    from napari_hila.slides.opener import GENERIC_TIFF_SUFFIXES, SLIDE_SUFFIXES
+
     if isinstance(path, list):
-        if len(path) != 1:
+        parents = {Path(p).parent for p in path}
+        same_series = len(parents) == 1 and all(
+            Path(p).suffix.lower() in DICOM_SUFFIXES for p in path
+        )
+        if len(path) != 1 and not same_series:
             return None
         path = path[0]
     p = Path(path)
+    if p.is_dir():
+        return read_slide if dicom_instances(p) else None
     suffix = p.suffix.lower()
-    if suffix in _ALWAYS_OURS:
-        return read_slide
-    if suffix in _TIFF_SUFFIXES and p.is_file() and _is_slide_like_tiff(p):
-        return read_slide
-    return None
+    if suffix in GENERIC_TIFF_SUFFIXES:
+        return read_slide if p.is_file() and _is_slide_like_tiff(p) else None
+    return read_slide if suffix in SLIDE_SUFFIXES else None
 
 
 def _notify(level: str, message: str) -> None:
@@ -143,10 +155,11 @@ def read_slide(path: str | list[str], **_: Any) -> list:
 
     if isinstance(path, list):
         path = path[0]
+    name = Path(path).name if Path(path).is_dir() else None  # a DICOM folder: its name
     try:
         slide = open_slide(path)
         compute_overview_with_progress(slide)
-        layer = slide_layer_data(slide, notify=_notify_error)
+        layer = slide_layer_data(slide, name=name, notify=_notify_error)
     except HilaError as err:
         _notify_error(str(err))
         return NO_LAYERS

@@ -21,12 +21,17 @@ import openslide
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.base import MPP_RANGE, Slide
+from napari_hila.slides.dicom import DICOM_SUFFIXES, dicom_instances, dicom_problem, is_dicom_file
 
 BACKENDS = ("openslide", "tifffile")
+#: TIFF extensions other programs use for any image: napari-hila's reader claims
+#: these files in napari only when they look like a slide (tiled or pyramidal RGB).
+GENERIC_TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 #: Extensions whose files must be TIFFs; a text file named .svs is caught early.
-TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".bif", ".scn", ".btf", ".svslide", ".qptiff"}
-#: Every extension napari-hila opens (OpenSlide's formats and the TIFF family).
-SLIDE_SUFFIXES = TIFF_SUFFIXES | {".mrxs", ".vms", ".vmu"}
+TIFF_SUFFIXES = GENERIC_TIFF_SUFFIXES | {".svs", ".ndpi", ".bif", ".scn", ".svslide", ".qptiff"}
+#: Every extension napari-hila opens: the one list the opener, the napari reader
+#: and napari.yaml's filename patterns use (a test keeps the manifest in step).
+SLIDE_SUFFIXES = TIFF_SUFFIXES | DICOM_SUFFIXES | {".mrxs", ".vms", ".vmu"}
 #: OpenSlide formats whose pyramid tifffile reads the same way; for these the
 #: tifffile tile path is used first when every level is tiled RGB, because it
 #: reads 256 px regions faster (``napari-hila bench io``). Vendor layouts that
@@ -59,10 +64,16 @@ def is_tiff_file(path: Path) -> bool:
 
 
 def check_slide_path(path: str | os.PathLike) -> Path:
-    """The path as a Path, or SlideError if it is missing, a folder or empty."""
+    """The slide file to open, or SlideError if it is missing, empty or a folder of no slide.
+
+    A folder of DICOM instances (a DICOM WSI export) stands for its series:
+    its largest instance is opened, and OpenSlide finds the others beside it.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideError(f"{path}: file not found; check the path and the spelling")
+    if path.is_dir() and (instances := dicom_instances(path)):
+        return instances[0]
     if path.is_dir():
         raise SlideError(
             f"{path}: is a folder, not a slide file; give the slide file itself "
@@ -129,12 +140,21 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
             raise SlideError(
                 f"{path}: the tifffile backend reads TIFF files only; use backend='openslide'"
             )
-        if osr_format is None:
-            raise SlideError(
-                f"{path}: unsupported slide format ({_describe_start(path)}); napari-hila opens "
-                f"{', '.join(sorted(SLIDE_SUFFIXES))} files"
-            )
-        return _probed(_openslide(path))
+        dicom = suffix in DICOM_SUFFIXES or is_dicom_file(path)
+        try:
+            if osr_format is None:
+                what = "a DICOM file OpenSlide does not read" if dicom else _describe_start(path)
+                raise SlideError(
+                    f"{path}: unsupported slide format ({what}); napari-hila opens "
+                    f"{', '.join(sorted(SLIDE_SUFFIXES))} files and folders of DICOM WSI instances"
+                )
+            return _probed(_openslide(path))
+        except SlideError:
+            # OpenSlide's reason for a DICOM file is often a missing attribute: say the real one
+            problem = dicom_problem(path) if dicom else None
+            if problem:
+                raise SlideError(f"{path}: {problem}") from None
+            raise
     from napari_hila.slides.tifffile_backend import open_tiff
 
     tif, log = open_tiff(path)

@@ -1,0 +1,70 @@
+"""DICOM whole-slide images: which file of a series to open, and why one cannot be read.
+
+A DICOM WSI is a folder of instances (one per level, plus label and
+overview), each a ``.dcm`` file of one series; OpenSlide opens the whole
+series from any one of them. A folder given to :func:`open_slide` opens
+through its first instance by name, and the slide's fingerprint is the
+series' (every instance's name and size, the first one's bytes), so the
+folder and each of its files are one slide to the feature cache. When OpenSlide refuses a
+file, its reason is often a missing attribute; the header then tells the
+real cause (16-bit, monochrome, not a slide at all), read with pydicom when
+it is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The suffix DICOM exports give their instances (files without one are found by content).
+DICOM_SUFFIXES = {".dcm"}
+_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file has DICOM's preamble and "DICM" prefix."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_instances(folder: Path) -> list[Path]:
+    """The DICOM files directly in ``folder``, sorted by name."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(p))
+    )
+
+
+def dicom_problem(path: Path) -> str | None:
+    """Why napari-hila cannot read this DICOM file as a brightfield slide, from its header.
+
+    None when the header looks like an 8-bit RGB whole-slide image, or when
+    pydicom is not installed to read it.
+    """
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:  # pydicom raises many kinds on damaged headers
+        return f"its DICOM header cannot be read ({err}); the file is corrupt"
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop != _WSI_SOP_CLASS:
+        name = getattr(ds.get("SOPClassUID"), "name", "") or sop or "no SOP class"
+        return f"a DICOM {name} file, not a whole-slide image (VL Whole Slide Microscopy)"
+    bits = int(ds.get("BitsAllocated", 8))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", "unknown"))
+    dtype = f"{'int' if signed else 'uint'}{bits}"
+    if bits != 8 or signed or samples != 3:
+        return (
+            f"{dtype} pixels, {samples} sample{'s' if samples != 1 else ''} per pixel, "
+            f"photometric {photometric}; napari-hila reads 8-bit (uint8) RGB brightfield slides"
+        )
+    return None
