@@ -248,3 +248,34 @@ def test_ycbcr_subsampled_jpeg_svs_equals_openslide(tmp_path, sample_slide):
     with open_slide(path) as slide:
         assert slide.backend == "tifffile" and slide.level_dimensions == [(1024, 1024), (256, 256)]
     _assert_matches_openslide(path, "tifffile", levels=[0, 1])
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_off_grid_reads_on_reduced_levels_snap_down_to_the_level_grid(synthetic, backend):
+    """A level-0 location between level-1 pixels reads the file's pixels from floor(x / ds).
+
+    OpenSlide instead shifts the level by the fraction and interpolates (up to
+    hundreds of grey levels apart on sharp edges); napari-hila keeps the file's
+    exact pixels, so its result equals OpenSlide's at the snapped location,
+    negative locations included (floor, not truncation toward zero).
+    """
+    ref = openslide.OpenSlide(str(synthetic["svs"]))
+    ds = ref.level_downsamples[1]
+    assert ds == 4.0
+    with open_slide(synthetic["svs"], backend=backend) as slide:
+        for x, y in [(1001, 802), (1002, 803), (1003, 1), (-10, -6), (-1, -4), (-5, 7)]:
+            snapped = (int(np.floor(x / ds) * ds), int(np.floor(y / ds) * ds))
+            expected = np.asarray(ref.read_region(snapped, 1, (64, 48)))
+            got = slide.read_region((x, y), 1, (64, 48))
+            inside = expected[..., 3] == 255
+            np.testing.assert_array_equal(got[inside], expected[..., :3][inside])
+            assert (got[~inside] == 255).all()
+        # (-10, -6) at 1/4: level pixel (0, 0) lands at column 3 (floor(-2.5) = -3), row 2
+        corner = slide.read_region((-10, -6), 1, (8, 8))
+        level = slide.read_region((0, 0), 1, (5, 6))
+        assert (corner[:2] == 255).all() and (corner[:, :3] == 255).all()
+        np.testing.assert_array_equal(corner[2:, 3:], level)
+    off_grid = np.asarray(ref.read_region((1002, 802), 1, (64, 48)))[..., :3]
+    on_grid = np.asarray(ref.read_region((1000, 800), 1, (64, 48)))[..., :3]
+    assert np.abs(off_grid.astype(int) - on_grid).max() > 20, "OpenSlide interpolates"
+    ref.close()

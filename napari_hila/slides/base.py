@@ -145,7 +145,12 @@ class Slide(abc.ABC):
     ) -> np.ndarray:
         """(h, w, 3) uint8 pixels of ``level``; ``location`` is level-0 (x, y).
 
-        Parts outside the image are white, as OpenSlide paints them.
+        Parts outside the image are white, as OpenSlide paints them. On a
+        reduced level a location between that level's pixels snaps down to its
+        grid: the box starts at level pixel floor(x / downsample) (floor for
+        negative locations too), and every pixel is the file's own. OpenSlide
+        instead shifts by the fraction and interpolates, so off-grid reads equal
+        OpenSlide's read at the snapped location, not at ``location``.
         """
         if not 0 <= level < self.level_count:
             raise ValueError(
