@@ -100,3 +100,52 @@ def check_free_space(folder: str | os.PathLike, nbytes: int, what: str = "files"
             f"{folder}: not enough disk space for {what} ({nbytes / 2**20:.1f} MB needed, "
             f"{free / 2**20:.1f} MB free); free disk space or choose another folder"
         )
+
+
+OUTPUTS_MANIFEST = ".napari-hila-outputs.json"
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str = "outputs") -> Path:
+    """Create ``folder`` and prove it can be written, before any work is done for it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise write_failure(folder, err, what) from err
+    return folder
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike, stale: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``folder``; on success its files replace ours.
+
+    A run's outputs appear together or not at all: on any exception the staging
+    folder is removed and ``folder`` is untouched. On success the files an
+    earlier run recorded in ``folder``'s manifest (and names matching ``stale``,
+    for folders written before manifests) are removed first, so no output of
+    another model is left beside the new ones; files we did not write stay.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        yield staging
+        manifest = folder / OUTPUTS_MANIFEST
+        earlier: list[str] = []
+        with contextlib.suppress(OSError, ValueError):
+            earlier = list(json.loads(manifest.read_text()).get("files", []))
+        for pattern in stale:
+            earlier.extend(p.name for p in folder.glob(pattern))
+        for name in set(earlier):
+            if Path(name).name == name:  # never a path outside the folder
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
+        written = sorted(p.name for p in staging.iterdir())
+        for name in written:
+            os.replace(staging / name, folder / name)
+        write_json_atomic(manifest, {"files": written})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

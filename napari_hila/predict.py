@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.errors import Cancelled, FeatureFileError, HilaError, ModelFileError
-from napari_hila.io_utils import atomic_path
+from napari_hila.io_utils import atomic_path, staged_folder
 from napari_hila.results import Explanation, PredictionResult
 
 __all__ = [
@@ -49,6 +49,20 @@ __all__ = [
 
 Progress = Callable[[str, float], None]
 _SYNTHETIC_WARNING = "this model was trained on a synthetic demo cohort: not for clinical use"
+
+
+# What `predict` writes into its folder, for folders from before the outputs manifest
+STALE_OUTPUTS = (
+    "result.json",
+    "result.npz",
+    "thumbnail.png",
+    "selection_*.png",
+    "heatmap_*.png",
+    "km.png",
+    "contributions.png",
+    "patches.geojson",
+    "patch_scores.csv",
+)
 
 
 def risk_group(risk: float, threshold: float | None) -> str | None:
@@ -157,6 +171,9 @@ def extraction_settings(card: dict[str, Any]) -> dict[str, Any]:
         settings["region_encoder"] = region_encoder
     if grid.get("magnifications"):  # multi-magnification models (CrossFusion)
         settings["magnifications"] = tuple(str(grid["magnifications"]).split(","))
+    version = str((encoders.get("patch") or {}).get("version") or "")
+    if version.startswith("sha256:"):  # the weights' digest: cached features found without them
+        settings["encoder_version"] = version
     return settings
 
 
@@ -168,10 +185,13 @@ def features_for_model(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     mpp: float | None = None,
+    weights: str | os.PathLike | None = None,
 ):
     """The slide's features with the model's encoders and grid (cached by the features package).
 
     ``mpp`` overrides or supplies the slide's pixel size, which sizes the grid's tiles.
+    ``weights`` are the patch encoder's (default: the encoders config); cached features of
+    the weights the model was trained with are used without loading any.
     """
     from napari_hila.features.extract import load_or_extract
 
@@ -182,6 +202,7 @@ def features_for_model(
         progress=progress,
         cancel=cancel,
         mpp=mpp,
+        weights=weights,
         **extraction_settings(card),
     )
 
@@ -353,7 +374,9 @@ def _finish(
         report("export", 0.0)
         from napari_hila.export import write_prediction_outputs
 
-        write_prediction_outputs(result, out_dir, card=card, read_slide=read_slide)
+        # all outputs or none; an earlier prediction's maps do not stay beside these
+        with staged_folder(out_dir, stale=STALE_OUTPUTS) as staging:
+            write_prediction_outputs(result, staging, card=card, read_slide=read_slide)
         report("export", 1.0)
     return result
 
@@ -367,6 +390,7 @@ def predict_slide(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     mpp: float | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> PredictionResult:
     """Run ``model`` (a model directory or a loaded model) on one slide.
 
@@ -375,7 +399,8 @@ def predict_slide(
     between steps with :class:`~napari_hila.errors.Cancelled`. With ``out_dir``
     every output file is written there too (see :mod:`napari_hila.export`).
     ``mpp`` (um/px at level 0) overrides or supplies the slide's pixel size:
-    the grid's tile sizes and the result's ``mpp`` follow it.
+    the grid's tile sizes and the result's ``mpp`` follow it. ``weights``: the patch
+    encoder's local weights when the model's encoder needs some (default: the encoders config).
     """
     report = progress or (lambda stage, fraction: None)
     slide_path = Path(slide_path)
@@ -385,7 +410,7 @@ def predict_slide(
         report("explain", 1.0)
     else:
         feats = features_for_model(
-            slide_path, loaded.card, cache_dir, device, progress, cancel, mpp
+            slide_path, loaded.card, cache_dir, device, progress, cancel, mpp, weights
         )
         explanation, inputs = _explain_features(loaded, feats, str(slide_path), report, cancel)
     return _finish(loaded, str(slide_path), explanation, inputs, out_dir, report, cancel)

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_hila.commands.options import add_mpp_argument
+from napari_hila.commands.options import (
+    WORKERS_PER_CORE,
+    add_mpp_argument,
+    at_least,
+    scheduler_address,
+    workers_value,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,17 +64,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--multiscale", action="store_true", help="shorthand for --magnifications 5x,10x,20x"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (64)")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), default=64, help="tiles per encoder batch (64)"
+    )
     add_mpp_argument(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
-        "--scheduler", default=None, help="address of a running Dask scheduler: one task per slide"
+        "--scheduler",
+        type=scheduler_address,
+        default=None,
+        help="address of a running Dask scheduler (HOST:PORT or tcp://HOST:PORT): one task per slide",
     )
     cluster.add_argument(
         "--workers",
-        type=int,
+        type=workers_value,
         default=None,
-        help="start a local Dask cluster with N worker processes",
+        help=f"start a local Dask cluster with N worker processes (1 to {WORKERS_PER_CORE} per core)",
     )
 
 
@@ -172,20 +183,24 @@ def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
     if args.scheduler:
         try:
             client = Client(args.scheduler, timeout="20s")
-        except OSError as err:
-            raise HilaError(f"cannot reach the Dask scheduler at {args.scheduler}: {err}") from err
+        except (OSError, ValueError, TypeError) as err:
+            raise HilaError(
+                f"cannot reach the Dask scheduler at {args.scheduler}: {err}; check the address "
+                "the scheduler printed and that this machine can reach it"
+            ) from err
         with client:
             return extract_on_cluster(slides, args.out, options, client, on_row)
     from napari_hila.features.extract import THREADS_ENV, available_cores
 
+    workers = min(args.workers, len(slides))  # one task per slide: more workers would idle
     try:
         cluster = LocalCluster(
-            n_workers=args.workers,
+            n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             # each worker reads and encodes with its share of the cores, not all of them
-            env={THREADS_ENV: str(max(1, available_cores() // args.workers))},
+            env={THREADS_ENV: str(max(1, available_cores() // workers))},
         )
     except (RuntimeError, OSError) as err:
         raise HilaError(

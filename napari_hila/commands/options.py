@@ -18,6 +18,89 @@ def mpp_value(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (``--epochs 0`` is refused, not run)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate, a step)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a weight decay)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or above")
+    return value
+
+
+# A local Dask cluster: each worker is a process reading and encoding with its
+# share of the cores; more than this per core only adds memory and start-up.
+WORKERS_PER_CORE = 4
+
+
+def workers_value(text: str) -> int:
+    """``--workers N``: 1 to WORKERS_PER_CORE x the machine's cores."""
+    from napari_hila.features.extract import available_cores
+
+    value = at_least(1)(text)
+    limit = WORKERS_PER_CORE * available_cores()
+    if value > limit:
+        raise argparse.ArgumentTypeError(
+            f"{value} workers on {available_cores()} cores: at most {limit} "
+            f"({WORKERS_PER_CORE} per core); for more, start a cluster and give --scheduler"
+        )
+    return value
+
+
+SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+
+
+def scheduler_address(text: str) -> str:
+    """``--scheduler``: ``[PROTOCOL://]HOST:PORT`` (a scheduler file path is not an address)."""
+    import re
+
+    match = re.fullmatch(
+        r"(?:([a-z]+)://)?(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):(\d{1,5})", text.strip()
+    )
+    if (
+        not match
+        or (match.group(1) and match.group(1) not in SCHEDULER_PROTOCOLS)
+        or not 0 < int(match.group(3)) < 65536
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scheduler address; expected HOST:PORT or tcp://HOST:PORT "
+            "(the address the scheduler prints, e.g. tcp://10.0.0.5:8786)"
+        )
+    return text.strip()
+
+
 def add_mpp_argument(parser: argparse.ArgumentParser) -> None:
     """``--mpp UM_PER_PX``: the slide's pixel size when the file lacks it or has it wrong."""
     parser.add_argument("--mpp", type=mpp_value, default=None, metavar="UM_PER_PX", help=MPP_HELP)

@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", default=None, help="feature cache folder (default: the user cache)"
     )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="local weights of the model's patch encoder when it needs some (default: the "
+        "encoders config, ~/.napari-hila/encoders.yaml or $NAPARI_HILA_ENCODERS); cached "
+        "features of the weights the model was trained with need none",
+    )
     add_mpp_argument(parser)
     add_threads_argument(parser)
 
@@ -145,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from napari_hila.devices import configure_torch_threads
+    from napari_hila.io_utils import check_writable_folder
 
     kind = input_kind(args.slide)
+    check_writable_folder(args.out, "the prediction's outputs")  # before any work, not after
     configure_torch_threads(args.threads)
     model = args.model or default_model_path()
     print(f"predicting {args.slide} with {model}", file=sys.stderr)
@@ -179,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=StageProgress(),
             mpp=args.mpp,
+            weights=args.weights,
         )
     from napari_hila.export import NO_PIXELS_NOTE
 

@@ -16,13 +16,41 @@ import argparse
 import json
 from typing import Any
 
-from napari_hila.commands.options import add_threads_argument
+from napari_hila.commands.options import (
+    add_threads_argument,
+    at_least,
+    non_negative_float,
+    positive_float,
+)
 from napari_hila.errors import HilaError
 
 DEFAULT_PROMPT_SET = "BRCA"
 
 
+def models_epilog() -> str:
+    """The registered models, one line each (shown by ``train --help``)."""
+    from napari_hila.models.registry import available_models, get_model_spec
+
+    names = available_models()
+    width = max(map(len, names))
+    lines = [f"  {n:<{width}}  {get_model_spec(n).description}" for n in names]
+    return "models (--model):\n" + "\n".join(lines)
+
+
+def _list_models_in_help(parser: argparse.ArgumentParser) -> None:
+    # the registry imports torch: built only when help is printed, so other commands stay fast
+    plain_format_help = parser.format_help
+
+    def format_help() -> str:
+        parser.epilog = models_epilog()
+        return plain_format_help()
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.format_help = format_help
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _list_models_in_help(parser)
     parser.add_argument(
         "--cohort", required=True, help="CSV: patient_id, slide_id, time, event [, fold]"
     )
@@ -37,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of <slide_id>.svs/.tif/... slide files (models trained end to end on tiles, e.g. vptsurv)",
     )
     parser.add_argument("--out", required=True, help="run folder (created; re-use it to resume)")
-    parser.add_argument("--model", default="hila", help="registry model name (default: hila)")
+    parser.add_argument(
+        "--model", default="hila", help="registry model name, listed below (default: hila)"
+    )
     parser.add_argument(
         "--prompts",
         default=DEFAULT_PROMPT_SET,
@@ -52,19 +82,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "own embeddings file uses those instead",
     )
     parser.add_argument(
-        "--folds", type=int, default=5, help="cross-validation folds, by patient (default: 5)"
+        "--folds",
+        type=at_least(2),
+        default=5,
+        help="cross-validation folds, by patient (default: 5)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=20, help="fixed epochs per fold; no best-epoch picking (20)"
+        "--epochs",
+        type=at_least(1),
+        default=20,
+        help="fixed epochs per fold; no best-epoch picking (20)",
     )
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (2e-4)")
-    parser.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay (1e-5)")
+    parser.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate (2e-4)")
     parser.add_argument(
-        "--bins", type=int, default=4, help="time bins (quantiles of uncensored times)"
+        "--weight-decay", type=non_negative_float, default=1e-5, help="Adam weight decay (1e-5)"
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="slides per optimiser step")
     parser.add_argument(
-        "--max-patches", type=int, default=None, help="random patches per bag per step"
+        "--bins", type=at_least(1), default=4, help="time bins (quantiles of uncensored times)"
+    )
+    parser.add_argument(
+        "--batch-size", type=at_least(1), default=1, help="slides per optimiser step"
+    )
+    parser.add_argument(
+        "--max-patches", type=at_least(1), default=None, help="random patches per bag per step"
     )
     parser.add_argument("--splits", default=None, help="reuse a splits.json from an earlier run")
     parser.add_argument(

@@ -9,6 +9,7 @@ the others. On a cluster every slide is one task running the same
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -119,14 +120,30 @@ def extract_on_cluster(
 
     Slide and output paths must be visible to the workers (a shared disk).
     """
-    from distributed import as_completed
-
     out_dir = str(Path(out_dir).resolve())
     futures = {
         client.submit(extract_one, str(Path(s).resolve()), out_dir, options, pure=False): i
         for i, s in enumerate(slides)
     }
     rows: list[Row | None] = [None] * len(slides)
+    try:
+        _collect(futures, slides, rows, on_row)
+    except KeyboardInterrupt:
+        # the cluster would go on extracting for nobody: cancel what has not finished
+        pending = [f for f in futures if not f.done()]
+        client.cancel(pending, force=True)
+        print(
+            f"interrupted: cancelled {len(pending)} unfinished slide tasks on the cluster "
+            f"({sum(r is not None for r in rows)} of {len(slides)} slides were done)",
+            file=sys.stderr,
+        )
+        raise
+    return [r for r in rows if r is not None]
+
+
+def _collect(futures: dict, slides, rows: list, on_row) -> None:
+    from distributed import as_completed
+
     for future in as_completed(list(futures)):
         i = futures[future]
         try:
@@ -144,7 +161,6 @@ def extract_on_cluster(
         rows[i] = row
         if on_row:
             on_row(row)
-    return [r for r in rows if r is not None]
 
 
 def format_summary(rows: Sequence[Row]) -> str:

@@ -10,6 +10,7 @@ user fixes the file once instead of once per row, before any training starts.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -138,7 +139,11 @@ def _parse_row(values: dict[str, str], has_fold: bool) -> tuple[dict, list[str]]
     fold = None
     if has_fold:
         raw_fold = (values.get("fold") or "").strip()
-        if raw_fold:
+        if not raw_fold:
+            problems.append(
+                "fold is empty; with a fold column every row needs one (or drop the column)"
+            )
+        else:
             try:
                 fold = int(raw_fold)
                 if fold < 0:
@@ -154,6 +159,20 @@ def _parse_row(values: dict[str, str], has_fold: bool) -> tuple[dict, list[str]]
     }, problems
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is a CohortError with its line and offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise CohortError(
+            f"{path}: line {line}: byte 0x{data[err.start]:02X} (offset {err.start}, column "
+            f"{column}) is not UTF-8; save the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
+        ) from None
+
+
 def read_cohort(
     csv_path: str | os.PathLike,
     features_dir: str | os.PathLike | None = None,
@@ -166,7 +185,7 @@ def read_cohort(
     path = Path(csv_path)
     if not path.is_file():
         raise CohortError(f"{path}: cohort CSV not found; give the path of an existing file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(_read_utf8(path), newline="") as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]
