@@ -173,3 +173,36 @@ def test_info_describes_a_dicom_folder(dicom_series, capsys):
     assert _run_info([str(folder), "--no-tissue"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["vendor"] == "dicom" and out["mpp"] == 0.25 and out["dimensions"] == [1000, 700]
+
+
+def test_cut_slide_is_one_error_line_and_one_notification(sample_slide, tmp_path, capsys):
+    from napari.utils.notifications import notification_manager
+
+    from napari_hila import cli
+
+    cut = tmp_path / "copy stopped.svs"
+    cut.write_bytes(sample_slide.read_bytes()[:1_300_000])
+    assert cli.main(["info", str(cut)]) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()  # no tifffile log line beside it
+    assert line.startswith("error: ") and "truncated (1300000 bytes" in line
+    start = len(notification_manager.records)
+    assert read_slide(str(cut)) == NO_LAYERS
+    [note] = [str(n.message) for n in notification_manager.records[start:]]
+    assert "truncated" in note and str(cut) in note
+
+
+def test_writer_default_resolution_warns_in_napari(tmp_path, notifications):
+    path = tmp_path / "export.tif"
+    tifffile.imwrite(
+        path,
+        np.full((600, 700, 3), 200, np.uint8),
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(72, 72),
+        resolutionunit="INCH",
+    )
+    [(_, kwargs, _)] = read_slide(str(path))
+    assert kwargs["scale"] == (0.5, 0.5) and kwargs["metadata"]["mpp_source"] == "assumed"
+    [message] = notifications()
+    assert "352.8 um/px (72 dpi)" in message and "assuming 0.5 um/px" in message

@@ -20,7 +20,13 @@ def test_bench_io_reports_ours_beside_raw_openslide(tmp_path, monkeypatch):
     args = parser.parse_args(["--size", "2048", "--tiles", "12", "--cache-dir", str(tmp_path)])
     result = bench_io.run(args)
     assert result["slide"]["dimensions"] == [2048, 2048]
-    assert result["open"]["ours_backend"] == "tifffile"
+    opened = result["open"]
+    assert opened["ours_backend"] == "tifffile" and opened["rounds"] == 30
+    peers = ["openslide_raw_open", "tiffslide_open"]
+    for name in ["ours_open", "ours_open_with_napari_levels", *peers]:
+        assert opened[name]["median_ms"] > 0, name
+    ratio = opened["vs_openslide_median_ratio"]["ours_open"]
+    assert ratio == round(opened["ours_open"]["median_ms"] / opened[peers[0]]["median_ms"], 3)
     reads = result["tile_reads"]
     assert reads["count"] == 12
     for name in (

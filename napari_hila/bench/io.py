@@ -2,7 +2,9 @@
 
 Ours (both backends, direct and through the dask pyramid napari uses) side by
 side with raw openslide-python ``read_region`` on the same tissue locations of
-a generated 50,000 px slide (written once, then reused from the cache).
+a generated 50,000 px slide (written once, then reused from the cache). Open
+time is measured against OpenSlide and tiffslide opening the same file, the
+openers taking turns round by round.
 
 For a slide without a pyramid (``--layout flat``) the coarsest computed level,
 which napari draws first, is timed two ways in the same run: from DCT-scaled
@@ -100,15 +102,6 @@ def _timings(seconds: list[float]) -> dict[str, float]:
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "mean_ms": round(float(ms.mean()), 3),
     }
-
-
-def _median_time(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def tissue_locations(path: Path, count: int, tile_px: int, seed: int) -> np.ndarray:
@@ -228,31 +221,70 @@ def tile_read_benchmark(path: Path, locations: np.ndarray, tile_px: int) -> dict
     return results
 
 
-def open_benchmark(path: Path) -> dict[str, Any]:
-    """Median time to open (metadata + pyramid built), ours and raw OpenSlide."""
+def open_benchmark(path: Path, rounds: int = 30) -> dict[str, Any]:
+    """Median time to open a slide, ours and the peers', taking turns round by round.
+
+    Ours three ways: ``open_slide`` alone (metadata, completeness check, one
+    probe read), plus the level views napari gets, plus the dask pyramid. Peers:
+    raw OpenSlide and tiffslide (when installed) opening the same file. Each
+    round runs every opener once in rotating order, so a busy machine slows them
+    all alike; the first call of each (imports, first-use costs) is not timed.
+    """
     import openslide
 
     from napari_hila.slides import open_slide
 
     def ours():
+        open_slide(path).close()
+
+    def ours_layers():
+        with open_slide(path) as slide:
+            slide.level_arrays()
+
+    def ours_pyramid():
         with open_slide(path) as slide:
             slide.pyramid()
 
-    def raw():
-        openslide.OpenSlide(str(path)).close()
+    openers = {
+        "ours_open": ours,
+        "ours_open_with_napari_levels": ours_layers,
+        "ours_open_with_dask_pyramid": ours_pyramid,
+        "openslide_raw_open": lambda: openslide.OpenSlide(str(path)).close(),
+    }
+    skipped = {}
+    if importlib.util.find_spec("tiffslide") is not None:
+        import tiffslide
 
-    ours()  # imports and first-call costs are not the slide's
+        openers["tiffslide_open"] = lambda: tiffslide.TiffSlide(str(path)).close()
+    else:
+        skipped["tiffslide_open"] = {"skipped": "tiffslide not installed"}
+    if importlib.util.find_spec("napari_wsi") is not None:
+        openers["napari_wsi_open"] = lambda: _napari_wsi_level0(path)
+    for opener in list(openers):
+        try:
+            openers[opener]()  # imports and first-call costs are not the slide's
+        except Exception as err:  # a peer failing on this file is a result, not a crash
+            skipped[opener] = {"skipped": str(err)}
+            del openers[opener]
+    seconds: dict[str, list[float]] = {name: [] for name in openers}
+    names = list(openers)
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            openers[name]()
+            seconds[name].append(time.perf_counter() - start)
     with open_slide(path) as slide:
         backend = slide.backend
-    timings = {
-        "ours_open_s": round(_median_time(ours), 4),
-        "ours_backend": backend,
-        "openslide_raw_open_s": round(_median_time(raw), 4),
+    results: dict[str, Any] = {"rounds": rounds, "ours_backend": backend}
+    results.update({name: _timings(values) for name, values in seconds.items()})
+    results.update(skipped)
+    reference = results["openslide_raw_open"]["median_ms"]
+    results["vs_openslide_median_ratio"] = {
+        name: round(r["median_ms"] / reference, 3)
+        for name, r in results.items()
+        if isinstance(r, dict) and "median_ms" in r and name != "openslide_raw_open"
     }
-    if importlib.util.find_spec("napari_wsi") is not None:
-        _napari_wsi_level0(path)  # imports are not the slide's
-        timings["napari_wsi_open_s"] = round(_median_time(lambda: _napari_wsi_level0(path)), 4)
-    return timings
+    return results
 
 
 OVERVIEW_METHODS = {"dct_scaled": True, "full_decode": False}  # -> Slide.reduced_decode

@@ -157,19 +157,20 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
             raise
     from napari_hila.slides.tifffile_backend import open_tiff
 
-    tif, log = open_tiff(path)
+    opened = open_tiff(path)
     try:
-        return _open_tiff(path, tif, log, osr_format, backend)
+        return _open_tiff(path, opened, osr_format, backend)
     except BaseException:
-        tif.close()
+        opened.tif.close()
         raise
 
 
-def _open_tiff(path: Path, tif, log: list[str], osr_format: str | None, backend: str | None):
+def _open_tiff(path: Path, opened, osr_format: str | None, backend: str | None) -> Slide:
     """A TIFF-family slide: tifffile where it is faster or sees more, OpenSlide otherwise."""
     from napari_hila.slides.tifffile_backend import TifffileSlide, survey_tiff
 
-    survey = survey_tiff(path, tif, log)
+    tif = opened.tif
+    survey = survey_tiff(path, opened)
     # vendor layouts (NDPI, BIF, SCN) keep their main image where OpenSlide
     # knows to look; their pixels are OpenSlide's to judge
     layout = survey.layout
@@ -182,7 +183,7 @@ def _open_tiff(path: Path, tif, log: list[str], osr_format: str | None, backend:
             "wrong pixels); open it with the tifffile backend (the default)"
         )
     if backend == "tifffile" or (backend is None and osr_format is None):
-        return _probed(TifffileSlide(path, tif, survey))
+        return _probed(TifffileSlide(path, opened, survey))
     if osr_format is None:  # backend == "openslide"
         raise SlideError(f"{path}: OpenSlide does not recognise this file's format")
     compressions = {s.keyframe.compression for s in survey.levels}
@@ -193,18 +194,18 @@ def _open_tiff(path: Path, tif, log: list[str], osr_format: str | None, backend:
         and not compressions & _APERIO_JPEG2000
     )
     if tifffile_first:
-        return _probed(TifffileSlide(path, tif, survey))
+        return _probed(TifffileSlide(path, opened, survey))
     try:
         slide = _openslide(path, survey.warnings)
     except SlideError:
         if backend == "openslide" or survey.decode_problem:
             raise
-        return _probed(TifffileSlide(path, tif, survey))  # e.g. old-style JPEG: tifffile only
+        return _probed(TifffileSlide(path, opened, survey))  # e.g. old-style JPEG: tifffile only
     if backend == "openslide" or survey.decode_problem or slide.level_count >= len(survey.levels):
         tif.close()
         return _probed(slide)
     slide.close()  # tifffile sees levels OpenSlide misses (OME SubIFDs, unflagged pages)
-    return _probed(TifffileSlide(path, tif, survey))
+    return _probed(TifffileSlide(path, opened, survey))
 
 
 def _openslide(path: Path, warnings: list[str] = ()) -> Slide:

@@ -46,13 +46,23 @@ if TYPE_CHECKING:
 _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3}
 
 
-def open_tiff(path: str | os.PathLike) -> tuple[tifffile.TiffFile, list[str]]:
-    """Open ``path`` with tifffile after checking it is whole, with what tifffile logged.
+@dataclass
+class OpenedTiff:
+    """A TiffFile with what opening it found: tifffile's log lines and damaged pages."""
+
+    tif: tifffile.TiffFile
+    log: list[str]
+    damage: list[Damage]  # pages whose tags run past the end of the file (not the chain)
+
+
+def open_tiff(path: str | os.PathLike) -> OpenedTiff:
+    """Open ``path`` with tifffile after checking it is whole.
 
     Raises SlideError saying "truncated" when the directory chain runs past
     the end of the file, "corrupt" when the bytes are there but unreadable.
     """
-    cut = [d for d in directory_damage(path) if d.chain]
+    damage = directory_damage(path)
+    cut = [d for d in damage if d.chain]
     if cut:
         raise _truncated(path, cut[0])
     with tifffile_log() as messages:
@@ -67,7 +77,7 @@ def open_tiff(path: str | os.PathLike) -> tuple[tifffile.TiffFile, list[str]]:
     if not has_image:
         tif.close()
         raise SlideError(f"{path}: the TIFF's image directory is corrupt; copy it again")
-    return tif, list(messages)
+    return OpenedTiff(tif, list(messages), damage)
 
 
 def _truncated(path: str | os.PathLike, damage: Damage) -> SlideError:
@@ -99,20 +109,22 @@ class TiffSurvey:
         )
 
 
-def survey_tiff(path: str | os.PathLike, tif: tifffile.TiffFile, log: list[str] = ()) -> TiffSurvey:
+def survey_tiff(path: str | os.PathLike, opened: OpenedTiff) -> TiffSurvey:
     """Levels, associated images, pixel layout and completeness of an open TIFF.
 
     Raises SlideError ("truncated") when a level's data or tags run past the
     end of the file; a cut associated image (label, macro) is dropped with a warning.
     """
+    tif, log = opened.tif, opened.log
     levels = tiff_pyramid_series(tif)
     associated = {
         s.name.lower(): s for s in tif.series if s.name.lower() in ("thumbnail", "label", "macro")
     }
     level_pages = [p for s in levels for p in s.pages if p is not None]
     level_indices = {p.index for p in level_pages}
-    damage = [d for d in directory_damage(path) if not d.chain]
-    damage += data_damage(path, [*level_pages, *(s.keyframe for s in associated.values())])
+    damage = opened.damage + data_damage(
+        path, [*level_pages, *(s.keyframe for s in associated.values())]
+    )
     warnings = []
     for item in damage:
         if item.page is None or item.page in level_indices:
@@ -235,16 +247,15 @@ class TifffileSlide(Slide):
     def __init__(
         self,
         path: str | os.PathLike,
-        tif: tifffile.TiffFile | None = None,
+        opened: OpenedTiff | None = None,
         survey: TiffSurvey | None = None,
     ) -> None:
-        """Open ``path``; the opener passes the ``tif`` and ``survey`` it already made."""
-        if tif is None:
-            tif, log = open_tiff(path)
-            survey = None
-        self._tif = tif
+        """Open ``path``; the opener passes the file and ``survey`` it already made."""
+        if opened is None:
+            opened, survey = open_tiff(path), None
+        self._tif = opened.tif
         try:
-            survey = survey or survey_tiff(path, tif, log)
+            survey = survey or survey_tiff(path, opened)
             if isinstance(survey.layout, SlideError):
                 raise survey.layout
             if survey.decode_problem:
