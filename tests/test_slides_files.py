@@ -163,6 +163,21 @@ def test_cut_sample_is_refused_as_truncated_like_openslide(cut_sample, backend):
         assert "\n" not in message
 
 
+@pytest.mark.parametrize("backend", [None, *BACKENDS])
+def test_cut_inside_tile_data_after_the_directories_is_truncated(tmp_path, backend):
+    """tifffile and many converters write the IFD first: the chain is whole, the tiles are not."""
+    path = tmp_path / "export.tif"
+    noise = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    tifffile.imwrite(path, noise, tile=(256, 256), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.offset < min(page.dataoffsets)
+        end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True))
+    path.write_bytes(path.read_bytes()[: end // 2])
+    with pytest.raises(SlideError, match=f"but its tiles reach byte {end}\\); copy"):
+        open_slide(path, backend=backend)
+
+
 def test_cut_in_the_last_image_keeps_the_slide_and_names_the_loss(sample_slide, tmp_path):
     """The last bytes hold the macro's JPEG tables: the levels are whole, the macro is gone."""
     raw = sample_slide.read_bytes()
