@@ -1,9 +1,10 @@
 """Writing a :class:`PredictionResult` as files other tools open.
 
 - ``<name>.geojson``: a QuPath-style FeatureCollection in level-0 pixels; one
-  ``detection`` per selected patch and one ``annotation`` per region, each with
-  a ``classification`` and ``measurements`` (score and per-prompt alignment);
-- ``patch_scores.csv``: every patch with its score, selection and maps;
+  ``detection`` per patch and one ``annotation`` per region, each classified
+  selected or not in the viewer's colours, with ``measurements`` (the map values
+  the viewer shows, x a uniform share, and the raw ones under their own names);
+- ``patch_scores.csv``: every token with its score, selection, shown and raw maps;
 - PNGs aligned pixel for pixel with ``thumbnail.png``: the selection map and one
   heatmap per prompt and level, each token's square filled on the thumbnail;
 - ``km.png`` (the patient against the cohort) and ``contributions.png``.
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_hila import overlays
 from napari_hila.io_utils import atomic_path
 from napari_hila.overlays import heatmap_values
 from napari_hila.results import LevelExplanation, PredictionResult
@@ -32,9 +34,18 @@ __all__ = [
     "token_raster",
 ]
 
-SELECTED_COLOUR = (255, 200, 0)  # QuPath classification colours, RGB
-REGION_COLOUR = (0, 160, 255)
+
+def _rgb(rgba: tuple[float, ...]) -> list[int]:
+    return [int(round(255 * c)) for c in rgba[:3]]
+
+
+# QuPath classification colours, the viewer's: selected yellow (the region outline
+# colour), left out pale grey (the veil the viewer lays over them).
+SELECTED_COLOUR = _rgb(overlays.REGION_SELECTED_RGBA)
+UNSELECTED_COLOUR = _rgb(overlays.UNSELECTED_RGBA)
 OVERLAY_ALPHA = 0.55
+SHOWN_SUFFIX = "(x uniform share)"  # the value the viewer shows and colours
+RAW_SUFFIX = "(raw plan value)"  # the stored map value it comes from
 
 
 def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
@@ -42,10 +53,14 @@ def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
 
 
 def _measurements(lv: LevelExplanation, i: int, shown: np.ndarray) -> dict[str, float]:
-    """QuPath measurements: the values the viewer shows (x a uniform share) per prompt."""
-    values = {"alignment score": float(lv.scores[i])}
+    """QuPath measurements named for what they are: shown values and the raw ones."""
+    values = {
+        "alignment score (raw)": float(lv.scores[i]),
+        "selected (1 yes, 0 no)": float(bool(lv.selected[i])),
+    }
     for k, name in enumerate(lv.map_names):
-        values[f"{name} (x uniform share)"] = float(shown[i, k])
+        values[f"{name} {SHOWN_SUFFIX}"] = float(shown[i, k])
+        values[f"{name} {RAW_SUFFIX}"] = float(lv.maps[i, k])
     return values
 
 
@@ -57,7 +72,11 @@ def _shown_maps(lv: LevelExplanation) -> np.ndarray:
 
 
 def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
-    """QuPath GeoJSON features: selected patches as detections, regions as annotations."""
+    """QuPath GeoJSON features: every patch a detection, every region an annotation.
+
+    Each is classified "Selected <level>" (yellow) or "Not selected <level>"
+    (grey), the viewer's colours, and carries the values the viewer shows.
+    """
     features = []
     levels = result.explanation.levels
     for name, lv in levels.items():
@@ -65,16 +84,11 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
         shown = _shown_maps(lv)
         for i in range(len(lv.coords)):
             selected = bool(lv.selected[i])
-            if is_patch and not selected:
-                continue
             x, y = (float(v) for v in lv.coords[i])
-            if is_patch:
-                cls = {"name": f"Selected {name}", "color": list(SELECTED_COLOUR)}
-                kind = "detection"
-            else:
-                label = f"Selected {name}" if selected else name.capitalize()
-                cls = {"name": label, "color": list(REGION_COLOUR)}
-                kind = "annotation"
+            cls = {
+                "name": f"Selected {name}" if selected else f"Not selected {name}",
+                "color": SELECTED_COLOUR if selected else UNSELECTED_COLOUR,
+            }
             features.append(
                 {
                     "type": "Feature",
@@ -83,7 +97,7 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
                         "coordinates": _square(x, y, float(lv.tile_size)),
                     },
                     "properties": {
-                        "objectType": kind,
+                        "objectType": "detection" if is_patch else "annotation",
                         "name": f"{name} {i}",
                         "classification": cls,
                         "isLocked": False,
@@ -95,7 +109,7 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
 
 
 def write_geojson(result: PredictionResult, path: str | os.PathLike) -> Path:
-    """Selected patches and all regions as a GeoJSON FeatureCollection (level-0 px)."""
+    """Every patch and region, with its selection, as a GeoJSON FeatureCollection (level-0 px)."""
     collection = {"type": "FeatureCollection", "features": geojson_features(result)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(collection))
@@ -107,13 +121,16 @@ def write_csv(result: PredictionResult, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         names = sorted({n for lv in result.explanation.levels.values() for n in lv.map_names})
-        writer.writerow(["level", "index", "x", "y", "size", "region", "selected", "score", *names])
+        columns = [f"{n} {SHOWN_SUFFIX}" for n in names] + [f"{n} {RAW_SUFFIX}" for n in names]
+        header = ["level", "index", "x", "y", "size", "region", "selected", "alignment score (raw)"]
+        writer.writerow([*header, *columns])
         for level, lv in result.explanation.levels.items():
             column = {n: k for k, n in enumerate(lv.map_names)}
             shown = _shown_maps(lv)
             for i in range(len(lv.coords)):
                 parent = int(lv.parent[i]) if lv.parent is not None else -1
                 maps = [f"{shown[i, column[n]]:.6g}" if n in column else "" for n in names]
+                maps += [f"{lv.maps[i, column[n]]:.6g}" if n in column else "" for n in names]
                 writer.writerow(
                     [
                         level,

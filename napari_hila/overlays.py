@@ -31,10 +31,13 @@ __all__ = [
     "TileLookup",
     "TokenInfo",
     "camera_for_token",
+    "clipped_rectangles",
     "grid_layout",
     "MAP_COLORMAP",
     "MAP_LIMITS",
+    "below_threshold_hidden",
     "blend_map",
+    "heatmap_grid",
     "heatmap_layer",
     "heatmap_values",
     "map_colours",
@@ -54,10 +57,13 @@ LayerData = tuple[Any, dict[str, Any], str]
 # lattice (e.g. jittered); we then fall back to a step of one tile.
 MAX_GRID_CELLS = 64_000_000
 
-# The patch selection map greys out what the model left out and keeps the
-# selected tiles clear, so it can sit over a heatmap without hiding it.
+# The patch selection map veils what the model left out in pale grey and keeps
+# the selected tiles clear, so it sits over a heatmap without hiding it. Pale,
+# not dark: on inferno a dark grey would read as a low map value.
 SELECTED_RGBA = (0.0, 0.0, 0.0, 0.0)
-UNSELECTED_RGBA = (0.08, 0.08, 0.08, 0.55)
+UNSELECTED_RGBA = (0.82, 0.82, 0.82, 0.6)
+UNSELECTED_LEGEND = "pale grey veil: tile not selected by the model"
+REGION_LEGEND = "yellow outline: selected region; grey outline: region not selected"
 # Region outlines: selected regions bright, the others faint.
 REGION_SELECTED_RGBA = (1.0, 0.85, 0.0, 1.0)
 REGION_UNSELECTED_RGBA = (0.6, 0.6, 0.6, 0.6)
@@ -227,17 +233,66 @@ def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict
     }
 
 
+def below_threshold_hidden(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    """``values`` with those below ``threshold`` set to NaN (drawn transparent); None keeps all."""
+    values = np.asarray(values, np.float32)
+    if threshold is None:
+        return values
+    return np.where(values >= float(threshold), values, np.float32(np.nan)).astype(np.float32)
+
+
+def _finer_level(result: PredictionResult, level_name: str) -> LevelExplanation | None:
+    """The level whose tiles point into ``level_name``'s (HiLa's patches inside regions)."""
+    if level_name != _coarse_level(result):
+        return None
+    for name, other in result.explanation.levels.items():
+        if name != level_name and other.parent is not None and len(other.coords):
+            return other
+    return None
+
+
+def heatmap_grid(
+    result: PredictionResult, level_name: str, prompt: int | str, threshold: float | None = None
+) -> tuple[GridLayout, np.ndarray]:
+    """The lattice a heatmap is drawn on and its (rows, cols) image: what napari and exports show.
+
+    A coarse level (HiLa's regions) is painted on its patches' lattice, each
+    patch taking its region's value, so the map covers tissue only and stops at
+    the slide's edge. Values below ``threshold`` (x a uniform share) are NaN.
+    """
+    level = result.explanation.levels[level_name]
+    values = heatmap_values(level, prompt_index(level, prompt))
+    finer = _finer_level(result, level_name)
+    if finer is not None:
+        layout = grid_layout(finer.coords, finer.tile_size)
+        parent = np.asarray(finer.parent, np.int64)
+        inside = (parent >= 0) & (parent < len(values))
+        drawn = np.full(len(parent), np.nan, np.float32)
+        drawn[inside] = values[parent[inside]]
+    else:
+        layout = grid_layout(level.coords, level.tile_size)
+        drawn = values
+    return layout, layout.paint(below_threshold_hidden(drawn, threshold))
+
+
 def heatmap_layer(
-    result: PredictionResult, level_name: str, prompt: int | str, colormap: str = MAP_COLORMAP
+    result: PredictionResult,
+    level_name: str,
+    prompt: int | str,
+    colormap: str = MAP_COLORMAP,
+    threshold: float | None = None,
 ) -> LayerData:
-    """Image layer data: one pixel per tile, the prompt's map on the fixed scale, NaN off-tissue."""
+    """Image layer data: the prompt's map on the fixed scale, NaN off-tissue.
+
+    One pixel per tile of :func:`heatmap_grid` (regions drawn on their patches,
+    so never over glass); values below ``threshold`` are transparent.
+    """
     level = result.explanation.levels[level_name]
     k = prompt_index(level, prompt)
-    layout = grid_layout(level.coords, level.tile_size)
     values = heatmap_values(level, k)
-    image = layout.paint(values)
+    layout, image = heatmap_grid(result, level_name, k, threshold)
     kwargs = {
-        "name": f"{level_name} prompt: {level.map_names[k]}",
+        "name": f"{level_name} prompt: {level.map_names[k]} (x uniform share)",
         "scale": layout.scale(result.mpp),
         "translate": layout.translate(result.mpp),
         "colormap": colormap,
@@ -254,6 +309,7 @@ def heatmap_layer(
             prompt_text=level.map_texts[k] if k < len(level.map_texts) else "",
             map_unit=MAP_UNIT,
             informative=map_is_informative(values),
+            threshold=threshold,
         ),
     }
     return image, kwargs, "image"
@@ -290,14 +346,34 @@ def selection_layer(result: PredictionResult, level_name: str = "patch") -> Laye
     return labels, kwargs, "labels"
 
 
-def region_outline_layer(result: PredictionResult, level_name: str = "region") -> LayerData:
+def clipped_rectangles(
+    coords: np.ndarray, size: int, slide_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(N, 4, 2) rectangle corners (row, col), level-0 px on pixel edges, cut at the slide's edge.
+
+    ``slide_size`` is the level-0 (width, height); a region running past the
+    slide (the last row and column of 4096 px regions usually do) stops there.
+    """
+    coords = np.asarray(coords, np.float64).reshape(-1, 2)
+    x0, y0 = coords[:, 0], coords[:, 1]
+    x1, y1 = x0 + size, y0 + size
+    if slide_size is not None:
+        x1, y1 = np.minimum(x1, slide_size[0]), np.minimum(y1, slide_size[1])
+    corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
+    return np.stack([np.stack(c, axis=1) for c in corners], axis=1) - 0.5
+
+
+def region_outline_layer(
+    result: PredictionResult,
+    level_name: str = "region",
+    slide_size: tuple[int, int] | None = None,
+) -> LayerData:
     """Shapes layer data: one rectangle per region on the slide's pixel edges.
 
     Selected regions are drawn in a strong colour, the others faintly; the
-    features table names each region's score and selection.
+    features table names each region's score and selection. With
+    ``slide_size`` (level-0 width, height) the rectangles stop at the slide's edge.
     """
-    from napari_hila.slides.layers import grid_rectangles
-
     level = result.explanation.levels[level_name]
     mpp = result.mpp
     selected = np.asarray(level.selected, bool)
@@ -316,20 +392,23 @@ def region_outline_layer(result: PredictionResult, level_name: str = "region") -
         },
         "metadata": _meta(result, "regions", level_name),
     }
-    return list(grid_rectangles(level.coords, level.tile_size)), kwargs, "shapes"
+    return list(clipped_rectangles(level.coords, level.tile_size, slide_size)), kwargs, "shapes"
 
 
 def result_layers(
     result: PredictionResult,
     prompts: dict[str, int | str] | None = None,
     tissue: Any = None,
+    threshold: float | None = None,
+    slide_size: tuple[int, int] | None = None,
 ) -> list[LayerData]:
     """All overlays for a result, bottom to top.
 
     The tissue mask (a :class:`~napari_hila.slides.TissueMask`, drawn by the
     slides package's own layer function, hidden), one heatmap per level showing
-    ``prompts[level]`` (default the first prompt; the coarse level's hidden),
-    then the selection maps: outlines for the coarsest level, per-tile labels
+    ``prompts[level]`` (default the first prompt; the coarse level's hidden;
+    tiles below ``threshold`` transparent), then the selection maps (region
+    outlines cut at ``slide_size``, level-0 width and height): outlines for the coarsest level, per-tile labels
     for the others.
     """
     prompts = prompts or {}
@@ -347,14 +426,14 @@ def result_layers(
     for name, level in levels.items():
         if len(level.coords) == 0 or level.maps.shape[1] == 0:
             continue
-        data, kwargs, kind = heatmap_layer(result, name, prompts.get(name, 0))
+        data, kwargs, kind = heatmap_layer(result, name, prompts.get(name, 0), threshold=threshold)
         kwargs["visible"] = name != coarse  # one heatmap at a time; the user can switch
         layers.append((data, kwargs, kind))
     for name, level in levels.items():
         if len(level.coords) == 0:
             continue
         if name == coarse:
-            layers.append(region_outline_layer(result, name))
+            layers.append(region_outline_layer(result, name, slide_size))
         else:
             layers.append(selection_layer(result, name))
     return layers

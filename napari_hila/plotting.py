@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_hila.results import PredictionResult
+from napari_hila.results import PredictionResult, survival_curve_at, survival_horizon
 from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk
 
 __all__ = [
@@ -119,14 +119,17 @@ def plot_cohort_km(
                 (time_bin_edges if time_bin_edges is not None else card["time_bin_edges"]),
                 patient_survival,
             )
-        edges = finite_edges(edges, horizon)
+        # the model's curve as the dock reads it (hazard constant inside a bin), up to the
+        # last finite bin edge: beyond it the model says nothing
         surv = np.asarray(surv, float)
-        xs = np.r_[edges[0], edges[1 : len(surv) + 1]]
-        ys = np.r_[1.0, surv]
-        ax.step(
+        edges = np.asarray([np.inf if e is None else float(e) for e in edges], float)
+        end = min(survival_horizon(edges), horizon)
+        inner = edges[(edges > 0) & (edges < end)]
+        xs = np.unique(np.r_[np.linspace(0.0, end, 120), inner])
+        ys = survival_curve_at(edges, surv, xs)
+        ax.plot(
             xs,
             ys,
-            where="post",
             color=PATIENT_COLOUR,
             linestyle="--",
             linewidth=2,
@@ -140,7 +143,7 @@ def plot_cohort_km(
     # Short lines: the same figure goes into a narrow dock in the viewer.
     split = "out-of-fold risk groups" if how.startswith("out-of-fold") else "risk above threshold"
     ax.set_title(f"log-rank p = {p_text} ({split})", fontsize=8)
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    ax.legend(loc="best", fontsize=7, frameon=True, framealpha=0.8)
     ticks = np.linspace(0, horizon, at_risk_rows)
     info["at_risk_times"] = ticks.tolist()
     for row, (mask, colour, name) in enumerate(

@@ -64,6 +64,88 @@ def map_is_informative(values: np.ndarray) -> bool:
     return map_departure(values) >= UNIFORM_TOLERANCE
 
 
+#: Times a clinician reads survival at, in years; converted to the model's time unit.
+REPORT_YEARS = (1, 3, 5)
+_UNITS_PER_YEAR = {"days": 365.25, "weeks": 52.18, "months": 12.0, "years": 1.0}
+
+
+def survival_curve_at(
+    edges: np.ndarray, survival: np.ndarray, times: np.ndarray | list[float]
+) -> np.ndarray:
+    """A discrete-time model's S(t) at ``times``, hazard constant inside each bin.
+
+    ``survival[j]`` is S at the end of bin ``[edges[j], edges[j + 1])``; between
+    edges S falls geometrically, ``S(e_j) (1 - h_j)^((t - e_j) / (e_{j+1} - e_j))``,
+    so the curve passes through the model's own values at every edge. Times past
+    the last finite edge (the model's horizon) are NaN: the model cannot say.
+    """
+    edges = np.asarray([np.inf if e is None else float(e) for e in edges], float)
+    survival = np.asarray(survival, float)
+    times = np.asarray(times, float)
+    start = np.r_[1.0, survival[:-1]]  # S at each bin's start
+    out = np.full(times.shape, np.nan)
+    for j in range(len(survival)):
+        lo, hi = edges[j], edges[j + 1]
+        if not np.isfinite(hi):
+            continue
+        inside = (times >= lo) & (times <= hi)
+        if hi > lo and start[j] > 0:
+            ratio = survival[j] / start[j]
+            out[inside] = start[j] * ratio ** ((times[inside] - lo) / (hi - lo))
+        else:
+            out[inside] = survival[j]
+    return out
+
+
+def survival_horizon(edges: np.ndarray) -> float:
+    """The last finite bin edge: the longest time the model's curve covers."""
+    finite = [float(e) for e in edges if e is not None and np.isfinite(float(e))]
+    return max(finite) if finite else 0.0
+
+
+def report_times(time_unit: str, horizon: float) -> list[tuple[str, float]]:
+    """(label, time in ``time_unit``) at 1, 3 and 5 years, those within the horizon.
+
+    The horizon itself is added when a report year lies beyond it, so a reader
+    learns how far the model's curve reaches. Unknown units give the horizon only.
+    """
+    per_year = _UNITS_PER_YEAR.get(str(time_unit).lower())
+    times: list[tuple[str, float]] = []
+    if per_year is not None:
+        for years in REPORT_YEARS:
+            t = years * per_year
+            if t <= horizon + 1e-9:
+                times.append((f"{years} year{'s' if years > 1 else ''}", t))
+    if horizon > 0 and (per_year is None or REPORT_YEARS[-1] * per_year > horizon + 1e-9):
+        times.append((f"{horizon:.3g} {time_unit} (model horizon)", horizon))
+    return times
+
+
+def ordinal(value: float) -> str:
+    """12 -> "12th", 21 -> "21st": a percentile as people say it."""
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def threshold_name(result: PredictionResult) -> str:
+    """What the risk threshold is, in words: "the cohort median" when the card says so."""
+    method = str(result.extra.get("risk_threshold_method", ""))
+    return "the cohort median" if "median" in method.lower() else "the model's threshold"
+
+
+def risk_standing(result: PredictionResult) -> str:
+    """The risk group in words: "high-risk group: above the cohort median, 67th percentile"."""
+    parts = []
+    if result.risk_group:
+        cut = threshold_name(result)
+        side = "above" if result.risk_group == "high" else "at or below"
+        parts.append(f"{result.risk_group}-risk group: {side} {cut}")
+    if result.risk_percentile is not None:
+        parts.append(f"{ordinal(result.risk_percentile)} percentile of the model's cohort")
+    return ", ".join(parts)
+
+
 @dataclass
 class LevelExplanation:
     """Per-token evidence at one level of one slide.
@@ -153,6 +235,17 @@ class PredictionResult:
     @property
     def risk(self) -> float:
         return self.explanation.risk
+
+    def survival_at(self, times: np.ndarray | list[float]) -> np.ndarray:
+        """Predicted S(t) at ``times`` (in :attr:`time_unit`), NaN past the horizon."""
+        return survival_curve_at(self.time_bin_edges, self.explanation.survival, times)
+
+    def survival_report(self) -> list[tuple[str, float, float]]:
+        """(label, time, S) at 1, 3 and 5 years within the model's horizon (and at it)."""
+        horizon = survival_horizon(self.time_bin_edges)
+        rows = report_times(self.time_unit, horizon)
+        values = self.survival_at([t for _, t in rows]) if rows else []
+        return [(label, t, float(s)) for (label, t), s in zip(rows, values, strict=True)]
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (no per-token arrays)."""

@@ -85,7 +85,9 @@ def make_card(seed=1, n=60):
     }
 
 
-def test_geojson_is_qupath_style_with_one_feature_per_selected_patch(tmp_path):
+def test_geojson_has_every_tile_with_its_selection_and_the_shown_values(tmp_path):
+    from napari_hila import overlays
+
     result = make_result()
     path = write_geojson(result, tmp_path / "p.geojson")
     data = json.loads(path.read_text())
@@ -93,25 +95,42 @@ def test_geojson_is_qupath_style_with_one_feature_per_selected_patch(tmp_path):
     det = [f for f in data["features"] if f["properties"]["objectType"] == "detection"]
     ann = [f for f in data["features"] if f["properties"]["objectType"] == "annotation"]
     patch = result.explanation.levels["patch"]
-    assert len(det) == int(patch.selected.sum()) and len(ann) == 2
-    first = det[0]
+    assert len(det) == len(patch.coords) and len(ann) == 2  # left-out tiles are there too
+    names = [f["properties"]["classification"]["name"] for f in det]
+    assert names == ["Selected patch" if s else "Not selected patch" for s in patch.selected]
+    i = int(np.flatnonzero(patch.selected)[0])
+    first = det[i]
     assert first["geometry"]["type"] == "Polygon"
     ring = np.array(first["geometry"]["coordinates"][0])
-    x, y = patch.coords[np.flatnonzero(patch.selected)[0]]
+    x, y = patch.coords[i]
     assert ring[0].tolist() == [x, y] and ring[2].tolist() == [x + 256, y + 256]
     assert ring[0].tolist() == ring[-1].tolist()
     props = first["properties"]
-    assert props["classification"]["name"] == "Selected patch"
+    # colours are the viewer's: selected = the region outline yellow, left out = the grey veil
+    assert props["classification"]["color"] == [
+        round(255 * c) for c in overlays.REGION_SELECTED_RGBA[:3]
+    ]
+    j = int(np.flatnonzero(~patch.selected)[0])
+    assert det[j]["properties"]["classification"]["color"] == [
+        round(255 * c) for c in overlays.UNSELECTED_RGBA[:3]
+    ]
     assert set(props["measurements"]) == {
-        "alignment score",
+        "alignment score (raw)",
+        "selected (1 yes, 0 no)",
         "dense nuclei (x uniform share)",
         "stroma (x uniform share)",
+        "dense nuclei (raw plan value)",
+        "stroma (raw plan value)",
     }
-    # the values the viewer shows: each map relative to a uniform share
-    i = int(np.flatnonzero(patch.selected)[0])
+    # the values the viewer shows: each map relative to a uniform share; the raw ones beside
     shown = patch.maps[i, 1] / patch.maps[:, 1].mean()
     assert props["measurements"]["stroma (x uniform share)"] == pytest.approx(shown, rel=1e-5)
-    assert ann[1]["properties"]["classification"]["name"] == "Selected region"
+    assert props["measurements"]["stroma (raw plan value)"] == pytest.approx(patch.maps[i, 1])
+    assert props["measurements"]["selected (1 yes, 0 no)"] == 1.0
+    assert ann[1]["properties"]["classification"]["name"] in (
+        "Selected region",
+        "Not selected region",
+    )
 
 
 def test_csv_has_every_token(tmp_path):
@@ -123,8 +142,9 @@ def test_csv_has_every_token(tmp_path):
     lv = result.explanation.levels["patch"]
     assert [int(r["selected"]) for r in patch_rows] == lv.selected.astype(int).tolist()
     shown = lv.maps[5, 1] / lv.maps[:, 1].mean()  # as the viewer shows it
-    assert float(patch_rows[5]["stroma"]) == pytest.approx(shown, rel=1e-5)
-    assert patch_rows[5]["solid sheets"] == ""
+    assert float(patch_rows[5]["stroma (x uniform share)"]) == pytest.approx(shown, rel=1e-5)
+    assert float(patch_rows[5]["stroma (raw plan value)"]) == pytest.approx(lv.maps[5, 1], rel=1e-5)
+    assert patch_rows[5]["solid sheets (x uniform share)"] == ""
 
 
 def test_token_raster_aligns_tiles_to_thumbnail_pixels():

@@ -1,14 +1,20 @@
 """Exports from the viewer: annotated screenshot, region figure, GeoJSON and CSV.
 
-Only :func:`annotated_screenshot` touches the viewer (``viewer.screenshot``);
-composing the annotations and the region figure is plain matplotlib, and the
-GeoJSON/CSV come from :mod:`napari_hila.export`. Every file is written
-atomically.
+Everything is read from the screen once, on the GUI thread, into an
+:class:`ExportRequest` (the canvas, the heatmap's colormap, opacity, limits and
+threshold, which selection layers are shown, the view's box); writing it is
+plain numpy and matplotlib that :class:`ExportJob` runs in a worker with
+progress and Cancel. Text is wrapped to the image width and checked against
+the rendered bounding boxes, so nothing is cut. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +26,12 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from napari_hila import overlays
-from napari_hila.errors import HilaError
+from napari_hila._qt.job import BackgroundJob
+from napari_hila.errors import Cancelled, HilaError
 from napari_hila.io_utils import atomic_path
-from napari_hila.results import PredictionResult
+from napari_hila.results import PredictionResult, risk_standing
 
-BAND_PX = 96  # height of the annotation band under the screenshot
+BAND_PX = 96  # height of the annotation band under an 800 px wide image (grows with lines)
 
 
 def nice_length(max_um: float) -> float:
@@ -58,8 +65,18 @@ def heatmap_of(viewer: Any) -> Any | None:
 
 
 def band_height(width: int) -> int:
-    """Height of the annotation band under an image ``width`` px wide."""
-    return int(round(BAND_PX * max(1.0, width / 800)))
+    """Height of a one-line-title, one-line-details band under an image ``width`` px wide."""
+    return int(round(BAND_PX * _text_scale(width)))
+
+
+def _text_scale(width: int) -> float:
+    return max(1.0, width / 800)
+
+
+def _wrap(text: str, font_px: float, width_px: float) -> list[str]:
+    """``text`` in lines that fit ``width_px`` at ``font_px`` (a DejaVu Sans estimate)."""
+    chars = max(8, int(width_px / (0.62 * font_px)))
+    return textwrap.wrap(text, chars, break_long_words=True) or [""]
 
 
 def compose_annotated(
@@ -73,50 +90,146 @@ def compose_annotated(
 ) -> np.ndarray:
     """Add a band under an RGB(A) image with title, details, scale bar and colorbar.
 
-    The image's own pixels are kept exactly; only the band (of
-    :func:`band_height`, text growing with the width) is drawn, so even a
-    3000-px figure composes fast. Returns RGBA uint8.
+    The image's own pixels are kept exactly; the band is :func:`render_band`'s.
+    Returns RGBA uint8.
     """
     height, width = image.shape[:2]
-    band_px = band_height(width)
-    k = band_px / BAND_PX
-    fig = Figure(figsize=(width / 100, band_px / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    fig.patch.set_facecolor("white")
-    fig.text(0.01, 0.80, title, fontsize=11 * k, fontweight="bold", color="black", va="center")
-    fig.text(0.01, 0.52, details, fontsize=9 * k, color="black", va="center")
-    bar_um = nice_length(0.25 * width * um_per_px)
-    if bar_um > 0:
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.set_axis_off()
-        ax.patch.set_alpha(0.0)
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(band_px - 0.5, -0.5)
-        x0, y0 = 0.01 * width, 0.80 * band_px
-        ax.plot(
-            [x0, x0 + bar_um / um_per_px], [y0, y0], color="black", lw=3 * k, solid_capstyle="butt"
-        )
-        ax.text(
-            x0 + bar_um / um_per_px + 8 * k,
-            y0,
-            _length_text(bar_um),
-            va="center",
-            fontsize=9 * k,
-            fontweight="bold",
-            color="black",
-        )
-    if colormap is not None and contrast_limits is not None:
-        cax = fig.add_axes((0.66, 0.45, 0.31, 0.25))
-        mappable = ScalarMappable(Normalize(*contrast_limits), colormap)
-        bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-        bar.set_label(colorbar_label, fontsize=8 * k, color="black")
-        bar.ax.tick_params(labelsize=7 * k, colors="black")
-    fig.canvas.draw()
-    band = np.asarray(fig.canvas.buffer_rgba())[:band_px, :width]
+    band, _ = render_band(
+        width, um_per_px, title, details, colormap, contrast_limits, colorbar_label
+    )
     top = np.empty((height, width, 4), np.uint8)
     top[..., :3] = image[..., :3]
     top[..., 3] = 255
     return np.concatenate([top, band], axis=0)
+
+
+def render_band(
+    width: int,
+    um_per_px: float,
+    title: str,
+    details: str,
+    colormap: Any = None,
+    contrast_limits: tuple[float, float] | None = None,
+    colorbar_label: str = "",
+) -> tuple[np.ndarray, list[Any]]:
+    """The annotation band (RGBA) and the pixel boxes of every text rendered in it.
+
+    Title and details are wrapped to the width and the band grows to hold every
+    line; the scale bar and the colorbar share the last row, the colorbar's
+    label wrapped under it. Lines are rewrapped narrower until every rendered
+    box lies inside the band, so no text is ever cut.
+    """
+    k = _text_scale(width)
+    margin = 8 * k
+    title_px, text_px, small_px = 11 * k * 100 / 72, 9 * k * 100 / 72, 7.5 * k * 100 / 72
+    for attempt in range(5):
+        fit = 1.0 - 0.1 * attempt
+        usable = fit * (width - 2 * margin)
+        rows = [(line, title_px, "bold") for line in _wrap(title, title_px, usable)]
+        rows += [(line, text_px, "normal") for line in _wrap(details, text_px, usable)]
+        label_lines = _wrap(colorbar_label, small_px, fit * 0.42 * width) if colorbar_label else []
+        bottom_px = 24 * k
+        if colormap is not None:
+            bottom_px = max(bottom_px, 14 * k + 1.5 * small_px * (1 + len(label_lines)))
+        text_h = sum(1.45 * size for _, size, _ in rows)
+        band_px = int(math.ceil(margin + text_h + 4 * k + bottom_px + margin))
+        fig, boxes = _draw_band(
+            width,
+            band_px,
+            margin,
+            rows,
+            um_per_px,
+            colormap,
+            contrast_limits,
+            "\n".join(label_lines),
+            small_px,
+            bottom_px,
+            k,
+        )
+        if all(_inside(box, width, band_px) for box in boxes):
+            break
+    band = np.array(fig.canvas.buffer_rgba())[:band_px, :width]
+    return band, boxes
+
+
+def _inside(box: Any, width: int, height: int) -> bool:
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height
+
+
+def _draw_band(
+    width: int,
+    band_px: int,
+    margin: float,
+    rows: list[tuple[str, float, str]],
+    um_per_px: float,
+    colormap: Any,
+    contrast_limits: tuple[float, float] | None,
+    colorbar_label: str,
+    small_px: float,
+    bottom_px: float,
+    k: float,
+) -> tuple[Figure, list[Any]]:
+    """Render the band; returns the figure and the pixel boxes of every text drawn."""
+    fig = Figure(figsize=(width / 100, band_px / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.patch.set_facecolor("white")
+    ax = fig.add_axes((0, 0, 1, 1))  # pixel coordinates, y down
+    ax.set_axis_off()
+    ax.set_xlim(0, width)
+    ax.set_ylim(band_px, 0)
+    artists = []
+    y = margin
+    for line, size, weight in rows:
+        artists.append(
+            ax.text(
+                margin,
+                y,
+                line,
+                fontsize=size * 72 / 100,
+                fontweight=weight,
+                va="top",
+                color="black",
+            )
+        )
+        y += 1.45 * size
+    row_top = band_px - margin - bottom_px
+    bar_um = nice_length(0.25 * width * um_per_px)
+    if bar_um > 0:
+        y_bar = row_top + 8 * k
+        ax.plot(
+            [margin, margin + bar_um / um_per_px],
+            [y_bar, y_bar],
+            color="black",
+            lw=3 * k,
+            solid_capstyle="butt",
+        )
+        artists.append(
+            ax.text(
+                margin + bar_um / um_per_px + 8 * k,
+                y_bar,
+                _length_text(bar_um),
+                va="center",
+                fontsize=9 * k,
+                fontweight="bold",
+                color="black",
+            )
+        )
+    colorbar_texts = []
+    if colormap is not None and contrast_limits is not None:
+        bar_h = 10 * k
+        left, bottom = 1 - (0.42 * width + 3 * margin) / width, 1 - (row_top + bar_h) / band_px
+        cax = fig.add_axes((left, bottom, 0.42, bar_h / band_px))
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(*contrast_limits), colormap), cax=cax, orientation="horizontal"
+        )
+        bar.ax.tick_params(labelsize=small_px * 72 / 100, colors="black", pad=1)
+        if colorbar_label:
+            bar.set_label(colorbar_label, fontsize=small_px * 72 / 100, color="black", labelpad=1)
+        colorbar_texts = [bar.ax.xaxis.label, *bar.ax.get_xticklabels()]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in [*artists, *colorbar_texts] if a.get_text()]
+    return fig, boxes
 
 
 def _mpl_colormap(layer: Any) -> ListedColormap:
@@ -124,28 +237,85 @@ def _mpl_colormap(layer: Any) -> ListedColormap:
     return ListedColormap(colors[:, :3])
 
 
+def export_title(result: PredictionResult) -> str:
+    """The figure title: model, risk score and where it stands, as the dock says it."""
+    standing = risk_standing(result)
+    return f"{result.model_label or result.model_name} — risk {result.risk:.3f}" + (
+        f", {standing}" if standing else ""
+    )
+
+
 def annotated_screenshot(viewer: Any, result: PredictionResult) -> np.ndarray:
     """The canvas as shown, with scale bar, colorbar, prompt, risk and model burned in."""
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    canvas_h, canvas_w = viewer.canvas.size
-    um_per_px = (canvas_w / shot.shape[1]) / viewer.camera.zoom  # world units are microns
-    heat = heatmap_of(viewer)
-    prompt = heat.metadata.get("prompt", "") if heat is not None else ""
-    level = heat.metadata.get("level", "") if heat is not None else ""
-    group = f", {result.risk_group} risk" if result.risk_group else ""
-    title = f"{result.model_label or result.model_name} — risk {result.risk:.3f}{group}"
-    details = f"{Path(result.slide_path).name}" + (
-        f"   prompt ({level}): {prompt}" if prompt else ""
+    return _annotate_screenshot(shot, _ScreenState.from_viewer(viewer), result)
+
+
+def _annotate_screenshot(
+    shot: np.ndarray, state: _ScreenState, result: PredictionResult
+) -> np.ndarray:
+    um_per_px = (state.canvas_width / shot.shape[1]) / state.zoom  # world units are microns
+    details = Path(result.slide_path).name + (
+        f"   prompt ({state.level}): {state.prompt}" if state.prompt else ""
     )
     return compose_annotated(
         shot,
         um_per_px,
-        title,
+        export_title(result),
         details,
-        colormap=_mpl_colormap(heat) if heat is not None else None,
-        contrast_limits=tuple(heat.contrast_limits) if heat is not None else None,
-        colorbar_label=f"'{prompt}': x a uniform share" if heat is not None else "",
+        colormap=state.colormap,
+        contrast_limits=state.limits,
+        colorbar_label=state.colorbar_label(),
     )
+
+
+@dataclass(frozen=True)
+class _ScreenState:
+    """What the canvas shows that an export must match, read once on the GUI thread."""
+
+    canvas_width: int
+    zoom: float
+    level: str | None = None
+    prompt: str | None = None
+    colormap: Any = None
+    limits: tuple[float, float] | None = None
+    opacity: float = overlays.MAP_OPACITY
+    threshold: float | None = None
+    show_selection: bool = False  # the patch selection veil is visible
+    show_regions: bool = False  # the region outlines are visible
+
+    @classmethod
+    def from_viewer(cls, viewer: Any) -> _ScreenState:
+        heat = heatmap_of(viewer)
+        shown = {
+            layer.metadata.get(overlays.OVERLAY_KEY)
+            for layer in viewer.layers
+            if layer.visible and layer.metadata.get(overlays.OVERLAY_KEY)
+        }
+        common = {
+            "canvas_width": int(viewer.canvas.size[1]),
+            "zoom": float(viewer.camera.zoom),
+            "show_selection": "selection" in shown,
+            "show_regions": "regions" in shown,
+        }
+        if heat is None:
+            return cls(**common)
+        threshold = heat.metadata.get("threshold")
+        return cls(
+            level=heat.metadata.get("level"),
+            prompt=heat.metadata.get("prompt"),
+            colormap=_mpl_colormap(heat),
+            limits=tuple(float(v) for v in heat.contrast_limits),
+            opacity=float(heat.opacity),
+            threshold=None if threshold is None else float(threshold),
+            **common,
+        )
+
+    def colorbar_label(self) -> str:
+        if self.prompt is None:
+            return ""
+        hidden = f"; below {self.threshold:g} not drawn" if self.threshold is not None else ""
+        return f"'{self.prompt}': x a uniform share (1 = uniform){hidden}"
 
 
 def save_png(rgba: np.ndarray, path: str | Path) -> Path:
@@ -171,6 +341,32 @@ def view_bbox(viewer: Any, mpp: float) -> tuple[int, int, int, int]:
     )
 
 
+def grid_values_over(
+    shape: tuple[int, int],
+    bbox: tuple[int, int, int, int],
+    layout: overlays.GridLayout,
+    grid_values: np.ndarray,
+) -> np.ndarray:
+    """(h, w) float: the grid cell value under each output pixel's centre, NaN off the grid.
+
+    Output pixels show level-0 box ``bbox``; each takes the cell its centre
+    falls in (nearest, exact tile edges). Cost is that of the output, not the slide.
+    """
+    x0, y0, x1, y1 = bbox
+    height, width = shape
+    xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width  # level-0 px of each column centre
+    ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height
+    cols = np.floor((xs - layout.origin[0]) / layout.step).astype(np.int64)
+    rows = np.floor((ys - layout.origin[1]) / layout.step).astype(np.int64)
+    col_ok = (cols >= 0) & (cols < layout.shape[1])
+    row_ok = (rows >= 0) & (rows < layout.shape[0])
+    values = np.full((height, width), np.nan, np.float32)
+    rr, cc = np.ix_(np.flatnonzero(row_ok), np.flatnonzero(col_ok))
+    cell_r, cell_c = np.ix_(rows[row_ok], cols[col_ok])
+    values[rr, cc] = np.asarray(grid_values, np.float32)[cell_r, cell_c]
+    return values
+
+
 def heatmap_over(
     pixels: np.ndarray,
     bbox: tuple[int, int, int, int],
@@ -182,42 +378,75 @@ def heatmap_over(
 ) -> np.ndarray:
     """Blend a grid heatmap over slide pixels showing level-0 box ``bbox``.
 
-    Each output pixel takes the cell its centre falls in (nearest, exact tile
-    edges); cells without a token leave the slide untouched. The colours are
-    :func:`napari_hila.overlays.blend_map`'s, the one map renderer.
+    Cells without a token (or below the threshold: NaN) leave the slide
+    untouched. The colours are :func:`napari_hila.overlays.blend_map`'s, the one
+    map renderer.
     """
-    x0, y0, x1, y1 = bbox
-    height, width = pixels.shape[:2]
-    xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width  # level-0 px of each column centre
-    ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height
-    cols = np.floor((xs - layout.origin[0]) / layout.step).astype(np.int64)
-    rows = np.floor((ys - layout.origin[1]) / layout.step).astype(np.int64)
-    col_ok = (cols >= 0) & (cols < layout.shape[1])
-    row_ok = (rows >= 0) & (rows < layout.shape[0])
-    values = np.full((height, width), np.nan, np.float32)
-    rr, cc = np.ix_(np.flatnonzero(row_ok), np.flatnonzero(col_ok))
-    cell_r, cell_c = np.ix_(rows[row_ok], cols[col_ok])
-    values[rr, cc] = grid_values[cell_r, cell_c]
+    values = grid_values_over(pixels.shape[:2], bbox, layout, grid_values)
     return overlays.blend_map(pixels, values, colormap, limits, alpha)
 
 
-def region_figure(
-    slide: Any,
-    result: PredictionResult,
+def veil_unselected(
+    pixels: np.ndarray,
     bbox: tuple[int, int, int, int],
-    level: str,
-    prompt: int | str,
-    max_side: int = 3000,
-    colormap: Any = None,
-    limits: tuple[float, float] | None = None,
-    opacity: float | None = None,
+    result: PredictionResult,
+    level: str = "patch",
 ) -> np.ndarray:
-    """A figure of a slide region with a prompt's heatmap over it, at up to ``max_side`` px.
+    """The viewer's pale veil over tiles the model left out (:data:`overlays.UNSELECTED_RGBA`)."""
+    lv = result.explanation.levels[level]
+    layout = overlays.grid_layout(lv.coords, lv.tile_size)
+    unselected = layout.paint((~np.asarray(lv.selected, bool)).astype(np.float32), fill=0.0)
+    mask = grid_values_over(pixels.shape[:2], bbox, layout, unselected) > 0.5
+    out = pixels[..., :3].astype(np.float32)
+    alpha = overlays.UNSELECTED_RGBA[3]
+    veil = 255.0 * np.asarray(overlays.UNSELECTED_RGBA[:3])
+    out[mask] = (1 - alpha) * out[mask] + alpha * veil
+    return out.round().astype(np.uint8)
 
-    Reads the slide at the finest pyramid level that keeps the longer side
-    near ``max_side``; the heatmap cells sit at their exact tile positions.
-    Colormap, limits and opacity default to the fixed map scale; the viewer
-    passes the heatmap layer's own, so the figure matches the screen.
+
+def draw_region_outlines(
+    pixels: np.ndarray,
+    bbox: tuple[int, int, int, int],
+    result: PredictionResult,
+    level: str,
+    slide_size: tuple[int, int],
+) -> np.ndarray:
+    """Region rectangles in the viewer's colours (selected yellow, others grey), cut at the slide."""
+    lv = result.explanation.levels[level]
+    out = pixels[..., :3].copy()
+    height, width = out.shape[:2]
+    x0, y0, x1, y1 = bbox
+    sx, sy = width / (x1 - x0), height / (y1 - y0)
+    line = max(1, int(round(min(height, width) / 400)))
+    for (rx, ry), selected in zip(
+        np.asarray(lv.coords), np.asarray(lv.selected, bool), strict=True
+    ):
+        rgba = overlays.REGION_SELECTED_RGBA if selected else overlays.REGION_UNSELECTED_RGBA
+        colour = (np.asarray(rgba[:3]) * 255).round().astype(np.uint8)
+        left = int(round((rx - x0) * sx))
+        top = int(round((ry - y0) * sy))
+        right = int(round((min(rx + lv.tile_size, slide_size[0]) - x0) * sx))
+        bottom = int(round((min(ry + lv.tile_size, slide_size[1]) - y0) * sy))
+        if right <= 0 or bottom <= 0 or left >= width or top >= height:
+            continue
+        cl, cr = max(left, 0), min(right, width)
+        ct, cb = max(top, 0), min(bottom, height)
+        for edge in (top, bottom - line):
+            if 0 <= edge < height or 0 <= edge + line <= height:
+                out[max(edge, 0) : min(edge + line, height), cl:cr] = colour
+        for edge in (left, right - line):
+            if 0 <= edge < width or 0 <= edge + line <= width:
+                out[ct:cb, max(edge, 0) : min(edge + line, width)] = colour
+    return out
+
+
+def read_view(
+    slide: Any, bbox: tuple[int, int, int, int], max_side: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Slide pixels of level-0 box ``bbox`` (cut to the slide) at up to ``max_side`` px.
+
+    Reads at the coarsest pyramid level finer than the output needs, so the
+    time follows the size of the output, not of the slide.
     """
     x0, y0, x1, y1 = (int(v) for v in bbox)
     x0, y0 = max(x0, 0), max(y0, 0)
@@ -237,51 +466,210 @@ def region_figure(
         factor = max_side / max(pixels.shape[:2])
         shape = (max(1, int(pixels.shape[0] * factor)), max(1, int(pixels.shape[1] * factor)))
         pixels = resize(pixels, shape, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    return np.ascontiguousarray(pixels[..., :3]), (x0, y0, x1, y1)
+
+
+def region_figure(
+    slide: Any,
+    result: PredictionResult,
+    bbox: tuple[int, int, int, int],
+    level: str,
+    prompt: int | str,
+    max_side: int = 3000,
+    colormap: Any = None,
+    limits: tuple[float, float] | None = None,
+    opacity: float | None = None,
+    threshold: float | None = None,
+    show_selection: bool = False,
+    show_regions: bool = False,
+) -> np.ndarray:
+    """A figure of a slide region with a prompt's heatmap over it, at up to ``max_side`` px.
+
+    The heatmap is :func:`overlays.heatmap_grid`'s, as the layer draws it
+    (regions on their patches, tiles below ``threshold`` not drawn). Colormap,
+    limits and opacity default to the fixed map scale; the viewer passes the
+    heatmap layer's own, and which selection layers are shown, so the figure
+    matches the screen.
+    """
+    pixels, (x0, y0, x1, y1) = read_view(slide, bbox, max_side)
     lv = result.explanation.levels[level]
     k = overlays.prompt_index(lv, prompt)
-    layout = overlays.grid_layout(lv.coords, lv.tile_size)
-    values = overlays.heatmap_values(lv, k)
+    layout, grid = overlays.heatmap_grid(result, level, k, threshold)
     cmap = matplotlib.colormaps[overlays.MAP_COLORMAP] if colormap is None else colormap
     limits = overlays.MAP_LIMITS if limits is None else limits
     opacity = overlays.MAP_OPACITY if opacity is None else opacity
-    blended = heatmap_over(
-        pixels, (x0, y0, x1, y1), layout, layout.paint(values), cmap, limits, opacity
-    )
+    box = (x0, y0, x1, y1)
+    blended = heatmap_over(pixels, box, layout, grid, cmap, limits, opacity)
+    patch_level = _patch_level(result)
+    if show_selection and patch_level is not None:
+        blended = veil_unselected(blended, box, result, patch_level)
+    coarse = overlays._coarse_level(result)
+    if show_regions and coarse is not None:
+        blended = draw_region_outlines(blended, box, result, coarse, slide.level_dimensions[0])
     name = overlays.map_label(lv, k)
+    hidden = f"; below {threshold:g} not drawn" if threshold is not None else ""
     return compose_annotated(
         blended,
         result.mpp * (x1 - x0) / blended.shape[1],
-        f"{result.model_label or result.model_name} — risk {result.risk:.3f}",
+        export_title(result),
         f"{Path(result.slide_path).name}  x {x0}-{x1}, y {y0}-{y1}   prompt ({level}): {name}",
         colormap=cmap,
         contrast_limits=limits,
-        colorbar_label=f"'{name}': x a uniform share",
+        colorbar_label=f"'{name}': x a uniform share (1 = uniform){hidden}",
     )
+
+
+def _patch_level(result: PredictionResult) -> str | None:
+    """The level drawn as a per-tile selection veil (every level but the outlined one)."""
+    coarse = overlays._coarse_level(result)
+    others = [n for n, lv in result.explanation.levels.items() if n != coarse and len(lv.coords)]
+    return others[0] if others else None
+
+
+EXPORT_STEPS = ("screenshot", "region", "geojson", "csv")
+
+
+@dataclass
+class ExportRequest:
+    """One export, with everything it needs from the screen already read.
+
+    :meth:`from_viewer` runs on the GUI thread (the screenshot and the layers'
+    state); :meth:`write` touches no Qt object and may run in a worker.
+    """
+
+    result: PredictionResult
+    stem: Path
+    screenshot: np.ndarray
+    state: _ScreenState
+    bbox: tuple[int, int, int, int]
+    slide: Any = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_viewer(
+        cls, viewer: Any, result: PredictionResult, path: str | Path, slide: Any = None
+    ) -> ExportRequest:
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix.lower() == ".png" else path
+        return cls(
+            result=result,
+            stem=stem,
+            screenshot=viewer.screenshot(canvas_only=True, flash=False),
+            state=_ScreenState.from_viewer(viewer),
+            bbox=view_bbox(viewer, result.mpp),
+            slide=slide,
+        )
+
+    def write(
+        self,
+        progress: Callable[[str, float], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Path]:
+        """Write ``<stem>.png``, ``<stem>_region.png``, ``.geojson`` and ``.csv``.
+
+        ``progress(step, fraction)`` after each file; a set ``cancel`` stops
+        before the next file and removes the ones written (raises ``Cancelled``).
+        """
+        from napari_hila import export as result_export
+
+        stem, state, written = self.stem, self.state, {}
+        steps: list[tuple[str, Callable[[], Path]]] = [
+            (
+                "screenshot",
+                lambda: save_png(
+                    _annotate_screenshot(self.screenshot, state, self.result), f"{stem}.png"
+                ),
+            )
+        ]
+        if self.slide is not None and state.level is not None:
+            steps.append(
+                (
+                    "region",
+                    lambda: save_png(
+                        region_figure(
+                            self.slide,
+                            self.result,
+                            self.bbox,
+                            state.level,
+                            state.prompt,
+                            colormap=state.colormap,
+                            limits=state.limits,
+                            opacity=state.opacity,
+                            threshold=state.threshold,
+                            show_selection=state.show_selection,
+                            show_regions=state.show_regions,
+                        ),
+                        f"{stem}_region.png",
+                    ),
+                )
+            )
+        steps.append(
+            ("geojson", lambda: Path(result_export.write_geojson(self.result, f"{stem}.geojson")))
+        )
+        steps.append(("csv", lambda: Path(result_export.write_csv(self.result, f"{stem}.csv"))))
+        for n, (name, step) in enumerate(steps):
+            if cancel is not None and cancel.is_set():
+                for done in written.values():
+                    done.unlink(missing_ok=True)
+                raise Cancelled("export cancelled by the user")
+            if progress is not None:
+                progress(f"writing {name} ({n + 1}/{len(steps)})", n / len(steps))
+            written[name] = step()
+        if progress is not None:
+            progress("done", 1.0)
+        self.files = written
+        return written
 
 
 def export_all(
     viewer: Any, result: PredictionResult, path: str | Path, slide: Any = None
 ) -> dict[str, Path]:
     """Write ``<stem>.png`` (screenshot), ``<stem>_region.png``, ``.geojson`` and ``.csv``."""
-    from napari_hila import export as result_export
+    return ExportRequest.from_viewer(viewer, result, path, slide=slide).write()
 
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix.lower() == ".png" else path
-    written = {"screenshot": save_png(annotated_screenshot(viewer, result), f"{stem}.png")}
-    heat = heatmap_of(viewer)
-    level = heat.metadata["level"] if heat is not None else None
-    if slide is not None and level is not None:
-        figure = region_figure(
-            slide,
-            result,
-            view_bbox(viewer, result.mpp),
-            level,
-            heat.metadata["prompt"],
-            colormap=_mpl_colormap(heat),
-            limits=tuple(heat.contrast_limits),
-            opacity=float(heat.opacity),
+
+@dataclass
+class ExportOutcome:
+    written: dict[str, Path] = field(default_factory=dict)
+    cancelled: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def run_export(
+    request: ExportRequest,
+    progress: Callable[[str, float], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> ExportOutcome:
+    """Write an export; every failure becomes a message, never an exception."""
+    import logging
+    import time
+
+    started = time.perf_counter()
+    try:
+        written = request.write(progress, cancel)
+        return ExportOutcome(written=written, seconds=time.perf_counter() - started)
+    except Cancelled:
+        return ExportOutcome(cancelled=True, seconds=time.perf_counter() - started)
+    except (HilaError, OSError) as err:
+        return ExportOutcome(error=str(err), seconds=time.perf_counter() - started)
+    except Exception as err:  # a bug: log it in full, tell the user in one line
+        logging.getLogger(__name__).exception("export to %s failed", request.stem)
+        return ExportOutcome(
+            error=f"{request.stem}: export failed ({type(err).__name__}: {err}); please report it",
+            seconds=time.perf_counter() - started,
         )
-        written["region"] = save_png(figure, f"{stem}_region.png")
-    written["geojson"] = Path(result_export.write_geojson(result, f"{stem}.geojson"))
-    written["csv"] = Path(result_export.write_csv(result, f"{stem}.csv"))
-    return written
+
+
+class ExportJob(BackgroundJob):
+    """One export in a napari thread worker; Cancel removes the files already written."""
+
+    def __init__(self, request: ExportRequest, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.request = request
+
+    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return run_export, (self.request,)
+
+    def bug_outcome(self, err: BaseException) -> ExportOutcome:
+        return ExportOutcome(error=f"export failed: {type(err).__name__}: {err}")

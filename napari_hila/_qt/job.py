@@ -156,11 +156,55 @@ def run_prediction(
         )
 
 
-class PredictionJob(QObject):
-    """One prediction in a napari thread worker; signals arrive on the GUI thread."""
+class BackgroundJob(QObject):
+    """A function run in a napari thread worker with progress and Cancel.
 
-    progress = Signal(str, float)  # stage, fraction of that stage
-    finished = Signal(object)  # JobOutcome
+    The function takes ``(*args, progress, cancel)`` and returns an outcome
+    (it never raises); signals arrive on the GUI thread. Subclasses say what
+    to run (:meth:`work`) and what a bug in it becomes (:meth:`bug_outcome`).
+    """
+
+    progress = Signal(str, float)  # what is being done, fraction done
+    finished = Signal(object)  # the outcome
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.cancel_event = threading.Event()
+        self.outcome: Any = None
+        self._worker = None
+
+    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def bug_outcome(self, err: BaseException) -> Any:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self.outcome is None
+
+    def start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        function, args = self.work()
+        self._worker = create_worker(
+            function, *args, self.progress.emit, self.cancel_event, _ignore_errors=True
+        )
+        self._worker.returned.connect(self._on_returned)
+        self._worker.errored.connect(lambda err: self._on_returned(self.bug_outcome(err)))
+        self._worker.start()
+
+    def cancel(self) -> None:
+        """Ask the work to stop at its next check."""
+        self.cancel_event.set()
+
+    def _on_returned(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.finished.emit(outcome)
+
+
+class PredictionJob(BackgroundJob):
+    """One prediction in a napari thread worker; signals arrive on the GUI thread."""
 
     def __init__(
         self,
@@ -177,39 +221,12 @@ class PredictionJob(QObject):
         self.device = device
         self.cache_dir = cache_dir
         self.mpp = mpp  # the user's pixel size, or None for the file's
-        self.cancel_event = threading.Event()
-        self.outcome: JobOutcome | None = None
-        self._worker = None
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None and self.outcome is None
+    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        def run(slide, model, device, cache_dir, mpp, progress, cancel):
+            return run_prediction(slide, model, device, cache_dir, progress, cancel, mpp)
 
-    def start(self) -> None:
-        from napari.qt.threading import create_worker
+        return run, (self.slide_path, self.model, self.device, self.cache_dir, self.mpp)
 
-        self._worker = create_worker(
-            run_prediction,
-            self.slide_path,
-            self.model,
-            self.device,
-            self.cache_dir,
-            self.progress.emit,
-            self.cancel_event,
-            self.mpp,
-            _ignore_errors=True,
-        )
-        self._worker.returned.connect(self._on_returned)
-        self._worker.errored.connect(self._on_errored)
-        self._worker.start()
-
-    def cancel(self) -> None:
-        """Ask the run to stop at its next check (within a batch of tiles)."""
-        self.cancel_event.set()
-
-    def _on_returned(self, outcome: JobOutcome) -> None:
-        self.outcome = outcome
-        self.finished.emit(outcome)
-
-    def _on_errored(self, err: BaseException) -> None:  # only on a bug in run_prediction
-        self._on_returned(JobOutcome(error=f"prediction failed: {type(err).__name__}: {err}"))
+    def bug_outcome(self, err: BaseException) -> JobOutcome:  # only on a bug in run_prediction
+        return JobOutcome(error=f"prediction failed: {type(err).__name__}: {err}")

@@ -21,16 +21,9 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_hila._qt.scroll import make_scrollable
 from napari_hila._qt.theme import apply_theme, theme_colors
-from napari_hila.results import PredictionResult
+from napari_hila.results import PredictionResult, ordinal, risk_standing
 
 _DOCKS: dict[int, weakref.ref] = {}  # id(viewer) -> the viewer's Kaplan-Meier dock
-
-
-def ordinal(value: float) -> str:
-    """12 -> "12th", 21 -> "21st": a percentile as people say it."""
-    n = int(round(value))
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def km_dock_for(viewer: Any, create: bool = True) -> KaplanMeierDock | None:
@@ -47,16 +40,26 @@ def km_dock_for(viewer: Any, create: bool = True) -> KaplanMeierDock | None:
         return None
     dock = KaplanMeierDock(viewer)
     qt_dock = viewer.window.add_dock_widget(dock, name="Kaplan-Meier", area="right")
-    _give_height(viewer, qt_dock)
+    _arrange(viewer, qt_dock)
     return dock
 
 
-def _give_height(viewer: Any, qt_dock: Any, height: int = 460) -> None:
-    """Split the right dock column so the plot is readable, not a sliver.
+SIDE_BY_SIDE_WIDTH = 1600  # window px from which the two docks sit side by side
+DOCK_WIDTH = 400  # px of each dock: result lines and the plot read without wrapping every word
+DOCK_MIN_WIDTH = 360
 
-    Both docks scroll, so their size hints are small and Qt would otherwise
-    give the second one only a few rows.
+
+def _arrange(viewer: Any, qt_dock: Any) -> None:
+    """Give the Kaplan-Meier dock the full column height so its whole figure shows.
+
+    On a wide window (1920 px) it sits beside the HiLa dock; on a laptop
+    (1366 px) it is a tab behind it, the HiLa dock in front. Stacked in one
+    column, each would get half the height and neither fit.
     """
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_hila._qt.survival_dock import HilaSurvivalDock
+
     with warnings.catch_warnings():  # napari warns plugins off private attributes
         warnings.simplefilter("ignore")
         main_window = getattr(viewer.window, "_qt_window", None)
@@ -65,7 +68,23 @@ def _give_height(viewer: Any, qt_dock: Any, height: int = 460) -> None:
     # napari hands plugins proxies of its Qt objects; Qt wants the objects.
     main_window = getattr(main_window, "__wrapped__", main_window)
     qt_dock = getattr(qt_dock, "__wrapped__", qt_dock)
-    main_window.resizeDocks([qt_dock], [height], Qt.Orientation.Vertical)
+    hila = next(
+        (
+            d
+            for d in main_window.findChildren(QDockWidget)
+            if d is not qt_dock and d.findChild(HilaSurvivalDock) is not None
+        ),
+        None,
+    )
+    if hila is None:
+        return
+    if main_window.width() >= SIDE_BY_SIDE_WIDTH:
+        main_window.splitDockWidget(hila, qt_dock, Qt.Orientation.Horizontal)
+        main_window.resizeDocks([hila, qt_dock], [DOCK_WIDTH, 440], Qt.Orientation.Horizontal)
+    else:
+        main_window.tabifyDockWidget(hila, qt_dock)
+        main_window.resizeDocks([hila], [DOCK_WIDTH], Qt.Orientation.Horizontal)
+        hila.raise_()
 
 
 class KaplanMeierDock(QWidget):
@@ -80,6 +99,7 @@ class KaplanMeierDock(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(420)
         self.canvas.setMinimumWidth(200)
+        self.setMinimumWidth(DOCK_MIN_WIDTH)  # the numbers at risk and their labels fit
         self.message = QLabel(
             "Run a prediction in the HiLa survival dock to see the cohort here.", self
         )
@@ -173,10 +193,22 @@ class KaplanMeierDock(QWidget):
         ax.set_yticks([])
 
     def _caption(self, info: Any) -> str:
+        """How the groups were formed, in the same words as the plot's title."""
         label = str(self.card.get("label") or self.card.get("model", ""))
-        text = f"Cohort of {label}, split at the model's risk threshold."
-        if isinstance(info, dict) and info.get("logrank_p") is not None:
+        info = info if isinstance(info, dict) else {}
+        text = (
+            f"Top: the cohort of {label} in two groups ({info.get('n_high', '?')} high, "
+            f"{info.get('n_low', '?')} low risk), each patient grouped by "
+            f"{info.get('split', 'the model')}; shaded: 95% confidence bands; numbers at risk "
+            "under the axis."
+        )
+        if info.get("logrank_p") is not None:
             text += f" Log-rank p = {float(info['logrank_p']):.3g}."
-        if self.result is not None and self.result.risk_group:
-            text += f" This patient: {self.result.risk_group} risk."
+        if self.result is not None:
+            text += (
+                " Dashed: this slide's predicted survival. Bottom: the final model's risks over "
+                "the cohort, the dashed line its median, red this slide"
+            )
+            standing = risk_standing(self.result)
+            text += f" ({standing})." if standing else "."
         return text

@@ -35,6 +35,24 @@ def slide_path_of(layer: Layer) -> str | None:
     return None
 
 
+def adopt_slide_units(layer: Layer, slide: Layer) -> bool:
+    """Give a plain layer without units the slide's pixel size and units; True if it did.
+
+    napari stops using units for every layer (the scale bar loses its "um") as
+    soon as one layer is in pixels. A plain image or labels layer a user adds
+    is taken as being in the slide's level-0 pixels, the usual case for masks
+    and annotations exported from the slide; plugin overlays already carry units.
+    """
+    if layer is slide or layer.metadata.get(overlays.OVERLAY_KEY) or slide_path_of(layer):
+        return False
+    if any(str(u) != "pixel" for u in layer.units) or all(str(u) == "pixel" for u in slide.units):
+        return False
+    n = min(layer.ndim, 2)
+    layer.scale = (*layer.scale[:-n], *slide.scale[-n:])
+    layer.units = (*layer.units[:-n], *slide.units[-n:])
+    return True
+
+
 class ResultLayers:
     """Owns the overlay layers of the current result in ``viewer``."""
 
@@ -45,6 +63,9 @@ class ResultLayers:
         self.heatmaps: dict[str, Layer] = {}
         self.prompts: dict[str, int] = {}
         self.on_hover = on_hover
+        self.threshold: float | None = None  # x uniform share; tiles below it transparent
+        self.slide_size: tuple[int, int] | None = None  # level-0 (width, height)
+        self._hidden: dict[int, bool] = {}  # id(layer) -> visibility before hide()
         self._lookup_key: tuple | None = None
         self._lookup_cache: list[overlays.TileLookup] = []
         viewer.mouse_move_callbacks.append(self._on_mouse_move)
@@ -56,18 +77,25 @@ class ResultLayers:
         tissue: Any = None,
         prompts: dict[str, int | str] | None = None,
         units: Any = None,
+        slide_size: tuple[int, int] | None = None,
     ) -> list[Layer]:
         """Show this result's overlays, replacing the previous result's.
 
         Layers of the same kind and level are updated in place (napari removes
         a layer slowly, and the user keeps their colormap, opacity and
-        visibility); the others are added or removed.
+        visibility); the others are added or removed. Heatmaps show napari's
+        colour bar; ``slide_size`` (level-0 width, height) clips region outlines.
         """
         previous = {_key(layer): layer for layer in self.layers if layer in self.viewer.layers}
         prompts = dict(prompts or self._same_prompts(result))
         self.result = result
+        self.slide_size = slide_size or self.slide_size
+        self._hidden = {}
         self.layers, self.heatmaps = [], {}
-        for data, kwargs, kind in overlays.result_layers(result, prompts, tissue):
+        layer_data = overlays.result_layers(
+            result, prompts, tissue, threshold=self.threshold, slide_size=self.slide_size
+        )
+        for data, kwargs, kind in layer_data:
             if units is not None:
                 kwargs["units"] = units
             old = previous.pop(
@@ -85,13 +113,49 @@ class ResultLayers:
             self.layers.append(layer)
             if layer.metadata.get(overlays.OVERLAY_KEY) == "heatmap":
                 self.heatmaps[layer.metadata["level"]] = layer
+                layer.colorbar.visible = True
         for stale in previous.values():
             self.viewer.layers.remove(stale)
         self.prompts = {lv: int(ly.metadata["prompt_index"]) for lv, ly in self.heatmaps.items()}
         finest = self.finest_level()
         if finest in self.heatmaps:
-            self.viewer.layers.selection.active = self.heatmaps[finest]
+            self._show_only(self.heatmaps[finest])  # the dock's prompt and the canvas agree
         return list(self.layers)
+
+    # -- one result, one slide -------------------------------------------------
+    def hide(self) -> None:
+        """Hide every overlay (the result's slide is gone or not chosen); :meth:`restore` undoes it."""
+        for layer in self.layers:
+            if layer in self.viewer.layers and id(layer) not in self._hidden:
+                self._hidden[id(layer)] = bool(layer.visible)
+                layer.visible = False
+
+    def restore(self) -> None:
+        """Show the overlays again as they were before :meth:`hide`."""
+        for layer in self.layers:
+            if layer in self.viewer.layers and id(layer) in self._hidden:
+                layer.visible = self._hidden[id(layer)]
+        self._hidden = {}
+
+    @property
+    def hidden(self) -> bool:
+        return bool(self._hidden)
+
+    # -- threshold -------------------------------------------------------------
+    def set_threshold(self, threshold: float | None) -> None:
+        """Draw only tiles at or above ``threshold`` x a uniform share (None: all tiles)."""
+        self.threshold = None if threshold is None else float(threshold)
+        if self.result is None:
+            return
+        for level, layer in self.heatmaps.items():
+            if layer not in self.viewer.layers:
+                continue
+            data, kwargs, _ = overlays.heatmap_layer(
+                self.result, level, self.prompts.get(level, 0), threshold=self.threshold
+            )
+            layer.data = data
+            _set_contrast(layer, data, tuple(layer.contrast_limits))
+            layer.metadata = {**layer.metadata, "threshold": self.threshold}
 
     def _same_prompts(self, result: PredictionResult) -> dict[str, int]:
         """The prompts shown now, kept for a new result whose prompt lists are the same."""
@@ -126,17 +190,20 @@ class ResultLayers:
         """
         if self.result is None or level not in self.result.explanation.levels:
             return None
-        data, kwargs, _ = overlays.heatmap_layer(self.result, level, prompt)
+        data, kwargs, _ = overlays.heatmap_layer(
+            self.result, level, prompt, threshold=self.threshold
+        )
         layer = self.heatmaps.get(level)
         if layer is None or layer not in self.viewer.layers:  # the user deleted it: bring it back
             layer = Layer.create(data, kwargs, "image")
             _add_tile_status(layer, self)
             self.viewer.add_layer(layer)
+            layer.colorbar.visible = True
             self.layers.append(layer)
             self.heatmaps[level] = layer
         else:
             layer.data = data
-            _set_contrast(layer, data, kwargs["contrast_limits"])
+            _set_contrast(layer, data, tuple(layer.contrast_limits))  # the user's limits stay
             layer.name = kwargs["name"]
             layer.metadata = {**layer.metadata, **kwargs["metadata"]}
         self.prompts[level] = int(kwargs["metadata"]["prompt_index"])

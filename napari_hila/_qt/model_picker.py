@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -121,12 +122,30 @@ class ModelPicker(QWidget):
         self.browse.setToolTip("Choose a model directory written by `napari-hila train`")
         self.card_label = QLabel(self)
         self.card_label.setWordWrap(True)
+        self.card_label.setVisible(False)  # collapsed: the result comes first
+        self.card_toggle = QToolButton(self)
+        self.card_toggle.setText("Model card")
+        self.card_toggle.setCheckable(True)
+        self.card_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.card_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.card_toggle.setAutoRaise(True)
+        self.card_toggle.toggled.connect(self.show_card)
+        self.clinical_flag = QLabel(
+            "<span style='color:#e0524f'><b>Not for clinical use.</b></span>"
+        )
+        self.clinical_flag.setVisible(False)
+        self.clinical_flag.setWordWrap(True)
         row = QHBoxLayout()
         row.addWidget(self.combo, 1)
         row.addWidget(self.browse)
+        card_row = QHBoxLayout()
+        card_row.addWidget(self.card_toggle)
+        card_row.addWidget(self.clinical_flag, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
         layout.addLayout(row)
+        layout.addLayout(card_row)
         layout.addWidget(self.card_label)
         self.card: dict[str, Any] | None = None
         self.error: str | None = None
@@ -136,6 +155,11 @@ class ModelPicker(QWidget):
         self.combo.currentIndexChanged.connect(self._on_index)
         self.browse.clicked.connect(self._on_browse)
         self._on_index(self.combo.currentIndex())
+
+    def show_card(self, shown: bool) -> None:
+        """Expand or collapse the model card under the model list."""
+        self.card_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self.card_label.setVisible(shown)
 
     @property
     def model_path(self) -> str:
@@ -183,4 +207,8 @@ class ModelPicker(QWidget):
                 self.card_label.setText(
                     f"<span style='color:#e0524f'>{html.escape(self.error)}</span>"
                 )
+        flagged = self.card is not None and is_not_for_clinical_use(self.card)
+        self.clinical_flag.setVisible(flagged)
+        if self.error:  # a problem with the model is never hidden behind the toggle
+            self.card_toggle.setChecked(True)
         self.model_changed.emit(path)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QGridLayout, QToolButton, QWidget
@@ -19,7 +20,8 @@ from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult, PromptContribution
 
 THUMB_PX = 72
-TOP_PROMPTS = 10  # bars in the chart; the lists in the dock hold every prompt
+TOP_PROMPTS = 6  # bars in the chart (readable in a laptop's dock); the lists hold every prompt
+LABEL_CHARS = 20
 
 
 def ranked_contributions(contributions: list[PromptContribution]) -> list[PromptContribution]:
@@ -38,7 +40,7 @@ class ContributionChart(FigureCanvasQTAgg):
         self.setParent(parent)
         self.viewer = viewer
         self.bars: list[tuple[Any, PromptContribution]] = []
-        self.setMinimumHeight(180)
+        self.setMinimumHeight(170)
         self.setMinimumWidth(160)  # the figure's own size would force a wide dock
         self.mpl_connect("pick_event", self._on_pick)
 
@@ -59,15 +61,21 @@ class ContributionChart(FigureCanvasQTAgg):
                 bar.set_edgecolor(colors["foreground"])
                 bar.set_linewidth(1.5)
         short = [
-            f"{c.level[:1].upper()}: {c.name if len(c.name) <= 24 else c.name[:23] + '…'}"
+            f"{c.level[:1].upper()}: "
+            + (c.name if len(c.name) <= LABEL_CHARS else c.name[: LABEL_CHARS - 1] + "…")
             for c in ranked
         ]
-        ax.set_yticks(range(len(ranked)), short, fontsize=8)
+        ax.set_yticks(range(len(ranked)), short, fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, symmetric=True))
+        ax.tick_params(axis="x", labelsize=7)
+        for text in ax.texts:  # the long note is for the PNG; the dock's column is narrow
+            if text.get_text().startswith("negligible"):
+                text.set_text("negligible")
         method = result.explanation.contribution_method
-        ax.set_title(f"top {len(ranked)} prompts by effect on risk", fontsize=8)
+        ax.set_title(f"top {len(ranked)} prompts by effect on risk", fontsize=7)
         self.setToolTip(f"Contribution method: {method}" if method else "")
         unit = "cohort risk SDs" if ranked and ranked[0].delta_sd is not None else "risk units"
-        ax.set_xlabel(f"change in risk, {unit}", fontsize=8)
+        ax.set_xlabel(f"change in risk, {unit}", fontsize=7)
         apply_theme(self.figure, self.viewer)
         self.draw_idle()
 

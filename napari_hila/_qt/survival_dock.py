@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import logging
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -34,43 +36,57 @@ from qtpy.QtWidgets import (
 
 from napari_hila import overlays
 from napari_hila._qt.job import JobOutcome, PredictionJob, overall_fraction, stage_text
-from napari_hila._qt.km_dock import km_dock_for, ordinal
-from napari_hila._qt.layers import ResultLayers, slide_path_of
+from napari_hila._qt.km_dock import DOCK_MIN_WIDTH, km_dock_for
+from napari_hila._qt.layers import ResultLayers, adopt_slide_units, slide_path_of
+from napari_hila._qt.legend import MapLegend
 from napari_hila._qt.model_picker import ModelPicker
 from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
 from napari_hila._qt.scroll import make_scrollable
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
 from napari_hila.predict import default_cache_dir
-from napari_hila.results import PredictionResult
+from napari_hila.results import PredictionResult, risk_standing, threshold_name
 from napari_hila.slides.opener import MPP_RANGE, check_mpp
 
 GALLERY_SIZE = 9
+WARNING_COLOUR = "#e8a33d"  # readable on napari's dark and light themes
 log = logging.getLogger(__name__)
 
 
+CASE_ID_KEYS = (
+    "aperio.Barcode",
+    "aperio.Filename",
+    "hamamatsu.Reference",
+    "mirax.GENERAL.SLIDE_ID",
+)
+
+
+def case_id_of(metadata: dict[str, Any]) -> str | None:
+    """The case or slide id the file records (Aperio's barcode or filename), if any."""
+    properties = metadata.get("properties") or {}
+    for key in CASE_ID_KEYS:
+        value = str(properties.get(key, "")).strip()
+        if value:
+            return value
+    return None
+
+
 def describe_risk(result: PredictionResult) -> str:
-    """One paragraph: risk score, group against the cohort threshold, percentile."""
-    parts = [f"<b>Risk score {result.risk:.3f}</b>"]
-    if result.risk_group:
-        threshold = (
-            f" (cohort threshold {result.risk_threshold:.3f})"
-            if result.risk_threshold is not None
-            else ""
+    """Rich text, result first: the group in words, survival at 1/3/5 years, the score."""
+    standing = risk_standing(result)
+    lines = [f"<b>{html.escape(standing[:1].upper() + standing[1:])}</b>"] if standing else []
+    report = [(label, s) for label, _, s in result.survival_report() if np.isfinite(s)]
+    if report:
+        lines.append(
+            "Predicted survival: "
+            + ", ".join(f"{label} <b>{100 * s:.0f}%</b>" for label, s in report)
         )
-        parts.append(f"<b>{result.risk_group} risk</b>{threshold}")
-    if result.risk_percentile is not None:
-        parts.append(f"{ordinal(result.risk_percentile)} percentile of the model's cohort")
-    survival = np.asarray(result.explanation.survival, float)
-    edges = np.asarray(result.time_bin_edges, float)
-    if len(edges) == len(survival) + 1:
-        steps = ", ".join(
-            f"{edge:.3g} {result.time_unit}: {s:.2f}"
-            for edge, s in zip(edges[1:], survival, strict=True)
-            if np.isfinite(edge)
-        )
-        parts.append(f"predicted survival S(t): {steps}")
-    return "<br>".join(parts)
+    score = f"Risk score {result.risk:.3f}"
+    if result.risk_threshold is not None:
+        cut = threshold_name(result).removeprefix("the ")
+        score += f" ({cut} {result.risk_threshold:.3f})"
+    lines.append(f"<span style='color:gray'>{score}</span>")
+    return "<br>".join(lines)
 
 
 class HilaSurvivalDock(QWidget):
@@ -81,6 +97,7 @@ class HilaSurvivalDock(QWidget):
         self.viewer = napari_viewer
         self.cache_dir: Path | None = default_cache_dir()
         self.job: PredictionJob | None = None
+        self.export_job: Any = None  # the running ExportJob, if any
         self.result: PredictionResult | None = None
         self.card: dict[str, Any] | None = None
         self.gallery_level: str | None = None
@@ -88,9 +105,14 @@ class HilaSurvivalDock(QWidget):
         self._slide = None  # opened lazily for thumbnails
         self.layers = ResultLayers(napari_viewer, on_hover=self._show_hover)
         self._build()
+        self.setMinimumWidth(DOCK_MIN_WIDTH)  # result lines read without wrapping every word
+        self._units_note_shown = False
         for event in ("inserted", "removed", "reordered", "renamed"):
             getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
-        self.destroyed.connect(_forget_viewer(napari_viewer, self.refresh_slides, self.layers))
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.destroyed.connect(
+            _forget_viewer(napari_viewer, self.refresh_slides, self._on_layer_inserted, self.layers)
+        )
         self.refresh_slides()
         _warm_up_descriptor()
 
@@ -115,7 +137,7 @@ class HilaSurvivalDock(QWidget):
         )
         self.mpp_note = QLabel(self)
         self.mpp_note.setWordWrap(True)
-        self.mpp_note.setStyleSheet("color: #e8a33d;")  # a warning, visible on dark and light
+        self.mpp_note.setStyleSheet(f"color: {WARNING_COLOUR};")
         self.mpp_note.setVisible(False)
         self.run_button = QPushButton("Run", self)
         self.cancel_button = QPushButton("Cancel", self)
@@ -123,9 +145,52 @@ class HilaSurvivalDock(QWidget):
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1000)
         self.stage_label = QLabel("idle", self)
+        self.progress.setTextVisible(False)  # the stage label says the one percentage
+        self.stage_label = QLabel("idle", self)
+        self.stage_label.setWordWrap(True)
+
+        # The result first: what it is for, where the patient stands, survival, legend.
+        self.result_box = QGroupBox("Result", self)
+        self.result_slide_label = QLabel(self)
+        self.result_slide_label.setWordWrap(True)
+        self.stale_label = QLabel(self)
+        self.stale_label.setWordWrap(True)
+        self.stale_label.setStyleSheet(f"color: {WARNING_COLOUR};")
+        self.stale_label.setVisible(False)
         self.risk_label = QLabel(self)
         self.risk_label.setWordWrap(True)
         self.risk_label.setTextFormat(Qt.TextFormat.RichText)
+        self.warnings_label = QLabel(self)
+        self.warnings_label.setWordWrap(True)
+        self.warnings_label.setStyleSheet(f"color: {WARNING_COLOUR};")
+        self.legend = MapLegend(self)
+        self.threshold_check = QCheckBox("Only tiles at or above", self)
+        self.threshold_check.setToolTip(
+            "Draw only the tiles whose share is at least this many times a uniform share; "
+            "the others become transparent (exports follow)"
+        )
+        self.threshold_spin = QDoubleSpinBox(self)
+        self.threshold_spin.setRange(0.0, overlays.MAP_LIMITS[1])
+        self.threshold_spin.setSingleStep(0.1)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(1.5)
+        self.threshold_spin.setSuffix(" x")
+        self.threshold_spin.setKeyboardTracking(False)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.threshold_check)
+        threshold_row.addWidget(self.threshold_spin, 1)
+        result_layout = QVBoxLayout(self.result_box)
+        result_layout.setSpacing(4)
+        for widget in (
+            self.result_slide_label,
+            self.stale_label,
+            self.risk_label,
+            self.warnings_label,
+            self.legend,
+        ):
+            result_layout.addWidget(widget)
+        result_layout.addLayout(threshold_row)
+        self.result_box.setVisible(False)
 
         form = QFormLayout()
         form.addRow("Slide", self.slide_combo)
@@ -136,6 +201,7 @@ class HilaSurvivalDock(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.progress, 1)
 
         self.prompt_combos: dict[str, QComboBox] = {}
         self.prompt_box = QGroupBox("Prompts", self)
@@ -146,40 +212,60 @@ class HilaSurvivalDock(QWidget):
         self.gallery = TileGallery(self)
         self.gallery_title = QLabel(self)
         self.gallery_title.setWordWrap(True)
-        prompt_layout = QVBoxLayout(self.prompt_box)
-        prompt_layout.addLayout(self.prompt_form)
-        prompt_layout.addWidget(self.prompt_text)
-        prompt_layout.addWidget(self.chart)
-        prompt_layout.addWidget(self.gallery_title)
-        prompt_layout.addWidget(self.gallery)
-        self.prompt_box.setVisible(False)
-
         self.hover_label = QLabel(self)
         self.hover_label.setWordWrap(True)
         self.export_button = QPushButton("Export…", self)
         self.export_button.setEnabled(False)
-        self.export_button.setToolTip("Annotated screenshot, region figure, GeoJSON and CSV")
+        self.export_button.setToolTip(
+            "Annotated screenshot, region figure, GeoJSON and CSV of what is on screen"
+        )
+        self.export_cancel = QPushButton("Cancel export", self)
+        self.export_cancel.setVisible(False)
+        self.export_progress = QProgressBar(self)
+        self.export_progress.setRange(0, 1000)
+        self.export_progress.setVisible(False)
+        export_row = QHBoxLayout()
+        export_row.addWidget(self.export_button)
+        export_row.addWidget(self.export_progress, 1)
+        export_row.addWidget(self.export_cancel)
+        prompt_layout = QVBoxLayout(self.prompt_box)
+        prompt_layout.setSpacing(4)
+        prompt_layout.addLayout(self.prompt_form)
+        prompt_layout.addWidget(self.chart)
+        prompt_layout.addLayout(export_row)
+        prompt_layout.addWidget(self.prompt_text)
+        prompt_layout.addWidget(self.hover_label)
+        self.prompt_box.setVisible(False)
+        run_box = QGroupBox("Run a model", self)
+        run_layout = QVBoxLayout(run_box)
+        run_layout.setSpacing(4)
+        run_layout.addLayout(form)
+        run_layout.addLayout(buttons)
+        run_layout.addWidget(self.stage_label)
 
-        content = QWidget(self)  # scrolls when the window is short
+        # The result first; the run controls under it; the gallery last (it may scroll).
+        content = QWidget(self)
         layout = QVBoxLayout(content)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.stage_label)
-        layout.addWidget(self.risk_label)
+        layout.setSpacing(4)
+        layout.addWidget(self.result_box)
         layout.addWidget(self.prompt_box)
-        layout.addWidget(self.hover_label)
-        layout.addWidget(self.export_button)
+        layout.addWidget(run_box)
+        layout.addWidget(self.gallery_title)
+        layout.addWidget(self.gallery)
         layout.addStretch(1)
-        make_scrollable(self, content)
+        self.scroll = make_scrollable(self, content)
 
         self.run_button.clicked.connect(self.run)
         self.slide_combo.currentIndexChanged.connect(self._show_slide_mpp)
+        self.slide_combo.currentIndexChanged.connect(self.check_result_slide)
         self.mpp_spin.valueChanged.connect(self._on_mpp_changed)
         self.cancel_button.clicked.connect(self.cancel)
         self.chart.prompt_clicked.connect(self.set_prompt)
         self.gallery.tile_clicked.connect(self.center_on_tile)
         self.export_button.clicked.connect(self._on_export_clicked)
+        self.export_cancel.clicked.connect(self.cancel_export)
+        self.threshold_check.toggled.connect(self._on_threshold_changed)
+        self.threshold_spin.valueChanged.connect(self._on_threshold_changed)
 
     # -- slide layers -----------------------------------------------------------
     def slide_layers(self) -> list[Any]:
@@ -194,6 +280,62 @@ class HilaSurvivalDock(QWidget):
         self.slide_combo.setCurrentIndex(max(self.slide_combo.findText(current), 0))
         self.slide_combo.blockSignals(False)
         self._show_slide_mpp()
+        self.check_result_slide()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        """A plain layer without units gets the slide's, so the scale bar keeps its unit."""
+        layer = event.value
+        slides = [ly for ly in self.slide_layers() if ly is not layer]
+        if not slides or not adopt_slide_units(layer, slides[0]):
+            return
+        if not self._units_note_shown:
+            self._units_note_shown = True
+            mpp = float(slides[0].scale[-1])
+            show_info(
+                f"Layer '{layer.name}' has no pixel size: it is drawn in the slide's pixels "
+                f"({mpp:g} um/px) so the scale bar keeps its unit. If it has another pixel "
+                "size, set its scale (layer.scale) to that."
+            )
+
+    # -- one result, one slide ------------------------------------------------------
+    def result_slide_layer(self) -> Any | None:
+        """The open slide layer the shown result was computed on, or None when it is gone."""
+        if self.result is None:
+            return None
+        return next(
+            (ly for ly in self.slide_layers() if slide_path_of(ly) == self.result.slide_path), None
+        )
+
+    def result_is_current(self) -> bool:
+        """True when the result's slide is open and chosen in the Slide list."""
+        layer = self.result_slide_layer()
+        return layer is not None and layer is self.slide_combo.currentData()
+
+    def check_result_slide(self, *_: Any) -> None:
+        """Grey the result out and hide its layers when its slide is gone or not chosen."""
+        if self.result is None:
+            return
+        name = Path(self.result.slide_path).name
+        current = self.result_is_current()
+        if current:
+            self.stale_label.setVisible(False)
+            self.layers.restore()
+        else:
+            if self.result_slide_layer() is None:
+                why = f"Its slide {name} is no longer open"
+                fix = "open it again to see this result, or press Run on the slide shown"
+            else:
+                chosen = self.slide_combo.currentText() or "another slide"
+                why = f"This result is for {name}, not for {chosen}"
+                fix = f"choose {name} in the Slide list again, or press Run"
+            self.stale_label.setText(
+                f"{why}: the result is greyed out and its layers hidden; {fix}."
+            )
+            self.stale_label.setVisible(True)
+            self.layers.hide()
+            self.scroll.ensureWidgetVisible(self.run_button)  # what to do next is at hand
+        for widget in (self.risk_label, self.legend, self.prompt_box, self.warnings_label):
+            widget.setEnabled(current)
 
     # -- pixel size -----------------------------------------------------------------
     def _show_slide_mpp(self, *_: Any) -> None:
@@ -360,16 +502,25 @@ class HilaSurvivalDock(QWidget):
         ):
             self.set_slide_mpp(result.mpp, layer)  # made with a user's mpp: the slide takes it
         units = layer.units if layer is not None and str(layer.units[0]) != "pixel" else None
-        self.layers.show(result, tissue=tissue, units=units)
+        if layer is not None and layer is not self.slide_combo.currentData():
+            self.slide_combo.blockSignals(True)  # the result's slide is the chosen one
+            self.slide_combo.setCurrentIndex(self.slide_combo.findData(layer))
+            self.slide_combo.blockSignals(False)
+            self._show_slide_mpp()
+        self.layers.show(result, tissue=tissue, units=units, slide_size=_level0_size(layer))
+        self.result_box.setVisible(True)
+        self.result_slide_label.setText(_slide_line(result, layer))
         self.risk_label.setText(describe_risk(result))
         if self.job is None:
             self.stage_label.setText("showing a saved result; Run predicts again")
-        for message in result.warnings:
-            show_warning(message)
+        # in the dock, not as toasts: a toast that stays up covers the scale bar
+        self.warnings_label.setText("<br>".join(html.escape(w) for w in result.warnings))
+        self.warnings_label.setVisible(bool(result.warnings))
         self._build_prompt_rows()
         self.gallery_level = self.layers.finest_level()
         self._refresh_prompt_panel()
         self.export_button.setEnabled(True)
+        self.check_result_slide()
         km = km_dock_for(self.viewer, create=self.card is not None)
         if km is not None:
             km.show_result(result, self.card)
@@ -411,7 +562,17 @@ class HilaSurvivalDock(QWidget):
         self.prompt_text.setText(f"<b>{level} · {prompt}</b>: {self.layers.prompt_text(level)}")
         shown = {lv: combo.currentText() for lv, combo in self.prompt_combos.items()}
         self.chart.show_contributions(self.result, shown)
+        heat = self.layers.heatmaps.get(level)
+        if heat is not None:
+            self.legend.show_layer(heat)
         self._fill_gallery(level, prompt)
+
+    def _on_threshold_changed(self, *_: Any) -> None:
+        threshold = self.threshold_spin.value() if self.threshold_check.isChecked() else None
+        self.layers.set_threshold(threshold)
+        heat = self.layers.heatmaps.get(self.gallery_level or "")
+        if heat is not None:
+            self.legend.show_layer(heat)
 
     def _fill_gallery(self, level_name: str, prompt: str) -> None:
         level = self.result.explanation.levels[level_name]
@@ -458,27 +619,79 @@ class HilaSurvivalDock(QWidget):
             self._slide = None
 
     # -- export -------------------------------------------------------------------
-    def export(self, path: str | Path) -> dict[str, Path]:
-        """Write the annotated screenshot, region figure, GeoJSON and CSV beside ``path``."""
-        from napari_hila._qt.export import export_all
+    def _export_request(self, path: str | Path) -> Any:
+        """What Export writes, read from the screen now; refused when the result is not shown."""
+        from napari_hila._qt.export import ExportRequest
 
         if self.result is None:
             raise HilaError("nothing to export yet: run the model first")
-        return export_all(self.viewer, self.result, path, slide=self._open_slide())
+        if self.result_slide_layer() is None:
+            raise HilaError(
+                f"{self.result.slide_path}: this result's slide is no longer open, so the "
+                "screen does not show it; open the slide again (or press Run on the slide "
+                "shown) before exporting"
+            )
+        if not self.result_is_current():
+            raise HilaError(
+                f"{self.result.slide_path}: the Slide list shows "
+                f"{self.slide_combo.currentText()}, not this result's slide; choose "
+                f"{Path(self.result.slide_path).name} again (or press Run) before exporting"
+            )
+        return ExportRequest.from_viewer(self.viewer, self.result, path, slide=self._open_slide())
+
+    def export(self, path: str | Path) -> dict[str, Path]:
+        """Write the screenshot, region figure, GeoJSON and CSV beside ``path`` (blocking)."""
+        return self._export_request(path).write()
+
+    def start_export(self, path: str | Path) -> bool:
+        """Export in a worker thread with progress and Cancel; False (and a message) if refused."""
+        from napari_hila._qt.export import ExportJob
+
+        if self.export_job is not None and self.export_job.running:
+            show_warning("An export is already running; wait for it or press Cancel export.")
+            return False
+        try:
+            request = self._export_request(path)
+        except (HilaError, OSError) as err:
+            show_error(f"Export refused: {err}")
+            return False
+        self.export_job = ExportJob(request, parent=self)
+        self.export_job.progress.connect(self._on_export_progress)
+        self.export_job.finished.connect(self._on_export_finished)
+        self.export_button.setEnabled(False)
+        self.export_progress.setValue(0)
+        self.export_progress.setVisible(True)
+        self.export_cancel.setVisible(True)
+        self.export_job.start()
+        return True
+
+    def cancel_export(self) -> None:
+        if self.export_job is not None and self.export_job.running:
+            self.export_job.cancel()
+
+    def _on_export_progress(self, text: str, fraction: float) -> None:
+        self.export_progress.setValue(int(1000 * fraction))
+        self.export_progress.setFormat(text)
+
+    def _on_export_finished(self, outcome: Any) -> None:
+        self.export_button.setEnabled(True)
+        self.export_progress.setVisible(False)
+        self.export_cancel.setVisible(False)
+        if outcome.cancelled:
+            show_info("Export cancelled; no partial files were left.")
+        elif outcome.error:
+            show_error(f"Export failed: {outcome.error}")
+        else:
+            show_info("Exported " + ", ".join(str(p) for p in outcome.written.values()))
 
     def _on_export_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export", "hila.png", "PNG image (*.png)")
-        if not path:
-            return
-        try:
-            written = self.export(path)
-        except (HilaError, OSError) as err:
-            show_error(f"Export failed: {err}")
-            return
-        show_info("Exported " + ", ".join(str(p) for p in written.values()))
+        if path:
+            self.start_export(path)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.cancel()
+        self.cancel_export()
         self._close_slide()
         super().closeEvent(event)
 
@@ -501,7 +714,7 @@ def _warm_up_descriptor() -> threading.Thread:
     return thread
 
 
-def _forget_viewer(viewer: Any, refresh: Any, layers: ResultLayers) -> Any:
+def _forget_viewer(viewer: Any, refresh: Any, on_inserted: Any, layers: ResultLayers) -> Any:
     """A callback for ``destroyed``: stop the viewer calling into a deleted dock.
 
     It must not touch the dock itself (Qt has already deleted it), only the
@@ -511,6 +724,7 @@ def _forget_viewer(viewer: Any, refresh: Any, layers: ResultLayers) -> Any:
     def forget(*_: Any) -> None:
         for event in ("inserted", "removed", "reordered", "renamed"):
             getattr(viewer.layers.events, event).disconnect(refresh)
+        viewer.layers.events.inserted.disconnect(on_inserted)
         layers.detach()
 
     return forget
@@ -520,6 +734,23 @@ def _let_shrink(combo: QComboBox) -> None:
     """Let a combo box narrower than its longest item, so the dock fits a narrow column."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(8)
+
+
+def _level0_size(layer: Any) -> tuple[int, int] | None:
+    """A slide layer's level-0 (width, height) in pixels, or None without a layer."""
+    if layer is None:
+        return None
+    data = layer.data[0] if layer.multiscale else layer.data
+    height, width = data.shape[:2]
+    return int(width), int(height)
+
+
+def _slide_line(result: PredictionResult, layer: Any) -> str:
+    """ "Slide: name (case id)" for the result panel."""
+    case = case_id_of(layer.metadata) if layer is not None else None
+    name = html.escape(Path(result.slide_path).name)
+    case_text = f" &middot; case {html.escape(case)}" if case else ""
+    return f"<b>Slide:</b> {name}{case_text}"
 
 
 def _card_of(result: PredictionResult) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 
@@ -48,6 +49,7 @@ def apply_theme(figure: Figure, viewer: Any | None) -> dict[str, str]:
             legend.get_frame().set_edgecolor(colors["secondary"])
             for text in legend.get_texts():
                 text.set_color(colors["foreground"])
-        for text in ax.texts:
-            text.set_color(colors["foreground"])
+        for text in ax.texts:  # texts given their own colour (numbers at risk) keep it
+            if to_hex(text.get_color()) == "#000000":
+                text.set_color(colors["foreground"])
     return colors

@@ -46,7 +46,13 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     assert len(overlay_layers(viewer, "selection")) == 1
     assert len(overlay_layers(viewer, "regions")) == 1
     assert "Risk score" in dock.risk_label.text()
-    assert "high risk" in dock.risk_label.text() or "low risk" in dock.risk_label.text()
+    text = dock.risk_label.text()
+    assert "High-risk group: above the model" in text and "71st percentile" in text
+    # survival read from the model's curve at 1, 3 and 5 years (edges 0, 12, 24, 48, 96 months)
+    s12, s36, s60 = result.survival_at([12.0, 36.0, 60.0])
+    assert f"1 year <b>{100 * s12:.0f}%</b>" in text and f"5 years <b>{100 * s60:.0f}%</b>" in text
+    assert f"3 years <b>{100 * s36:.0f}%</b>" in text
+    assert "Slide:</b> CMU-1-Small-Region.svs" in dock.result_slide_label.text()
     # a second result replaces the first's layers instead of stacking them
     # the user's colormap survives, the layer is updated in place, the data is new
     first_heat = dock.layers.heatmaps["patch"]

@@ -24,9 +24,14 @@ def test_km_dock_cohort_patient_theme(make_napari_viewer):
     km_ax, risk_ax = dock.figure.axes[:2]
     labels = [line.get_label() for line in km_ax.get_lines()]
     assert any("this slide" in label for label in labels)
-    # patient's curve: S = 1 then the predicted survival per bin
+    # patient's curve: the model's own S at every finite bin edge, 1 at time 0
     patient = next(line for line in km_ax.get_lines() if "this slide" in line.get_label())
-    np.testing.assert_allclose(patient.get_ydata(), np.r_[1.0, result.explanation.survival])
+    xs, ys = patient.get_xdata(), patient.get_ydata()
+    assert ys[0] == 1.0 and np.all(np.diff(ys) <= 1e-12)
+    edges = np.asarray(result.time_bin_edges, float)
+    for edge, s in zip(edges[1:], result.explanation.survival, strict=False):
+        if np.isfinite(edge) and edge <= xs.max():
+            np.testing.assert_allclose(np.interp(edge, xs, ys), s, rtol=1e-6)
     # log-rank p in the caption agrees with lifelines on the same split
     cohort = card["cohort"]
     high = np.asarray(cohort["risk"]) > card["risk_threshold"]
