@@ -14,9 +14,7 @@ pooled on the model's grid (``features.pooling.ensure_regions``) either way.
 
 from __future__ import annotations
 
-import csv
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_hila.errors import Cancelled, FeatureFileError, HilaError, ModelFileError
-from napari_hila.io_utils import atomic_path, staged_folder
+from napari_hila.errors import Cancelled, FeatureFileError, ModelFileError
+from napari_hila.io_utils import staged_folder
 from napari_hila.results import Explanation, PredictionResult
 
 __all__ = [
-    "FolderPrediction",
     "cohort_risk_sd",
     "default_cache_dir",
     "explanation_warnings",
@@ -526,32 +523,6 @@ def slide_id_for(path: str | os.PathLike, feats=None) -> str:
     return stem
 
 
-@dataclass
-class FolderPrediction:
-    """What :func:`predict_folder` did: results by slide id, failures by file, the table."""
-
-    results: dict[str, PredictionResult]
-    failures: dict[str, str]  # file -> one-line reason
-    table: Path  # out_dir/predictions.csv (slide, risk, group, percentile)
-
-
-def _write_predictions_csv(path: Path, results: dict[str, PredictionResult]) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["slide", "risk", "group", "percentile"])
-        for slide_id, result in results.items():
-            pct = result.risk_percentile
-            writer.writerow(
-                [
-                    slide_id,
-                    repr(float(result.risk)),
-                    result.risk_group or "",
-                    "" if pct is None else pct,
-                ]
-            )
-    return path
-
-
 def predict_folder(
     folder: str | os.PathLike,
     model,
@@ -559,51 +530,18 @@ def predict_folder(
     device: str = "auto",
     cancel: threading.Event | None = None,
     log: Callable[[str], None] | None = None,
-) -> FolderPrediction:
-    """Predict every feature file of ``folder``: ``out_dir/<slide id>/`` each, and predictions.csv.
+):
+    """Predict every slide and feature file of ``folder`` into ``out_dir/<slide id>/``.
 
-    The model is loaded once. A file that cannot be used is reported through
-    ``log`` (default: stderr) and skipped; the caller decides what failures mean.
+    The model is loaded once; a file that cannot be used is a failed row and the
+    others go on; see :func:`napari_hila.predict_many.predict_many` (tables, resume).
     """
-    from napari_hila.features.store import load_features
+    from napari_hila.predict_many import items_in_folder, predict_many
 
-    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    folder, out_dir = Path(folder), Path(out_dir)
-    files, notes = feature_files_in(folder)
-    for note in notes:
-        say(note)
-    if not files:
+    items = items_in_folder(folder, log)
+    if not items:
         raise FeatureFileError(
-            f"{folder}: no feature files ({', '.join(FEATURE_SUFFIXES)}) here; run "
-            "`napari-hila extract SLIDES --out DIR` and give DIR"
+            f"{folder}: no slides or feature files ({', '.join(FEATURE_SUFFIXES)}) here; give "
+            "a folder of slides, or run `napari-hila extract SLIDES --out DIR` and give DIR"
         )
-    loaded = _load_model(model, device, lambda stage, fraction: None, cancel)
-    results: dict[str, PredictionResult] = {}
-    failures: dict[str, str] = {}
-    used: dict[str, Path] = {}
-    for i, path in enumerate(files, 1):
-        _check_cancel(cancel)
-        try:
-            feats = load_features(path)
-            feats.attrs.setdefault("feature_file", str(path))
-            slide_id = slide_id_for(path, feats)
-            if slide_id in used:
-                raise FeatureFileError(
-                    f"{path}: slide {slide_id!r} already predicted from {used[slide_id].name}; "
-                    "keep one feature file per slide (one encoder) in the folder"
-                )
-            result = predict_features(feats, loaded, out_dir / slide_id, device, cancel=cancel)
-        except Cancelled:
-            raise
-        except Exception as err:  # one bad file must not stop the others
-            reason = (
-                str(err) if isinstance(err, HilaError) else f"{path}: {type(err).__name__}: {err}"
-            )
-            failures[str(path)] = reason
-            say(f"[{i}/{len(files)}] failed: {reason}")
-            continue
-        used[slide_id] = path
-        results[slide_id] = result
-        say(f"[{i}/{len(files)}] {slide_id}: risk {result.risk:.4f} ({result.risk_group or 'n/a'})")
-    table = _write_predictions_csv(out_dir / "predictions.csv", results)
-    return FolderPrediction(results=results, failures=failures, table=table)
+    return predict_many(items, model, out_dir, device=device, cancel=cancel, log=log)

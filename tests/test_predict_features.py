@@ -235,8 +235,8 @@ def test_predict_argument_that_is_nothing_usable_is_one_clear_error(tmp_path, ca
     assert main(["predict", str(tmp_path / "missing.svs"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "missing.svs" in err and "\n" not in err
-    (tmp_path / "notes.txt").write_text("hello")
-    assert main(["predict", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "notes.docx").write_text("hello")
+    assert main(["predict", str(tmp_path / "notes.docx"), "--out", str(tmp_path / "o")]) == 2
     assert "feature file" in capsys.readouterr().err
 
 

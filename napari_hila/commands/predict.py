@@ -6,13 +6,19 @@ patch_scores.csv, km.png (this slide against the model's cohort) and
 contributions.png. Features are cached, so a second run on a slide is fast.
 
 In place of a slide, a feature file (.h5 from `napari-hila extract`, CLAM or
-TRIDENT .h5, .pt) or a folder of them: no pixel is read, so thumbnail.png and
-the PNG heatmaps are skipped; a folder gives one sub-folder per slide under
---out and --out/predictions.csv (slide, risk, group, percentile).
+TRIDENT .h5, .pt): no pixel is read, so thumbnail.png and the PNG heatmaps are
+skipped. Many slides at once: a folder of slides or feature files, a list file
+(.txt, one path per line) or a cohort CSV (patient_id, slide_id, time, event;
+external validation). Each slide gets a sub-folder of --out; --out/summary.csv
+(slide, status, patches, seconds, error), --out/predictions.csv (slide, risk,
+group, percentile [, patient_id, time, event]) and, with outcomes,
+--out/metrics.json (patient-level C-index). Re-running resumes: slides already
+predicted by the same model from the same file are skipped.
 
 Examples:
   napari-hila predict slide.svs --model runs/hila/final_model --out results/slide
   napari-hila predict feats/ --model runs/hila/final_model --out results/cohort
+  napari-hila predict external.csv --slides /data/external --model runs/hila/final_model --out results/ext
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from napari_hila.commands.options import add_mpp_argument, add_threads_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "slide",
-        help="whole-slide image (.svs, .ndpi, .tif, ...), a feature file (.h5, .pt) "
-        "or a folder of feature files",
+        help="whole-slide image (.svs, .ndpi, .tif, ...), a feature file (.h5, .pt), a folder "
+        "of either, a list file (.txt, one path per line) or a cohort CSV "
+        "(patient_id, slide_id, time, event)",
     )
     parser.add_argument(
         "--model",
@@ -47,6 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local weights of the model's patch encoder when it needs some (default: the "
         "encoders config, ~/.napari-hila/encoders.yaml or $NAPARI_HILA_ENCODERS); cached "
         "features of the weights the model was trained with need none",
+    )
+    parser.add_argument(
+        "--slides",
+        default=None,
+        metavar="DIR",
+        help="with a cohort CSV: the folder holding its slides or feature files "
+        "(<slide_id>.svs, .h5, ...; default: the CSV's folder)",
+    )
+    parser.add_argument(
+        "--recursive", action="store_true", help="with a folder: search its sub-folders too"
+    )
+    parser.add_argument(
+        "--pattern",
+        default=None,
+        metavar="GLOB",
+        help="with a folder: only files whose names match, e.g. '*.svs'",
     )
     add_mpp_argument(parser)
     add_threads_argument(parser)
@@ -127,17 +150,23 @@ def default_model_path():
 
 
 def input_kind(path: str) -> str:
-    """ "slide", "features" or "folder", from what ``path`` is; anything else is one clear error."""
+    """ "slide", "features", "folder", "list" (.txt: one file per line) or "cohort" (.csv),
+    from what ``path`` is; anything else is one clear error."""
     from pathlib import Path
 
     from napari_hila.errors import HilaError
     from napari_hila.predict import FEATURE_SUFFIXES
+    from napari_hila.predict_many import LIST_SUFFIXES
     from napari_hila.slides import SLIDE_SUFFIXES
 
     p = Path(path)
     suffix = p.suffix.lower()
     if p.is_file() and suffix in FEATURE_SUFFIXES:
         return "features"
+    if p.is_file() and suffix in LIST_SUFFIXES:
+        return "list"
+    if p.is_file() and suffix == ".csv":
+        return "cohort"
     if p.exists() and suffix in SLIDE_SUFFIXES:
         return "slide"
     if p.is_dir():
@@ -145,8 +174,44 @@ def input_kind(path: str) -> str:
     what = "does not exist" if not p.exists() else f"is not a slide or feature file ({suffix})"
     raise HilaError(
         f"{path}: {what}; give a slide ({', '.join(sorted(SLIDE_SUFFIXES))}), a feature file "
-        f"({', '.join(FEATURE_SUFFIXES)}) or a folder of feature files"
+        f"({', '.join(FEATURE_SUFFIXES)}), a folder of them, a list file (.txt) or a cohort CSV"
     )
+
+
+def predict_several(args: argparse.Namespace, kind: str, model) -> int:
+    """Many slides into one folder each; the tables; exit 1 when any slide failed."""
+    from napari_hila.errors import HilaError
+    from napari_hila.predict_many import (
+        items_in_cohort,
+        items_in_folder,
+        items_in_list,
+        predict_many,
+    )
+
+    if kind == "folder":
+        items = items_in_folder(args.slide, recursive=args.recursive, pattern=args.pattern)
+    elif kind == "list":
+        items = items_in_list(args.slide)
+    else:
+        items = items_in_cohort(args.slide, args.slides)
+    if not items:
+        raise HilaError(f"{args.slide}: no slides or feature files to predict")
+    done = predict_many(
+        items, model, args.out, cache_dir=args.cache, device=args.device, mpp=args.mpp
+    )
+    failed = len(done.failures)
+    print(
+        f"{len(items) - failed} of {len(items)} slides predicted "
+        f"({len(done.cached)} already done), {failed} failed: {done.table}, {done.summary}"
+    )
+    if done.metrics is not None:
+        c = done.metrics.get("c_index")
+        shown = "n/a" if c is None else f"{c:.4f}"
+        print(
+            f"C-index {shown} over {done.metrics['n_patients']} patients "
+            f"({done.metrics['n_events']} events; a patient's risk is the mean of their slides')"
+        )
+    return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,18 +225,8 @@ def run(args: argparse.Namespace) -> int:
     configure_torch_threads(args.threads)
     model = args.model or default_model_path()
     print(f"predicting {args.slide} with {model}", file=sys.stderr)
-    if kind == "folder":
-        from napari_hila.predict import predict_folder
-
-        done = predict_folder(args.slide, model, args.out, device=args.device)
-        print(f"{len(done.results)} slides predicted: {done.table}")
-        if done.failures:
-            print(
-                f"{len(done.failures)} feature files failed (listed above on stderr)",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
+    if kind in ("folder", "list", "cohort"):
+        return predict_several(args, kind, model)
     if kind == "features":
         from napari_hila.predict import predict_features
 
