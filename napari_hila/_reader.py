@@ -22,7 +22,7 @@ NO_LAYERS = [(None,)]
 
 
 def _is_slide_like_tiff(path: Path) -> bool:
-    """An 8-bit RGB TIFF that is tiled or pyramidal: ours. Anything else: napari's."""
+    """An 8-bit RGB(A) TIFF that is tiled or pyramidal: ours. Anything else: napari's."""
     import tifffile
 
     from napari_hila.slides.tiff_checks import tifffile_log
@@ -33,7 +33,8 @@ def _is_slide_like_tiff(path: Path) -> bool:
             page = series.keyframe
             return (
                 series.dtype == "uint8"
-                and page.samplesperpixel == 3
+                and page.samplesperpixel in (3, 4)
+                and page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
                 and (page.is_tiled or len(series.levels) > 1)
             )
     except Exception:  # not a readable TIFF: leave it to other readers

@@ -206,3 +206,15 @@ def test_writer_default_resolution_warns_in_napari(tmp_path, notifications):
     assert kwargs["scale"] == (0.5, 0.5) and kwargs["metadata"]["mpp_source"] == "assumed"
     [message] = notifications()
     assert "352.8 um/px (72 dpi)" in message and "assuming 0.5 um/px" in message
+
+
+def test_tiled_rgba_tiff_is_ours_and_composited_over_white(tmp_path):
+    path = tmp_path / "export_with_alpha.tif"
+    rgba = np.zeros((300, 400, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 200:, 3] = 255  # left half transparent
+    tifffile.imwrite(path, rgba, tile=(256, 256), photometric="rgb", extrasamples=[2])
+    assert get_reader(str(path)) is read_slide
+    [(levels, _, _)] = read_slide(str(path))
+    pixels = np.asarray(levels[0][:, :])
+    assert (pixels[:, :200] == 255).all() and (pixels[:, 200:] == [200, 0, 0]).all()
