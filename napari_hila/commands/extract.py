@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from napari_hila.commands.options import (
     WORKERS_PER_CORE,
@@ -28,6 +29,20 @@ from napari_hila.commands.options import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDES_OR_DIR", help="slide files or folders")
     parser.add_argument("--out", required=True, help="folder for the feature files (the cache)")
+    parser.add_argument(
+        "--recursive", action="store_true", help="search the named folders' sub-folders too"
+    )
+    parser.add_argument(
+        "--pattern",
+        default=None,
+        metavar="GLOB",
+        help="only slides whose file names match, e.g. 'TCGA-*.svs'",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (log files); failures and the summary are still printed",
+    )
     parser.add_argument(
         "--encoder",
         default="hila-descriptor",
@@ -120,20 +135,40 @@ def _check_options(options: dict) -> None:
                 raise HilaError(f"--{key.replace('_', '-')} {options[key]!r} is a text encoder")
     if options["region_px"] % options["patch_px"]:
         raise HilaError(f"--region-px {options['region_px']} must be a multiple of --patch-px")
+    for key in ("weights", "region_weights"):
+        if options[key] and not Path(options[key]).expanduser().exists():
+            raise HilaError(
+                f"--{key.replace('_', '-')} {options[key]}: no such file or folder; give the "
+                "path of the encoder's local weights"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from napari_hila.features.cohort import extract_many, find_slides, format_summary
+    from napari_hila.features.cohort import (
+        extract_many,
+        find_slides,
+        format_summary,
+        write_summary_csv,
+    )
 
     options = options_from_args(args)
     _check_options(options)
-    slides = find_slides(args.slides)
+    slides = find_slides(args.slides, recursive=args.recursive, pattern=args.pattern)
     if not slides:
-        print(f"error: no slides found in {' '.join(args.slides)}", file=sys.stderr)
+        where = " ".join(args.slides)
+        hint = "" if args.recursive else " (sub-folders are searched with --recursive)"
+        print(f"error: no slides found in {where}{hint}", file=sys.stderr)
         return 1
-    overall = tqdm(total=len(slides), desc="slides", unit="slide", position=0, file=sys.stderr)
+    overall = tqdm(
+        total=len(slides),
+        desc="slides",
+        unit="slide",
+        position=0,
+        file=sys.stderr,
+        disable=args.quiet,
+    )
 
     def on_row(row: dict) -> None:
         overall.update(1)
@@ -147,7 +182,13 @@ def run(args: argparse.Namespace) -> int:
 
         def progress_for(slide):
             bar = tqdm(
-                total=100, desc=slide.name[:30], unit="%", position=1, leave=False, file=sys.stderr
+                total=100,
+                desc=slide.name[:30],
+                unit="%",
+                position=1,
+                leave=False,
+                file=sys.stderr,
+                disable=args.quiet,
             )
             bars[slide] = bar
 
@@ -167,6 +208,12 @@ def run(args: argparse.Namespace) -> int:
         rows = extract_many(slides, args.out, options, on_row=close_bar, progress_for=progress_for)
     overall.close()
     print(format_summary(rows))
+    try:
+        print(f"summary: {write_summary_csv(Path(args.out) / 'summary.csv', rows)}")
+    except OSError as err:  # a read-only cache that had every slide: the table above is it
+        from napari_hila.io_utils import write_failure
+
+        print(f"note: {write_failure(args.out, err, 'summary.csv')}", file=sys.stderr)
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 

@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="with a folder: only files whose names match, e.g. '*.svs'",
     )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no per-stage progress lines (log files)"
+    )
     add_mpp_argument(parser)
     add_threads_argument(parser)
 
@@ -231,7 +234,11 @@ def run(args: argparse.Namespace) -> int:
         from napari_hila.predict import predict_features
 
         result = predict_features(
-            args.slide, model, out_dir=args.out, device=args.device, progress=StageProgress()
+            args.slide,
+            model,
+            out_dir=args.out,
+            device=args.device,
+            progress=None if args.quiet else StageProgress(),
         )
     else:
         from napari_hila.predict import predict_slide
@@ -242,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             cache_dir=args.cache,
             device=args.device,
-            progress=StageProgress(),
+            progress=None if args.quiet else StageProgress(),
             mpp=args.mpp,
             weights=args.weights,
         )

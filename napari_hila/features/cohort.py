@@ -23,23 +23,32 @@ from napari_hila.features.extract import Progress, extract_slide
 Row = dict[str, Any]
 
 
-def find_slides(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Slide files named directly or found (not recursively) in named folders.
+def find_slides(
+    inputs: Iterable[str | os.PathLike], recursive: bool = False, pattern: str | None = None
+) -> list[Path]:
+    """Slide files named directly or found in named folders (and their sub-folders
+    with ``recursive``), keeping only names matching the glob ``pattern`` if given.
 
     A named file is kept even when it does not exist or has an odd suffix, so
     it gets its own clear error row instead of vanishing silently.
     """
     from napari_hila.slides import SLIDE_SUFFIXES
 
+    def is_slide(p: Path) -> bool:
+        name = p.name.lower()
+        return (
+            p.is_file()
+            and not p.name.startswith(".")
+            and any(name.endswith(s) for s in SLIDE_SUFFIXES)
+            and (pattern is None or p.match(pattern))
+        )
+
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found.extend(
-                p
-                for p in sorted(path.iterdir())
-                if p.is_file() and any(p.name.lower().endswith(s) for s in SLIDE_SUFFIXES)
-            )
+            candidates = path.rglob("*") if recursive else path.iterdir()
+            found.extend(p for p in sorted(candidates) if is_slide(p))
         else:
             found.append(path)
     seen, unique = set(), []
@@ -48,6 +57,20 @@ def find_slides(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             seen.add(p.resolve())
             unique.append(p)
     return unique
+
+
+def write_summary_csv(path: str | os.PathLike, rows: Sequence[Row]) -> Path:
+    """``summary.csv``: one row per slide (slide, status, patches, regions, seconds, file, error)."""
+    import csv
+
+    from napari_hila.io_utils import atomic_path
+
+    columns = ("slide", "status", "patches", "regions", "seconds", "file", "error")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([r.get(c, "") for c in columns] for r in rows)
+    return Path(path)
 
 
 def extract_one(
