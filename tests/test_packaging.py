@@ -12,6 +12,7 @@ default suite and CI's `make test` runs it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -50,7 +51,9 @@ def _build_wheel(tmp: Path, env: dict[str, str]) -> Path:
         else:
             shutil.copy(origin, source / item)
     dist = tmp / "dist"
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps"]
+    if importlib.util.find_spec("setuptools") is not None:
+        pip_wheel.append("--no-build-isolation")  # the dev extra has it: no download
     _run([*pip_wheel, "-q", "-w", str(dist), str(source)], tmp, env)
     shutil.rmtree(source)  # nothing of the source tree is left to import from
     (wheel,) = dist.glob("napari_hila-*.whl")
