@@ -77,9 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-encoder",
         default="auto",
-        help="text encoder for the prompts (default: auto: descriptor-vocabulary for "
-        "hila-descriptor features, whose space it shares, else minilm); a prompt set with its "
-        "own embeddings file uses those instead",
+        help="text encoder for the prompts (default: auto: the features' own text tower for "
+        "conch, plip, quiltnet and clip features, descriptor-vocabulary for hila-descriptor "
+        "features, whose space it shares, else minilm); a prompt set with its own embeddings "
+        "file uses those instead",
+    )
+    parser.add_argument(
+        "--text-weights",
+        default=None,
+        metavar="PATH",
+        help="local weights of the text encoder (default: the encoders config, "
+        "~/.napari-hila/encoders.yaml or $NAPARI_HILA_ENCODERS)",
     )
     parser.add_argument(
         "--folds",
@@ -223,7 +231,11 @@ def run(args: argparse.Namespace) -> int:
     if wants_prompts(spec.config_cls):
         vision_encoder = getattr(bags[0], "encoder", None) if bags else None
         prompt_set = embed_prompts(
-            args.prompts, args.text_encoder, device, vision_encoder=vision_encoder
+            args.prompts,
+            args.text_encoder,
+            device,
+            vision_encoder=vision_encoder,
+            text_weights=args.text_weights,
         )
     settings = RunSettings(
         model=args.model,

@@ -130,6 +130,54 @@ def _load(name: str, kind: str, weights: str | os.PathLike | None, device: str) 
     return spec.loader(spec, path, resolve_device(device))
 
 
+def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> Path | None:
+    """The weights ``name`` would load: ``weights`` if given, else the encoders config's entry."""
+    if weights:
+        return Path(weights).expanduser()
+    if not get_encoder_spec(name).needs_weights:
+        return None
+    from napari_hila.encoders.userconfig import configured
+
+    return configured(name)
+
+
+def weights_status(name: str, weights: str | os.PathLike | None = None) -> tuple[bool, str]:
+    """``(found, sentence)``: where ``name``'s weights are, or how to give them (for the dock)."""
+    from napari_hila.encoders.userconfig import config_path
+
+    if not get_encoder_spec(name).needs_weights:
+        return True, f"{name}: needs no weights"
+    path = resolve_weights(name, weights)
+    if path is None:
+        return False, (
+            f"{name}: weights not found; add '{name.removesuffix('-text')}: PATH' to "
+            f"{config_path()} (napari-hila never downloads weights)"
+        )
+    if not path.exists():
+        return False, f"{name}: {path} does not exist; fix the path in {config_path()}"
+    return True, f"{name}: {path}"
+
+
+def encoder_version(name: str, weights: str | os.PathLike | None = None) -> str | None:
+    """The version features of ``name`` record, without loading the encoder.
+
+    The weights' digest (``sha256:...``) for encoders with weights, the built-in
+    version otherwise; None when the weights are neither given nor configured.
+    A missing weights file is an :class:`EncoderError` here, before any slide is read.
+    """
+    spec = get_encoder_spec(name)
+    if not spec.needs_weights:
+        return spec.version
+    path = resolve_weights(name, weights)
+    if path is None:
+        return None
+    if not path.exists():
+        raise EncoderError(f"{path}: weights for encoder {name!r} not found; check the path")
+    from napari_hila.encoders.checkpoints import weights_digest
+
+    return weights_digest(path)
+
+
 def get_vision_encoder(
     name: str = "hila-descriptor", weights: str | os.PathLike | None = None, device: str = "auto"
 ) -> VisionEncoder:

@@ -36,6 +36,7 @@ DEFAULT_SETTINGS = {
     "region_mode": "view",
     "magnifications": None,
     "mpp": None,  # the slide's own (or assumed) pixel size; a user's value gets its own file
+    "weights": None,  # weight-free encoders; other weights' digests get their own file
 }
 LOCK_TIMEOUT_S = 6 * 3600.0  # another process may be extracting a very large slide
 

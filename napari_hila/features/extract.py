@@ -49,8 +49,33 @@ def _vision_encoder(name: str, weights: str | None, device: str):
 
 
 def vision_encoder(name: str, weights: str | os.PathLike | None = None, device: str = "auto"):
-    """A loaded vision encoder, reused across slides within a process."""
+    """A loaded vision encoder, reused across slides within a process (keyed by its weights)."""
+    from napari_hila.encoders.registry import resolve_weights
+
+    weights = resolve_weights(name, weights)  # the encoders config's entry, read now
     return _vision_encoder(name, str(weights) if weights else None, str(device))
+
+
+def _weights_version(encoder: str, weights, device: str, wanted: str | None) -> str:
+    """The version (weights digest) the features must have: ``wanted``, or that of the weights.
+
+    A missing weights file fails here, before any slide is opened; with neither weights nor
+    ``wanted`` the encoder's own loader says what to pass.
+    """
+    from napari_hila.encoders import EncoderError, encoder_version
+    from napari_hila.encoders.registry import resolve_weights
+
+    found = encoder_version(encoder, weights)
+    if wanted and found and found != wanted:
+        raise EncoderError(
+            f"{resolve_weights(encoder, weights)}: these {encoder} weights are {found}, but "
+            f"features of weights {wanted} are wanted (the model was trained on those); give "
+            "the weights the model was trained with"
+        )
+    version = wanted or found
+    if version is None:
+        vision_encoder(encoder, weights, device)  # raises: which weights to pass, and how
+    return str(version)
 
 
 THREADS_ENV = "NAPARI_HILA_THREADS"  # cores one extraction may use (a Dask worker's share)
@@ -301,6 +326,7 @@ def extract_slide(
     magnifications: tuple[str, ...] | None = None,
     batch_size: int = 64,
     mpp: float | None = None,
+    encoder_version: str | None = None,
 ) -> Path:
     """Extract (or find cached) features of one slide; returns the HDF5 path.
 
@@ -312,7 +338,11 @@ def extract_slide(
     averages the region's patch features instead. ``mpp`` (um/px at level 0)
     overrides or supplies the slide's pixel size; it sizes the tiles, so it is
     part of the cache key (features made with an assumed mpp are not reused).
+    The weights' digest is part of the key and of the file's name too, and the
+    encoder is loaded only when no cached file fits; ``encoder_version`` (a model
+    card's digest) finds cached features of those weights without any weights at hand.
     """
+    from napari_hila.encoders.registry import get_encoder_spec
     from napari_hila.slides import check_mpp, detect_tissue, make_grids, open_slide
 
     if region_mode not in REGION_MODES:
@@ -333,15 +363,21 @@ def extract_slide(
         # a user's pixel size: None keeps the file's (or the assumed) one and its cache name
         "mpp": check_mpp(mpp, f"{slide_path}: mpp") if mpp is not None else None,
     }
-    patch_enc = vision_encoder(encoder, weights, device)
-    region_enc = None
-    if region_mode == "view":
-        region_enc = (
-            vision_encoder(region_encoder, region_weights or weights, device)
-            if settings["region_encoder"]
-            else patch_enc
-        )
-    region_name = region_enc.name if region_enc is not None else f"mean({encoder})"
+    # the weights' digest keys the cache, so the encoder loads only on a miss
+    version = _weights_version(encoder, weights, device, encoder_version)
+    settings["weights"] = version if get_encoder_spec(encoder).needs_weights else None
+
+    def load_encoders():
+        patch = vision_encoder(encoder, weights, device)
+        if region_mode != "view":
+            return patch, None
+        if not settings["region_encoder"]:
+            return patch, patch
+        return patch, vision_encoder(region_encoder, region_weights or weights, device)
+
+    region_name = (
+        (settings["region_encoder"] or encoder) if region_mode == "view" else f"mean({encoder})"
+    )
     t0 = time.perf_counter()
     with open_slide(slide_path, mpp=settings["mpp"]) as slide:
         fingerprint = slide.fingerprint()
@@ -350,7 +386,7 @@ def extract_slide(
         )
         expected = {
             "encoder": encoder,
-            "encoder_version": str(patch_enc.version),
+            "encoder_version": version,
             "region_encoder": region_name,
             "patch_px": int(patch_px),
             "region_px": int(region_px),
@@ -369,6 +405,7 @@ def extract_slide(
             if _cache_is_valid(target, expected):  # another process just finished it
                 _report(progress, "features", 1.0)
                 return target
+            patch_enc, region_enc = load_encoders()
             _report(progress, "tissue", 0.0)
             grids = make_grids(slide, detect_tissue(slide), patch_px, region_px, target_mpp)
             _report(progress, "tissue", 1.0)

@@ -114,13 +114,16 @@ def embed_prompts(
     device: str = "cpu",
     *,
     vision_encoder: str | None = None,
+    text_weights: str | None = None,
 ) -> dict[str, Any]:
     """Load a prompt set and embed its texts once for the whole run.
 
     A set with its own ``embeddings:`` file uses those rows (unit-normalised) and
     loads no text encoder; an explicit ``text_encoder`` that differs is ignored
     with a note. Otherwise ``"auto"`` (or None) picks the text encoder that shares
-    ``vision_encoder``'s space (:func:`~napari_hila.encoders.pairing.choose_text_encoder`).
+    ``vision_encoder``'s space (:func:`~napari_hila.encoders.pairing.choose_text_encoder`),
+    and a text encoder outside the space of the features' own pair is warned about.
+    ``text_weights`` overrides the encoders config for a text tower's weights.
 
     Returns ``{"name", "cancer_type", "text_encoder", "text_dim", "levels": {level:
     {"names", "texts", "embeddings", "grounding"}}}`` (plus ``"embedding_encoder"``
@@ -128,7 +131,7 @@ def embed_prompts(
     prompt, the vocabulary terms it matched or None (a label on an arbitrary
     direction), when the text encoder reports it; else None for the level.
     """
-    from napari_hila.encoders.pairing import AUTO, choose_text_encoder
+    from napari_hila.encoders.pairing import AUTO, choose_text_encoder, pairing_warning
     from napari_hila.encoders.registry import get_text_encoder
     from napari_hila.prompts import LEVELS, embed_prompt_set, load_prompt_set, stored_embeddings
 
@@ -149,11 +152,14 @@ def embed_prompts(
         if text_encoder in (None, AUTO):
             text_encoder, reason = choose_text_encoder(vision_encoder)
             print(f"text encoder: {text_encoder} ({reason})")
-        encoder = get_text_encoder(text_encoder, device=device)
+        encoder = get_text_encoder(text_encoder, weights=text_weights, device=device)
         embedded = embed_prompt_set(prompt_set, encoder)
         label = f"{encoder.name} ({getattr(encoder, 'version', '')})"
         if hasattr(encoder, "grounding"):
             grounding = {lvl: encoder.grounding(prompt_set.texts(lvl)) for lvl in LEVELS}
+    warning = pairing_warning(vision_encoder, label)
+    if warning:
+        print(warning, file=sys.stderr)
     return {
         "name": str(name_or_path),
         "cancer_type": prompt_set.cancer_type,

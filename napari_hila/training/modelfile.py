@@ -236,10 +236,17 @@ def check_features_match(card: dict[str, Any], feats: Any, source: str = "featur
     # Same encoder, other version: the numbers differ although the names match.
     found_version = str(feats.attrs.get("encoder_version", "") or "")
     if patch.get("version") and found_version and str(patch["version"]) != found_version:
-        problems.append(
-            f"patch encoder {feats.encoder!r} is version {found_version} here but the model was "
-            f"trained on version {patch['version']} (retrain on features of this version)"
-        )
+        if found_version.startswith("sha256:") or str(patch["version"]).startswith("sha256:"):
+            problems.append(
+                f"patch features made with {feats.encoder} weights {found_version}, but the model "
+                f"was trained on features of weights {patch['version']} (extract with those "
+                "weights, or retrain on these features)"
+            )
+        else:
+            problems.append(
+                f"patch encoder {feats.encoder!r} is version {found_version} here but the model "
+                f"was trained on version {patch['version']} (retrain on features of this version)"
+            )
     if problems:
         raise ModelFileError(
             f"{source}: " + "; ".join(problems) + f". Extract features with the model's encoders "
