@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
+
 from napari_hila.cli import main
 from napari_hila.features.cohort import find_slides
 
@@ -37,7 +39,8 @@ def test_quiet_run_writes_summary_csv(sample_slide, tmp_path, capsys):
     shutil.copy(sample_slide, slides / "case-1.svs")
     (slides / "broken.svs").write_bytes(b"not a slide")
     out = tmp_path / "features"
-    code = main(["extract", str(tmp_path / "slides"), "--recursive", "--out", str(out), "--quiet"])
+    argv = ["extract", str(tmp_path / "slides"), "--recursive", "--out", str(out), "--quiet"]
+    code = main([*argv, "--qc"])
     captured = capsys.readouterr()
     assert code == 1  # one slide failed, the other was extracted
     assert "%|" not in captured.err  # no progress bars
@@ -47,3 +50,22 @@ def test_quiet_run_writes_summary_csv(sample_slide, tmp_path, capsys):
     assert rows["case-1.svs"]["status"] == "done" and int(rows["case-1.svs"]["patches"]) > 20
     assert rows["broken.svs"]["status"] == "failed" and rows["broken.svs"]["error"]
     assert float(rows["case-1.svs"]["seconds"]) > 0
+    (qc,) = (out / "qc").glob("case-1-*.png")
+    from PIL import Image
+
+    assert max(Image.open(qc).size) == 1600
+
+
+def test_qc_image_dims_background_and_outlines_the_grid():
+    from napari_hila.features.qc import PATCH_COLOUR, REGION_COLOUR, qc_image
+
+    thumb = np.full((40, 60, 3), 200, np.uint8)
+    tissue = np.zeros((20, 30), bool)
+    tissue[:, :15] = True  # the left half is tissue
+    # level-0 = 10 x the thumbnail; one 100 px patch at (0, 0), one 200 px region at (0, 0)
+    image = qc_image(thumb, 10.0, tissue, np.array([[0, 0]]), 100, np.array([[0, 0]]), 200)
+    assert (image[5, 40] < 200).all()  # background dimmed
+    assert (image[15, 25] == 200).all()  # tissue untouched away from outlines
+    assert (image[0, 3] == REGION_COLOUR).all()  # drawn last: the region's top edge wins
+    assert (image[9, 3] == PATCH_COLOUR).all() and (image[5, 9] == PATCH_COLOUR).all()
+    assert (image[19, 5] == REGION_COLOUR).all() and (image[10, 3] == 200).all()

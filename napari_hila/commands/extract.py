@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only slides whose file names match, e.g. 'TCGA-*.svs'",
     )
     parser.add_argument(
+        "--qc",
+        action="store_true",
+        help="also write OUT/qc/<file>.png per slide: the thumbnail with non-tissue dimmed and "
+        "the encoded patches (green) and regions (yellow) outlined",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bars (log files); failures and the summary are still printed",
@@ -155,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = options_from_args(args)
     _check_options(options)
+    if args.qc:
+        options["qc_dir"] = str((Path(args.out) / "qc").resolve())
     slides = find_slides(args.slides, recursive=args.recursive, pattern=args.pattern)
     if not slides:
         where = " ".join(args.slides)

@@ -79,7 +79,11 @@ def extract_one(
     options: dict,
     progress: Progress | None = None,
 ) -> Row:
-    """Extract one slide and describe the outcome as a summary row (never raises)."""
+    """Extract one slide and describe the outcome as a summary row (never raises).
+
+    ``options`` are :func:`extract_slide`'s keyword arguments, plus ``qc_dir``:
+    where to write the slide's QC thumbnail (``features.qc``), if anywhere.
+    """
     t0 = time.perf_counter()
     stages: set[str] = set()
 
@@ -100,7 +104,14 @@ def extract_one(
     try:
         if not Path(slide).exists():
             raise SlideError(f"{slide}: file not found; check the path")
-        path = extract_slide(slide, out_dir, progress=track, **options)
+        settings = dict(options)
+        qc_dir = settings.pop("qc_dir", None)  # not an extraction setting: where QC PNGs go
+        path = extract_slide(slide, out_dir, progress=track, **settings)
+        if qc_dir:
+            from napari_hila.features.qc import write_qc_thumbnail
+
+            qc_png = Path(qc_dir) / f"{Path(path).stem}.png"
+            row["qc"] = str(write_qc_thumbnail(slide, path, qc_png, mpp=settings.get("mpp")))
         with h5py.File(path, "r") as h5:
             row.update(
                 patches=int(h5["features"].shape[0]), regions=int(h5["region_features"].shape[0])
