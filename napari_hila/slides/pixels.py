@@ -96,7 +96,6 @@ def describe_pixels(series: tifffile.TiffPageSeries) -> str:
 def pixel_layout(path: object, series: tifffile.TiffPageSeries) -> PixelLayout:
     """The layout of an 8-bit brightfield series, or SlideError naming what the file holds."""
     page = series.keyframe
-    what = describe_pixels(series)
     photometric = page.photometric
     samples = page.samplesperpixel
     channels = _stack_channels(series)
@@ -104,12 +103,12 @@ def pixel_layout(path: object, series: tifffile.TiffPageSeries) -> PixelLayout:
     if channels > 1 or (photometric == _PHOTOMETRIC.MINISBLACK and samples > 2):
         count = max(channels, samples)
         raise SlideError(
-            f"{path}: a fluorescence or multi-channel image with {count} channels ({what}), "
+            f"{path}: a fluorescence or multi-channel image with {count} channels ({describe_pixels(series)}), "
             f"not brightfield; {fix}. Open it with napari's own reader instead"
         )
     if series.dtype != np.uint8:
         raise SlideError(
-            f"{path}: {series.dtype} pixels ({what}) are not supported; {fix} with uint8 "
+            f"{path}: {series.dtype} pixels ({describe_pixels(series)}) are not supported; {fix} with uint8 "
             "samples: convert it, e.g. with vips or bfconvert"
         )
     if photometric not in (
@@ -119,13 +118,15 @@ def pixel_layout(path: object, series: tifffile.TiffPageSeries) -> PixelLayout:
         _PHOTOMETRIC.MINISWHITE,
     ):
         raise SlideError(
-            f"{path}: photometric {_name(photometric)} images ({what}) are not supported; {fix}"
+            f"{path}: photometric {_name(photometric)} images ({describe_pixels(series)}) are not supported; {fix}"
         )
     colour = photometric in (_PHOTOMETRIC.RGB, _PHOTOMETRIC.YCBCR)
     base = 3 if colour else 1
     extra = samples - base
     if extra < 0 or extra > 1:
-        raise SlideError(f"{path}: {samples} samples per pixel ({what}) are not supported; {fix}")
+        raise SlideError(
+            f"{path}: {samples} samples per pixel ({describe_pixels(series)}) are not supported; {fix}"
+        )
     alpha = None
     if extra:
         kind = page.extrasamples[0] if page.extrasamples else _EXTRASAMPLE.UNSPECIFIED
@@ -134,7 +135,9 @@ def pixel_layout(path: object, series: tifffile.TiffPageSeries) -> PixelLayout:
         elif kind == _EXTRASAMPLE.UNASSALPHA:
             alpha = "straight"
         else:
-            raise SlideError(f"{path}: the extra sample of {what} is not an alpha channel; {fix}")
+            raise SlideError(
+                f"{path}: the extra sample of {describe_pixels(series)} is not an alpha channel; {fix}"
+            )
     return PixelLayout(colour=colour, alpha=alpha, inverted=photometric == _PHOTOMETRIC.MINISWHITE)
 
 

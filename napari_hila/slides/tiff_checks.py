@@ -23,6 +23,9 @@ import tifffile
 #: Bytes per value of each TIFF field type (TIFF 6 and BigTIFF).
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
 _TYPE_SIZES.update({13: 4, 16: 8, 17: 8, 18: 8})
+#: Tile/strip offset and byte-count tags, and the integer types their arrays may have.
+_EXTENT_TAGS = {273: "offsets", 324: "offsets", 279: "counts", 325: "counts"}
+_INTEGER_TYPES = {3: "u2", 4: "u4", 16: "u8"}
 #: Directories walked at most: a loop in a damaged chain must not hang the opener.
 _MAX_DIRECTORIES = 100_000
 
@@ -37,7 +40,7 @@ class Damage:
 
 
 def directory_damage(path: str | os.PathLike) -> list[Damage]:
-    """Damage in the top-level IFD chain: directories or tag values past the end of the file.
+    """Damage in the top-level IFD chain: directories, tag values or tiles past the end of the file.
 
     Reads the header itself, so a file tifffile cannot open at all is still
     told apart: cut short ("truncated") or damaged in place ("corrupt").
@@ -81,22 +84,47 @@ def directory_damage(path: str | os.PathLike) -> list[Damage]:
                 damage.append(Damage(None, f"its directory {index + 1} runs to byte {end}", True))
                 break
             table = fh.read(count * entry_size + offset_size)
+            extents: dict[str, np.ndarray] = {}
             for i in range(count):
                 raw = table[i * entry_size : (i + 1) * entry_size]
                 tag, kind, n = entry.unpack_from(raw)
                 nbytes = _TYPE_SIZES.get(kind, 0) * n
-                if nbytes > offset_size:
-                    (start,) = value_offset.unpack_from(raw, entry.size)
-                    if start + nbytes > size:
-                        what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
-                        damage.append(Damage(index, what, False))
+                inline = nbytes <= offset_size
+                start = 0 if inline else value_offset.unpack_from(raw, entry.size)[0]
+                if not inline and start + nbytes > size:
+                    what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
+                    damage.append(Damage(index, what, False))
+                elif tag in _EXTENT_TAGS and kind in _INTEGER_TYPES:
+                    dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
+                    data = (
+                        raw[entry.size : entry.size + nbytes]
+                        if inline
+                        else _read(fh, start, nbytes)
+                    )
+                    extents[_EXTENT_TAGS[tag]] = np.frombuffer(data, dtype).astype(np.int64)
+            last = _last_byte(extents)
+            if last > size:
+                damage.append(Damage(index, f"its tiles reach byte {last}", False))
             (offset,) = value_offset.unpack_from(table, count * entry_size)
             index += 1
     return damage
 
 
+def _read(fh, offset: int, count: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(count)
+
+
+def _last_byte(extents: dict[str, np.ndarray]) -> int:
+    """The end of a page's last tile or strip (0 without both arrays), in one numpy step."""
+    offsets, counts = extents.get("offsets"), extents.get("counts")
+    if offsets is None or counts is None or offsets.shape != counts.shape or not counts.size:
+        return 0
+    return int((offsets + counts)[counts > 0].max(initial=0))
+
+
 def data_damage(path: str | os.PathLike, pages: list[tifffile.TiffPage]) -> list[Damage]:
-    """Pages whose tile or strip data run past the end of the file (one numpy step a page)."""
+    """Pages (SubIFDs, which the directory walk does not reach) whose data run past the end."""
     size = os.path.getsize(path)
     damage = []
     for page in pages:

@@ -122,9 +122,8 @@ def survey_tiff(path: str | os.PathLike, opened: OpenedTiff) -> TiffSurvey:
     }
     level_pages = [p for s in levels for p in s.pages if p is not None]
     level_indices = {p.index for p in level_pages}
-    damage = opened.damage + data_damage(
-        path, [*level_pages, *(s.keyframe for s in associated.values())]
-    )
+    subifd_pages = [p for p in level_pages if not isinstance(p.index, int)]
+    damage = opened.damage + data_damage(path, subifd_pages)
     warnings = []
     for item in damage:
         if item.page is None or item.page in level_indices:

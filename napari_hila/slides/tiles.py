@@ -99,12 +99,16 @@ class TiledLevel:
             if page.compression == tifffile.COMPRESSION.JPEG and layout.is_rgb
             else None
         )
-        self._reduced = {
-            scale: functools.lru_cache(maxsize=self._reduced_cache_tiles(scale))(
-                functools.partial(self._decode_reduced_tile, scale)
-            )
-            for scale in DCT_SCALES
-        }
+        self._reduced: dict[int, functools._lru_cache_wrapper] = {}  # made on first use
+
+    def _reduced_tile(self, scale: int) -> functools._lru_cache_wrapper:
+        """The cached reduced-tile decoder for ``scale``, made on first use (opening stays cheap)."""
+        cache = self._reduced.get(scale)
+        if cache is None:
+            decode = functools.partial(self._decode_reduced_tile, scale)
+            cache = functools.lru_cache(maxsize=self._reduced_cache_tiles(scale))(decode)
+            cache = self._reduced.setdefault(scale, cache)  # one cache even if threads race
+        return cache
 
     def _reduced_cache_tiles(self, scale: int) -> int:
         return max(16, REDUCED_CACHE_BYTES // (3 * (self.tile_w // scale) * (self.tile_h // scale)))
@@ -164,7 +168,7 @@ class TiledLevel:
             get_tile = self.tile if cached else self._decode_tile
             tw, th = self.tile_w, self.tile_h
         elif self.supports_scale(scale):
-            get_tile = self._reduced[scale]
+            get_tile = self._reduced_tile(scale)
             tw, th = self.tile_w // scale, self.tile_h // scale
         else:
             raise ValueError(f"cannot read 1/{scale} of {self.tile_w} x {self.tile_h} px tiles")
