@@ -618,3 +618,23 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
     with pytest.raises(ModelFileError) as refused:
         check_features_match(card, load_features(path), str(path))
     assert digest in str(refused.value) and other_digest in str(refused.value)
+
+
+def test_region_encoder_weights_get_their_own_feature_file(conch, data, tmp_path):
+    from napari_hila.features import extract_slide, load_features
+
+    slide = tmp_path / "s.tif"
+    _shape_slide(slide, data[2][:12], columns=4)
+    other = tmp_path / "other.bin"
+    state = torch.load(conch["weights"], weights_only=True)
+    state["visual.trunk.norm.weight"] = state["visual.trunk.norm.weight"] * 1.01
+    torch.save(state, other)
+    other.with_suffix(".bin.json").write_text(conch["weights"].with_suffix(".bin.json").read_text())
+    grid = {"patch_px": 64, "region_px": 128, "device": "cpu", "encoder": "hila-descriptor"}
+    paths = [
+        extract_slide(slide, tmp_path / "f", region_encoder="conch-trunk", region_weights=w, **grid)
+        for w in (conch["weights"], other, conch["weights"])
+    ]
+    assert paths[0] != paths[1] and paths[0] == paths[2]
+    a, b = (load_features(p).region_features for p in paths[:2])
+    assert a.shape == b.shape and not np.allclose(a, b)

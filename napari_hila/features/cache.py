@@ -37,6 +37,7 @@ DEFAULT_SETTINGS = {
     "magnifications": None,
     "mpp": None,  # the slide's own (or assumed) pixel size; a user's value gets its own file
     "weights": None,  # weight-free encoders; other weights' digests get their own file
+    "region_weights": None,  # likewise for a separate region encoder
 }
 LOCK_TIMEOUT_S = 6 * 3600.0  # another process may be extracting a very large slide
 

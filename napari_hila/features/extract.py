@@ -366,6 +366,14 @@ def extract_slide(
     # the weights' digest keys the cache, so the encoder loads only on a miss
     version = _weights_version(encoder, weights, device, encoder_version)
     settings["weights"] = version if get_encoder_spec(encoder).needs_weights else None
+    if (
+        region_mode == "view"
+        and settings["region_encoder"]
+        and get_encoder_spec(region_encoder).needs_weights
+    ):
+        settings["region_weights"] = _weights_version(
+            region_encoder, region_weights or weights, device, None
+        )
 
     def load_encoders():
         patch = vision_encoder(encoder, weights, device)
