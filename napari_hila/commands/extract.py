@@ -52,13 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--encoder",
         default="hila-descriptor",
-        help="patch encoder: hila-descriptor (default, no weights), or with --weights: "
-        "uni, conch, plip, quiltnet, clip, vit",
+        help="patch encoder: hila-descriptor (default, no weights), or with weights (--weights "
+        "or the encoders config): conch, conch-trunk, plip, quiltnet, clip, uni, vit",
     )
     parser.add_argument(
         "--region-encoder", default=None, help="region encoder (default: the patch encoder)"
     )
-    parser.add_argument("--weights", default=None, help="local weights of the patch encoder")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local weights of the patch encoder (default: the encoders config, "
+        "~/.napari-hila/encoders.yaml or $NAPARI_HILA_ENCODERS)",
+    )
     parser.add_argument(
         "--region-weights", default=None, help="local weights of the region encoder"
     )
