@@ -60,7 +60,7 @@ class PredictionItem:
 class ManyPrediction:
     """What :func:`predict_many` did."""
 
-    results: dict[str, Any]  # slide id -> PredictionResult (this run's) or result.json (cached)
+    results: dict[str, dict[str, Any]]  # slide id -> its result.json summary
     failures: dict[str, str]  # input file -> one-line reason
     rows: list[dict[str, Any]]  # summary.csv's rows
     table: Path  # predictions.csv
@@ -213,10 +213,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
-def _summary_of(result) -> dict[str, Any]:
-    return result if isinstance(result, dict) else result.summary()
-
-
 def _write_tables(out_dir: Path, items, results, rows, with_outcomes: bool) -> tuple[Path, Path]:
     summary = _write_csv(
         out_dir / "summary.csv",
@@ -230,7 +226,7 @@ def _write_tables(out_dir: Path, items, results, rows, with_outcomes: bool) -> t
     for item in items:
         if item.slide_id not in results:
             continue
-        info = _summary_of(results[item.slide_id])
+        info = results[item.slide_id]
         pct = info.get("risk_percentile")
         line = [item.slide_id, repr(float(info["risk"])), info.get("risk_group") or ""]
         line.append("" if pct is None else pct)
@@ -249,9 +245,7 @@ def _outcome_metrics(items, results) -> dict[str, Any] | None:
     outcome: dict[str, tuple[float, int]] = {}
     for item in items:
         if item.slide_id in results and item.patient_id is not None:
-            by_patient.setdefault(item.patient_id, []).append(
-                float(_summary_of(results[item.slide_id])["risk"])
-            )
+            by_patient.setdefault(item.patient_id, []).append(float(results[item.slide_id]["risk"]))
             outcome[item.patient_id] = (float(item.time), int(item.event))
     patients = sorted(by_patient)
     if not patients:
@@ -273,6 +267,102 @@ def _outcome_metrics(items, results) -> dict[str, Any] | None:
     return metrics
 
 
+def predict_item(
+    item: PredictionItem,
+    loaded,
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    mpp: float | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Predict one item into ``out_dir/<slide id>/`` (or find it done); never raises but
+    :class:`Cancelled`. Returns its summary row and its result's summary (None if failed)."""
+    from napari_hila.predict import FEATURE_SUFFIXES, predict_features, predict_slide
+
+    folder = Path(out_dir) / item.slide_id
+    row = {"slide": item.slide_id, "status": "failed", "patches": 0, "seconds": 0.0, "error": ""}
+    started = time.perf_counter()
+    summary = None
+    try:
+        record = _input_record(item, Path(loaded.path), mpp)
+        summary = _cached_result(folder, record)
+        if summary is not None:
+            row["status"] = "cached"
+        else:
+            if item.path.suffix.lower() in FEATURE_SUFFIXES:
+                result = predict_features(item.path, loaded, folder, device, cancel=cancel)
+            else:
+                result = predict_slide(
+                    item.path, loaded, folder, cache_dir, device, cancel=cancel, mpp=mpp
+                )
+            write_json_atomic(folder / INPUT_RECORD, record)
+            summary = result.summary()
+            row["status"] = "done"
+        row["patches"] = summary.get("extra", {}).get("patches", "")
+    except Cancelled:
+        raise
+    except Exception as err:  # one bad slide must not stop the others
+        summary = None
+        row["error"] = (
+            str(err) if isinstance(err, HilaError) else f"{item.path}: {type(err).__name__}: {err}"
+        )
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row, summary
+
+
+_WORKER_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def _predict_on_worker(item, model_path: str, out_dir, cache_dir, device, mpp, threads: int):
+    """A cluster task: the model is loaded once per worker process, then as locally."""
+    from napari_hila.devices import configure_torch_threads
+    from napari_hila.training.modelfile import load_model
+
+    configure_torch_threads(threads)
+    key = (model_path, device)
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = load_model(model_path, device)
+    return predict_item(item, _WORKER_MODELS[key], out_dir, cache_dir, device, mpp)
+
+
+def _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, threads):
+    """(row, summary) per item in input order, one task each; Ctrl-C cancels the rest."""
+    from distributed import as_completed
+
+    futures = {
+        client.submit(
+            _predict_on_worker,
+            item,
+            str(Path(loaded.path).resolve()),
+            str(Path(out_dir).resolve()),
+            None if cache_dir is None else str(Path(cache_dir).resolve()),
+            device,
+            mpp,
+            threads,
+            pure=False,
+        ): i
+        for i, item in enumerate(items)
+    }
+    try:
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            try:
+                yield i, future.result()
+            except Exception as err:  # the worker itself died
+                row = {"slide": items[i].slide_id, "status": "failed", "patches": 0}
+                row.update(seconds=0.0, error=f"worker failed: {type(err).__name__}: {err}")
+                yield i, (row, None)
+    except KeyboardInterrupt:
+        pending = [f for f in futures if not f.done()]
+        client.cancel(pending, force=True)
+        print(
+            f"interrupted: cancelled {len(pending)} unfinished slide tasks on the cluster",
+            file=sys.stderr,
+        )
+        raise
+
+
 def predict_many(
     items: list[PredictionItem],
     model,
@@ -283,67 +373,57 @@ def predict_many(
     mpp: float | None = None,
     cancel: threading.Event | None = None,
     log: Callable[[str], None] | None = None,
+    client=None,
+    threads: int = 1,
 ) -> ManyPrediction:
-    """Predict every item into ``out_dir/<slide id>/``; write the tables after each one."""
-    from napari_hila.predict import FEATURE_SUFFIXES, _load_model, predict_features, predict_slide
+    """Predict every item into ``out_dir/<slide id>/``; write the tables after each one.
+
+    With a ``distributed.Client`` each slide is one task on the cluster (the
+    same :func:`predict_item`, so the files are the same); ``threads`` is the
+    torch thread count of each task.
+    """
+    from napari_hila.predict import _load_model
 
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = _load_model(model, device, lambda stage, fraction: None, cancel)
     with_outcomes = any(item.time is not None for item in items)
+    if client is None:
+        outcomes = (
+            (i, predict_item(item, loaded, out_dir, cache_dir, device, mpp, cancel))
+            for i, item in enumerate(items)
+        )
+    else:
+        outcomes = _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, threads)
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = [None] * len(items)
     cached: list[str] = []
-    for i, item in enumerate(items, 1):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"prediction cancelled after {i - 1} of {len(items)} slides")
-        folder = out_dir / item.slide_id
-        row = {"slide": item.slide_id, "status": "failed", "patches": 0, "seconds": 0.0}
-        row["error"] = ""
-        started = time.perf_counter()
-        try:
-            record = _input_record(item, Path(loaded.path), mpp)
-            previous = _cached_result(folder, record)
-            if previous is not None:
-                results[item.slide_id] = previous
-                cached.append(item.slide_id)
-                row.update(status="cached", patches=previous.get("extra", {}).get("patches", ""))
-            else:
-                if item.path.suffix.lower() in FEATURE_SUFFIXES:
-                    result = predict_features(item.path, loaded, folder, device, cancel=cancel)
-                else:
-                    result = predict_slide(
-                        item.path, loaded, folder, cache_dir, device, cancel=cancel, mpp=mpp
-                    )
-                write_json_atomic(folder / INPUT_RECORD, record)
-                results[item.slide_id] = result
-                row.update(status="done", patches=result.extra.get("patches", ""))
-        except Cancelled:
-            raise
-        except Exception as err:  # one bad slide must not stop the others
-            reason = (
-                str(err)
-                if isinstance(err, HilaError)
-                else f"{item.path}: {type(err).__name__}: {err}"
-            )
-            failures[str(item.path)] = reason
-            row["error"] = reason
-        row["seconds"] = round(time.perf_counter() - started, 2)
-        rows.append(row)
-        if row["status"] == "failed":
-            say(f"[{i}/{len(items)}] {item.slide_id}: failed: {row['error']}")
+    for done, (i, (row, summary)) in enumerate(outcomes, 1):
+        item = items[i]
+        rows[i] = row
+        if summary is None:
+            failures[str(item.path)] = row["error"]
+            say(f"[{done}/{len(items)}] {item.slide_id}: failed: {row['error']}")
         else:
-            info = _summary_of(results[item.slide_id])
+            results[item.slide_id] = summary
+            if row["status"] == "cached":
+                cached.append(item.slide_id)
+            note = " (already done)" if row["status"] == "cached" else ""
             say(
-                f"[{i}/{len(items)}] {item.slide_id}: risk {float(info['risk']):.4f} "
-                f"({info.get('risk_group') or 'n/a'}){' (already done)' * (row['status'] == 'cached')}"
+                f"[{done}/{len(items)}] {item.slide_id}: risk {float(summary['risk']):.4f} "
+                f"({summary.get('risk_group') or 'n/a'}){note}"
             )
-        table, summary = _write_tables(out_dir, items, results, rows, with_outcomes)
-    if not items:
-        table, summary = _write_tables(out_dir, items, results, rows, with_outcomes)
+        _write_tables(out_dir, items, results, [r for r in rows if r], with_outcomes)
+        if cancel is not None and cancel.is_set() and done < len(items):
+            raise Cancelled(f"prediction cancelled after {done} of {len(items)} slides")
+    table, summary_csv = _write_tables(
+        out_dir, items, results, [r for r in rows if r], with_outcomes
+    )
     metrics = _outcome_metrics(items, results) if with_outcomes else None
     if metrics is not None:
         write_json_atomic(out_dir / "metrics.json", metrics)
-    return ManyPrediction(results, failures, rows, table, summary, metrics, cached)
+    return ManyPrediction(
+        results, failures, [r for r in rows if r], table, summary_csv, metrics, cached
+    )

@@ -106,3 +106,30 @@ def test_cohort_csv_lists_every_slide_it_cannot_find(clam_cohort, tmp_path, caps
     code = _predict(clam_cohort / "cohort.csv", "--slides", tmp_path, "--out", tmp_path / "o")
     err = capsys.readouterr().err
     assert code == 2 and "8 slides have no slide or feature file" in err and "line 2" in err
+
+
+@pytest.mark.slow  # ~7 s: a Dask cluster in the process
+def test_cluster_gives_the_same_predictions_as_a_local_run(model, clam_cohort, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from napari_hila.predict_many import items_in_cohort, predict_many
+
+    items = items_in_cohort(clam_cohort / "cohort.csv", clam_cohort / "feats")[:4]
+    local = predict_many(items, model, tmp_path / "local", device="cpu", log=lambda m: None)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote = predict_many(
+            items, model, tmp_path / "dask", device="cpu", client=client, log=lambda m: None
+        )
+    assert (tmp_path / "dask" / "predictions.csv").read_text() == (
+        tmp_path / "local" / "predictions.csv"
+    ).read_text()
+    assert remote.metrics == local.metrics and {r["status"] for r in remote.rows} == {"done"}
+    for item in items:
+        a = np.load(tmp_path / "local" / item.slide_id / "result.npz")
+        b = np.load(tmp_path / "dask" / item.slide_id / "result.npz")
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])

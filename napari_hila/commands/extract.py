@@ -17,13 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_hila.commands.options import (
-    WORKERS_PER_CORE,
-    add_mpp_argument,
-    at_least,
-    scheduler_address,
-    workers_value,
-)
+from napari_hila.commands.cluster import add_cluster_arguments, wants_cluster
+from napari_hila.commands.options import add_mpp_argument, at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,19 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=at_least(1), default=64, help="tiles per encoder batch (64)"
     )
     add_mpp_argument(parser)
-    cluster = parser.add_mutually_exclusive_group()
-    cluster.add_argument(
-        "--scheduler",
-        type=scheduler_address,
-        default=None,
-        help="address of a running Dask scheduler (HOST:PORT or tcp://HOST:PORT): one task per slide",
-    )
-    cluster.add_argument(
-        "--workers",
-        type=workers_value,
-        default=None,
-        help=f"start a local Dask cluster with N worker processes (1 to {WORKERS_PER_CORE} per core)",
-    )
+    add_cluster_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
@@ -188,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if row["status"] == "failed":
             tqdm.write(f"failed: {row['error']}", file=sys.stderr)
 
-    if args.scheduler or args.workers:
+    if wants_cluster(args):
         rows = _run_on_cluster(slides, args, options, on_row)
     else:
         bars: dict = {}
@@ -231,41 +214,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
-    from napari_hila.errors import HilaError
+    from napari_hila.commands.cluster import cluster_client
     from napari_hila.features.cohort import extract_on_cluster
 
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as err:
-        raise HilaError(
-            "--scheduler/--workers need dask.distributed: pip install distributed"
-        ) from err
-    if args.scheduler:
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except (OSError, ValueError, TypeError) as err:
-            raise HilaError(
-                f"cannot reach the Dask scheduler at {args.scheduler}: {err}; check the address "
-                "the scheduler printed and that this machine can reach it"
-            ) from err
-        with client:
-            return extract_on_cluster(slides, args.out, options, client, on_row)
-    from napari_hila.features.extract import THREADS_ENV, available_cores
-
-    workers = min(args.workers, len(slides))  # one task per slide: more workers would idle
-    try:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # each worker reads and encodes with its share of the cores, not all of them
-            env={THREADS_ENV: str(max(1, available_cores() // workers))},
-        )
-    except (RuntimeError, OSError) as err:
-        raise HilaError(
-            f"could not start a local Dask cluster with {args.workers} workers ({err}); "
-            "run without --workers to extract in this process"
-        ) from err
-    with cluster, Client(cluster) as client:
+    with cluster_client(args, len(slides)) as client:
         return extract_on_cluster(slides, args.out, options, client, on_row)

@@ -27,6 +27,7 @@ import argparse
 import sys
 import time
 
+from napari_hila.commands.cluster import add_cluster_arguments
 from napari_hila.commands.options import add_mpp_argument, add_threads_argument
 
 
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", action="store_true", help="no per-stage progress lines (log files)"
     )
+    add_cluster_arguments(parser)  # for many slides: one task per slide
     add_mpp_argument(parser)
     add_threads_argument(parser)
 
@@ -183,6 +185,7 @@ def input_kind(path: str) -> str:
 
 def predict_several(args: argparse.Namespace, kind: str, model) -> int:
     """Many slides into one folder each; the tables; exit 1 when any slide failed."""
+    from napari_hila.commands.cluster import cluster_client, wants_cluster
     from napari_hila.errors import HilaError
     from napari_hila.predict_many import (
         items_in_cohort,
@@ -199,9 +202,12 @@ def predict_several(args: argparse.Namespace, kind: str, model) -> int:
         items = items_in_cohort(args.slide, args.slides)
     if not items:
         raise HilaError(f"{args.slide}: no slides or feature files to predict")
-    done = predict_many(
-        items, model, args.out, cache_dir=args.cache, device=args.device, mpp=args.mpp
-    )
+    many = {"cache_dir": args.cache, "device": args.device, "mpp": args.mpp}
+    if wants_cluster(args):
+        with cluster_client(args, len(items)) as client:
+            done = predict_many(items, model, args.out, **many, client=client, threads=args.threads)
+    else:
+        done = predict_many(items, model, args.out, **many)
     failed = len(done.failures)
     print(
         f"{len(items) - failed} of {len(items)} slides predicted "
@@ -230,6 +236,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicting {args.slide} with {model}", file=sys.stderr)
     if kind in ("folder", "list", "cohort"):
         return predict_several(args, kind, model)
+    if args.scheduler or args.workers:
+        from napari_hila.errors import HilaError
+
+        raise HilaError(
+            "--scheduler/--workers spread many slides over a cluster; for one slide leave them "
+            "out (or give a folder, a list file or a cohort CSV)"
+        )
     if kind == "features":
         from napari_hila.predict import predict_features
 
