@@ -251,6 +251,7 @@ def brightfield_variants(tissue, tmp_path_factory):
     premultiplied = (tissue.astype(np.uint16) * ramp[..., None] // 255).astype(np.uint8)
     return {
         "grey": _tiff(folder / "grey.tif", grey, photometric="minisblack"),
+        "grey_inverted": _tiff(folder / "grey_white.tif", 255 - grey, photometric="miniswhite"),
         "grey_strips": _strips(folder / "grey_strips.tif", grey),  # not tiled: the zarr path
         "rgba": _tiff(
             folder / "rgba.tif", np.dstack([tissue, ramp]), photometric="rgb", extrasamples=[2]
@@ -277,7 +278,7 @@ def _strips(path, data):
     return path
 
 
-@pytest.mark.parametrize("kind", ["grey", "rgba", "rgba_premultiplied"])
+@pytest.mark.parametrize("kind", ["grey", "grey_inverted", "rgba", "rgba_premultiplied"])
 @pytest.mark.parametrize("backend", [None, *BACKENDS])
 def test_grey_and_alpha_brightfield_read_as_openslide_paints_them(
     brightfield_variants, kind, backend
@@ -291,6 +292,8 @@ def test_grey_and_alpha_brightfield_read_as_openslide_paints_them(
     assert np.abs(got.astype(int) - expected).max() <= (1 if "rgba" in kind else 0)
     if kind.startswith("grey"):
         assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all()
+        # MINISWHITE stores 255 - grey: read back, it is the same picture
+        np.testing.assert_array_equal(got[..., 0], brightfield_variants["_grey"])
     if kind.startswith("rgba"):
         assert (got[:, 0] == 255).all()  # alpha 0 is white
 
