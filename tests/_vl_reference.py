@@ -361,6 +361,7 @@ def open_clip_tokens(folder: Path, texts, context: int) -> torch.Tensor:
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     out = torch.zeros(len(texts), context, dtype=torch.long)
     for i, ids in enumerate(tok(list(texts))["input_ids"]):
-        ids = ids[:context]
+        if len(ids) > context:  # open_clip keeps the first tokens and ends with end-of-text
+            ids = [*ids[: context - 1], ids[-1]]
         out[i, : len(ids)] = torch.tensor(ids)
     return out

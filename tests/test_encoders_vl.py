@@ -308,6 +308,21 @@ def test_transformers_clip_zero_shot_retrieval_end_to_end(made, data, tmp_path, 
     assert plip["untrained"] <= 0.3
 
 
+def test_long_and_empty_texts_are_tokenised_as_the_owners_do(conch, made):
+    texts = ["", "a red disc " * 12, "A  Yellow   BAR"]
+    conch_text = get_text_encoder("conch-text", weights=conch["weights"], device="cpu")
+    expected = ref.conch_tokens(conch["tokenizer"], texts, CONTEXT)[:, :-1]
+    np.testing.assert_array_equal(conch_text.tokenize(texts), expected)
+    folder = made("quiltnet", 0)["folder"]
+    clip_text = get_text_encoder("quiltnet-text", weights=folder, device="cpu")
+    np.testing.assert_array_equal(
+        clip_text.tokenize(texts), ref.open_clip_tokens(folder, texts, CONTEXT)
+    )
+    assert (
+        np.isfinite(clip_text.encode(texts)).all() and np.isfinite(conch_text.encode(texts)).all()
+    )
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -638,3 +653,18 @@ def test_region_encoder_weights_get_their_own_feature_file(conch, data, tmp_path
     assert paths[0] != paths[1] and paths[0] == paths[2]
     a, b = (load_features(p).region_features for p in paths[:2])
     assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_embed_prompts_takes_text_weights_and_warns_outside_the_pair(conch, tmp_path, capsys):
+    from napari_hila.training.crossval import embed_prompts
+
+    prompts = _prompt_file(tmp_path)
+    own = embed_prompts(
+        prompts, "auto", "cpu", vision_encoder="conch", text_weights=str(conch["weights"])
+    )
+    printed = capsys.readouterr()
+    assert own["text_encoder"].startswith("conch-text (sha256:") and "warning" not in printed.err
+    assert own["text_dim"] == 32
+    other = embed_prompts(prompts, "descriptor-vocabulary", "cpu", vision_encoder="conch")
+    assert other["text_encoder"].startswith("descriptor-vocabulary")
+    assert "--text-encoder conch-text" in capsys.readouterr().err

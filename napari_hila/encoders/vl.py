@@ -180,22 +180,15 @@ def build_text_tower(state: StateDict, config: dict, source: str) -> tuple[TextT
 
 
 class BPETokenizer:
-    """Texts -> fixed-length token ids with the owners' special tokens, padded with ``pad_id``.
+    """Texts -> fixed-length token ids: start + text + end, padded with ``pad``.
 
-    ``style`` "coca": CONCH's (start + text + end, padded to the tower's text
-    length); "clip": start + text + end truncated to the context with end kept,
-    padded with 0, as open_clip does.
+    A text longer than the length keeps its start and ends with the end token,
+    as both CONCH's (max_length truncation) and open_clip's tokenisers do.
     """
 
-    def __init__(self, backend, vocab_size: int, start: int, end: int, pad: int, style: str):
+    def __init__(self, backend, vocab_size: int, start: int, end: int, pad: int) -> None:
         self._backend = backend  # a tokenizers.Tokenizer or a transformers tokenizer
-        self.vocab_size, self.start, self.end, self.pad, self.style = (
-            vocab_size,
-            start,
-            end,
-            pad,
-            style,
-        )
+        self.vocab_size, self.start, self.end, self.pad = vocab_size, start, end, pad
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         if hasattr(self._backend, "encode_batch"):
@@ -205,13 +198,8 @@ class BPETokenizer:
     def __call__(self, texts: Sequence[str], length: int) -> torch.Tensor:
         out = torch.full((len(texts), length), self.pad, dtype=torch.long)
         for row, ids in enumerate(self._ids(texts)):
-            ids = list(ids)
-            if ids and ids[0] != self.start:
-                ids = [self.start, *ids]
-            if ids[-1] != self.end:
-                ids = [*ids, self.end]
-            if len(ids) > length:
-                ids = [*ids[: length - 1], self.end]
+            ids = [i for i in ids if i not in (self.start, self.end)]
+            ids = [self.start, *ids[: length - 2], self.end]
             out[row, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -255,9 +243,7 @@ def conch_tokenizer(path: Path, vocab_size: int, weights: Path) -> BPETokenizer:
         )
     backend.no_padding()
     backend.no_truncation()
-    return BPETokenizer(
-        backend, size, ids["<start_of_text>"], ids["<end_of_text>"], ids["<pad>"], "coca"
-    )
+    return BPETokenizer(backend, size, ids["<start_of_text>"], ids["<end_of_text>"], ids["<pad>"])
 
 
 def clip_tokenizer(path: Path, vocab_size: int, weights: Path) -> BPETokenizer:
@@ -293,7 +279,7 @@ def clip_tokenizer(path: Path, vocab_size: int, weights: Path) -> BPETokenizer:
     if hasattr(backend, "no_padding"):
         backend.no_padding()
         backend.no_truncation()
-    return BPETokenizer(backend, size, int(start), int(end), 0, "clip")
+    return BPETokenizer(backend, size, int(start), int(end), 0)
 
 
 # -- encoders -----------------------------------------------------------------------------------
