@@ -441,6 +441,15 @@ def test_weights_of_another_model_are_refused(conch, made):
         )
 
 
+def test_wrong_shapes_are_refused_as_another_models_weights(conch, tmp_path):
+    state = torch.load(conch["weights"], weights_only=True)
+    state["visual.proj_contrast"] = torch.zeros(32, 20)
+    path = _resave(state, tmp_path / "w" / "pytorch_model.bin")
+    with pytest.raises(EncoderError, match="another model") as err:
+        get_vision_encoder("conch", weights=path, device="cpu")
+    assert "visual.proj_contrast" in str(err.value) and str(path) in str(err.value)
+
+
 def test_tokenizer_problems_are_one_clear_error(conch, made, tmp_path):
     # no tokenizer beside the weights and none configured
     bare = tmp_path / "bare"
