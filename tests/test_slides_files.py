@@ -225,6 +225,34 @@ def test_directory_check_reads_pages_not_tiles(sample_slide, monkeypatch):
     assert len(reads) <= 2 + 4 * pages
 
 
+def test_descriptive_tag_pointing_past_the_end_is_a_warning_not_a_refusal(tmp_path, tissue):
+    """Some writers leave a private tag's offset anywhere: the pixels do not need it."""
+    path = _tiff(
+        tmp_path / "odd.tif", tissue, photometric="rgb", extratags=[(65000, 2, 0, "x" * 40, True)]
+    )
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[0].tags[65000].offset + 8  # the value's offset inside the entry
+    raw = bytearray(path.read_bytes())
+    raw[entry : entry + 4] = (len(raw) + 1000).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with open_slide(path) as slide:
+        [warning] = slide.open_warnings
+        assert "tag 65000 of directory 1" in warning and "ignored" in warning
+        np.testing.assert_array_equal(slide.read_region((0, 0), 0, (512, 512)), tissue)
+
+
+def test_classic_tiff_past_4gib_is_checked_through_tifffiles_offsets(tmp_path, tissue):
+    """NDPI's offsets wrap at 2**32: the walk stands aside, tile extents are still checked."""
+    from napari_hila.slides import tiff_checks
+
+    path = _tiff(tmp_path / "big.tif", tissue, photometric="rgb")
+    with open(path, "r+b") as fh:
+        fh.truncate((1 << 32) + 4096)  # sparse: no disk is used
+    assert tiff_checks.directory_damage(path) is None
+    with open_slide(path) as slide:
+        assert slide.backend == "tifffile" and slide.dimensions == (512, 512)
+
+
 def test_tifffile_log_lines_do_not_reach_stderr(tmp_path, tissue, capfd):
     """An invalid Orientation value (0) is harmless: silent. A cut tag is our one warning."""
     path = _tiff(

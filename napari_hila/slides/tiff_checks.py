@@ -26,6 +26,8 @@ _TYPE_SIZES.update({13: 4, 16: 8, 17: 8, 18: 8})
 #: Tile/strip offset and byte-count tags, and the integer types their arrays may have.
 _EXTENT_TAGS = {273: "offsets", 324: "offsets", 279: "counts", 325: "counts"}
 _INTEGER_TYPES = {3: "u2", 4: "u4", 16: "u8"}
+#: Tags the pixels cannot be decoded without: extents, JPEG tables, colour map, subsampling.
+_PIXEL_TAGS = {*_EXTENT_TAGS, 347, 320, 530, 258, 338}
 #: Directories walked at most: a loop in a damaged chain must not hang the opener.
 _MAX_DIRECTORIES = 100_000
 
@@ -37,13 +39,18 @@ class Damage:
     page: int | None  # top-level page index, None for the directory chain itself
     what: str  # e.g. "its directory 3 would start at byte 1474362"
     chain: bool  # the directory chain is cut: later pages are lost
+    #: The pixels depend on it (tiles, their offsets, JPEG tables); False for a descriptive
+    #: tag, which some writers leave pointing anywhere: worth a warning, not a refusal.
+    essential: bool = True
 
 
-def directory_damage(path: str | os.PathLike) -> list[Damage]:
+def directory_damage(path: str | os.PathLike) -> list[Damage] | None:
     """Damage in the top-level IFD chain: directories, tag values or tiles past the end of the file.
 
     Reads the header itself, so a file tifffile cannot open at all is still
     told apart: cut short ("truncated") or damaged in place ("corrupt").
+    None for a classic TIFF past 4 GiB: only Hamamatsu NDPI writes those, with
+    offsets that wrap at 2**32 (tifffile knows the trick; its offsets are checked instead).
     """
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -53,6 +60,8 @@ def directory_damage(path: str | os.PathLike) -> list[Damage]:
         return []
     (version,) = struct.unpack(f"{byteorder}H", head[2:4])
     offset_size = 8 if version == 43 else 4
+    if offset_size == 4 and size >= 1 << 32:
+        return None
     offset_format = f"{byteorder}{'Q' if offset_size == 8 else 'I'}"
     count_format = f"{byteorder}{'Q' if offset_size == 8 else 'H'}"
     entry_size = 20 if offset_size == 8 else 12
@@ -93,7 +102,7 @@ def directory_damage(path: str | os.PathLike) -> list[Damage]:
                 start = 0 if inline else value_offset.unpack_from(raw, entry.size)[0]
                 if not inline and start + nbytes > size:
                     what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
-                    damage.append(Damage(index, what, False))
+                    damage.append(Damage(index, what, False, tag in _PIXEL_TAGS))
                 elif tag in _EXTENT_TAGS and kind in _INTEGER_TYPES:
                     dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
                     data = (

@@ -52,7 +52,8 @@ class OpenedTiff:
 
     tif: tifffile.TiffFile
     log: list[str]
-    damage: list[Damage]  # pages whose tags run past the end of the file (not the chain)
+    damage: list[Damage]  # top-level pages whose tags or tiles run past the end of the file
+    walked: bool = True  # False: the directory walk could not run (NDPI past 4 GiB)
 
 
 def open_tiff(path: str | os.PathLike) -> OpenedTiff:
@@ -62,6 +63,8 @@ def open_tiff(path: str | os.PathLike) -> OpenedTiff:
     the end of the file, "corrupt" when the bytes are there but unreadable.
     """
     damage = directory_damage(path)
+    walked = damage is not None
+    damage = damage or []
     cut = [d for d in damage if d.chain]
     if cut:
         raise _truncated(path, cut[0])
@@ -77,7 +80,7 @@ def open_tiff(path: str | os.PathLike) -> OpenedTiff:
     if not has_image:
         tif.close()
         raise SlideError(f"{path}: the TIFF's image directory is corrupt; copy it again")
-    return OpenedTiff(tif, list(messages), damage)
+    return OpenedTiff(tif, list(messages), damage, walked)
 
 
 def _truncated(path: str | os.PathLike, damage: Damage) -> SlideError:
@@ -122,10 +125,21 @@ def survey_tiff(path: str | os.PathLike, opened: OpenedTiff) -> TiffSurvey:
     }
     level_pages = [p for s in levels for p in s.pages if p is not None]
     level_indices = {p.index for p in level_pages}
-    subifd_pages = [p for p in level_pages if not isinstance(p.index, int)]
-    damage = opened.damage + data_damage(path, subifd_pages)
+    # the walk covers top-level pages; SubIFD levels (and all, if it could not run) here
+    unwalked = [
+        p
+        for p in [*level_pages, *(s.keyframe for s in associated.values())]
+        if not (opened.walked and isinstance(p.index, int))
+    ]
+    damage = opened.damage + data_damage(path, unwalked)
     warnings = []
     for item in damage:
+        if not item.essential:
+            warnings.append(
+                f"{path}: {item.what}, past the end of the file ({Path(path).stat().st_size} "
+                "bytes); that tag is ignored, the pixels do not need it"
+            )
+            continue
         if item.page is None or item.page in level_indices:
             raise _truncated(path, item)
         for name, series in list(associated.items()):
