@@ -677,3 +677,22 @@ def test_embed_prompts_takes_text_weights_and_warns_outside_the_pair(conch, tmp_
     other = embed_prompts(prompts, "descriptor-vocabulary", "cpu", vision_encoder="conch")
     assert other["text_encoder"].startswith("descriptor-vocabulary")
     assert "--text-encoder conch-text" in capsys.readouterr().err
+
+
+def test_extract_with_a_missing_weights_file_fails_before_reading_the_slide(tmp_path, monkeypatch):
+    import napari_hila.slides
+    from napari_hila.features import extract_slide
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the slide was opened")
+
+    monkeypatch.setattr(napari_hila.slides, "open_slide", refuse)
+    missing = tmp_path / "conch" / "pytorch_model.bin"
+    with pytest.raises(EncoderError, match="not found") as err:
+        extract_slide(tmp_path / "s.tif", tmp_path / "f", encoder="conch", weights=missing)
+    assert str(missing) in str(err.value)
+    config = tmp_path / "encoders.yaml"
+    config.write_text(f"conch: {missing}\n")
+    monkeypatch.setenv("NAPARI_HILA_ENCODERS", str(config))
+    with pytest.raises(EncoderError, match="not found"):
+        extract_slide(tmp_path / "s.tif", tmp_path / "f", encoder="conch")
