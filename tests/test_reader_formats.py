@@ -89,6 +89,15 @@ def test_dicom_folder_opens_in_napari_as_a_multiscale_layer(dicom_series, notifi
     assert get_reader(str(folder)) is read_slide
     assert get_reader([str(p) for p in paths]) is read_slide  # several files of one series
     assert get_reader(str(folder.parent)) is None  # a folder without DICOM is not ours
+    unnamed = folder.parent / "export without suffixes"
+    unnamed.mkdir(exist_ok=True)
+    for path in paths:
+        (unnamed / path.stem).write_bytes(path.read_bytes())
+    (unnamed / "README").write_text("scanner export")
+    assert get_reader(str(unnamed)) is read_slide
+    with open_slide(unnamed) as slide, open_slide(unnamed / paths[2].stem) as instance:
+        assert slide.associated_image_names == ["label", "macro"]
+        assert slide.fingerprint() == instance.fingerprint()
     viewer = ViewerModel()
     [layer] = viewer.open(str(folder), plugin="napari-hila")
     assert layer.name == "case 7 (DICOM)" and layer.multiscale and layer.rgb

@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.arrays import LevelArray, MemoizedLevel, Progress, as_dask, halved, memoized
-from napari_hila.slides.dicom import DICOM_SUFFIXES, dicom_instances
+from napari_hila.slides.dicom import dicom_instances, is_dicom_path
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -379,7 +379,7 @@ def resize_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
 
 def _file_fingerprint(path: Path, dimensions: tuple[int, int]) -> str:
     digest = hashlib.sha256()
-    if path.suffix.lower() in DICOM_SUFFIXES:  # one series, whichever instance was opened
+    if is_dicom_path(path):  # one series, whichever instance was opened
         instances = dicom_instances(path.parent)
         for part in instances:
             digest.update(f"{part.name}|{part.stat().st_size}|".encode())

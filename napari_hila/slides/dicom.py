@@ -30,13 +30,18 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def is_dicom_path(path: Path) -> bool:
+    """A ``.dcm`` file, or a file without a suffix that starts like DICOM (some exports)."""
+    return path.suffix.lower() in DICOM_SUFFIXES or (not path.suffix and is_dicom_file(path))
+
+
 def dicom_instances(folder: Path) -> list[Path]:
-    """The DICOM files directly in ``folder``, sorted by name."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(p))
-    )
+    """The DICOM files directly in ``folder``, sorted by name.
+
+    ``.dcm`` files, and files without a suffix (as some exports name them)
+    that start like DICOM; other files are not read, so a big folder costs a listing.
+    """
+    return sorted(p for p in folder.iterdir() if is_dicom_path(p) and p.is_file())
 
 
 def dicom_problem(path: Path) -> str | None:

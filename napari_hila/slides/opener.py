@@ -21,7 +21,13 @@ import openslide
 
 from napari_hila.errors import SlideError
 from napari_hila.slides.base import MPP_RANGE, Slide
-from napari_hila.slides.dicom import DICOM_SUFFIXES, dicom_instances, dicom_problem, is_dicom_file
+from napari_hila.slides.dicom import (
+    DICOM_SUFFIXES,
+    dicom_instances,
+    dicom_problem,
+    is_dicom_file,
+    is_dicom_path,
+)
 
 BACKENDS = ("openslide", "tifffile")
 #: TIFF extensions other programs use for any image: napari-hila's reader claims
@@ -140,7 +146,7 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
             raise SlideError(
                 f"{path}: the tifffile backend reads TIFF files only; use backend='openslide'"
             )
-        dicom = suffix in DICOM_SUFFIXES or is_dicom_file(path)
+        dicom = is_dicom_path(path) or is_dicom_file(path)
         try:
             if osr_format is None:
                 what = "a DICOM file OpenSlide does not read" if dicom else _describe_start(path)
