@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openslide
 
@@ -28,6 +30,9 @@ from napari_hila.slides.dicom import (
     is_dicom_file,
     is_dicom_path,
 )
+
+if TYPE_CHECKING:
+    from napari_hila.slides.tifffile_backend import OpenedTiff
 
 BACKENDS = ("openslide", "tifffile")
 #: TIFF extensions other programs use for any image: napari-hila's reader claims
@@ -171,7 +176,9 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
         raise
 
 
-def _open_tiff(path: Path, opened, osr_format: str | None, backend: str | None) -> Slide:
+def _open_tiff(
+    path: Path, opened: OpenedTiff, osr_format: str | None, backend: str | None
+) -> Slide:
     """A TIFF-family slide: tifffile where it is faster or sees more, OpenSlide otherwise."""
     from napari_hila.slides.tifffile_backend import TifffileSlide, survey_tiff
 
@@ -214,7 +221,8 @@ def _open_tiff(path: Path, opened, osr_format: str | None, backend: str | None) 
     return _probed(TifffileSlide(path, opened, survey))
 
 
-def _openslide(path: Path, warnings: list[str] = ()) -> Slide:
+def _openslide(path: Path, warnings: Sequence[str] = ()) -> Slide:
+    """An OpenSlide-backed slide carrying the warnings the TIFF checks found."""
     from napari_hila.slides.openslide_backend import OpenSlideSlide
 
     slide = OpenSlideSlide(path)

@@ -142,13 +142,14 @@ def survey_tiff(path: str | os.PathLike, opened: OpenedTiff) -> TiffSurvey:
             continue
         if item.page is None or item.page in level_indices:
             raise _truncated(path, item)
-        for name, series in list(associated.items()):
-            if series.keyframe.index == item.page:
-                del associated[name]
-                warnings.append(
-                    f"{path}: the file is truncated ({item.what}): its {name} image is lost, "
-                    "the slide's levels are whole; copy the file again to get it back"
-                )
+        lost = [n for n, series in associated.items() if series.keyframe.index == item.page]
+        for name in lost:
+            del associated[name]
+        what = f"its {lost[0]} image" if lost else f"image {item.page + 1} (not a level)"
+        warnings.append(
+            f"{path}: the file is truncated ({item.what}): {what} is lost, the slide's "
+            "levels are whole; copy the file again to get it back"
+        )
     try:
         layout: PixelLayout | SlideError = pixel_layout(path, levels[0])
     except SlideError as err:
