@@ -117,3 +117,50 @@ def test_gradient_through_masked_batch_is_finite():
     (plan * cost).sum().backward()
     assert torch.isfinite(cost.grad).all()
     assert torch.all(cost.grad[0, 4:] == 0) and torch.all(cost.grad[1] == 0)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.01])
+def test_checking_every_tenth_sweep_stops_where_pot_does(eps):
+    # POT checks its error after sweeps 1, 11, 21, ...; with check_every=10 ours
+    # does too, so both stop after the same sweep with the same plan.
+    cost = _cost(np.random.default_rng(7), 400, 16) / 2
+    n, k = cost.shape
+    _, log = ot.sinkhorn(
+        np.full(n, 1.0 / n), np.full(k, 1.0 / k), cost, eps, stopThr=1e-4, log=True
+    )
+    ours = sinkhorn_log(torch.from_numpy(cost), eps=eps, tol=1e-4, max_iter=1000, check_every=10)
+    assert ours.iterations == log["niter"] + 1
+    assert (ours.iterations - 1) % 10 == 0
+    every = sinkhorn_log(torch.from_numpy(cost), eps=eps, tol=1e-4, max_iter=1000)
+    assert every.iterations <= ours.iterations
+    assert float(ours.error[0]) <= float(every.error[0])
+    with pytest.raises(ValueError, match="check_every"):
+        sinkhorn_log(torch.from_numpy(cost), check_every=0)
+
+
+def test_buckets_group_similar_slides_and_skip_empty_ones():
+    from napari_hila.models.sinkhorn import _buckets
+
+    counts = [100, 0, 95, 40, 81, 39, 10]
+    assert _buckets(counts, 0.8) == [[0, 2, 4], [3, 5], [6]]
+    assert _buckets(counts, float("inf")) == [[0], [2], [4], [3], [5], [6]]
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.02])
+def test_shared_buckets_give_the_plans_of_one_bucket_per_slide(eps):
+    # Accelerators solve similar slides together (CPU: one per bucket); padding,
+    # gathering and a valid set that is not a prefix must not change a plan.
+    from napari_hila.models.sinkhorn import _Settings, _solve_in_buckets
+
+    rng = np.random.default_rng(8)
+    sizes = [60, 0, 55, 20, 50]
+    cost = torch.from_numpy(rng.uniform(0, 2, (len(sizes), 64, 6)))
+    mask = torch.arange(64)[None, :] < torch.tensor(sizes)[:, None]
+    mask[3] = False
+    mask[3, 10:30] = True  # not a prefix
+    settings = _Settings(eps=eps, max_iter=2000, tol=1e-9, check_every=1)
+    shared, _, shared_error = _solve_in_buckets(cost, mask, settings, fill=0.8)
+    alone, _, alone_error = _solve_in_buckets(cost, mask, settings, fill=float("inf"))
+    torch.testing.assert_close(shared, alone, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(shared_error, alone_error, atol=1e-12, rtol=1e-6)
+    assert torch.all(shared[~mask] == 0) and torch.all(shared[1] == 0)
