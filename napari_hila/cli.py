@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reader_went_away()
         if not is_write_failure(err):
             raise
-        folder = Path(err.filename).parent if err.filename else Path.cwd()
+        folder = Path(err.filename).parent if err.filename else None
         print(f"error: {write_failure(folder, err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -41,6 +41,12 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         with contextlib.suppress(FileNotFoundError):
             os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if err.filename is None:  # a failed flush or close names no file: name the target
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -76,14 +82,15 @@ def is_write_failure(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in _WRITE_FAILURES
 
 
-def write_failure(folder: str | os.PathLike, err: OSError, what: str = "files"):
+def write_failure(folder: str | os.PathLike | None, err: OSError, what: str = "files"):
     """One HilaError for a failed write of ``what`` into ``folder`` (the caller raises it)."""
     from napari_hila.errors import HilaError
 
     reason, fix = _WRITE_FAILURES.get(
         err.errno, (err.strerror or str(err), "choose another folder")
     )
-    return HilaError(f"{folder}: cannot write {what} ({reason}); {fix}")
+    where = f"{folder}: " if folder is not None else ""
+    return HilaError(f"{where}cannot write {what} ({reason}); {fix}")
 
 
 def check_free_space(folder: str | os.PathLike, nbytes: int, what: str = "files") -> None:
@@ -130,7 +137,10 @@ def staged_folder(folder: str | os.PathLike, stale: tuple[str, ...] = ()) -> Ite
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    except OSError as err:
+        raise write_failure(folder.parent, err, f"a staging folder for {folder.name}") from err
     try:
         yield staging
         manifest = folder / OUTPUTS_MANIFEST
@@ -147,5 +157,9 @@ def staged_folder(folder: str | os.PathLike, stale: tuple[str, ...] = ()) -> Ite
         for name in written:
             os.replace(staging / name, folder / name)
         write_json_atomic(manifest, {"files": written})
+    except OSError as err:
+        if is_write_failure(err):  # name the folder the user gave, not the staging one
+            raise write_failure(folder, err, "the outputs") from err
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

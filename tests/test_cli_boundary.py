@@ -200,3 +200,41 @@ def test_write_failures_name_the_folder(tmp_path):
         assert message.startswith(f"{tmp_path}: cannot write outputs") and says in message
     assert check_writable_folder(tmp_path / "new") == tmp_path / "new"
     assert [p.name for p in (tmp_path / "new").iterdir()] == []
+
+
+FULL_DISK_CLI = """
+import resource, sys
+from napari_hila.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_train_and_predict_on_a_full_disk_exit_with_one_line(sample_slide, tmp_path):
+    """A 256 KB file-size limit: train's first checkpoint and predict's thumbnail exceed it."""
+    from test_training import write_synthetic_cohort
+
+    csv_path, feats = write_synthetic_cohort(tmp_path, n_patients=6)
+    run = tmp_path / "run"
+    train = ["train", "--cohort", str(csv_path), "--features", str(feats), "--out", str(run)]
+    train += ["--model", "abmil", "--folds", "2", "--epochs", "1", "--quiet"]
+    out = tmp_path / "pred"
+    predict = ["predict", str(sample_slide), "--out", str(out), "--cache", str(tmp_path / "c")]
+    for argv, folder in ((train, run), ([*predict, "--quiet"], out)):
+        done = subprocess.run(
+            [sys.executable, "-c", FULL_DISK_CLI, str(2**18), *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).parent,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: {folder}") and "file size limit" in last, last
+        assert "Traceback" not in done.stderr
+        leftovers = [
+            p.name for p in folder.rglob("*") if p.name.startswith(".") or "ckpt" in p.name
+        ]
+        assert not leftovers and not list(folder.glob("*.checkpoint.pt"))
+    assert not list(out.iterdir())  # predict wrote none of its outputs
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]

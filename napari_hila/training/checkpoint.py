@@ -9,6 +9,7 @@ containers only and never runs code. Shipped models never use this format.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -37,8 +38,12 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": json.dumps(rng.bit_generator.state),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # serialised in memory, written with plain file I/O: torch's own writer turns a full
+    # disk into a RuntimeError with no file name; this way it is one OSError for the CLI
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def load_checkpoint(

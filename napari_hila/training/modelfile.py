@@ -92,16 +92,19 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, card: dict[str, 
     Each file is written atomically; the card goes last and records the weights'
     SHA-256, so a half-replaced directory is detected on load, not used.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     missing = [k for k in ("model", "config") if k not in card]
     if missing:
         raise ValueError(f"card lacks {', '.join(missing)}")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(_state_for_saving(model), str(tmp), metadata={"format": FORMAT})
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    # serialised in memory and written with plain file I/O, so a full disk is an OSError
+    # naming the file (safetensors' own writer reports it as its own error type)
+    data = save(_state_for_saving(model), metadata={"format": FORMAT})
+    with atomic_path(folder / WEIGHTS_NAME) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    digest = hashlib.sha256(data).hexdigest()
     full = {k: card.get(k) for k in CARD_KEYS}
     full.update({k: v for k, v in card.items() if k not in full})
     full["version"] = card.get("version") or __version__
