@@ -210,6 +210,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow  # ~14 s: two child processes (the feature cache's full-disk test is not slow)
 def test_train_and_predict_on_a_full_disk_exit_with_one_line(sample_slide, tmp_path):
     """A 256 KB file-size limit: train's first checkpoint and predict's thumbnail exceed it."""
     from test_training import write_synthetic_cohort
