@@ -78,15 +78,15 @@ def slide_lock(target: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         ) from err
 
 
-def cached_copies(target: Path, fingerprint: str) -> list[Path]:
-    """``target``, then the feature files beside it of renamed copies of the slide
-    (same content fingerprint, encoder and settings, another file stem)."""
+def cached_copies(target: Path, fingerprint: str) -> Iterator[Path]:
+    """``target``, then (searched only when asked for) the feature files beside it of
+    renamed copies of the slide: same content fingerprint, encoder and settings,
+    another file stem."""
+    yield target
     marker = f"-{fingerprint[:12]}-"
-    if marker not in target.name:
-        return [target]
-    rest = target.name.split(marker, 1)[1]
-    others = sorted(p for p in target.parent.glob(f"*{marker}{rest}") if p != target)
-    return [target, *others]
+    if marker in target.name:
+        rest = target.name.split(marker, 1)[1]
+        yield from sorted(p for p in target.parent.glob(f"*{marker}{rest}") if p != target)
 
 
 def adopt_cached(found: Path, target: Path) -> Path:
