@@ -111,8 +111,8 @@ def render_band(
     colormap: Any = None,
     contrast_limits: tuple[float, float] | None = None,
     colorbar_label: str = "",
-) -> tuple[np.ndarray, list[Any]]:
-    """The annotation band (RGBA) and the pixel boxes of every text rendered in it.
+) -> tuple[np.ndarray, list[tuple[str, Any]]]:
+    """The annotation band (RGBA) and ``(text, pixel box)`` of every text rendered in it.
 
     Title and details are wrapped to the width and the band grows to hold every
     line; the scale bar and the colorbar share the last row, the colorbar's
@@ -146,7 +146,7 @@ def render_band(
             bottom_px,
             k,
         )
-        if all(_inside(box, width, band_px) for box in boxes):
+        if all(_inside(box, width, band_px) for _, box in boxes):
             break
     band = np.array(fig.canvas.buffer_rgba())[:band_px, :width]
     return band, boxes
@@ -168,8 +168,8 @@ def _draw_band(
     small_px: float,
     bottom_px: float,
     k: float,
-) -> tuple[Figure, list[Any]]:
-    """Render the band; returns the figure and the pixel boxes of every text drawn."""
+) -> tuple[Figure, list[tuple[str, Any]]]:
+    """Render the band; returns the figure and ``(text, pixel box)`` of every text drawn."""
     fig = Figure(figsize=(width / 100, band_px / 100), dpi=100)
     FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
@@ -228,7 +228,11 @@ def _draw_band(
         colorbar_texts = [bar.ax.xaxis.label, *bar.ax.get_xticklabels()]
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    boxes = [a.get_window_extent(renderer) for a in [*artists, *colorbar_texts] if a.get_text()]
+    boxes = [
+        (a.get_text(), a.get_window_extent(renderer))
+        for a in [*artists, *colorbar_texts]
+        if a.get_text()
+    ]
     return fig, boxes
 
 

@@ -108,7 +108,7 @@ class KaplanMeierDock(QWidget):
         layout = QVBoxLayout(content)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.message)
-        make_scrollable(self, content)
+        self.scroll = make_scrollable(self, content)
         _DOCKS[id(napari_viewer)] = weakref.ref(self)
         napari_viewer.events.theme.connect(self.redraw)
         self.destroyed.connect(lambda *_: napari_viewer.events.theme.disconnect(self.redraw))

@@ -48,8 +48,9 @@ def adopt_slide_units(layer: Layer, slide: Layer) -> bool:
     if any(str(u) != "pixel" for u in layer.units) or all(str(u) == "pixel" for u in slide.units):
         return False
     n = min(layer.ndim, 2)
-    layer.scale = (*layer.scale[:-n], *slide.scale[-n:])
     layer.units = (*layer.units[:-n], *slide.units[-n:])
+    # the scale last: its extent event clears the viewer's cached extent, units and all
+    layer.scale = (*layer.scale[:-n], *slide.scale[-n:])
     return True
 
 

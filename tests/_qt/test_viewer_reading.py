@@ -1,0 +1,232 @@
+"""The viewer as a pathologist reads it: one result per slide, result first, legends, units.
+
+Real napari viewers under Xvfb, the sample slide opened with the plugin's reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hila_fake_results import fake_card, fake_result
+from qtpy.QtCore import QPoint, QRect
+from qtpy.QtWidgets import QApplication
+
+from napari_hila import overlays
+from napari_hila._qt.app import launch_viewer, survival_dock_of
+from napari_hila._qt.km_dock import km_dock_for
+from napari_hila.errors import HilaError
+
+pytestmark = pytest.mark.gui
+
+
+def settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        QApplication.processEvents()
+
+
+@pytest.fixture
+def card_dir(tmp_path):
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "card.json").write_text(json.dumps(fake_card()))
+    return model
+
+
+def open_viewer(make_napari_viewer, sample_slide, card_dir, size=None):
+    viewer = make_napari_viewer(show=True)
+    if size is not None:
+        viewer.window._qt_window.resize(*size)
+        settle()
+    launch_viewer(sample_slide, viewer=viewer, model=card_dir)
+    dock = survival_dock_of(viewer)
+    result = fake_result(str(sample_slide))
+    result.model_path = str(card_dir)
+    result.warnings = ["this model was trained on a synthetic demo cohort: not for clinical use"]
+    return viewer, dock, result
+
+
+def _qt_dock_of(widget):
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
+
+
+def window_rect(widget, window) -> QRect:
+    return QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+
+
+def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir, tmp_path):
+    viewer, dock, result = open_viewer(make_napari_viewer, sample_slide, card_dir)
+    dock.show_result(result)
+    slide = dock.result_slide_layer()
+    assert slide is not None and dock.result_is_current()
+    assert "CMU-1-Small-Region.svs" in dock.result_slide_label.text()
+    assert "case CMU-1" in dock.result_slide_label.text()  # Aperio's Filename field
+    assert not dock.stale_label.isVisible() and dock.risk_label.isEnabled()
+    overlays_shown = [ly for ly in dock.layers.layers if ly.visible]
+    assert overlays_shown
+
+    # a second slide is chosen: the result greys out and its layers hide
+    other = viewer.add_image(
+        np.full((64, 64, 3), 200, np.uint8),
+        rgb=True,
+        name="second.svs",
+        metadata={"slide_path": str(tmp_path / "second.svs")},
+    )
+    dock.slide_combo.setCurrentIndex(dock.slide_combo.findData(other))
+    assert not dock.result_is_current()
+    assert dock.stale_label.isVisibleTo(dock) and "not for second.svs" in dock.stale_label.text()
+    assert not dock.risk_label.isEnabled() and not dock.prompt_box.isEnabled()
+    assert not any(ly.visible for ly in dock.layers.layers)
+    with pytest.raises(HilaError, match="choose CMU-1-Small-Region.svs"):
+        dock.export(tmp_path / "wrong.png")
+    assert not (tmp_path / "wrong.png").exists()
+
+    # choosing the result's slide again brings back exactly the layers that were shown
+    dock.slide_combo.setCurrentIndex(dock.slide_combo.findData(slide))
+    assert dock.result_is_current() and not dock.stale_label.isVisibleTo(dock)
+    assert [ly for ly in dock.layers.layers if ly.visible] == overlays_shown
+
+    # the result's slide is removed: greyed out, hidden, Export refused naming the file
+    viewer.layers.remove(slide)
+    assert dock.result_slide_layer() is None
+    assert "no longer open" in dock.stale_label.text()
+    assert not any(ly.visible for ly in dock.layers.layers if ly in viewer.layers)
+    assert dock.start_export(tmp_path / "gone.png") is False  # refused, with a notification
+    with pytest.raises(HilaError, match="no longer open"):
+        dock.export(tmp_path / "gone.png")
+    assert not list(tmp_path.glob("gone*"))
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
+def test_result_visible_without_scrolling(make_napari_viewer, sample_slide, card_dir, size):
+    viewer, dock, result = open_viewer(make_napari_viewer, sample_slide, card_dir, size)
+    dock.show_result(result)
+    settle(10)
+    window = viewer.window._qt_window
+    assert (window.width(), window.height()) == size
+    viewport = window_rect(dock.scroll.viewport(), window)
+    assert dock.scroll.verticalScrollBar().value() == 0
+    important = [
+        dock.result_slide_label,
+        dock.risk_label,
+        dock.warnings_label,
+        dock.legend,
+        dock.threshold_check,
+        *dock.prompt_combos.values(),
+        dock.chart,
+        dock.export_button,
+    ]
+    for widget in important:
+        rect = window_rect(widget, window)
+        assert widget.isVisible(), widget
+        assert window.rect().contains(rect), (widget, rect, window.rect())
+        assert viewport.contains(rect), (widget, rect, viewport)  # no scrolling needed
+    # the result's lines are not cut on the right: the content fits the dock's width
+    assert dock.scroll.widget().width() <= dock.scroll.viewport().width()
+    # the Kaplan-Meier figure shows whole: beside the dock on a wide window, a tab on a laptop
+    km = km_dock_for(dock.viewer, create=False)  # napari hands plugins a proxy of the viewer
+    assert km is not None
+    if size[0] < 1600:
+        assert km.visibleRegion().isEmpty()  # a tab behind the HiLa dock, which is in front
+        _qt_dock_of(km).raise_()
+        settle(10)
+    assert not km.visibleRegion().isEmpty()
+    km_viewport = window_rect(km.scroll.viewport(), window)
+    canvas = window_rect(km.canvas, window)
+    assert window.rect().contains(canvas) and km_viewport.contains(canvas), (canvas, km_viewport)
+
+
+def test_heatmap_colourbar_legend_threshold(make_napari_viewer, sample_slide, card_dir):
+    viewer, dock, result = open_viewer(make_napari_viewer, sample_slide, card_dir)
+    dock.show_result(result)
+    heat = dock.layers.heatmaps["patch"]
+    assert heat.colorbar.visible and dock.layers.heatmaps["region"].colorbar.visible
+    assert "x uniform share" in heat.name
+    assert tuple(heat.contrast_limits) == overlays.MAP_LIMITS
+    assert "x a uniform share" in dock.legend.unit.text()
+    assert dock.legend.limits.text() == "0 – 3+"
+    # the legend's ramp is the layer's colormap: its ends are the colormap's ends
+    ramp = dock.legend.ramp.pixmap().toImage()
+    first, last = ramp.pixelColor(0, 5), ramp.pixelColor(ramp.width() - 1, 5)
+    low, high = np.asarray(heat.colormap.map(np.array([0.0, 1.0])))[:, :3] * 255
+    np.testing.assert_allclose([first.red(), first.green(), first.blue()], low, atol=4)
+    np.testing.assert_allclose([last.red(), last.green(), last.blue()], high, atol=4)
+    assert "not selected" in dock.legend.unselected.text()
+
+    # only tiles at or above the threshold are drawn; the others become transparent
+    level = result.explanation.levels["patch"]
+    layout = overlays.grid_layout(level.coords, level.tile_size)
+    values = overlays.heatmap_values(level, 0)
+    dock.threshold_spin.setValue(1.2)
+    dock.threshold_check.setChecked(True)
+    drawn = heat.data[layout.rows, layout.cols]
+    assert np.all(np.isnan(drawn[values < 1.2])) and np.all(np.isfinite(drawn[values >= 1.2]))
+    np.testing.assert_allclose(drawn[values >= 1.2], values[values >= 1.2])
+    assert heat.metadata["threshold"] == pytest.approx(1.2)
+    assert "below 1.2 hidden" in dock.legend.unit.text()
+    # a prompt switch keeps the threshold; unticking draws every tile again
+    dock.set_prompt("patch", "necrosis")
+    necrosis = overlays.heatmap_values(level, "necrosis")
+    assert np.all(np.isnan(heat.data[layout.rows, layout.cols][necrosis < 1.2]))
+    dock.threshold_check.setChecked(False)
+    np.testing.assert_allclose(heat.data[layout.rows, layout.cols], necrosis)
+
+    # the region map lies on the patches: no colour where there is no tissue patch
+    region_heat = dock.layers.heatmaps["region"]
+    assert region_heat.data.shape == heat.data.shape
+    holes = np.ones(layout.shape, bool)
+    holes[layout.rows, layout.cols] = False
+    assert holes.any() and np.all(np.isnan(region_heat.data[holes]))
+    # region outlines stop at the slide's edge (the sample is 2220 x 2967 px)
+    outlines = next(ly for ly in dock.layers.layers if ly.metadata.get("hila_overlay") == "regions")
+    corners = np.concatenate([np.asarray(r) for r in outlines.data])
+    assert corners[:, 1].max() <= 2220 - 0.5 and corners[:, 0].max() <= 2967 - 0.5
+
+
+def test_no_unit_warning_from_plugin_layers_and_plain_layers_get_units(
+    make_napari_viewer, sample_slide, card_dir, monkeypatch
+):
+    import napari._vispy.canvas as vispy_canvas
+
+    import napari_hila._qt.survival_dock as survival_dock
+
+    said: list[str] = []
+    monkeypatch.setattr(vispy_canvas, "show_warning", lambda message: said.append(str(message)))
+    notes: list[str] = []
+    monkeypatch.setattr(survival_dock, "show_info", lambda message: notes.append(str(message)))
+
+    # control: napari warns for a layer in pixels beside one in microns
+    control = make_napari_viewer(show=True)
+    control.add_image(np.zeros((8, 8)), scale=(0.5, 0.5), units=("um", "um"))
+    control.add_image(np.zeros((8, 8)))
+    control.screenshot(canvas_only=True, flash=False)
+    assert any("Inconsistent units" in s for s in said)
+    control.layers.clear()  # it would warn again whenever it redraws
+    settle()
+    said.clear()
+
+    viewer, dock, result = open_viewer(make_napari_viewer, sample_slide, card_dir)
+    dock.show_result(result)
+    dock.set_prompt("region", "glands")
+    viewer.screenshot(canvas_only=True, flash=False)
+    assert not said  # slide, heatmaps, selection and outlines all carry the slide's units
+
+    # a plain image: napari's own check runs before any plugin can act (once), then the
+    # layer takes the slide's pixel size and units, and the units hold from the next draw
+    slide = dock.result_slide_layer()
+    plain = viewer.add_image(np.zeros((50, 50)), name="a mask")
+    assert tuple(str(u) for u in plain.units) == tuple(str(u) for u in slide.units)
+    np.testing.assert_allclose(plain.scale, slide.scale[-2:])
+    viewer.screenshot(canvas_only=True, flash=False)
+    assert str(viewer.layers.extent.units[-1]) == "micrometer"  # the scale bar keeps its unit
+    said.clear()
+    viewer.add_labels(np.zeros((50, 50), np.uint8), name="labels")
+    viewer.screenshot(canvas_only=True, flash=False)
+    assert len(notes) == 1 and "a mask" in notes[0] and "0.499 um/px" in notes[0]  # said once
+    assert len(said) <= 1
