@@ -79,7 +79,9 @@ def test_run_adds_the_interleaved_keys_beside_the_per_model_table(monkeypatch):
     monkeypatch.setattr(
         bench_model, "measure_models", lambda names, settings: {n: dict(row) for n in names}
     )
-    monkeypatch.setattr(bench_model, "compare_sinkhorn", lambda args, sizes: {"tokens": sizes})
+    monkeypatch.setattr(
+        bench_model, "compare_sinkhorn", lambda args, sizes, eps, rounds: {"tokens": sizes}
+    )
     result = bench_model.run(_args("--models", "hila", "abmil"))
     assert set(result["models"]) == {"hila", "abmil"}
     assert "hila_over_abmil" in result and "sinkhorn" in result  # the existing keys stay
@@ -88,3 +90,43 @@ def test_run_adds_the_interleaved_keys_beside_the_per_model_table(monkeypatch):
     assert result["interleaved"]["rounds"] == 2
     assert set(result["hila_vs_abmil"]) >= {"forward_backward", "forward", "goal", "pass"}
     assert result["hila_explanation"]["explain_s"] > 0
+    sinkhorn = result["sinkhorn"]
+    assert {f"{p}_eps_{e}" for p in ("one_slide", "batch") for e in ("0.1", "0.01")} <= set(
+        sinkhorn
+    )
+
+
+def test_quick_models_by_default_and_all_on_request():
+    from napari_hila.models import available_models
+
+    assert bench_model.benchmark_models(_args()) == ["hila", "abmil"]
+    every = bench_model.benchmark_models(_args("--models", "all"))
+    assert {"hila", "abmil"} < set(every) <= set(available_models())
+    assert bench_model.benchmark_models(_args("--models", "transmil")) == ["transmil"]
+
+
+def test_sinkhorn_comparison_is_against_converged_pot_at_equal_checks():
+    args = _args("--prompts", "8", "--width", "32")
+    result = bench_model.compare_sinkhorn(args, [300, 120], eps=0.1, rounds=2)
+    methods = result["methods"]
+    assert set(methods) == {"ours", "ours_every_sweep", "pot_plain", "pot_stabilized", "pot_log"}
+    for label in ("ours", "pot_plain", "pot_log"):
+        row = methods[label]
+        assert row["converged"] and row["max_l2_column_error"] <= args.tol
+        # POT's schedule: the error is looked at after sweeps 1, 11, 21, ...
+        assert all((s - 1) % 10 == 0 for s in row["sweeps"])
+        assert len(row["seconds"]) == 3 and row["seconds"]["min"] > 0
+    # ours reports the slowest slide's sweeps for the whole batch
+    assert max(methods["pot_plain"]["sweeps"]) == max(methods["ours"]["sweeps"])
+    difference = methods["pot_plain"]["max_abs_plan_difference_vs_ours"]
+    assert difference < 1e-3 * result["mean_plan_entry"]
+    versus = result["ours_vs_fastest_pot"]
+    fastest = result["fastest_converged_pot"]
+    assert versus["ratio"] == f"ours/{fastest}"
+    medians = {
+        label: methods[label]["seconds"]["median"]
+        for label in methods
+        if "seconds" in methods[label]
+    }
+    assert fastest == min((label for label in medians if label.startswith("pot")), key=medians.get)
+    assert versus["pass"] == (versus["per_round_ratio_median"] <= 1.0)

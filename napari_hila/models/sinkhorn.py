@@ -139,7 +139,11 @@ def _solve_in_buckets(
     """Each bucket's valid tokens gathered (a slice when they are a prefix), solved, put back."""
     batch, n_tokens, n_prompts = cost.shape
     counts = mask.sum(dim=1).tolist()
-    plan = cost.new_zeros(batch, n_tokens, n_prompts)
+    # (B, K, N) as the solvers' plans (so the copies below are contiguous), zero
+    # where no bucket writes: slides without tokens and each slide's padding
+    plan = cost.new_empty(batch, n_prompts, n_tokens)
+    for b, n in enumerate(counts):
+        plan[b, :, n:] = 0.0
     error = cost.new_zeros(batch)
     iterations = 0
     for bucket in _buckets(counts, fill):
@@ -164,11 +168,13 @@ def _solve_in_buckets(
             part_cost, None if min(lengths) == width else lengths, settings
         )
         for j, (b, place) in enumerate(zip(bucket, places, strict=True)):
+            if place is not None:
+                plan[b, :, : counts[b]] = 0.0
             tokens = slice(0, counts[b]) if place is None else place
-            plan[b, tokens] = part[j, : counts[b]]
+            plan[b, :, tokens] = part[j, : counts[b]].transpose(0, 1)
             error[b] = part_error[j]
         iterations = max(iterations, sweeps)
-    return plan, iterations, error
+    return plan.transpose(1, 2), iterations, error
 
 
 def _padded(rows: torch.Tensor, width: int) -> torch.Tensor:
@@ -239,7 +245,10 @@ def _plain_sweeps(
             active = active & (now.detach() >= settings.tol)
             if not bool(active.any()):
                 break
-    plan = u.unsqueeze(1) * kernel * v.unsqueeze(2)
+    if torch.is_grad_enabled() and kernel.requires_grad:
+        plan = u.unsqueeze(1) * kernel * v.unsqueeze(2)
+    else:  # the kernel is not needed any more: scale it in place
+        plan = kernel.mul_(u.unsqueeze(1)).mul_(v.unsqueeze(2))
     return plan.transpose(1, 2), sweeps, error
 
 
