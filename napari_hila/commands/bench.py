@@ -1,6 +1,6 @@
 """Benchmarks that print one JSON object: ours side by side with the peer.
 
-``napari-hila bench io|model|extract|train``. Each benchmark module in
+``napari-hila bench io|model|extract|survival|train|viewer``. Each benchmark module in
 ``napari_hila.bench`` defines ``add_arguments(parser)`` and ``run(args) -> dict``.
 These are measurements for humans and notes, never pass/fail tests.
 """
@@ -20,6 +20,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "forward/backward time and memory per model; Sinkhorn vs POT",
     ),
     "extract": ("napari_hila.bench.extract", "tiles per second end to end vs decode only"),
+    "survival": (
+        "napari_hila.bench.survival",
+        "C-index time vs lifelines and scikit-survival at 100,000 patients",
+    ),
     "train": ("napari_hila.bench.train", "seconds per epoch and peak memory for hila and abmil"),
     "viewer": (
         "napari_hila.bench.viewer",
