@@ -55,11 +55,16 @@ def overall_fraction(stage: str, fraction: float) -> float:
 
 
 def stage_text(stage: str, fraction: float) -> str:
-    """What the progress label says, e.g. "encoding patches (3/5): 40%"."""
+    """What the progress label says: the stage and the bar's own percentage.
+
+    One number, the same as the bar's (:func:`overall_fraction`), e.g.
+    "encoding patches (step 3 of 5): 47% done", never a stage's 0% beside a 40% bar.
+    """
     shown = STAGES[:-1]
     step = shown.index(stage) + 1 if stage in shown else len(shown)
     label = STAGE_LABELS.get(stage, stage)
-    return f"{label} ({step}/{len(shown)}): {100 * min(max(fraction, 0.0), 1.0):.0f}%"
+    overall = 100 * overall_fraction(stage, fraction)
+    return f"{label} (step {step} of {len(shown)}): {overall:.0f}% done"
 
 
 _TISSUE_CACHE: dict[tuple[str, int, int, float | None], Any] = {}

@@ -7,7 +7,10 @@ call on the same cache. Cancel latency is the time from setting the cancel
 event 0, 0.3 and 0.6 s into patch encoding to the run returning, on a
 generated 8000 x 8000 px slide (the sample encodes too fast to interrupt). With
 ``--gui`` (needs a display) it also times showing a result in a real napari
-viewer: the first time (layers added) and again (layers updated in place).
+viewer (the first time, layers added, and again, updated in place) and the
+dock's Export on a generated 20,000 px slide, whole slide and one tile in view:
+in its worker against the same export on the GUI thread, interleaved, with the
+longest time the window froze.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gui", action="store_true", help="also time the display in napari")
     parser.add_argument(
         "--cancel-slide", default=None, help="slide to cancel on (default: generated 8000 px)"
+    )
+    parser.add_argument(
+        "--export-slide",
+        default=None,
+        help="slide to time Export on with --gui (default: generated 20,000 px)",
     )
 
 
@@ -72,6 +80,94 @@ def _gui_timings(result: Any, tissue: Any) -> dict[str, float]:
     QApplication.processEvents()
     viewer.close()
     return {"show_result_first_s": round(first, 3), "show_result_update_s": round(again, 3)}
+
+
+class _EventLoopWatch:
+    """The longest the Qt event loop went without running a 10 ms timer: how long it froze."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.last = time.perf_counter()
+        self.longest = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def __enter__(self) -> _EventLoopWatch:
+        self.last = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._tick()
+        self.timer.stop()
+
+
+def _export_once(dock: Any, path: Path, in_worker: bool) -> dict[str, float]:
+    """Seconds an Export takes and the longest the window froze, worker or GUI thread."""
+    from qtpy.QtWidgets import QApplication
+
+    with _EventLoopWatch() as watch:
+        start = time.perf_counter()
+        if in_worker:
+            if not dock.start_export(path):
+                raise RuntimeError("the export was refused")
+            while dock.export_job.outcome is None:
+                QApplication.processEvents()
+                time.sleep(0.002)
+            if dock.export_job.outcome.error:
+                raise RuntimeError(dock.export_job.outcome.error)
+        else:
+            dock.export(path)
+            QApplication.processEvents()
+        total = time.perf_counter() - start
+    return {"total_s": total, "longest_freeze_s": watch.longest}
+
+
+def _export_timings(result: Any, out: Path, repeats: int) -> dict[str, Any]:
+    """Export on the whole slide and on a tile at full resolution, worker vs GUI thread (A,B,A,B)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_hila._qt.app import launch_viewer, survival_dock_of
+
+    viewer = launch_viewer(result.slide_path)
+    viewer.window._qt_window.resize(1920, 1080)
+    dock = survival_dock_of(viewer)
+    dock.show_result(result)
+    for _ in range(5):
+        QApplication.processEvents()
+    report: dict[str, Any] = {}
+    views = {
+        "whole_slide": viewer.reset_view,
+        "one_tile_full_resolution": lambda: dock.center_on_tile(
+            dock.layers.finest_level(), len(result.explanation.levels["patch"].coords) // 2
+        ),
+    }
+    for name, set_view in views.items():
+        set_view()
+        QApplication.processEvents()
+        runs: dict[str, list[dict[str, float]]] = {"worker": [], "gui_thread": []}
+        for i in range(max(repeats, 1)):
+            for mode in ("worker", "gui_thread"):  # interleaved A, B, A, B
+                runs[mode].append(
+                    _export_once(dock, out / f"{name}_{mode}_{i}.png", mode == "worker")
+                )
+        report[name] = {
+            mode: {
+                "total_s_min": round(min(r["total_s"] for r in values), 3),
+                "total_s": [round(r["total_s"], 3) for r in values],
+                "longest_freeze_s_max": round(max(r["longest_freeze_s"] for r in values), 3),
+            }
+            for mode, values in runs.items()
+        }
+    viewer.close()
+    return report
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,4 +217,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.gui:
             report["ours"].update(_gui_timings(outcome.result, outcome.tissue))
+            export_slide = str(args.export_slide or cached_test_slide(20000, 20000, mpp=0.5))
+            export_result = predict_slide(
+                export_slide, model, cache_dir=Path(tmp) / "export", device=args.device
+            )
+            report["export"] = {
+                "slide": export_slide,
+                "tokens": {k: len(v.coords) for k, v in export_result.explanation.levels.items()},
+                "note": "worker = the dock's Export (ExportJob); gui_thread = the same "
+                "export run on the GUI thread (what the window did before). "
+                "longest_freeze_s: longest the Qt event loop went without a 10 ms tick",
+                **_export_timings(export_result, Path(tmp), args.repeats),
+            }
     return report
