@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+from numba import njit
 from PIL import Image
 
 DEFAULT_READ_THREADS = 2
@@ -29,23 +30,58 @@ def read_level_for(slide, size: int, out_px: int) -> int:
     return fine_enough[-1] if fine_enough else 0
 
 
-def resize_tile(tile: np.ndarray, out_px: int) -> np.ndarray:
-    """Square RGB tile resized to ``out_px`` (box filter down, bilinear up)."""
-    if tile.shape[0] == out_px and tile.shape[1] == out_px:
-        return tile
+@njit(cache=True, nogil=True)
+def _halve_into(tile: np.ndarray, out: np.ndarray) -> None:
+    """``out`` = the 2 x 2 box means of ``tile``, rounded as Pillow's reduce(2): (sum + 2) >> 2."""
+    for y in range(out.shape[0]):
+        top = tile[2 * y].reshape(-1)
+        bottom = tile[2 * y + 1].reshape(-1)
+        row = out[y].reshape(-1)
+        for x in range(out.shape[1]):
+            i = 6 * x
+            for c in range(3):
+                total = np.uint16(top[i + c]) + top[i + 3 + c] + bottom[i + c] + bottom[i + 3 + c]
+                row[3 * x + c] = (total + 2) >> 2
+
+
+def resize_tile(tile: np.ndarray, out_px: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Square RGB tile resized to ``out_px`` (box filter down, bilinear up).
+
+    ``out`` (``(out_px, out_px, 3)`` uint8), when given, receives the result, so
+    a batch is filled without an extra copy.
+    """
     factor = tile.shape[0] // out_px
-    if factor >= 2 and tile.shape[0] == factor * out_px and tile.shape[1] == factor * out_px:
-        # Integer reduction: PIL's reduce() is an exact box mean and the fastest path.
-        return np.asarray(Image.fromarray(tile).reduce(factor))
-    method = Image.Resampling.BOX if tile.shape[0] > out_px else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(tile).resize((out_px, out_px), method))
+    whole = tile.shape[0] == factor * out_px and tile.shape[1] == factor * out_px
+    if whole and factor == 1:
+        result = tile
+    elif whole and factor == 2:  # a 40x patch: the same pixels as Pillow's reduce, 7x faster
+        direct = out is not None and out.flags.c_contiguous
+        result = out if direct else np.empty((out_px, out_px, 3), np.uint8)
+        _halve_into(np.ascontiguousarray(tile), result)
+        if direct:
+            return result
+    elif whole and factor > 2:  # other integer reductions: PIL's reduce() is an exact box mean
+        result = np.asarray(Image.fromarray(tile).reduce(factor))
+    else:
+        method = Image.Resampling.BOX if tile.shape[0] > out_px else Image.Resampling.BILINEAR
+        result = np.asarray(Image.fromarray(tile).resize((out_px, out_px), method))
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 BAND_ROWS = 512  # rows read at a time when a large square is box-reduced
 
 
 def read_tile(
-    slide, x: int, y: int, size: int, out_px: int, level: int | None = None
+    slide,
+    x: int,
+    y: int,
+    size: int,
+    out_px: int,
+    level: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One ``size`` level-0 px square at (x, y), as (out_px, out_px, 3) uint8.
 
@@ -53,6 +89,7 @@ def read_tile(
     pixels (a region of a slide without a pyramid: 8192 px read for a 256 px
     view) is read in bands of whole boxes and each band reduced as it comes:
     the same pixels as reducing the whole square, for a few MB instead of 200.
+    ``out`` as in :func:`resize_tile`.
     """
     if level is None:
         level = read_level_for(slide, size, out_px)
@@ -62,21 +99,21 @@ def read_tile(
     whole = float(downsample).is_integer()
     if factor >= 2 and side == factor * out_px and side > BAND_ROWS and whole:
         band = factor * max(1, BAND_ROWS // factor)
-        out = np.empty((out_px, out_px, 3), np.uint8)
+        out = np.empty((out_px, out_px, 3), np.uint8) if out is None else out
         for top in range(0, side, band):
             rows = min(band, side - top)
             y_band = int(y) + int(top * downsample)
             part = slide.read_region((int(x), y_band), level, (side, rows))
             out[top // factor : (top + rows) // factor] = Image.fromarray(part).reduce(factor)
         return out
-    return resize_tile(slide.read_region((int(x), int(y)), level, (side, side)), out_px)
+    return resize_tile(slide.read_region((int(x), int(y)), level, (side, side)), out_px, out)
 
 
 def read_batch(slide, coords: np.ndarray, size: int, out_px: int, level: int) -> np.ndarray:
     """Tiles at ``coords`` (N, 2) as one (N, out_px, out_px, 3) uint8 array."""
     out = np.empty((len(coords), out_px, out_px, 3), np.uint8)
     for i, (x, y) in enumerate(coords):
-        out[i] = read_tile(slide, x, y, size, out_px, level)
+        read_tile(slide, x, y, size, out_px, level, out=out[i])
     return out
 
 
