@@ -2,8 +2,11 @@
 
 Synthetic cached features held in memory (default: 200 slides of 5,000
 patches, 1,024-wide like UNI, regions of 16 x 16 patches), one slide per
-optimiser step, Adam. Each model runs in its own fresh process so its peak
-resident memory is its own; the features' own size is reported beside it.
+optimiser step, Adam. Every run is one model in its own fresh process, so its
+peak resident memory is its own (the features' own size is reported beside
+it); the models alternate over ``--rounds`` rounds (A, B, A, B), so load
+drift hits both alike, and the first two are compared per round (their
+quotient's median, min and max, the second model named as the peer).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import statistics
 import time
 from typing import Any
+
+from napari_hila.bench.timing import head_to_head, spread
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic features")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating runs of each model, one process each (2)"
     )
 
 
@@ -133,17 +142,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "threads": args.threads,
     }
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
     context = multiprocessing.get_context("spawn")
-    results = {}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        pool = context.Pool(1)
-        try:
-            results[name] = pool.apply(_measure, (name, settings))
-        finally:
-            pool.close()
-            pool.join()
-    return {
-        "settings": settings,
-        "note": "synthetic features in memory; one fresh process per model, peak RSS includes the features",
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:  # A, B, A, B: each run in a fresh process
+            pool = context.Pool(1)
+            try:
+                runs[name].append(pool.apply(_measure, (name, settings)))
+            finally:
+                pool.close()
+                pool.join()
+    times = {name: [r["seconds_per_epoch"] for r in rows] for name, rows in runs.items()}
+    results = {
+        name: {
+            **rows[0],
+            "seconds_per_epoch": round(statistics.median(times[name]), 3),
+            "seconds_per_epoch_spread": spread(times[name], 3),
+            "seconds_per_epoch_rounds": [round(t, 3) for t in times[name]],
+            "peak_rss_gb_rounds": [r["peak_rss_gb"] for r in rows],
+        }
+        for name, rows in runs.items()
+    }
+    out: dict[str, Any] = {
+        "settings": {**settings, "rounds": args.rounds},
+        "note": "synthetic features in memory; one fresh process per run, models alternating; "
+        "peak RSS includes the features",
         "results": results,
     }
+    if len(names) >= 2:
+        out[f"{names[0]}_vs_{names[1]}"] = head_to_head(names[0], names[1], times)
+    return out
