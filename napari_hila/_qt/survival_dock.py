@@ -509,7 +509,7 @@ class HilaSurvivalDock(QWidget):
             self._show_slide_mpp()
         self.layers.show(result, tissue=tissue, units=units, slide_size=_level0_size(layer))
         self.result_box.setVisible(True)
-        self.result_slide_label.setText(_slide_line(result, layer))
+        self.result_slide_label.setText(_slide_line(result, layer, self.card))
         self.risk_label.setText(describe_risk(result))
         if self.job is None:
             self.stage_label.setText("showing a saved result; Run predicts again")
@@ -745,12 +745,14 @@ def _level0_size(layer: Any) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _slide_line(result: PredictionResult, layer: Any) -> str:
-    """ "Slide: name (case id)" for the result panel."""
+def _slide_line(result: PredictionResult, layer: Any, card: dict[str, Any] | None) -> str:
+    """Slide name and case id, then the tissue type the model and its prompts are for."""
     case = case_id_of(layer.metadata) if layer is not None else None
     name = html.escape(Path(result.slide_path).name)
     case_text = f" &middot; case {html.escape(case)}" if case else ""
-    return f"<b>Slide:</b> {name}{case_text}"
+    tissue = (card or {}).get("cancer_type")
+    tissue_text = f"<br>Model and prompts for: {html.escape(str(tissue))}" if tissue else ""
+    return f"<b>Slide:</b> {name}{case_text}{tissue_text}"
 
 
 def _card_of(result: PredictionResult) -> dict[str, Any] | None:

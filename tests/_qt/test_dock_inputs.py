@@ -121,7 +121,7 @@ def test_cancel_stops_within_a_second_and_adds_nothing(
     layers_before = len(dock.viewer.layers)
     assert dock.run() is True
     qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=5000)
-    assert "encoding regions (4/5)" in dock.stage_label.text()
+    assert "encoding regions (step 4 of 5)" in dock.stage_label.text()
     assert slow_predict[0] != threading.main_thread().name  # ran off the GUI thread
     # the viewer stays usable while it runs
     dock.viewer.add_points([[1, 1]], name="probe")
