@@ -28,8 +28,9 @@ The stopping rule is POT's: the L2 norm of the column-marginal violation,
 ``||P^T 1 - 1/K||_2`` (rows are exact after each sweep), checked against
 ``tol`` for each slide after sweeps 1, 1 + n, 1 + 2n, ... (``check_every``
 n; POT checks every 10th). The error costs nothing extra (the next sweep
-needs the same product), and the loop reads it on the host only at those
-checks.
+needs the same product), and the plain loop reads it on the host only at
+those checks (the log-domain loop also reads, each sweep, whether a scaling
+must be folded in).
 """
 
 from __future__ import annotations
