@@ -40,14 +40,24 @@ class ContributionChart(FigureCanvasQTAgg):
         self.setParent(parent)
         self.viewer = viewer
         self.bars: list[tuple[Any, PromptContribution]] = []
+        self.shown: tuple[PredictionResult, dict[str, str]] | None = None
         self.setMinimumHeight(170)
         self.setMinimumWidth(160)  # the figure's own size would force a wide dock
         self.mpl_connect("pick_event", self._on_pick)
+        events = getattr(getattr(viewer, "events", None), "theme", None)
+        if events is not None:  # redrawn in the new theme's colours (light or dark)
+            events.connect(self._on_theme)
+            self.destroyed.connect(lambda *_: events.disconnect(self._on_theme))
+
+    def _on_theme(self, *_: Any) -> None:
+        if self.shown is not None:
+            self.show_contributions(*self.shown)
 
     def show_contributions(self, result: PredictionResult, highlight: dict[str, str]) -> None:
         """Draw the ranked contributions; ``highlight`` maps level -> shown prompt."""
         from napari_hila.plotting import plot_prompt_contributions
 
+        self.shown = (result, dict(highlight))
         self.figure.clear()
         ax = self.figure.add_subplot(1, 1, 1)
         plot_prompt_contributions(result, ax=ax, top=TOP_PROMPTS)

@@ -158,6 +158,14 @@ def test_heatmap_colourbar_legend_threshold(make_napari_viewer, sample_slide, ca
     np.testing.assert_allclose([first.red(), first.green(), first.blue()], low, atol=4)
     np.testing.assert_allclose([last.red(), last.green(), last.blue()], high, atol=4)
     assert "not selected" in dock.legend.unselected.text()
+    # the contribution chart follows the theme, as the Kaplan-Meier dock does
+    from matplotlib.colors import to_hex
+
+    viewer.theme = "dark"
+    dark = to_hex(dock.chart.figure.get_facecolor())
+    viewer.theme = "light"
+    assert to_hex(dock.chart.figure.get_facecolor()) != dark
+    viewer.theme = "dark"
 
     # only tiles at or above the threshold are drawn; the others become transparent
     level = result.explanation.levels["patch"]
