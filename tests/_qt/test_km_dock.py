@@ -32,6 +32,19 @@ def test_km_dock_cohort_patient_theme(make_napari_viewer):
     for edge, s in zip(edges[1:], result.explanation.survival, strict=False):
         if np.isfinite(edge) and edge <= xs.max():
             np.testing.assert_allclose(np.interp(edge, xs, ys), s, rtol=1e-6)
+    # numbers at risk keep their group's colour after the theme is applied
+    from napari_hila.plotting import HIGH_COLOUR, LOW_COLOUR
+
+    rows = [t for t in km_ax.texts if t.get_text().startswith("at risk")]
+    assert {t.get_text(): to_hex(t.get_color()) for t in rows} == {
+        "at risk, high": HIGH_COLOUR,
+        "at risk, low": LOW_COLOUR,
+    }
+    counts = [t for t in km_ax.texts if t.get_text().isdigit()]
+    assert {to_hex(t.get_color()) for t in counts} == {HIGH_COLOUR, LOW_COLOUR}
+    # caption and title say the same about how the groups were formed
+    assert "grouped by risk above the model's threshold" in dock.message.text()
+    assert "risk above threshold" in km_ax.get_title()
     # log-rank p in the caption agrees with lifelines on the same split
     cohort = card["cohort"]
     high = np.asarray(cohort["risk"]) > card["risk_threshold"]
