@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from _model_fixtures import ALL_MODELS, PROMPT_MODELS, make_model, make_slide, one_torch_thread  # noqa: F401
+from _model_fixtures import (  # noqa: F401
+    ALL_MODELS,
+    PATCH_DIM,
+    PROMPT_MODELS,
+    make_model,
+    make_slide,
+    one_torch_thread,
+)
 
 from napari_hila.models import available_models, build_model, collate, get_model_spec
 from napari_hila.models.hila import HiLa
@@ -102,8 +109,13 @@ def test_clp_and_mcl_switch_off_cleanly(rng):
     batch = collate([make_slide(rng, 30, 4), make_slide(rng, 20, 3)])
     full = make_model("hila").train()
     no_clp = make_model("hila-no-clp").train()
-    no_mcl = make_model("hila-no-mcl", prompt_anchor_weight=0.0).train()
-    patch_only = make_model("hila-patch", prompt_anchor_weight=0.0).train()
+    no_penalty = {
+        "prompt_anchor_weight": 0.0,
+        "patch_prompt_ridge": 0.0,
+        "region_prompt_ridge": 0.0,
+    }
+    no_mcl = make_model("hila-no-mcl", **no_penalty).train()
+    patch_only = make_model("hila-patch", **no_penalty).train()
     assert no_clp.clp is None and not any("clp" in n for n, _ in no_clp.named_parameters())
     assert no_mcl.mcl is None and not any("mcl" in n for n, _ in no_mcl.named_parameters())
     assert patch_only.clp is None and patch_only.mcl is None and "region" not in patch_only.text
@@ -420,3 +432,53 @@ def test_shared_space_similarity_stays_near_the_spaces_own(rng):
             return float(model._similarity_drift("patch", batch, align))
 
     assert drift_after_training(0.0) > 5 * drift_after_training(20.0)
+
+
+def _pass_fractions(model, slides) -> np.ndarray:
+    """Per level and prompt, the share of all the slides' tokens above the prompt's threshold."""
+    shares = []
+    with torch.no_grad():
+        for lv in model.levels:
+            sims = torch.cat(
+                [model.eval()(collate([s])).details["levels"][lv].similarity[0] for s in slides]
+            )
+            theta = model.heads[lv].gain * model.heads[lv].threshold
+            shares.append((sims > theta).float().mean(dim=0).numpy())
+    return np.concatenate(shares)
+
+
+def test_presence_thresholds_start_from_the_whole_training_cohort(rng):
+    """fit_model starts theta_k at the cohort's (1 - 1/K) quantile, not the first slide's."""
+    from napari_hila.training.trainer import FitSettings, fit_model
+
+    slides = [make_slide(rng, 60, 4) for _ in range(6)]
+    for i, slide in enumerate(slides):  # compositions that differ from slide to slide
+        slide.features = slide.features + (2.0 * i - 5.0) * np.eye(PATCH_DIM, dtype=np.float32)[i]
+    settings = FitSettings(epochs=1, lr=1e-12, show_progress=False)
+    model = make_model("hila")
+    fit_model(model, slides, np.zeros(6, int), np.ones(6), settings)
+    k = np.array([len(model.prompt_names(lv)) for lv in model.levels])
+    expected = np.repeat(1.0 / k, k)
+    assert np.abs(_pass_fractions(model, slides) - expected).max() < 0.05
+
+    first_only = make_model("hila").train()  # the fallback: the first training batch alone
+    first_only(collate([slides[0]]))
+    assert np.abs(_pass_fractions(first_only, slides) - expected).max() > 0.1
+
+
+def test_ridge_penalises_the_weights_the_terms_use_per_level(rng):
+    """patch/region_prompt_ridge add ridge * sum (gain * w)^2 of each level's scalars to the loss."""
+    model = make_model("hila-no-mcl", patch_prompt_ridge=0.5, region_prompt_ridge=4.0).train()
+    batch = collate([make_slide(rng, 30, 3)])
+    expected = 0.0
+    for lv, ridge in (("patch", 0.5), ("region", 4.0)):
+        head = model.heads[lv]
+        weights = torch.cat([head.presence_weight, head.similarity_weight]) * head.gain
+        expected += ridge * float(weights.pow(2).sum())
+    torch.manual_seed(1)
+    with_ridge = float(model(batch).aux_loss)
+    model.config.patch_prompt_ridge = model.config.region_prompt_ridge = 0.0
+    torch.manual_seed(1)
+    without = float(model(batch).aux_loss)
+    assert expected > 0.01
+    assert with_ridge - without == pytest.approx(expected, rel=1e-4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -34,3 +36,15 @@ def survival_from_logits(
     if aux_loss is None:
         aux_loss = logits.new_zeros(())
     return SurvivalOutput(logits, hazards, survival, risk, aux_loss, details)
+
+
+@runtime_checkable
+class InitialisedFromData(Protocol):
+    """A model with settings that start from the training data (e.g. HiLa's thresholds).
+
+    The trainer calls :meth:`initialise_from_data` once, before the first epoch,
+    with the training cohort's batches (eval mode, no gradient); a resumed run
+    finds them in its checkpoint instead.
+    """
+
+    def initialise_from_data(self, batches: Iterable[Any]) -> None: ...

@@ -230,13 +230,19 @@ class AdditivePromptHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     @torch.no_grad()
-    def _start_thresholds(self, similarity: torch.Tensor, mask: torch.Tensor) -> None:
-        n_prompts = similarity.shape[-1]
-        values = similarity[mask]  # (tokens, K)
-        if values.shape[0] == 0:
+    def start_thresholds(self, similarities: torch.Tensor) -> None:
+        """theta_k from (tokens, K) similarities: the (1 - 1/K) quantile of each prompt's.
+
+        Called with the whole training cohort's tokens before training (see
+        ``HiLa.initialise_from_data``); one slide's quantile, the fallback when
+        nobody did, sits wherever that slide's composition puts it (measured on
+        the planted cohort: the raising prompt's presence then followed its
+        attribute with r 0.61 instead of 0.9 and its weight took the wrong sign).
+        """
+        if similarities.shape[0] == 0:
             return
-        q = 1.0 - 1.0 / max(n_prompts, 2)
-        self.threshold.copy_(torch.quantile(values.float(), q, dim=0) / self.gain)
+        q = 1.0 - 1.0 / max(similarities.shape[-1], 2)
+        self.threshold.copy_(torch.quantile(similarities.float(), q, dim=0) / self.gain)
         self.threshold_ready.fill_(True)
 
     def presence(self, similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -246,16 +252,29 @@ class AdditivePromptHead(nn.Module):
         slide), the unit of the maps.
         """
         if self.training and not bool(self.threshold_ready):
-            self._start_thresholds(similarity.detach(), mask)
+            self.start_thresholds(similarity.detach()[mask])
         threshold = self.gain * self.threshold
         shows = torch.sigmoid((similarity - threshold) / self.temperature)
         valid = mask.unsqueeze(-1).to(similarity.dtype)
         counts = valid.sum(dim=1).clamp(min=1.0)
         return similarity.shape[-1] * (shows * valid).sum(dim=1) / counts
 
-    def penalty(self, sparsity: float, feature_l2: float) -> torch.Tensor:
-        """L1 on the per-prompt weights (few prompts explain the risk) and L2 on Z_k's weights."""
+    def penalty(self, sparsity: float, feature_l2: float, ridge: float = 0.0) -> torch.Tensor:
+        """Penalties on the head's weights, in the units the terms use (gain times stored).
+
+        ``ridge``: L2 on the per-prompt presence and similarity weights. Prompts that
+        see one attribute at two levels (dense nuclei, and regions made of them) are
+        collinear; unpenalised, which of them carries the effect is an accident of
+        the seed (measured on the planted cohort: the patch prompt's sign flipped on
+        one seed in three). Ridge shares the effect between them (the grouping
+        effect) and shrinks the noisy ones. ``sparsity``: L1 on the same weights
+        (few prompts explain); ``feature_l2``: L2 on Z_k's weights.
+        """
         loss = self.bias.new_zeros(())
+        presence_w = self.gain * self.presence_weight
+        similarity_w = self.gain * self.similarity_weight
+        if ridge > 0:
+            loss = loss + ridge * (presence_w.pow(2) + similarity_w.pow(2)).sum()
         if sparsity > 0:
             loss = (
                 loss + sparsity * (self.presence_weight.abs() + self.similarity_weight.abs()).sum()

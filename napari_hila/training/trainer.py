@@ -20,6 +20,7 @@ import torch
 
 from napari_hila.encoders.pairing import shares_space
 from napari_hila.features.store import SlideFeatures
+from napari_hila.models.base import InitialisedFromData
 from napari_hila.models.batch import collate
 
 __all__ = [
@@ -194,6 +195,13 @@ def fit_model(
         resumed = load_checkpoint(checkpoint, model, optimiser, rng)
         if resumed is not None:
             first_epoch, losses = resumed
+    if first_epoch == 0 and isinstance(model, InitialisedFromData):
+        model.eval()
+        with torch.no_grad():
+            model.initialise_from_data(
+                make_batch(model, [bag], None, None, train=False, transform=transform).to(device)
+                for bag in bags
+            )
     step = max(1, settings.batch_size)
     for epoch in range(first_epoch, settings.epochs):
         model.train()
