@@ -6,6 +6,7 @@ viewer on the tile at full resolution.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ class ContributionChart(FigureCanvasQTAgg):
         events = getattr(getattr(viewer, "events", None), "theme", None)
         if events is not None:  # redrawn in the new theme's colours (light or dark)
             events.connect(self._on_theme)
-            self.destroyed.connect(lambda *_: events.disconnect(self._on_theme))
+            self.destroyed.connect(lambda *_: _disconnect(events, self._on_theme))
 
     def _on_theme(self, *_: Any) -> None:
         if self.shown is not None:
@@ -94,6 +95,12 @@ class ContributionChart(FigureCanvasQTAgg):
             if event.artist is bar:
                 self.prompt_clicked.emit(contrib.level, contrib.name)
                 return
+
+
+def _disconnect(emitter: Any, callback: Any) -> None:
+    """Stop a viewer event calling a deleted chart; the viewer may already be gone."""
+    with contextlib.suppress(AttributeError, RuntimeError):  # the viewer closed first
+        emitter.disconnect(callback)
 
 
 def read_thumbnail(
