@@ -30,6 +30,7 @@ from napari_hila.results import Explanation, PredictionResult
 __all__ = [
     "cohort_risk_sd",
     "default_cache_dir",
+    "explain_slide_tiles",
     "explanation_warnings",
     "express_in_cohort_sd",
     "extraction_settings",
@@ -256,7 +257,7 @@ class _Inputs:
 
 
 def _load_model(model, device: str, report: Progress, cancel: threading.Event | None):
-    from napari_hila.training.modelfile import LoadedModel, load_model
+    from napari_hila.modelfile import LoadedModel, load_model
 
     report("model", 0.0)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
@@ -276,8 +277,8 @@ def _explain_features(
 ) -> tuple[Explanation, _Inputs]:
     """Regions, checks and scaling as in training, then one ``explain()`` pass."""
     from napari_hila.features.pooling import has_regions
-    from napari_hila.training.modelfile import check_features_match
-    from napari_hila.training.scaling import FeatureScaling
+    from napari_hila.features.scaling import FeatureScaling
+    from napari_hila.modelfile import check_features_match
 
     card = loaded.card
     pooled = not has_regions(feats)
@@ -305,10 +306,49 @@ def _explain_features(
     )
 
 
+@dataclass
+class SlideFacts:
+    """What a prediction records about a slide read tile by tile (no feature file)."""
+
+    fingerprint: str
+    mpp: float
+    mpp_is_assumed: bool
+    num_tiles: int
+    mpp_source: str = "file"
+
+
+def explain_slide_tiles(
+    model, slide_path: str | os.PathLike, progress=None, cancel=None, mpp: float | None = None
+):
+    """One slide through a model that reads its own tiles: ``(Explanation, SlideFacts)``.
+
+    Tiles are sampled with the model's inference settings and read chunk by
+    chunk; ``progress("tiles", fraction)`` and ``cancel`` reach the model.
+    ``mpp`` overrides or supplies the slide's pixel size (it sizes the tiles).
+    """
+    # only tile-reading models open the slide here
+    from napari_hila.features.tile_bags import SlideRef
+    from napari_hila.slides import open_slide
+
+    with open_slide(slide_path, mpp=mpp) as slide:
+        fingerprint, mpp, assumed, source = (
+            slide.fingerprint(),
+            float(slide.mpp),
+            bool(slide.mpp_is_assumed),
+            slide.mpp_source,
+        )
+    ref = SlideRef(Path(slide_path), mpp=mpp if source == "user" else None)
+    batch = model.batch_from_bags([ref], train=False)
+    try:
+        explanation = model.explain(batch, progress=progress, cancel=cancel)
+    finally:
+        for tiles in batch.slides:
+            getattr(tiles, "close", lambda: None)()
+    return explanation, SlideFacts(fingerprint, mpp, assumed, len(batch.slides[0]), source)
+
+
 def _explain_tiles(loaded, slide_path: Path, progress, cancel, mpp) -> tuple[Explanation, _Inputs]:
     """The model reads its own tiles from the slide (VPTSurv): no feature file."""
-    from napari_hila.training.tiles import explain_slide_tiles
-
     # progress: "tiles" while the model encodes them, then "explain" when done
     explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel, mpp=mpp)
     encoder = str(((loaded.card.get("encoders") or {}).get("patch") or {}).get("name", ""))
@@ -334,7 +374,7 @@ def _finish(
     read_slide: bool = True,
 ) -> PredictionResult:
     """The result placed against the model's cohort, and its files when ``out_dir`` is given."""
-    from napari_hila.training.crossval import edges_from_json
+    from napari_hila.survival.losses import edges_from_json
 
     card = loaded.card
     threshold = card.get("risk_threshold")

@@ -317,7 +317,7 @@ _WORKER_MODELS: dict[tuple[str, str], Any] = {}
 def _predict_on_worker(item, model_path: str, out_dir, cache_dir, device, mpp, threads: int):
     """A cluster task: the model is loaded once per worker process, then as locally."""
     from napari_hila.devices import configure_torch_threads
-    from napari_hila.training.modelfile import load_model
+    from napari_hila.modelfile import load_model
 
     configure_torch_threads(threads)
     key = (model_path, device)

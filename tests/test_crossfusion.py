@@ -180,7 +180,7 @@ def test_trains_on_a_planted_signal_with_the_generic_trainer():
 
 
 def test_model_file_round_trip(tmp_path):
-    from napari_hila.training.modelfile import config_to_dict, load_model, save_model
+    from napari_hila.modelfile import config_to_dict, load_model, save_model
 
     rng = np.random.default_rng(5)
     batch = collate([make_slide(rng, 4)])

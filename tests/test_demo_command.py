@@ -66,8 +66,8 @@ def test_display_opens_the_viewer_with_the_result(fake_prediction, monkeypatch, 
 def test_shipped_demo_model_matches_the_current_encoder():
     """If this fails, the descriptor changed: rerun scripts/train_demo_model.py and commit."""
     from napari_hila.encoders.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
+    from napari_hila.modelfile import read_card
     from napari_hila.resources import resource_path
-    from napari_hila.training.modelfile import read_card
 
     card = read_card(resource_path("demo_model"))
     for level in ("patch", "region"):

@@ -636,8 +636,9 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
     before = set(feats.glob("S0-*.h5"))
     path = extract_slide(slide, feats, encoder="conch", weights=other / "pytorch_model.bin", **grid)
     assert path not in before and len(set(feats.glob("S0-*.h5"))) == len(before) + 1
+    from napari_hila.errors import ModelFileError
     from napari_hila.features import load_features
-    from napari_hila.training.modelfile import ModelFileError, check_features_match
+    from napari_hila.modelfile import check_features_match
 
     with pytest.raises(ModelFileError) as refused:
         check_features_match(card, load_features(path), str(path))

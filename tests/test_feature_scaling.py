@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_hila.features.scaling import FeatureScaling
 from napari_hila.features.store import SlideFeatures
-from napari_hila.training.scaling import FeatureScaling
 
 
 def _bag(rng: np.random.Generator, n: int, offset: float) -> SlideFeatures:

@@ -11,15 +11,15 @@ from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.errors import ModelFileError
 from napari_hila.features.store import SlideFeatures
-from napari_hila.models.batch import collate
-from napari_hila.models.registry import build_model
-from napari_hila.training.modelfile import (
+from napari_hila.modelfile import (
     CARD_KEYS,
     check_features_match,
     config_to_dict,
     load_model,
     save_model,
 )
+from napari_hila.models.batch import collate
+from napari_hila.models.registry import build_model
 
 
 def _feats(dim=5, encoder="enc-a", m=20, seed=0):

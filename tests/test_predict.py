@@ -12,9 +12,9 @@ from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.cli import main
 from napari_hila.errors import Cancelled
+from napari_hila.modelfile import read_card
 from napari_hila.predict import predict_slide, risk_group, risk_percentile
 from napari_hila.resources import resource_path
-from napari_hila.training.modelfile import read_card
 
 
 @pytest.fixture(scope="module")

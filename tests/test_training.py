@@ -10,9 +10,9 @@ from _single_thread import one_torch_thread  # noqa: F401
 
 from napari_hila.errors import FeatureFileError, HilaError
 from napari_hila.features.store import SlideFeatures, save_features
+from napari_hila.modelfile import load_model
 from napari_hila.survival.cohort import read_cohort
 from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
-from napari_hila.training.modelfile import load_model
 
 
 def write_synthetic_cohort(folder, n_patients=14, dim=6, seed=0, encoder="fake-encoder"):

@@ -9,9 +9,9 @@ from _model_fixtures import one_torch_thread  # noqa: F401  (one torch thread: t
 from lifelines.utils import concordance_index
 
 from napari_hila.errors import HilaError
+from napari_hila.features.tile_bags import InMemoryTiles, TileBatch
 from napari_hila.models import build_model, get_model_spec
 from napari_hila.models.vptsurv import VPTSurv, high_pass
-from napari_hila.training.tiles import InMemoryTiles, TileBatch
 
 TINY_VIT = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
 SMALL = dict(vit=TINY_VIT, decoder_dim=32, decoder_heads=4, dropout=0.0, tile_chunk=8)
@@ -202,7 +202,7 @@ def test_explanation_is_the_decoder_attention_over_the_tiles():
 
 
 def test_model_file_round_trip_keeps_the_frozen_encoder(tmp_path):
-    from napari_hila.training.modelfile import config_to_dict, load_model, save_model
+    from napari_hila.modelfile import config_to_dict, load_model, save_model
 
     rng = np.random.default_rng(7)
     batch = TileBatch([random_tiles(rng, 5)])

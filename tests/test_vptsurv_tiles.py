@@ -12,8 +12,8 @@ import pytest
 from _model_fixtures import one_torch_thread  # noqa: F401  (one torch thread: tiny models)
 
 from napari_hila.errors import CohortError
+from napari_hila.features.tile_bags import SlideTiles, slide_tiles, tile_batch
 from napari_hila.slides.grids import level0_scale
-from napari_hila.training.tiles import SlideTiles, slide_tiles, tile_batch
 
 TINY_VIT = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
 
@@ -85,7 +85,7 @@ def write_cohort(tmp_path, n: int):
 
 def test_train_command_runs_vptsurv_on_slides(tmp_path):
     from napari_hila.commands import train
-    from napari_hila.training.modelfile import load_model
+    from napari_hila.modelfile import load_model
 
     slides, cohort = write_cohort(tmp_path, 6)
     out = tmp_path / "run"
@@ -134,7 +134,7 @@ def test_train_command_runs_vptsurv_on_slides(tmp_path):
 
 def test_missing_slides_are_listed(tmp_path):
     from napari_hila.survival.cohort import read_cohort
-    from napari_hila.training.tiles import cohort_slide_refs
+    from napari_hila.training.cohort_slides import cohort_slide_refs
 
     cohort = tmp_path / "cohort.csv"
     cohort.write_text("patient_id,slide_id,time,event\np1,a,3,1\np2,b,4,0\n")

@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_model_spec(args.model)  # an unknown name is a ModelConfigError (a HilaError)
     device = str(resolve_device(args.device))
     if spec.inputs == "tiles":
-        from napari_hila.training.tiles import cohort_slide_refs
+        from napari_hila.training.cohort_slides import cohort_slide_refs
 
         if not args.slides:
             raise HilaError(

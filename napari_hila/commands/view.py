@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         with open_slide(args.slide, mpp=args.mpp):
             pass
     if args.model:
-        from napari_hila.training.modelfile import read_card
+        from napari_hila.modelfile import read_card
 
         read_card(args.model)
     if args.result and not (Path(args.result) / "result.json").is_file():

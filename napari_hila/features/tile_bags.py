@@ -1,5 +1,8 @@
 """Raw tiles for end-to-end models (VPTSurv): sampled from slides, read lazily.
 
+Feature layer: the model (``models.vptsurv``), training and prediction all take
+their tile bags from here.
+
 A model whose registry spec has ``inputs="tiles"`` consumes a :class:`TileBatch`:
 one :class:`TileSet` per slide, each a list of tile positions that reads its
 pixels only when asked, a chunk at a time. So a training step holds the 200
@@ -38,10 +41,6 @@ __all__ = [
     "SlideRef",
     "slide_tiles",
     "tile_batch",
-    "cohort_slide_refs",
-    "explain_slide_tiles",
-    "SlideFacts",
-    "find_slide_file",
 ]
 
 
@@ -299,82 +298,3 @@ def cached_tile_grid(
 ) -> TileGrid:
     """:func:`tile_grid`, computed once per slide file version (positions only: a few KB)."""
     return tile_grid(path, tile_px, target_mpp, mpp)
-
-
-def find_slide_file(slides_dir: str | os.PathLike, slide_id: str) -> Path | None:
-    """``<slides_dir>/<slide_id><suffix>`` for a slide suffix napari-hila reads, or None."""
-    from napari_hila.slides import SLIDE_SUFFIXES
-
-    folder = Path(slides_dir)
-    for suffix in sorted(SLIDE_SUFFIXES):
-        candidate = folder / f"{slide_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    direct = folder / slide_id
-    return direct if direct.is_file() and direct.suffix.lower() in SLIDE_SUFFIXES else None
-
-
-def cohort_slide_refs(cohort, slides_dir: str | os.PathLike) -> list[SlideRef]:
-    """One :class:`SlideRef` per cohort row; every missing slide is listed in one error."""
-    from napari_hila.errors import CohortError
-
-    folder = Path(slides_dir)
-    if not folder.is_dir():
-        raise CohortError(
-            f"{folder}: slide folder not found; give --slides the folder of the slide files"
-        )
-    refs, missing = [], []
-    for row in cohort.rows:
-        path = find_slide_file(folder, row.slide_id)
-        if path is None:
-            missing.append(row.slide_id)
-        else:
-            refs.append(SlideRef(path, row.slide_id))
-    if missing:
-        shown = ", ".join(missing[:10]) + (
-            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        )
-        raise CohortError(
-            f"{folder}: no slide file for {shown}; name each file <slide_id>.svs (or .tif, .ndpi, ...) "
-            "or remove those rows from the cohort CSV"
-        )
-    return refs
-
-
-@dataclass
-class SlideFacts:
-    """What a prediction records about a slide read tile by tile (no feature file)."""
-
-    fingerprint: str
-    mpp: float
-    mpp_is_assumed: bool
-    num_tiles: int
-    mpp_source: str = "file"
-
-
-def explain_slide_tiles(
-    model, slide_path: str | os.PathLike, progress=None, cancel=None, mpp: float | None = None
-):
-    """One slide through a model that reads its own tiles: ``(Explanation, SlideFacts)``.
-
-    Tiles are sampled with the model's inference settings and read chunk by
-    chunk; ``progress("tiles", fraction)`` and ``cancel`` reach the model.
-    ``mpp`` overrides or supplies the slide's pixel size (it sizes the tiles).
-    """
-    from napari_hila.slides import open_slide
-
-    with open_slide(slide_path, mpp=mpp) as slide:
-        fingerprint, mpp, assumed, source = (
-            slide.fingerprint(),
-            float(slide.mpp),
-            bool(slide.mpp_is_assumed),
-            slide.mpp_source,
-        )
-    ref = SlideRef(Path(slide_path), mpp=mpp if source == "user" else None)
-    batch = model.batch_from_bags([ref], train=False)
-    try:
-        explanation = model.explain(batch, progress=progress, cancel=cancel)
-    finally:
-        for tiles in batch.slides:
-            getattr(tiles, "close", lambda: None)()
-    return explanation, SlideFacts(fingerprint, mpp, assumed, len(batch.slides[0]), source)

@@ -30,11 +30,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from napari_hila.errors import Cancelled, HilaError
+from napari_hila.features.tile_bags import InMemoryTiles, TileBatch, tile_batch
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.crossfusion_layers import Attention, feed_forward
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
-from napari_hila.training.tiles import InMemoryTiles, TileBatch, tile_batch
 
 __all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor", "RANDOM_ENCODER"]
 
@@ -190,7 +190,7 @@ def build_frozen_vit(config: VPTSurvConfig) -> nn.Module:
     inputs="tiles",
 )
 class VPTSurv(nn.Module):
-    """VPTSurv survival model; input is a :class:`~napari_hila.training.tiles.TileBatch`."""
+    """VPTSurv survival model; input is a :class:`~napari_hila.features.tile_bags.TileBatch`."""
 
     def __init__(self, config: VPTSurvConfig) -> None:
         super().__init__()

@@ -16,13 +16,15 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from napari_hila.errors import CohortError
 
-__all__ = ["make_time_bins", "nll_loss", "time_to_bin"]
+__all__ = ["edges_from_json", "edges_to_json", "make_time_bins", "nll_loss", "time_to_bin"]
 
 
 def make_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int = 4) -> np.ndarray:
@@ -62,6 +64,16 @@ def time_to_bin(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
         raise ValueError(f"time bin edges need at least two values, got {edges.tolist()}")
     bins = np.searchsorted(edges[1:-1], times, side="right")
     return bins.astype(np.int64)
+
+
+def edges_to_json(edges: np.ndarray) -> list[float | None]:
+    """Bin edges for a card or a fold record: the open last edge (inf) becomes null."""
+    return [None if math.isinf(e) else float(e) for e in np.asarray(edges, float)]
+
+
+def edges_from_json(values: list[float | None]) -> np.ndarray:
+    """Bin edges back from their JSON form (:func:`edges_to_json`): null is inf."""
+    return np.array([math.inf if v is None else float(v) for v in values], float)
 
 
 def nll_loss(

@@ -1,5 +1,5 @@
-"""Training: cross-validation splits, the trainer and the model file.
+"""Training: cross-validation splits, the trainer, the run folder and the final model's card.
 
 Import the submodules directly (``training.splits``, ``training.trainer``,
-``training.modelfile``).
+``training.crossval``); the model file itself is :mod:`napari_hila.modelfile`.
 """

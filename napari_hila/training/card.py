@@ -9,11 +9,19 @@ import numpy as np
 import torch
 
 from napari_hila import __version__
+from napari_hila.modelfile import config_to_dict
+from napari_hila.models.registry import get_model_spec
 from napari_hila.survival.km import logrank_p
+from napari_hila.survival.losses import edges_to_json
 from napari_hila.survival.metrics import concordance_index
-from napari_hila.training.modelfile import config_to_dict
 
-__all__ = ["summarise_folds", "build_card", "out_of_fold"]
+__all__ = ["summarise_folds", "build_card", "out_of_fold", "KM_NOTE", "THRESHOLD_NOTE"]
+
+THRESHOLD_NOTE = "median of the final model's per-patient risk over the training cohort"
+KM_NOTE = (
+    "cohort 'risk' is out-of-fold (cross-validated): each patient scored by the fold model that "
+    "did not train on them; 'risk_group' splits it at that fold's training-set median risk"
+)
 
 _NOT_GRID = ("region_encoder", "region_encoder_version", "region_size", "region_px")
 
@@ -113,9 +121,6 @@ def build_card(
     inputs (raw tiles) instead of feature files, and replaces what the features say.
     """
     inputs = inputs or {}
-    from napari_hila.models.registry import get_model_spec
-    from napari_hila.training.crossval import KM_NOTE, THRESHOLD_NOTE, edges_to_json
-
     spec = get_model_spec(settings.model)
     config = config_to_dict(config)
     oof = out_of_fold(folds)

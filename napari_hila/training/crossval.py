@@ -18,7 +18,6 @@ these files first and starts over.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -31,17 +30,20 @@ import torch
 
 from napari_hila.errors import FeatureFileError, HilaError
 from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP, ensure_regions
+from napari_hila.features.scaling import FeatureScaling
 from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
+from napari_hila.modelfile import save_model
 from napari_hila.survival.cohort import Cohort, feature_file_for
+from napari_hila.survival.losses import edges_to_json
 from napari_hila.survival.metrics import concordance_index, patient_risks
+from napari_hila.training.card import build_card, summarise_folds
 from napari_hila.training.runinputs import (
     RESTART_HINT,
     check_run_inputs,
     clear_run_folder,
     run_inputs,
 )
-from napari_hila.training.scaling import FeatureScaling
 from napari_hila.training.splits import (
     Splits,
     load_splits,
@@ -62,16 +64,9 @@ __all__ = [
     "RunSettings",
     "run_training",
     "load_cohort_features",
-    "edges_to_json",
-    "edges_from_json",
 ]
 
 PATIENT_RISK_NOTE = "one risk per patient: the mean of the risks of the patient's slides"
-THRESHOLD_NOTE = "median of the final model's per-patient risk over the training cohort"
-KM_NOTE = (
-    "cohort 'risk' is out-of-fold (cross-validated): each patient scored by the fold model that "
-    "did not train on them; 'risk_group' splits it at that fold's training-set median risk"
-)
 
 
 @dataclass
@@ -176,15 +171,6 @@ def embed_prompts(
             for level in LEVELS
         },
     }
-
-
-def edges_to_json(edges: np.ndarray) -> list[float | None]:
-    """Bin edges for JSON: the open last edge (inf) becomes null."""
-    return [None if math.isinf(e) else float(e) for e in np.asarray(edges, float)]
-
-
-def edges_from_json(values: list[float | None]) -> np.ndarray:
-    return np.array([math.inf if v is None else float(v) for v in values], float)
 
 
 def load_cohort_features(
@@ -416,8 +402,6 @@ def run_training(
     ``prompt_set`` is ``{"name", "text_encoder", "levels": {level: {"names", "texts",
     "embeddings"}}}``; only the levels the model's config asks for are used.
     """
-    from napari_hila.training.card import build_card, summarise_folds
-
     say = log or (lambda msg: print(msg, file=sys.stderr))
     run_dir = Path(run_dir)
     if force and run_dir.is_dir():
@@ -524,8 +508,6 @@ def run_training(
                 losses,
                 inputs=model.card_inputs() if hasattr(model, "card_inputs") else None,
             )
-            from napari_hila.training.modelfile import save_model
-
             card["feature_scaling"] = scaling.to_json() if scaling else None
             card["explanation"] = explanation_card(model, baseline, risk)
             save_model(final_dir, model, card)

@@ -50,7 +50,7 @@ def crossfusion_result(sample_slide, tmp_path):
 @pytest.fixture
 def vptsurv_result(sample_slide):
     from napari_hila.models import build_model
-    from napari_hila.training.tiles import explain_slide_tiles
+    from napari_hila.predict import explain_slide_tiles
 
     torch.manual_seed(0)
     model = build_model(

@@ -1,0 +1,33 @@
+"""The model file (weights + card): what training writes and prediction reads.
+
+One module both sides use, below them in the layers (models -> modelfile ->
+training / inference), so prediction never imports the training code.
+"""
+
+from napari_hila.modelfile.files import (
+    CARD_KEYS,
+    CARD_NAME,
+    WEIGHTS_NAME,
+    LoadedModel,
+    check_features_match,
+    config_for_loading,
+    config_to_dict,
+    load_model,
+    prompt_statistics,
+    read_card,
+    save_model,
+)
+
+__all__ = [
+    "CARD_KEYS",
+    "CARD_NAME",
+    "WEIGHTS_NAME",
+    "LoadedModel",
+    "check_features_match",
+    "config_for_loading",
+    "config_to_dict",
+    "load_model",
+    "prompt_statistics",
+    "read_card",
+    "save_model",
+]
