@@ -7,11 +7,13 @@ return a small dict of the numbers they drew so captions can quote them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_hila.modelfile.model_card import ModelCard
 from napari_hila.results import PredictionResult, survival_curve_at, survival_horizon
 from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk
 
@@ -47,22 +49,23 @@ def finite_edges(edges, horizon: float) -> np.ndarray:
     return values
 
 
-def cohort_groups(card: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def cohort_groups(
+    card: ModelCard | Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(time, event, high-risk mask, how the split was made) from a model card.
 
     Uses the card's out-of-fold risk groups when present (the honest split),
     else risk above the card's threshold.
     """
-    cohort = card.get("cohort") or {}
-    time = np.asarray(cohort.get("time", []), float)
-    event = np.asarray(cohort.get("event", []), int)
-    if cohort.get("risk_group"):
-        high = np.asarray([g == "high" for g in cohort["risk_group"]], bool)
+    card = ModelCard.of(card)
+    cohort = card.cohort
+    if cohort.risk_group:
+        high = np.asarray([g == "high" for g in cohort.risk_group], bool)
         how = "out-of-fold risk, split at each fold's training median"
     else:
-        high = np.asarray(cohort.get("risk", []), float) > float(card.get("risk_threshold") or 0.0)
+        high = cohort.risk > (card.risk_threshold or 0.0)
         how = "risk above the model's threshold"
-    return time, event, high, how
+    return cohort.time, cohort.event, high, how
 
 
 def _step(ax, curve, colour, label):
@@ -73,7 +76,7 @@ def _step(ax, curve, colour, label):
 
 
 def plot_cohort_km(
-    card: dict[str, Any],
+    card: ModelCard | Mapping[str, Any],
     ax=None,
     patient_survival: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
     time_bin_edges=None,
@@ -88,8 +91,9 @@ def plot_cohort_km(
     written under the x axis. Returns ``logrank_p``, group sizes and medians.
     """
     ax = _new_axes(ax)
+    card = ModelCard.of(card)
     time, event, high, how = cohort_groups(card)
-    unit = card.get("time_unit", "months")
+    unit = card.time_unit
     info: dict[str, Any] = {"split": how, "n_high": int(high.sum()), "n_low": int((~high).sum())}
     if len(time) == 0:
         ax.text(
@@ -116,7 +120,7 @@ def plot_cohort_km(
             edges, surv = patient_survival
         else:
             edges, surv = (
-                (time_bin_edges if time_bin_edges is not None else card["time_bin_edges"]),
+                (time_bin_edges if time_bin_edges is not None else card.time_bin_edges),
                 patient_survival,
             )
         # the model's curve as the dock reads it (hazard constant inside a bin), up to the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_hila.errors import Cancelled, FeatureFileError, ModelFileError
 from napari_hila.io_utils import staged_folder
+from napari_hila.modelfile.model_card import ModelCard
 from napari_hila.results import Explanation, PredictionResult
 
 __all__ = [
@@ -70,16 +71,14 @@ def risk_group(risk: float, threshold: float | None) -> str | None:
     return "high" if risk > float(threshold) else "low"
 
 
-def cohort_reference_risks(card: dict) -> np.ndarray:
+def cohort_reference_risks(card: ModelCard | Mapping[str, Any]) -> np.ndarray:
     """The cohort risks a new slide's risk is compared with (percentile, histogram).
 
     The final model's in-sample risks: the same model, so the same scale as a
     new slide's risk and as the card's threshold. Older cards without them fall
     back to the out-of-fold risks.
     """
-    cohort = card.get("cohort") or {}
-    values = cohort.get("final_model_risk", cohort.get("risk"))
-    return np.asarray(values if values is not None else [], float)
+    return ModelCard.of(card).cohort.reference_risks
 
 
 def risk_percentile(risk: float, cohort_risks) -> float | None:
@@ -90,16 +89,12 @@ def risk_percentile(risk: float, cohort_risks) -> float | None:
     return float(100.0 * np.mean(values <= risk))
 
 
-def cohort_risk_sd(card: dict[str, Any]) -> float | None:
+def cohort_risk_sd(card: ModelCard | Mapping[str, Any]) -> float | None:
     """The training cohort's risk SD (the card's, else from its final-model risks)."""
-    stored = (card.get("explanation") or {}).get("cohort_risk_sd")
-    if stored:
-        return float(stored)
-    risks = cohort_reference_risks(card)
-    return float(np.std(risks, ddof=1)) if len(risks) > 1 else None
+    return ModelCard.of(card).cohort_risk_sd
 
 
-def express_in_cohort_sd(explanation: Explanation, card: dict[str, Any]) -> None:
+def express_in_cohort_sd(explanation: Explanation, card: ModelCard | Mapping[str, Any]) -> None:
     """Fill each contribution's ``delta_sd``: its risk change in cohort risk-SD units."""
     sd = cohort_risk_sd(card)
     if not sd:
@@ -126,9 +121,9 @@ def explanation_warnings(explanation: Explanation) -> list[str]:
     return notes
 
 
-def ungrounded_prompts(card: dict[str, Any]) -> list[str]:
+def ungrounded_prompts(card: ModelCard | Mapping[str, Any]) -> list[str]:
     """Prompts whose text side could not ground them (a label on an arbitrary direction)."""
-    prompts = card.get("prompts") or {}
+    prompts = ModelCard.of(card).prompts
     names = []
     for level in ("patch", "region"):
         entry = prompts.get(level) or {}
@@ -151,25 +146,25 @@ def default_cache_dir() -> Path:
     return Path(base) / "napari-hila" / "features"
 
 
-def extraction_settings(card: dict[str, Any]) -> dict[str, Any]:
+def extraction_settings(card: ModelCard | Mapping[str, Any]) -> dict[str, Any]:
     """The :func:`~napari_hila.features.extract.extract_slide` settings a model was trained with."""
-    grid = card.get("grid") or {}
-    encoders = card.get("encoders") or {}
-    patch_encoder = (encoders.get("patch") or {}).get("name", "hila-descriptor")
-    region_encoder = (encoders.get("region") or {}).get("name")
-    region_mode = str(grid.get("region_mode", "view"))
+    card = ModelCard.of(card)
+    grid = card.grid
+    # a card without a patch encoder name predates the choice: the descriptor was the only one
+    patch_encoder = card.patch_encoder.name or "hila-descriptor"
+    region_encoder = card.region_encoder.name
     settings = {
         "encoder": patch_encoder,
-        "patch_px": int(grid.get("patch_px", 256)),
-        "region_px": int(grid.get("region_px", 4096)),
-        "target_mpp": float(grid.get("target_mpp", 0.5)),
-        "region_mode": region_mode,
+        "patch_px": grid.patch_px,
+        "region_px": grid.region_px,
+        "target_mpp": grid.target_mpp,
+        "region_mode": grid.region_mode,
     }
-    if region_mode == "view" and region_encoder and region_encoder != patch_encoder:
+    if grid.region_mode == "view" and region_encoder and region_encoder != patch_encoder:
         settings["region_encoder"] = region_encoder
-    if grid.get("magnifications"):  # multi-magnification models (CrossFusion)
-        settings["magnifications"] = tuple(str(grid["magnifications"]).split(","))
-    version = str((encoders.get("patch") or {}).get("version") or "")
+    if grid.magnifications:  # multi-magnification models (CrossFusion)
+        settings["magnifications"] = grid.magnifications
+    version = card.patch_encoder.version
     if version.startswith("sha256:"):  # the weights' digest: cached features found without them
         settings["encoder_version"] = version
     return settings
@@ -177,7 +172,7 @@ def extraction_settings(card: dict[str, Any]) -> dict[str, Any]:
 
 def features_for_model(
     slide_path: str | os.PathLike,
-    card: dict[str, Any],
+    card: ModelCard | Mapping[str, Any],
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     progress: Progress | None = None,
@@ -205,16 +200,13 @@ def features_for_model(
     )
 
 
-def regions_for_model(feats, card: dict[str, Any]):
+def regions_for_model(feats, card: ModelCard | Mapping[str, Any]):
     """``feats`` with region features, pooled on the model's grid when the file has only patches."""
-    from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP, ensure_regions
+    from napari_hila.features.pooling import ensure_regions
 
-    grid = card.get("grid") or {}
+    grid = ModelCard.of(card).grid
     return ensure_regions(
-        feats,
-        region_px=int(grid.get("region_px", REGION_PX)),
-        patch_px=int(grid.get("patch_px", PATCH_PX)),
-        target_mpp=float(grid.get("target_mpp", TARGET_MPP)),
+        feats, region_px=grid.region_px, patch_px=grid.patch_px, target_mpp=grid.target_mpp
     )
 
 
@@ -225,10 +217,9 @@ def _explain(model, feats, device):
     return model.explain(batch, tile_sizes={"patch": feats.patch_size, "region": feats.region_size})
 
 
-def _warnings(card: dict[str, Any], mpp_is_assumed: bool, num_patches: int) -> list[str]:
+def _warnings(card: ModelCard, mpp_is_assumed: bool, num_patches: int) -> list[str]:
     notes = []
-    label = str(card.get("label", "")).lower()
-    if "synthetic" in label or "not for clinical use" in label:
+    if card.is_synthetic:
         notes.append(_SYNTHETIC_WARNING)
     if mpp_is_assumed:
         notes.append(
@@ -286,7 +277,7 @@ def _explain_features(
     check_features_match(card, feats, source)
     _check_cancel(cancel)
     report("explain", 0.0)
-    scaling = FeatureScaling.from_json(card.get("feature_scaling"))
+    scaling = FeatureScaling.from_json(card.feature_scaling)
     explanation = _explain(loaded.model, scaling.apply(feats) if scaling else feats, loaded.device)
     report("explain", 1.0)
     attrs = feats.attrs
@@ -351,7 +342,7 @@ def _explain_tiles(loaded, slide_path: Path, progress, cancel, mpp) -> tuple[Exp
     """The model reads its own tiles from the slide (VPTSurv): no feature file."""
     # progress: "tiles" while the model encodes them, then "explain" when done
     explanation, facts = explain_slide_tiles(loaded.model, slide_path, progress, cancel, mpp=mpp)
-    encoder = str(((loaded.card.get("encoders") or {}).get("patch") or {}).get("name", ""))
+    encoder = loaded.card.patch_encoder.name or ""
     return explanation, _Inputs(
         encoder=encoder,
         fingerprint=facts.fingerprint,
@@ -374,10 +365,8 @@ def _finish(
     read_slide: bool = True,
 ) -> PredictionResult:
     """The result placed against the model's cohort, and its files when ``out_dir`` is given."""
-    from napari_hila.survival.losses import edges_from_json
-
     card = loaded.card
-    threshold = card.get("risk_threshold")
+    threshold = card.risk_threshold
     express_in_cohort_sd(explanation, card)
     result = PredictionResult(
         slide_path=slide_path,
@@ -387,21 +376,21 @@ def _finish(
         model_label=loaded.label,
         model_path=str(loaded.path),
         explanation=explanation,
-        time_bin_edges=edges_from_json(card["time_bin_edges"]),
-        time_unit=str(card.get("time_unit", "months")),
-        risk_threshold=None if threshold is None else float(threshold),
+        time_bin_edges=card.time_bin_edges.copy(),
+        time_unit=card.time_unit,
+        risk_threshold=threshold,
         risk_group=risk_group(explanation.risk, threshold),
         risk_percentile=risk_percentile(explanation.risk, cohort_reference_risks(card)),
         warnings=_warnings(card, inputs.mpp_is_assumed, inputs.n_patches)
         + explanation_warnings(explanation),
         extra={
             "risk_percentile_of": "the final model's risks over its training cohort",
-            "risk_threshold_method": card.get("risk_threshold_method", ""),
+            "risk_threshold_method": card.risk_threshold_method,
             "encoder": inputs.encoder,
             "mpp_source": inputs.mpp_source,
             "patches": inputs.n_patches,
             "regions": inputs.n_regions,
-            "grid": card.get("grid", {}),
+            "grid": card.grid.to_json(),
             "ungrounded_prompts": ungrounded_prompts(card),
             **inputs.extra,
         },

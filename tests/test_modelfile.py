@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -89,7 +90,10 @@ def test_mismatched_encoder_names_both(saved_abmil):
     with pytest.raises(ModelFileError, match="width 7 but the model expects 5"):
         check_features_match(card, _feats(dim=7, encoder="enc-a"))
     check_features_match(card, _feats())  # matching features pass
-    card["encoders"]["patch"]["version"] = "1"
+    # the card is typed and frozen: an older encoder version is a changed copy
+    card = dataclasses.replace(
+        card, patch_encoder=dataclasses.replace(card.patch_encoder, version="1")
+    )
     newer = _feats()
     newer.attrs["encoder_version"] = "2"
     with pytest.raises(

@@ -17,8 +17,13 @@ from napari_hila.modelfile.files import (
     read_card,
     save_model,
 )
+from napari_hila.modelfile.model_card import CohortRecord, EncoderInfo, GridSettings, ModelCard
 
 __all__ = [
+    "CohortRecord",
+    "EncoderInfo",
+    "GridSettings",
+    "ModelCard",
     "CARD_KEYS",
     "CARD_NAME",
     "WEIGHTS_NAME",

@@ -14,16 +14,19 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from napari_hila import __version__
 from napari_hila.devices import resolve_device
 from napari_hila.errors import HilaError, ModelFileError
 from napari_hila.io_utils import atomic_path, write_json_atomic
+from napari_hila.modelfile.model_card import ModelCard
+
+if TYPE_CHECKING:  # torch is imported where weights are, so reading a card stays fast
+    import torch
 
 __all__ = [
     "LoadedModel",
@@ -62,17 +65,17 @@ class LoadedModel:
     """A model ready for inference (eval mode, on ``device``) and its card."""
 
     model: torch.nn.Module
-    card: dict[str, Any]
+    card: ModelCard
     path: Path
     device: torch.device
 
     @property
     def name(self) -> str:
-        return str(self.card["model"])
+        return self.card.model
 
     @property
     def label(self) -> str:
-        return str(self.card.get("label") or self.name)
+        return self.card.display_label
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -86,7 +89,7 @@ def _state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, card: dict[str, Any]) -> Path:
+def save_model(path: str | os.PathLike, model: torch.nn.Module, card: Mapping[str, Any]) -> Path:
     """Write ``model``'s weights and ``card`` into the directory ``path``.
 
     Each file is written atomically; the card goes last and records the weights'
@@ -94,6 +97,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, card: dict[str, 
     """
     from safetensors.torch import save
 
+    card = dict(card.json if isinstance(card, ModelCard) else card)
     missing = [k for k in ("model", "config") if k not in card]
     if missing:
         raise ValueError(f"card lacks {', '.join(missing)}")
@@ -114,8 +118,8 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, card: dict[str, 
     return folder
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
-    """The card of a model directory, checked for the keys this version needs."""
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The typed card of a model directory, checked for the keys and types this version needs."""
     folder = Path(path)
     if folder.is_file():
         if folder.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"):
@@ -136,13 +140,10 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(
             f"{card_path}: not valid JSON ({err}); retrain or restore the file"
         ) from err
-    missing = [k for k in ("model", "config", "encoders", "time_bin_edges") if k not in card]
-    if missing:
-        raise ModelFileError(f"{card_path}: missing key(s) {', '.join(missing)}; retrain the model")
-    return card
+    return ModelCard.from_dict(card, source=str(card_path))
 
 
-def config_for_loading(card: dict[str, Any]) -> dict[str, Any]:
+def config_for_loading(card: ModelCard | Mapping[str, Any]) -> dict[str, Any]:
     """The card's config, completed for models saved before some settings existed.
 
     A config class may name in ``LEGACY_DEFAULTS`` the values that settings
@@ -151,9 +152,10 @@ def config_for_loading(card: dict[str, Any]) -> dict[str, Any]:
     """
     from napari_hila.models.registry import get_model_spec
 
-    values = dict(card["config"])
+    card = ModelCard.of(card)
+    values = dict(card.config)
     try:
-        legacy = getattr(get_model_spec(card["model"]).config_cls, "LEGACY_DEFAULTS", {})
+        legacy = getattr(get_model_spec(card.model).config_cls, "LEGACY_DEFAULTS", {})
     except HilaError:
         return values
     for key, value in legacy.items():
@@ -182,7 +184,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> 
             f"{weights}: this is a pickled torch file, not safetensors; napari-hila never unpickles "
             "(it could run code). Re-save the weights with safetensors or retrain"
         )
-    expected = card.get("weights_sha256")
+    expected = card.weights_sha256
     if expected and hashlib.sha256(blob).hexdigest() != expected:
         raise ModelFileError(
             f"{weights}: the weights do not match {CARD_NAME} (checksum differs); "
@@ -193,67 +195,60 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> 
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{weights}: not a readable safetensors file ({err})") from err
     try:
-        model = build_model(card["model"], **config_for_loading(card))
+        model = build_model(card.model, **config_for_loading(card))
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(
-            f"{folder}: cannot build model {card['model']!r} from its card ({err}); "
+            f"{folder}: cannot build model {card.model!r} from its card ({err}); "
             "it may need a newer napari-hila"
         ) from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ModelFileError(
-            f"{weights}: weights do not fit model {card['model']!r} ({err})"
-        ) from err
+        raise ModelFileError(f"{weights}: weights do not fit model {card.model!r} ({err})") from err
     dev = resolve_device(device)
     model.to(dev).eval()
     return LoadedModel(model=model, card=card, path=folder, device=dev)
 
 
-def check_features_match(card: dict[str, Any], feats: Any, source: str = "features") -> None:
+def check_features_match(
+    card: ModelCard | Mapping[str, Any], feats: Any, source: str = "features"
+) -> None:
     """Raise ModelFileError when ``feats`` (SlideFeatures) came from other encoders or widths."""
-    enc = card.get("encoders") or {}
-    patch = enc.get("patch") or {}
-    region = enc.get("region") or {}
+    card = ModelCard.of(card)
+    patch, region = card.patch_encoder, card.region_encoder
     problems = []
-    if patch.get("name") and patch["name"] != feats.encoder:
+    if patch.name and patch.name != feats.encoder:
         problems.append(
-            f"patch encoder {feats.encoder!r} but the model was trained on {patch['name']!r}"
+            f"patch encoder {feats.encoder!r} but the model was trained on {patch.name!r}"
         )
-    if patch.get("dim") and int(patch["dim"]) != int(feats.features.shape[1]):
+    if patch.dim and patch.dim != int(feats.features.shape[1]):
+        problems.append(f"patch width {feats.features.shape[1]} but the model expects {patch.dim}")
+    if region.name and feats.num_regions and region.name != feats.region_encoder:
         problems.append(
-            f"patch width {feats.features.shape[1]} but the model expects {patch['dim']}"
+            f"region encoder {feats.region_encoder!r} but the model was trained on {region.name!r}"
         )
-    if region.get("name") and feats.num_regions and region["name"] != feats.region_encoder:
+    if region.dim and feats.num_regions and region.dim != int(feats.region_features.shape[1]):
         problems.append(
-            f"region encoder {feats.region_encoder!r} but the model was trained on {region['name']!r}"
-        )
-    if (
-        region.get("dim")
-        and feats.num_regions
-        and int(region["dim"]) != int(feats.region_features.shape[1])
-    ):
-        problems.append(
-            f"region width {feats.region_features.shape[1]} but the model expects {region['dim']}"
+            f"region width {feats.region_features.shape[1]} but the model expects {region.dim}"
         )
     # Same encoder, other version: the numbers differ although the names match.
     found_version = str(feats.attrs.get("encoder_version", "") or "")
-    if patch.get("version") and found_version and str(patch["version"]) != found_version:
-        if found_version.startswith("sha256:") or str(patch["version"]).startswith("sha256:"):
+    if patch.version and found_version and patch.version != found_version:
+        if found_version.startswith("sha256:") or patch.version.startswith("sha256:"):
             problems.append(
                 f"patch features made with {feats.encoder} weights {found_version}, but the model "
-                f"was trained on features of weights {patch['version']} (extract with those "
+                f"was trained on features of weights {patch.version} (extract with those "
                 "weights, or retrain on these features)"
             )
         else:
             problems.append(
                 f"patch encoder {feats.encoder!r} is version {found_version} here but the model "
-                f"was trained on version {patch['version']} (retrain on features of this version)"
+                f"was trained on version {patch.version} (retrain on features of this version)"
             )
     if problems:
         raise ModelFileError(
             f"{source}: " + "; ".join(problems) + f". Extract features with the model's encoders "
-            f"(patch {patch.get('name')!r}, region {region.get('name')!r}) or use a model trained on these"
+            f"(patch {patch.name!r}, region {region.name!r}) or use a model trained on these"
         )
 
 
@@ -264,7 +259,7 @@ def prompt_statistics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     (the model is loaded on the CPU). ``{}`` for models without prompts.
     """
     card = read_card(path)
-    stored = (card.get("explanation") or {}).get("prompt_statistics")
+    stored = card.explanation.get("prompt_statistics")
     if stored:
         return stored
     model = load_model(path, "cpu").model
