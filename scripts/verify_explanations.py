@@ -560,16 +560,9 @@ def run_controls(args, cohort, model_dir: Path, held_dir: Path, preds) -> dict[s
     import torch
 
     from napari_hila.features.store import load_features
+    from napari_hila.modelfile import config_for_loading, load_model
     from napari_hila.models.registry import build_model
     from napari_hila.predict import predict_features
-    from napari_hila.training.modelfile import load_model
-
-    try:
-        from napari_hila.training.modelfile import config_for_loading
-    except ImportError:  # before models carried legacy defaults
-
-        def config_for_loading(card):
-            return dict(card["config"])
 
     torch.set_num_threads(args.threads)
     s = cohort.settings
@@ -730,7 +723,7 @@ def _finite(value):
 def main(argv=None) -> dict[str, Any]:
     """Run the verification; return (and print) the report."""
     from napari_hila.demo.planted import oracle_c_index
-    from napari_hila.training.modelfile import read_card
+    from napari_hila.modelfile import read_card
 
     args = parse_args(argv)
     started = time.perf_counter()

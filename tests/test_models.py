@@ -468,6 +468,8 @@ def test_presence_thresholds_start_from_the_whole_training_cohort(rng):
 
 def test_ridge_penalises_the_weights_the_terms_use_per_level(rng):
     """patch/region_prompt_ridge add ridge * sum (gain * w)^2 of each level's scalars to the loss."""
+    from napari_hila.models.hila_layers import HEAD_GAIN
+
     model = make_model("hila-no-mcl", patch_prompt_ridge=0.5, region_prompt_ridge=4.0).train()
     batch = collate([make_slide(rng, 30, 3)])
     expected = 0.0
@@ -475,6 +477,8 @@ def test_ridge_penalises_the_weights_the_terms_use_per_level(rng):
         head = model.heads[lv]
         weights = torch.cat([head.presence_weight, head.similarity_weight]) * head.gain
         expected += ridge * float(weights.pow(2).sum())
+    # the region peaks (what only regions show) are penalised at the patch rate
+    expected += 0.5 * float((model.heads["region"].peak_weight * HEAD_GAIN).pow(2).sum())
     torch.manual_seed(1)
     with_ridge = float(model(batch).aux_loss)
     model.config.patch_prompt_ridge = model.config.region_prompt_ridge = 0.0
@@ -482,3 +486,23 @@ def test_ridge_penalises_the_weights_the_terms_use_per_level(rng):
     without = float(model(batch).aux_loss)
     assert expected > 0.01
     assert with_ridge - without == pytest.approx(expected, rel=1e-4)
+
+
+def test_region_peak_is_the_clearest_regions_detector_output(rng):
+    """peak_k = max over a slide's regions of sigmoid((S - theta_k) / tau); absent on patches."""
+    model = make_model("hila").eval()
+    assert model.heads["patch"].peak_weight is None
+    head = model.heads["region"]
+    with torch.no_grad():
+        head.peak_weight.fill_(1.0 / head.gain)
+        batch = collate([make_slide(rng, 30, 5), make_slide(rng, 20, 2)])
+        out = model(batch)
+        align = out.details["levels"]["region"]
+        shows = head.shows(align.similarity, align.mask)
+        with_peak = out.details["terms"]["region"]
+        head.peak_weight.zero_()
+        without = model(batch).details["terms"]["region"]
+    expected = torch.stack([shows[0, :5].amax(0), shows[1, :2].amax(0)])
+    torch.testing.assert_close(with_peak - without, expected, atol=1e-5, rtol=0)
+    legacy = make_model("hila", region_peak_term=False)
+    assert legacy.heads["region"].peak_weight is None

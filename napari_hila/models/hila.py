@@ -142,6 +142,10 @@ class HiLaConfig:
     # prompt keeps a weight only where the regions show what the patches do not.
     patch_prompt_ridge: float = 0.05
     region_prompt_ridge: float = 5.0
+    # The region head also reads each prompt's peak (its clearest region): what only the
+    # regions show, penalised at the patch rate (planted cohort: a Cox fit on fixed-cosine
+    # presences went from 0.90 to 0.97 x oracle with the regions' peaks added).
+    region_peak_term: bool = True
     head_gain: float = 10.0  # the head's scalars learn this much faster (equalised lr)
     mcl_queue_size: int = 256
     mcl_temperature: float = 0.1
@@ -151,7 +155,11 @@ class HiLaConfig:
 
     #: Values of settings added since a model was first saved, for cards that
     #: lack them: such a model was built this way.
-    LEGACY_DEFAULTS: ClassVar[dict] = {"head": "mean", "visual_skip": False}
+    LEGACY_DEFAULTS: ClassVar[dict] = {
+        "head": "mean",
+        "visual_skip": False,
+        "region_peak_term": False,
+    }
 
 
 @register_model("hila", HiLaConfig, "HiLa: OPL at patch and region level, CLP and MCL (full model)")
@@ -227,6 +235,7 @@ class HiLa(nn.Module):
                         self.reads_prompt_features,
                         config.presence_temperature,
                         config.head_gain,
+                        peak_term=lv == "region" and config.region_peak_term,
                     )
                     for lv in self.levels
                 }
@@ -351,6 +360,7 @@ class HiLa(nn.Module):
                         self.config.prompt_sparsity,
                         self.config.prompt_feature_penalty,
                         getattr(self.config, f"{lv}_prompt_ridge"),
+                        self.config.patch_prompt_ridge,
                     )
                     for lv in self.levels
                 )

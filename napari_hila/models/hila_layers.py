@@ -186,7 +186,7 @@ HEAD_GAIN = 10.0
 class AdditivePromptHead(nn.Module):
     """One scalar term per prompt; the risk's linear predictor is their sum.
 
-    term_k = a_k * presence_k + c_k * s_k / tau [+ w_k . z_k] + b_k.
+    term_k = a_k * presence_k + c_k * s_k / tau [+ p_k * peak_k] [+ w_k . z_k] + b_k.
 
     presence_k is the share of the slide's tokens that show attribute k, in
     units of a uniform share (K times the fraction), each prompt judging every
@@ -198,7 +198,10 @@ class AdditivePromptHead(nn.Module):
     takes most tokens), it says how much of attribute k there is. s_k is the
     prompt's transport-weighted similarity (PLOT) and z_k its feature,
     optional because the balanced plan spills an abundant attribute's tokens
-    into other prompts' z (and so their terms). Each prompt reaches the risk
+    into other prompts' z (and so their terms). peak_k, the clearest single
+    token's detector output, is for the region level: whether some region is
+    made of attribute k (a solid sheet), where presence says how much of the
+    slide is. Each prompt reaches the risk
     on its own path, so the decomposition over prompts is exact in the linear
     predictor.
     """
@@ -211,6 +214,7 @@ class AdditivePromptHead(nn.Module):
         feature_term: bool = True,
         temperature: float = 0.1,
         gain: float = HEAD_GAIN,
+        peak_term: bool = False,
     ) -> None:
         super().__init__()
         self.feature_term = feature_term
@@ -222,6 +226,9 @@ class AdditivePromptHead(nn.Module):
         self.presence_weight = nn.Parameter(torch.zeros(n_prompts))
         self.similarity_weight = nn.Parameter(torch.zeros(n_prompts))
         self.bias = nn.Parameter(torch.zeros(n_prompts))
+        self.peak_weight = nn.Parameter(torch.zeros(n_prompts)) if peak_term else None
+        if self.peak_weight is not None:
+            nn.init.normal_(self.peak_weight, std=0.1 / gain)
         if self.weight is not None:
             nn.init.normal_(self.weight, std=1.0 / math.sqrt(width) / math.sqrt(max(n_prompts, 1)))
         # Non-zero from the start, so the text side gets its gradient at the first step.
@@ -245,21 +252,30 @@ class AdditivePromptHead(nn.Module):
         self.threshold.copy_(torch.quantile(similarities.float(), q, dim=0) / self.gain)
         self.threshold_ready.fill_(True)
 
+    def shows(self, similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, K): how clearly each token shows each prompt, in [0, 1] (0 on padding)."""
+        if self.training and not bool(self.threshold_ready):
+            self.start_thresholds(similarity.detach()[mask])
+        threshold = self.gain * self.threshold
+        shows = torch.sigmoid((similarity - threshold) / self.temperature)
+        return shows * mask.unsqueeze(-1).to(similarity.dtype)
+
     def presence(self, similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, N, K) similarities, (B, N) mask -> (B, K) share of tokens showing each prompt.
 
         In units of a uniform share (K times the fraction: 1 = 1/K of the
         slide), the unit of the maps.
         """
-        if self.training and not bool(self.threshold_ready):
-            self.start_thresholds(similarity.detach()[mask])
-        threshold = self.gain * self.threshold
-        shows = torch.sigmoid((similarity - threshold) / self.temperature)
-        valid = mask.unsqueeze(-1).to(similarity.dtype)
-        counts = valid.sum(dim=1).clamp(min=1.0)
-        return similarity.shape[-1] * (shows * valid).sum(dim=1) / counts
+        return self._presence(self.shows(similarity, mask), mask)
 
-    def penalty(self, sparsity: float, feature_l2: float, ridge: float = 0.0) -> torch.Tensor:
+    @staticmethod
+    def _presence(shows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        counts = mask.sum(dim=1, keepdim=True).to(shows.dtype).clamp(min=1.0)
+        return shows.shape[-1] * shows.sum(dim=1) / counts
+
+    def penalty(
+        self, sparsity: float, feature_l2: float, ridge: float = 0.0, peak_ridge: float = 0.0
+    ) -> torch.Tensor:
         """Penalties on the head's weights, in the units the terms use (gain times stored).
 
         ``ridge``: L2 on the per-prompt presence and similarity weights. Prompts that
@@ -267,7 +283,8 @@ class AdditivePromptHead(nn.Module):
         collinear; unpenalised, which of them carries the effect is an accident of
         the seed (measured on the planted cohort: the patch prompt's sign flipped on
         one seed in three). Ridge shares the effect between them (the grouping
-        effect) and shrinks the noisy ones. ``sparsity``: L1 on the same weights
+        effect) and shrinks the noisy ones. ``peak_ridge``: L2 on the peak weights,
+        which see what only this level shows. ``sparsity``: L1 on the same weights
         (few prompts explain); ``feature_l2``: L2 on Z_k's weights.
         """
         loss = self.bias.new_zeros(())
@@ -275,6 +292,8 @@ class AdditivePromptHead(nn.Module):
         similarity_w = self.gain * self.similarity_weight
         if ridge > 0:
             loss = loss + ridge * (presence_w.pow(2) + similarity_w.pow(2)).sum()
+        if peak_ridge > 0 and self.peak_weight is not None:
+            loss = loss + peak_ridge * (self.gain * self.peak_weight).pow(2).sum()
         if sparsity > 0:
             loss = (
                 loss + sparsity * (self.presence_weight.abs() + self.similarity_weight.abs()).sum()
@@ -287,12 +306,16 @@ class AdditivePromptHead(nn.Module):
 
     def forward(self, alignment: LevelAlignment) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) per-prompt terms and (B, K) presence of one level."""
-        presence = self.presence(alignment.similarity, alignment.mask)
+        shows = self.shows(alignment.similarity, alignment.mask)
+        presence = self._presence(shows, alignment.mask)
         terms = self.gain * (
             self.presence_weight * presence
             + self.similarity_weight * alignment.prompt_similarity / self.temperature
             + self.bias
         )
+        if self.peak_weight is not None:
+            # the token that shows prompt k most clearly (0 on a level with no token)
+            terms = terms + self.gain * self.peak_weight * shows.amax(dim=1)
         if self.weight is not None:
             terms = terms + (self.dropout(alignment.features) * self.weight).sum(dim=-1)
         return terms, presence
