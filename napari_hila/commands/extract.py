@@ -70,12 +70,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(view, default) or the mean of its patch features (mean)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    parser.add_argument("--patch-px", type=int, default=256, help="patch side at target mpp (256)")
+    # the grid's one definition (slides.grids); importing it costs ~0.1 s of --help
+    from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
+
     parser.add_argument(
-        "--region-px", type=int, default=4096, help="region side at target mpp (4096)"
+        "--patch-px", type=int, default=PATCH_PX, help=f"patch side at target mpp ({PATCH_PX})"
     )
     parser.add_argument(
-        "--target-mpp", type=float, default=0.5, help="um per pixel of the grid (0.5 = 20x)"
+        "--region-px", type=int, default=REGION_PX, help=f"region side at target mpp ({REGION_PX})"
+    )
+    parser.add_argument(
+        "--target-mpp",
+        type=float,
+        default=TARGET_MPP,
+        help=f"um per pixel of the grid ({TARGET_MPP} = 20x)",
     )
     parser.add_argument(
         "--magnifications",

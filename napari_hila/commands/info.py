@@ -12,8 +12,6 @@ from typing import Any
 
 from napari_hila.commands.options import add_mpp_argument
 
-GRID_DEFAULTS = {"patch_px": 256, "region_px": 4096, "target_mpp": 0.5}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", help="slide file (.svs, .ndpi, .mrxs, .tif, OME-TIFF, ...)")
@@ -58,10 +56,10 @@ def describe_slide(
         }
         if tissue:
             mask = detect_tissue(slide)
-            grids = make_grids(slide, mask, **GRID_DEFAULTS)
+            grids = make_grids(slide, mask)  # the default grid (slides.grids)
             info["tissue_fraction"] = round(mask.tissue_fraction, 4)
             info["grid"] = {
-                **GRID_DEFAULTS,
+                **grids.settings(),
                 "min_tissue": DEFAULT_MIN_TISSUE,
                 "patch_size_level0": grids.patch_size,
                 "region_size_level0": grids.region_size,

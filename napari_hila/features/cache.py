@@ -27,11 +27,12 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from napari_hila.errors import FeatureFileError
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
 DEFAULT_SETTINGS = {
-    "patch_px": 256,
-    "region_px": 4096,
-    "target_mpp": 0.5,
+    "patch_px": PATCH_PX,
+    "region_px": REGION_PX,
+    "target_mpp": TARGET_MPP,
     "region_encoder": None,
     "region_mode": "view",
     "magnifications": None,

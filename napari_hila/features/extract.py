@@ -34,6 +34,7 @@ from napari_hila.features.cache import (
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
 from napari_hila.features.tiles import DEFAULT_PREFETCH, DEFAULT_READ_THREADS, iter_tile_batches
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
 Progress = Callable[[str, float], None]
 DEFAULT_ENCODER = "hila-descriptor"
@@ -315,9 +316,9 @@ def extract_slide(
     region_encoder: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str = "auto",
-    patch_px: int = 256,
-    region_px: int = 4096,
-    target_mpp: float = 0.5,
+    patch_px: int = PATCH_PX,
+    region_px: int = REGION_PX,
+    target_mpp: float = TARGET_MPP,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     *,

@@ -22,9 +22,8 @@ from dataclasses import replace
 import numpy as np
 
 from napari_hila.features.store import SlideFeatures
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
-#: The tiling grid of METHODS: regions of 4096 px and patches of 256 px at 0.5 um/px.
-REGION_PX, PATCH_PX, TARGET_MPP = 4096, 256, 0.5
 #: Regions are this many patches wide when a file does not say (4096 / 256).
 DEFAULT_PATCHES_PER_REGION = REGION_PX // PATCH_PX
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from napari_hila.errors import FeatureFileError
 from napari_hila.io_utils import atomic_path, check_free_space, write_failure
+from napari_hila.slides.grids import PATCH_PX, REGION_PX
 
 FORMAT_VERSION = 1
 
@@ -52,12 +53,12 @@ class SlideFeatures:
     @property
     def patch_size(self) -> int:
         """Patch side in level-0 pixels (e.g. 256 at 0.5 um/px, 512 at 0.25)."""
-        return int(self.attrs.get("patch_size", 256))
+        return int(self.attrs.get("patch_size", PATCH_PX))  # the default grid at its own mpp
 
     @property
     def region_size(self) -> int:
         """Region side in level-0 pixels."""
-        return int(self.attrs.get("region_size", 4096))
+        return int(self.attrs.get("region_size", REGION_PX))
 
     @property
     def encoder(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.errors import ModelFileError
-from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
 __all__ = ["CohortRecord", "EncoderInfo", "GridSettings", "ModelCard"]
 

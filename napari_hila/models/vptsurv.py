@@ -35,6 +35,7 @@ from napari_hila.models.base import SurvivalOutput, survival_from_logits
 from napari_hila.models.crossfusion_layers import Attention, feed_forward
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation, LevelExplanation
+from napari_hila.slides.grids import TARGET_MPP
 
 __all__ = ["VPTSurvConfig", "VPTSurv", "high_pass", "PromptAdaptor", "RANDOM_ENCODER"]
 
@@ -69,7 +70,7 @@ class VPTSurvConfig:
     nll_alpha: float = 0.0
     train_tiles: int = 200  # tiles sampled per slide per training step
     inference_tiles: int = 1000  # tiles per slide at inference (all when the slide has fewer)
-    target_mpp: float = 0.5  # tile resolution, um/px
+    target_mpp: float = TARGET_MPP  # tile resolution, um/px
     tile_seed: int = 0  # tile sampling: the same (seed, epoch, slide) always gives the same tiles
     tile_chunk: int = 32  # tiles through the encoder at once (bounds memory)
     # recompute encoder activations in backward: training memory per chunk, not per slide

@@ -19,6 +19,9 @@ from napari_hila.slides.tissue import TissueMask
 #: A patch is kept when at least this share of it is tissue (CLAM and TRIDENT
 #: use similar values; lower keeps more tissue borders, higher fewer).
 DEFAULT_MIN_TISSUE = 0.25
+#: The tiling grid of METHODS: patches of 256 px and regions of 4096 px at 0.5 um/px (20x).
+#: The one definition; features, models, cards and the CLI import these.
+PATCH_PX, REGION_PX, TARGET_MPP = 256, 4096, 0.5
 #: Scanner mpp values sit near nominal magnifications (0.2525 or 0.2431 for
 #: 40x, 0.499 or 0.504 for 20x); a scale within this relative distance of a
 #: power of two is snapped to it, so a 40x slide gets exactly 512 px patches.
@@ -91,9 +94,9 @@ def patch_tissue_fractions(
 def make_grids(
     slide: Slide,
     tissue: TissueMask,
-    patch_px: int = 256,
-    region_px: int = 4096,
-    target_mpp: float = 0.5,
+    patch_px: int = PATCH_PX,
+    region_px: int = REGION_PX,
+    target_mpp: float = TARGET_MPP,
     min_tissue: float = DEFAULT_MIN_TISSUE,
 ) -> TilingGrids:
     """Patches with enough tissue and the region cells holding at least one of them.

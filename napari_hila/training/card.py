@@ -11,6 +11,7 @@ import torch
 from napari_hila import __version__
 from napari_hila.modelfile import config_to_dict
 from napari_hila.models.registry import get_model_spec
+from napari_hila.slides.grids import TARGET_MPP
 from napari_hila.survival.km import logrank_p
 from napari_hila.survival.losses import edges_to_json
 from napari_hila.survival.metrics import concordance_index
@@ -87,7 +88,7 @@ def _grid(feats) -> dict[str, Any]:
     grid = {
         "patch_px": int(attrs.get("patch_px", feats.patch_size)),
         "region_px": int(attrs.get("region_px", feats.region_size)),
-        "target_mpp": float(attrs.get("target_mpp", 0.5)),
+        "target_mpp": float(attrs.get("target_mpp", TARGET_MPP)),
     }
     if getattr(feats, "scales", None):  # extra magnifications (CrossFusion): extract them again
         grid["magnifications"] = ",".join(sorted(feats.scales))

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from napari_hila.errors import FeatureFileError, HilaError
-from napari_hila.features.pooling import PATCH_PX, REGION_PX, TARGET_MPP, ensure_regions
+from napari_hila.features.pooling import ensure_regions
 from napari_hila.features.scaling import FeatureScaling
 from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
 from napari_hila.modelfile import save_model
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 from napari_hila.survival.cohort import Cohort, feature_file_for
 from napari_hila.survival.losses import edges_to_json
 from napari_hila.survival.metrics import concordance_index, patient_risks
