@@ -275,9 +275,11 @@ def predict_item(
     device: str = "auto",
     mpp: float | None = None,
     cancel: threading.Event | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Predict one item into ``out_dir/<slide id>/`` (or find it done); never raises but
-    :class:`Cancelled`. Returns its summary row and its result's summary (None if failed)."""
+    :class:`Cancelled`. Returns its summary row and its result's summary (None if failed).
+    ``weights``: the patch encoder's local weights, as for :func:`predict_slide`."""
     from napari_hila.predict import FEATURE_SUFFIXES, predict_features, predict_slide
 
     folder = Path(out_dir) / item.slide_id
@@ -294,7 +296,14 @@ def predict_item(
                 result = predict_features(item.path, loaded, folder, device, cancel=cancel)
             else:
                 result = predict_slide(
-                    item.path, loaded, folder, cache_dir, device, cancel=cancel, mpp=mpp
+                    item.path,
+                    loaded,
+                    folder,
+                    cache_dir,
+                    device,
+                    cancel=cancel,
+                    mpp=mpp,
+                    weights=weights,
                 )
             write_json_atomic(folder / INPUT_RECORD, record)
             summary = result.summary()
@@ -314,7 +323,9 @@ def predict_item(
 _WORKER_MODELS: dict[tuple[str, str], Any] = {}
 
 
-def _predict_on_worker(item, model_path: str, out_dir, cache_dir, device, mpp, threads: int):
+def _predict_on_worker(
+    item, model_path: str, out_dir, cache_dir, device, mpp, threads: int, weights=None
+):
     """A cluster task: the model is loaded once per worker process, then as locally."""
     from napari_hila.devices import configure_torch_threads
     from napari_hila.modelfile import load_model
@@ -323,10 +334,10 @@ def _predict_on_worker(item, model_path: str, out_dir, cache_dir, device, mpp, t
     key = (model_path, device)
     if key not in _WORKER_MODELS:
         _WORKER_MODELS[key] = load_model(model_path, device)
-    return predict_item(item, _WORKER_MODELS[key], out_dir, cache_dir, device, mpp)
+    return predict_item(item, _WORKER_MODELS[key], out_dir, cache_dir, device, mpp, weights=weights)
 
 
-def _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, threads):
+def _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, threads, weights):
     """(row, summary) per item in input order, one task each; Ctrl-C cancels the rest."""
     from distributed import as_completed
 
@@ -340,6 +351,7 @@ def _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, thr
             device,
             mpp,
             threads,
+            None if weights is None else str(Path(weights).resolve()),
             pure=False,
         ): i
         for i, item in enumerate(items)
@@ -375,12 +387,14 @@ def predict_many(
     log: Callable[[str], None] | None = None,
     client=None,
     threads: int = 1,
+    weights: str | os.PathLike | None = None,
 ) -> ManyPrediction:
     """Predict every item into ``out_dir/<slide id>/``; write the tables after each one.
 
     With a ``distributed.Client`` each slide is one task on the cluster (the
     same :func:`predict_item`, so the files are the same); ``threads`` is the
-    torch thread count of each task.
+    torch thread count of each task. ``weights``: the patch encoder's local weights
+    (``predict --weights``; default: the encoders config), for every slide.
     """
     from napari_hila.predict import _load_model
 
@@ -391,11 +405,13 @@ def predict_many(
     with_outcomes = any(item.time is not None for item in items)
     if client is None:
         outcomes = (
-            (i, predict_item(item, loaded, out_dir, cache_dir, device, mpp, cancel))
+            (i, predict_item(item, loaded, out_dir, cache_dir, device, mpp, cancel, weights))
             for i, item in enumerate(items)
         )
     else:
-        outcomes = _rows_on_cluster(items, loaded, out_dir, cache_dir, device, mpp, client, threads)
+        outcomes = _rows_on_cluster(
+            items, loaded, out_dir, cache_dir, device, mpp, client, threads, weights
+        )
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     rows: list[dict[str, Any] | None] = [None] * len(items)

@@ -203,6 +203,7 @@ def predict_several(args: argparse.Namespace, kind: str, model) -> int:
     if not items:
         raise HilaError(f"{args.slide}: no slides or feature files to predict")
     many = {"cache_dir": args.cache, "device": args.device, "mpp": args.mpp}
+    many["weights"] = args.weights
     if wants_cluster(args):
         with cluster_client(args, len(items)) as client:
             done = predict_many(items, model, args.out, **many, client=client, threads=args.threads)
