@@ -8,6 +8,7 @@ import torch
 
 from napari_hila.features.store import SlideFeatures
 from napari_hila.models import build_model
+from napari_hila.models.base import UsesPrompts
 
 PATCH_DIM, REGION_DIM, TEXT_DIM, WIDTH = 12, 10, 8, 16
 PROMPT_MODELS = ("hila", "hila-no-clp", "hila-no-mcl", "hila-patch", "vl-cosine")
@@ -44,7 +45,7 @@ def make_model(name: str, seed: int = 0, **settings) -> torch.nn.Module:
     if name == "transmil":
         dims.update(n_heads=2, landmarks=8)  # bags of 9+ tokens take the Nystrom path
     model = build_model(name, **dims, **settings)
-    if hasattr(model, "set_prompt_embeddings"):
+    if isinstance(model, UsesPrompts):
         gen = np.random.default_rng(seed + 100)
         for level in model.prompt_levels():
             k = len(model.prompt_names(level))

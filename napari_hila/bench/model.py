@@ -107,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def benchmark_models(args: argparse.Namespace) -> list[str]:
     """The models asked for; ``all``: features models plus any with a bench_batch hook."""
     from napari_hila.models import available_models, get_model_spec
+    from napari_hila.models.base import MakesBenchBatch
 
     if not args.models:
         return list(QUICK_MODELS)
@@ -115,7 +116,7 @@ def benchmark_models(args: argparse.Namespace) -> list[str]:
     names = []
     for name in available_models():
         spec = get_model_spec(name)
-        if spec.inputs == "features" or hasattr(spec.model_cls, "bench_batch"):
+        if spec.inputs == "features" or isinstance(spec.model_cls, MakesBenchBatch):
             names.append(name)
     return names
 
@@ -146,6 +147,7 @@ def build_for_bench(name: str, settings: dict[str, Any]):
     import torch
 
     from napari_hila.models import build_model, get_model_spec
+    from napari_hila.models.base import NeedsBenchConfig, UsesPrompts
 
     spec = get_model_spec(name)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -161,10 +163,11 @@ def build_for_bench(name: str, settings: dict[str, Any]):
         offered[f"{level}_prompt_names"] = [f"{level} prompt {i}" for i in range(k)]
         offered[f"{level}_prompt_texts"] = [f"{level} prompt text {i}" for i in range(k)]
     # A model that these sizes alone cannot build (VPTSurv needs a ViT shape) adds its own.
-    offered.update(getattr(spec.model_cls, "bench_config", dict)())
+    if isinstance(spec.model_cls, NeedsBenchConfig):
+        offered.update(spec.model_cls.bench_config())
     torch.manual_seed(0)
     model = build_model(name, **{key: v for key, v in offered.items() if key in fields})
-    if hasattr(model, "set_prompt_embeddings"):
+    if isinstance(model, UsesPrompts):
         rng = np.random.default_rng(1)
         for level in model.prompt_levels():
             model.set_prompt_embeddings(level, rng.normal(size=(k, settings["text_dim"])))
@@ -174,9 +177,10 @@ def build_for_bench(name: str, settings: dict[str, Any]):
 def _bench_batch(name: str, settings: dict[str, Any]):
     """The model's own synthetic input (``bench_batch``), else one synthetic features slide."""
     from napari_hila.models import collate, get_model_spec
+    from napari_hila.models.base import MakesBenchBatch
 
     cls = get_model_spec(name).model_cls
-    if hasattr(cls, "bench_batch"):
+    if isinstance(cls, MakesBenchBatch):
         return cls.bench_batch(settings["patches"], settings["regions"], 0)
     slide = synthetic_slide(settings["patches"], settings["regions"], settings["feature_dim"])
     return collate([slide])
@@ -305,8 +309,10 @@ def interleaved_benchmarks(settings: dict[str, Any], hila: bool, abmil: bool) ->
 
 def _explanation_vs_prediction(model, batch, forward, rounds: int) -> dict[str, Any]:
     """Seconds of ``explain`` (with and without the noise floor) beside a no-grad forward."""
+    from napari_hila.models.base import ExplainsAgainstBaseline
+
     baseline_risk = None
-    if hasattr(model, "fit_explanation_baseline"):
+    if isinstance(model, ExplainsAgainstBaseline):
         baseline_risk = model.fit_explanation_baseline([batch])
     steps: dict[str, Any] = {"forward": forward, "explain": lambda: model.explain(batch)}
     if "resamples" in inspect.signature(model.explain).parameters:

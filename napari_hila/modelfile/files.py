@@ -263,4 +263,6 @@ def prompt_statistics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     if stored:
         return stored
     model = load_model(path, "cpu").model
-    return model.prompt_statistics() if hasattr(model, "prompt_statistics") else {}
+    from napari_hila.models.base import UsesPrompts
+
+    return model.prompt_statistics() if isinstance(model, UsesPrompts) else {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,3 +48,66 @@ class InitialisedFromData(Protocol):
     """
 
     def initialise_from_data(self, batches: Iterable[Any]) -> None: ...
+
+
+# Optional capabilities. A model declares one by having its methods; the trainer,
+# the card, prediction and the benchmarks test them with isinstance, never by name.
+
+
+@runtime_checkable
+class UsesPrompts(Protocol):
+    """A model that takes text prompts per level (HiLa).
+
+    The trainer embeds the prompt set once and calls :meth:`set_prompt_embeddings`
+    for each of :meth:`prompt_levels`; the embeddings are buffers saved with the
+    weights. :meth:`prompt_statistics` gives the card's per-level prompt cosines.
+    """
+
+    def prompt_levels(self) -> tuple[str, ...]: ...
+
+    def set_prompt_embeddings(self, level: str, embeddings: Any) -> None: ...
+
+    def prompt_statistics(self) -> dict[str, dict[str, float]]: ...
+
+
+@runtime_checkable
+class ReadsOwnInputs(Protocol):
+    """A model that reads its own inputs (raw tiles: VPTSurv) instead of feature files.
+
+    Its bags are slide references; :meth:`batch_from_bags` builds the batch, and
+    :meth:`card_inputs` says what the card records in place of the features'
+    encoders and grid (``{"encoders", "grid"}``).
+    """
+
+    def batch_from_bags(self, bags: Sequence[Any], epoch: int = 0, train: bool = True) -> Any: ...
+
+    def card_inputs(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ExplainsAgainstBaseline(Protocol):
+    """A model whose explanation compares a slide with its training cohort's mean terms.
+
+    The trainer calls :meth:`fit_explanation_baseline` on the final model with the
+    cohort's batches; it returns the baseline risk (stored in the card).
+    """
+
+    def fit_explanation_baseline(self, batches: Iterable[Any]) -> float | None: ...
+
+
+@runtime_checkable
+class MakesBenchBatch(Protocol):
+    """A model class (checked on the class) with its own synthetic input for ``bench model``.
+
+    Needed by models whose inputs are not plain feature files (CrossFusion's
+    magnifications, VPTSurv's tiles); a classmethod.
+    """
+
+    def bench_batch(self, n_patches: int, n_regions: int, seed: int = 0) -> Any: ...
+
+
+@runtime_checkable
+class NeedsBenchConfig(Protocol):
+    """A model class whose bench build needs settings the bench's sizes cannot give (a ViT shape)."""
+
+    def bench_config(self) -> dict[str, Any]: ...

@@ -19,7 +19,7 @@ from napari_hila.models.explain import attention_explanation, forward_for_explan
 from napari_hila.models.registry import register_model
 from napari_hila.results import Explanation
 
-__all__ = ["ABMIL", "ABMILConfig", "TransMIL", "TransMILConfig"]
+__all__ = ["ABMIL", "ABMILConfig", "PPEG", "TransMIL", "TransMILConfig"]
 
 
 def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ class TransMILConfig:
     nll_alpha: float = 0.0  # uncensored weight of the NLL, read by the trainer
 
 
-class _PPEG(nn.Module):
+class PPEG(nn.Module):
     """Pyramid position encoding: depthwise convolutions 7/5/3 on the token square."""
 
     def __init__(self, width: int) -> None:
@@ -126,7 +126,7 @@ class TransMIL(_AttentionMIL):
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         attention = (config.n_heads, config.dropout, config.landmarks, config.pinv_iterations)
         self.layer1 = MultiHeadSelfAttention(width, *attention)
-        self.ppeg = _PPEG(width)
+        self.ppeg = PPEG(width)
         self.layer2 = MultiHeadSelfAttention(width, *attention)
         self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, config.n_bins)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_hila.models.baselines import _PPEG
+from napari_hila.models.baselines import PPEG
 
 if TYPE_CHECKING:
     from napari_hila.models.crossfusion import CrossFusionConfig
@@ -163,7 +163,7 @@ class SquareGrid:
 
 
 def positional_conv(
-    ppeg: _PPEG, tokens: torch.Tensor, grid: SquareGrid, has_class: bool
+    ppeg: PPEG, tokens: torch.Tensor, grid: SquareGrid, has_class: bool
 ) -> torch.Tensor:
     """TransMIL's PPEG (7/5/3 depthwise convolutions) on the square layout, empty cells held at zero."""
     if not has_class:
@@ -181,7 +181,7 @@ class SquareTransformer(nn.Module):
         super().__init__()
         self.first = TransformerLayer(cfg)
         # channels-last weights make oneDNN's depthwise convolutions several times faster on CPUs
-        self.ppeg = _PPEG(cfg.width).to(memory_format=torch.channels_last)
+        self.ppeg = PPEG(cfg.width).to(memory_format=torch.channels_last)
         self.second = TransformerLayer(cfg)
         self.norm = nn.LayerNorm(cfg.width)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width)) if class_token else None

@@ -34,6 +34,7 @@ from napari_hila.features.scaling import FeatureScaling
 from napari_hila.features.store import SlideFeatures, load_features
 from napari_hila.io_utils import write_json_atomic
 from napari_hila.modelfile import save_model
+from napari_hila.models.base import ExplainsAgainstBaseline, ReadsOwnInputs, UsesPrompts
 from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 from napari_hila.survival.cohort import Cohort, feature_file_for
 from napari_hila.survival.losses import edges_to_json
@@ -357,10 +358,10 @@ def _build_and_fit(
 def fit_explanation_baseline(model, bags, device: str, transform=None) -> float | None:
     """Give a model that explains against a cohort baseline its training cohort's mean terms.
 
-    Models without ``fit_explanation_baseline`` (no prompts) are left alone.
+    Models that are not :class:`~napari_hila.models.base.ExplainsAgainstBaseline`
+    (no prompts) are left alone.
     """
-    fit = getattr(model, "fit_explanation_baseline", None)
-    if fit is None:
+    if not isinstance(model, ExplainsAgainstBaseline):
         return None
     from napari_hila.training.trainer import make_batch
 
@@ -368,12 +369,12 @@ def fit_explanation_baseline(model, bags, device: str, transform=None) -> float 
     batches = (
         make_batch(model, [bag], None, None, train=False, transform=transform) for bag in bags
     )
-    return fit(batches)
+    return model.fit_explanation_baseline(batches)
 
 
 def explanation_card(model, baseline: float | None, risks) -> dict[str, Any]:
     """What the card says about explanations: baseline, cohort risk SD, prompt statistics."""
-    stats = model.prompt_statistics() if hasattr(model, "prompt_statistics") else {}
+    stats = model.prompt_statistics() if isinstance(model, UsesPrompts) else {}
     risks = np.asarray(risks, float)
     return {
         "baseline_risk": baseline,
@@ -507,7 +508,7 @@ def run_training(
                 folds,
                 prompt_set,
                 losses,
-                inputs=model.card_inputs() if hasattr(model, "card_inputs") else None,
+                inputs=model.card_inputs() if isinstance(model, ReadsOwnInputs) else None,
             )
             card["feature_scaling"] = scaling.to_json() if scaling else None
             card["explanation"] = explanation_card(model, baseline, risk)

@@ -20,7 +20,7 @@ import torch
 
 from napari_hila.encoders.pairing import shares_space
 from napari_hila.features.store import SlideFeatures
-from napari_hila.models.base import InitialisedFromData
+from napari_hila.models.base import InitialisedFromData, ReadsOwnInputs, UsesPrompts
 from napari_hila.models.batch import collate
 
 __all__ = [
@@ -91,11 +91,11 @@ def wants_prompts(config_cls: type) -> bool:
 def install_prompt_embeddings(model: torch.nn.Module, prompt_set: dict[str, Any] | None) -> None:
     """Give a prompt-using model its frozen text embeddings, level by level.
 
-    A model that uses prompts exposes ``prompt_levels()`` and
-    ``set_prompt_embeddings(level, E)``; the embeddings then live in its
-    buffers and are saved with the weights.
+    A model that uses prompts (:class:`~napari_hila.models.base.UsesPrompts`)
+    gets ``set_prompt_embeddings(level, E)`` for each of its ``prompt_levels()``;
+    the embeddings then live in its buffers and are saved with the weights.
     """
-    if not hasattr(model, "set_prompt_embeddings"):
+    if not isinstance(model, UsesPrompts):
         return
     levels = (prompt_set or {}).get("levels", {})
     for level in model.prompt_levels():
@@ -132,12 +132,12 @@ def make_batch(
 
     A model whose registry inputs are not cached features (``inputs="tiles"``)
     takes slide references as bags and builds its batch with
-    ``batch_from_bags(bags, epoch=, train=)``; the trainer never looks inside.
-    ``transform`` (feature scaling) applies to feature bags after subsampling.
+    ``batch_from_bags(bags, epoch=, train=)`` (:class:`~napari_hila.models.base.ReadsOwnInputs`);
+    the trainer never looks inside. ``transform`` (feature scaling) applies to
+    feature bags after subsampling.
     """
-    build = getattr(model, "batch_from_bags", None)
-    if build is not None:
-        return build(bags, epoch=epoch, train=train)
+    if isinstance(model, ReadsOwnInputs):
+        return model.batch_from_bags(bags, epoch=epoch, train=train)
     chosen = [subsample_patches(b, max_patches, rng) for b in bags]
     return collate([transform(b) for b in chosen] if transform else chosen)
 
