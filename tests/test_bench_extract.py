@@ -62,7 +62,7 @@ def test_jpeg_decode_limit_decodes_the_pixels_the_reader_reads(tmp_path):
 
     path = cached_test_slide(1024, 1024, layout="svs", mpp=0.5, cache_dir=tmp_path)
     coords = np.array([[256, 512]])
-    tiles, tables, colorspace, tile_px = bench_extract._stored_tiles(path, 0, coords, 256, 1.0)
+    tiles, tables, colorspace, tile_px = bench_extract.stored_tiles(path, 0, coords, 256, 1.0)
     assert len(tiles) == 1 and tile_px == 256
     source, target = colorspace
     pixels = imagecodecs.jpeg_decode(

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _stored_tiles(path: Path, level: int, coords: np.ndarray, size: int, downsample: float):
+def stored_tiles(path: Path, level: int, coords: np.ndarray, size: int, downsample: float):
     """Raw JPEG bytes of every stored tile the patches touch at ``level``, each once.
 
     Returns the tiles' bytes, the level's JPEGTables and the colour spaces to
@@ -78,11 +78,14 @@ def _stored_tiles(path: Path, level: int, coords: np.ndarray, size: int, downsam
         if page.compression != 7 or not page.is_tiled:
             raise ValueError(f"{path}: level {level} is not JPEG tiles; no decode limit to state")
         tiles_across = -(-page.imagewidth // page.tilewidth)
+        tiles_down = -(-page.imagelength // page.tilelength)
         side = int(np.ceil(size / downsample))
         wanted: set[int] = set()
-        for x, y in np.asarray(coords) / downsample:
-            cols = range(int(x) // page.tilewidth, (int(x) + side - 1) // page.tilewidth + 1)
-            rows = range(int(y) // page.tilelength, (int(y) + side - 1) // page.tilelength + 1)
+        for x, y in np.asarray(coords) / downsample:  # a box past the edge touches no more
+            last_col = min((int(x) + side - 1) // page.tilewidth, tiles_across - 1)
+            last_row = min((int(y) + side - 1) // page.tilelength, tiles_down - 1)
+            cols = range(int(x) // page.tilewidth, last_col + 1)
+            rows = range(int(y) // page.tilelength, last_row + 1)
             wanted.update(r * tiles_across + c for r in rows for c in cols)
         handle = tif.filehandle
         data = []
@@ -287,7 +290,7 @@ def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any
             "threads": threads,
             "rounds": args.rounds,
         }
-        tiles, tables, colorspace, tile_px = _stored_tiles(
+        tiles, tables, colorspace, tile_px = stored_tiles(
             path, level, grids.patch_coords, grids.patch_size, downsample
         )
         info["stored_tiles_decoded"] = len(tiles)

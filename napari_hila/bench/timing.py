@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["interleave", "spread", "head_to_head", "check_at_most_one"]
+__all__ = ["interleave", "spread", "head_to_head", "check_at_most_one", "check_at_least_one"]
 
 
 def interleave(
@@ -70,6 +70,16 @@ def head_to_head(
     return out
 
 
+def _impossible(name: str, wrong: list[float], total: int, side: str) -> str | None:
+    """The flag for ``wrong`` values of a ratio on the impossible ``side`` of 1, or None."""
+    if not wrong:
+        return None
+    return (
+        f"{len(wrong)} of {total} values of {name} are {side} 1, which is impossible: "
+        "the measurement is wrong"
+    )
+
+
 def check_at_most_one(name: str, ratios: list[float]) -> dict[str, Any]:
     """Flag a ratio that cannot exceed 1 (a part's rate over the whole's) when it does.
 
@@ -78,10 +88,17 @@ def check_at_most_one(name: str, ratios: list[float]) -> dict[str, Any]:
     """
     above = [r for r in ratios if r > 1.0]
     out: dict[str, Any] = {"ratio": name, "can_exceed_1": False, "values_above_1": above}
-    out["flag"] = (
-        f"{len(above)} of {len(ratios)} values of {name} are above 1, which is impossible: "
-        "the measurement is wrong"
-        if above
-        else None
-    )
+    out["flag"] = _impossible(name, above, len(ratios), "above")
+    return out
+
+
+def check_at_least_one(name: str, ratios: list[float]) -> dict[str, Any]:
+    """Flag a ratio that cannot be below 1 (a reader's time over the decode limit's) when it is.
+
+    Such a ratio below 1 means the measurement, not the code, is wrong (load
+    drift, a tile cache hit, or the two do not do the same work).
+    """
+    below = [r for r in ratios if r < 1.0]
+    out: dict[str, Any] = {"ratio": name, "can_be_below_1": False, "values_below_1": below}
+    out["flag"] = _impossible(name, below, len(ratios), "below")
     return out
