@@ -16,6 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: The root of napari-hila's caches (``features/``, ``overviews/`` inside); see :func:`cache_folder`.
+CACHE_ENV = "NAPARI_HILA_CACHE"
+
+
+def cache_folder(kind: str) -> Path:
+    """napari-hila's cache folder for ``kind`` ("features", "overviews"): ``<root>/<kind>``.
+
+    The root is ``$NAPARI_HILA_CACHE``, else ``$XDG_CACHE_HOME/napari-hila``, else
+    ``~/.cache/napari-hila``: one variable, one meaning, every cache beneath it.
+    """
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-hila"
+    return root / kind
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.errors import Cancelled, FeatureFileError, ModelFileError
-from napari_hila.io_utils import staged_folder
+from napari_hila.io_utils import cache_folder, staged_folder
 from napari_hila.modelfile.model_card import ModelCard
 from napari_hila.results import Explanation, PredictionResult
 
@@ -139,11 +139,11 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 def default_cache_dir() -> Path:
-    """Where features are cached between runs (``NAPARI_HILA_CACHE`` overrides)."""
-    if os.environ.get("NAPARI_HILA_CACHE"):
-        return Path(os.environ["NAPARI_HILA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-hila" / "features"
+    """Where features are cached between runs: ``features/`` in napari-hila's cache root.
+
+    ``$NAPARI_HILA_CACHE/features`` when the variable is set (see ``io_utils.cache_folder``).
+    """
+    return cache_folder("features")
 
 
 def extraction_settings(card: ModelCard | Mapping[str, Any]) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def _check_writable(folder: Path) -> None:
     except OSError as err:
         raise FeatureFileError(
             f"{folder}: cannot write feature files here ({err.strerror or err}); "
-            "choose another folder (--out, or NAPARI_HILA_CACHE for the viewer)"
+            "choose another folder (--out, or NAPARI_HILA_CACHE, the cache root, for the viewer)"
         ) from err
 
 

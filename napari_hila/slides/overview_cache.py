@@ -4,7 +4,8 @@ A flat slide's coarsest computed level needs every tile decoded once (seconds
 for a 50,000 px slide); it is small (at most 2048 px a side), so it is kept as
 a ``.npy`` file keyed by the slide's fingerprint and the way it was computed,
 and a second open reads it at once. The folder sits beside the feature cache:
-``$NAPARI_HILA_CACHE/overviews`` or ``~/.cache/napari-hila/overviews``;
+``overviews/`` in napari-hila's cache root (``$NAPARI_HILA_CACHE/overviews``, else
+``~/.cache/napari-hila/overviews``);
 ``NAPARI_HILA_OVERVIEW_CACHE`` names another folder, or ``off`` disables it.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hila.io_utils import atomic_path
+from napari_hila.io_utils import atomic_path, cache_folder
 
 logger = logging.getLogger(__name__)
 #: Bumped when the way overviews are computed changes, so old files are not read.
@@ -30,10 +31,7 @@ def overview_cache_dir() -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    if os.environ.get("NAPARI_HILA_CACHE"):
-        return Path(os.environ["NAPARI_HILA_CACHE"]).expanduser() / "overviews"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-hila" / "overviews"
+    return cache_folder("overviews")
 
 
 def overview_key(fingerprint: str, index: int, shape: tuple[int, ...], method: str) -> str:
