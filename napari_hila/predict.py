@@ -539,17 +539,15 @@ def feature_files_in(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
 
 
 def slide_id_for(path: str | os.PathLike, feats=None) -> str:
-    """A feature file's slide id: its stem, as ``survival.cohort.feature_file_for`` names files.
+    """A feature file's slide id: its stem, as ``survival.cohort.feature_file_for`` finds files.
 
     ``napari-hila extract`` names files ``<stem>-<fingerprint[:12]>-<encoder>.h5``;
     that suffix is dropped when the file's recorded fingerprint confirms it.
     """
-    stem = Path(path).stem
+    from napari_hila.features.cache import slide_stem_of
+
     fingerprint = str((feats.attrs if feats is not None else {}).get("slide_fingerprint", ""))
-    mark = f"-{fingerprint[:12]}-"
-    if len(fingerprint) >= 12 and mark in stem:
-        return stem[: stem.rindex(mark)]
-    return stem
+    return slide_stem_of(Path(path).stem, fingerprint)
 
 
 def predict_folder(

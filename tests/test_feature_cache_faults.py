@@ -167,3 +167,26 @@ def test_full_disk_is_a_message_not_a_crash_and_leaves_no_partial_files(sample_c
         assert "file size limit" in outcome["error"] and "HDF5" not in outcome["error"]
         left = sorted(p.name for p in Path(out).iterdir() if not p.name.endswith(".lock"))
         assert left == [], f"partial or temporary files left: {left}"
+
+
+def test_the_cache_file_name_is_written_and_read_back_in_one_place(tmp_path):
+    """cache_path's names are what the cohort lookup and slide_id_for take apart."""
+    from napari_hila.features.cache import cache_path, extracted_files_of, slide_stem_of
+    from napari_hila.predict import slide_id_for
+    from napari_hila.survival.cohort import feature_file_for
+
+    fingerprint = "0123456789abcdef" * 4
+    for stem in ("TCGA-01 A", "TCGA-01-0123456789ab"):  # a space; a stem that looks like a mark
+        path = cache_path(tmp_path, stem, fingerprint, "uni v2", {"patch_px": 512})
+        path.write_bytes(b"")
+        assert path.name.startswith(stem.replace(" ", "_") + "-0123456789ab-uni_v2-")
+        assert extracted_files_of(tmp_path, stem) == [path]
+        assert feature_file_for(tmp_path, stem) == path
+        assert slide_stem_of(path.stem, fingerprint) == stem.replace(" ", "_")
+
+        class Recorded:
+            attrs = {"slide_fingerprint": fingerprint}
+
+        assert slide_id_for(path, Recorded()) == stem.replace(" ", "_")
+        path.unlink()
+    assert slide_stem_of("TCGA-02-0123456789ab-uni", "") == "TCGA-02-0123456789ab-uni"

@@ -43,8 +43,20 @@ DEFAULT_SETTINGS = {
 LOCK_TIMEOUT_S = 6 * 3600.0  # another process may be extracting a very large slide
 
 
+#: Characters of the slide's content fingerprint a feature file's name carries.
+FINGERPRINT_CHARS = 12
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+def _fingerprint_mark(fingerprint: str) -> str:
+    return f"-{fingerprint[:FINGERPRINT_CHARS]}-"
+
+
+# The one place the name ``<stem>-<fingerprint[:12]>-<encoder>[-<settings hash>].h5`` is
+# written (cache_path) and read back (cached_copies, extracted_files_of, slide_stem_of).
 
 
 def settings_key(settings: dict) -> str:
@@ -57,7 +69,7 @@ def cache_path(
     out_dir: str | os.PathLike, slide_stem: str, fingerprint: str, encoder: str, settings: dict
 ) -> Path:
     """The feature file for one slide, encoder and set of settings."""
-    name = f"{_safe(slide_stem)}-{fingerprint[:12]}-{_safe(encoder)}"
+    name = f"{_safe(slide_stem)}{_fingerprint_mark(fingerprint)}{_safe(encoder)}"
     non_default = {k: v for k, v in settings.items() if DEFAULT_SETTINGS.get(k, "?") != v}
     if non_default:
         name += f"-{settings_key(non_default)}"
@@ -84,10 +96,28 @@ def cached_copies(target: Path, fingerprint: str) -> Iterator[Path]:
     renamed copies of the slide: same content fingerprint, encoder and settings,
     another file stem."""
     yield target
-    marker = f"-{fingerprint[:12]}-"
+    marker = _fingerprint_mark(fingerprint)
     if marker in target.name:
         rest = target.name.split(marker, 1)[1]
         yield from sorted(p for p in target.parent.glob(f"*{marker}{rest}") if p != target)
+
+
+def extracted_files_of(folder: str | os.PathLike, slide_stem: str) -> list[Path]:
+    """The feature files :func:`cache_path` names for ``slide_stem`` in ``folder`` (any encoder)."""
+    folder, safe = Path(folder), _safe(slide_stem)
+    pattern = re.compile(rf"{re.escape(safe)}-[0-9a-f]{{{FINGERPRINT_CHARS}}}-.+\.h5")
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"{safe}-*.h5") if pattern.fullmatch(p.name))
+
+
+def slide_stem_of(file_stem: str, fingerprint: str) -> str:
+    """The slide's stem in a feature file's stem: what precedes the fingerprint :func:`cache_path`
+    put there, when the file's recorded ``fingerprint`` confirms it; else ``file_stem``."""
+    mark = _fingerprint_mark(fingerprint)
+    if len(fingerprint) >= FINGERPRINT_CHARS and mark in file_stem:
+        return file_stem[: file_stem.rindex(mark)]
+    return file_stem
 
 
 def adopt_cached(found: Path, target: Path) -> Path:

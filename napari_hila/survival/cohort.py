@@ -13,13 +13,13 @@ import csv
 import io
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from napari_hila.errors import CohortError
+from napari_hila.features.cache import extracted_files_of
 
 __all__ = ["CohortRow", "Cohort", "read_cohort", "feature_file_for", "REQUIRED_COLUMNS"]
 
@@ -75,15 +75,6 @@ class Cohort:
         return [r for r in self.rows if r.patient_id in wanted]
 
 
-def _extract_cache_matches(folder: Path, stem: str) -> list[Path]:
-    """Files ``napari-hila extract`` wrote for ``stem``: ``<stem>-<fingerprint>-<encoder>[-<hash>].h5``."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem)
-    pattern = re.compile(rf"{re.escape(safe)}-[0-9a-f]{{12}}-.+\.h5")
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f"{safe}-*.h5") if pattern.fullmatch(p.name))
-
-
 def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
     """The feature file of ``slide_id`` in ``features_dir``.
 
@@ -101,7 +92,7 @@ def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
     stem = Path(slide_id).stem.removesuffix(".ome") if Path(slide_id).suffix else slide_id
     if (folder / f"{stem}.h5").exists():
         return folder / f"{stem}.h5"
-    found = _extract_cache_matches(folder, stem)
+    found = extracted_files_of(folder, stem)
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise CohortError(
