@@ -14,12 +14,15 @@ import platform
 import sys
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "io": ("napari_hila.bench.io", "open time, first render, random tile reads vs raw OpenSlide"),
+    "io": (
+        "napari_hila.bench.io",
+        "open time, first render, tile reads vs OpenSlide, tiffslide, tifffile+zarr, JPEG decode",
+    ),
     "model": (
         "napari_hila.bench.model",
         "forward/backward time and memory per model; Sinkhorn vs POT",
     ),
-    "extract": ("napari_hila.bench.extract", "tiles per second end to end vs decode only"),
+    "extract": ("napari_hila.bench.extract", "patches per second end to end vs JPEG decode"),
     "survival": (
         "napari_hila.bench.survival",
         "C-index time vs lifelines and scikit-survival at 100,000 patients",
@@ -27,7 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("napari_hila.bench.train", "seconds per epoch and peak memory for hila and abmil"),
     "viewer": (
         "napari_hila.bench.viewer",
-        "the dock's run: cold, cached, cancel latency vs predict_slide",
+        "the dock's run, cancel latency; --gui: display vs napari's own image layer, export",
     ),
 }
 
