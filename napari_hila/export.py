@@ -5,6 +5,8 @@
   selected or not in the viewer's colours, with ``measurements`` (the map values
   the viewer shows, x a uniform share, and the raw ones under their own names);
 - ``patch_scores.csv``: every token with its score, selection, shown and raw maps;
+- in both, a tile's rectangle stops at the slide's edge when the slide's size is
+  known (the last row and column of regions usually run past it), as in the viewer;
 - PNGs aligned pixel for pixel with ``thumbnail.png``: the selection map and one
   heatmap per prompt and level, each token's square filled on the thumbnail;
 - ``km.png`` (the patient against the cohort) and ``contributions.png``.
@@ -48,8 +50,8 @@ SHOWN_SUFFIX = "(x uniform share)"  # the value the viewer shows and colours
 RAW_SUFFIX = "(raw plan value)"  # the stored map value it comes from
 
 
-def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
-    return [[[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]]
+def _rectangle(x0: float, y0: float, x1: float, y1: float) -> list[list[list[float]]]:
+    return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
 
 
 def _measurements(lv: LevelExplanation, i: int, shown: np.ndarray) -> dict[str, float]:
@@ -71,20 +73,23 @@ def _shown_maps(lv: LevelExplanation) -> np.ndarray:
     return np.stack([heatmap_values(lv, k) for k in range(len(lv.map_names))], axis=1)
 
 
-def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
+def geojson_features(
+    result: PredictionResult, slide_size: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
     """QuPath GeoJSON features: every patch a detection, every region an annotation.
 
     Each is classified "Selected <level>" (yellow) or "Not selected <level>"
     (grey), the viewer's colours, and carries the values the viewer shows.
+    With ``slide_size`` (level-0 width, height) the rectangles stop at the slide's edge.
     """
     features = []
     levels = result.explanation.levels
     for name, lv in levels.items():
         is_patch = name == "patch" or (len(levels) == 1)
         shown = _shown_maps(lv)
+        edges = np.stack(overlays.clipped_extents(lv.coords, lv.tile_size, slide_size), 1)
         for i in range(len(lv.coords)):
             selected = bool(lv.selected[i])
-            x, y = (float(v) for v in lv.coords[i])
             cls = {
                 "name": f"Selected {name}" if selected else f"Not selected {name}",
                 "color": SELECTED_COLOUR if selected else UNSELECTED_COLOUR,
@@ -94,7 +99,7 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
                     "type": "Feature",
                     "geometry": {
                         "type": "Polygon",
-                        "coordinates": _square(x, y, float(lv.tile_size)),
+                        "coordinates": _rectangle(*(float(v) for v in edges[i])),
                     },
                     "properties": {
                         "objectType": "detection" if is_patch else "annotation",
@@ -108,25 +113,41 @@ def geojson_features(result: PredictionResult) -> list[dict[str, Any]]:
     return features
 
 
-def write_geojson(result: PredictionResult, path: str | os.PathLike) -> Path:
-    """Every patch and region, with its selection, as a GeoJSON FeatureCollection (level-0 px)."""
-    collection = {"type": "FeatureCollection", "features": geojson_features(result)}
+def write_geojson(
+    result: PredictionResult,
+    path: str | os.PathLike,
+    slide_size: tuple[int, int] | None = None,
+) -> Path:
+    """Every patch and region, with its selection, as a GeoJSON FeatureCollection (level-0 px),
+    cut at ``slide_size`` (level-0 width, height) when given."""
+    features = geojson_features(result, slide_size)
+    collection = {"type": "FeatureCollection", "features": features}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(collection))
     return Path(path)
 
 
-def write_csv(result: PredictionResult, path: str | os.PathLike) -> Path:
-    """One row per token of every level: position, score, selection, each map."""
+def write_csv(
+    result: PredictionResult,
+    path: str | os.PathLike,
+    slide_size: tuple[int, int] | None = None,
+) -> Path:
+    """One row per token of every level: position, score, selection, each map.
+
+    ``size`` is the grid's tile side; ``width`` and ``height`` the tile's extent on the
+    slide, cut at ``slide_size`` (level-0 width, height) when given.
+    """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         names = sorted({n for lv in result.explanation.levels.values() for n in lv.map_names})
         columns = [f"{n} {SHOWN_SUFFIX}" for n in names] + [f"{n} {RAW_SUFFIX}" for n in names]
-        header = ["level", "index", "x", "y", "size", "region", "selected", "alignment score (raw)"]
+        header = ["level", "index", "x", "y", "size", "width", "height", "region", "selected"]
+        header.append("alignment score (raw)")
         writer.writerow([*header, *columns])
         for level, lv in result.explanation.levels.items():
             column = {n: k for k, n in enumerate(lv.map_names)}
             shown = _shown_maps(lv)
+            x0, y0, x1, y1 = overlays.clipped_extents(lv.coords, lv.tile_size, slide_size)
             for i in range(len(lv.coords)):
                 parent = int(lv.parent[i]) if lv.parent is not None else -1
                 maps = [f"{shown[i, column[n]]:.6g}" if n in column else "" for n in names]
@@ -138,6 +159,8 @@ def write_csv(result: PredictionResult, path: str | os.PathLike) -> Path:
                         int(lv.coords[i, 0]),
                         int(lv.coords[i, 1]),
                         lv.tile_size,
+                        int(x1[i] - x0[i]),
+                        int(y1[i] - y0[i]),
                         parent,
                         int(bool(lv.selected[i])),
                         f"{lv.scores[i]:.6g}",
@@ -241,12 +264,15 @@ def write_prediction_outputs(
     thumbnail: np.ndarray | None = None,
     thumbnail_max_side: int = 1024,
     read_slide: bool = True,
+    slide_size: tuple[int, int] | None = None,
 ) -> dict[str, Path]:
     """Everything ``napari-hila predict`` writes, into ``out_dir``; returns the paths.
 
     Without a ``thumbnail``, one is read from the slide, unless ``read_slide`` is
     False or the slide file is absent: then thumbnail.png and the maps drawn on
     it are skipped and the result's warnings say so (GeoJSON, CSV and plots stay).
+    The GeoJSON and CSV rectangles stop at the slide's edge: ``slide_size`` (level-0
+    width, height), or the size of the slide read for the thumbnail.
     """
     from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
 
@@ -258,16 +284,18 @@ def write_prediction_outputs(
     )
     if not pixels and NO_PIXELS_NOTE not in result.warnings:
         result.warnings.append(NO_PIXELS_NOTE)
-    written = {"result": result.save(out_dir)}
-    written["geojson"] = write_geojson(result, out_dir / "patches.geojson")
-    written["csv"] = write_csv(result, out_dir / "patch_scores.csv")
-    if pixels:
-        if thumbnail is None:
-            from napari_hila.slides import open_slide
+    if pixels and thumbnail is None:
+        from napari_hila.slides import open_slide
 
-            with open_slide(slide_path) as slide:
-                thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
-                level0_width = slide.level_dimensions[0][0]
+        with open_slide(slide_path) as slide:
+            thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
+            slide_size = slide.level_dimensions[0]
+    written = {"result": result.save(out_dir)}
+    written["geojson"] = write_geojson(result, out_dir / "patches.geojson", slide_size)
+    written["csv"] = write_csv(result, out_dir / "patch_scores.csv", slide_size)
+    if pixels:
+        if slide_size is not None:
+            level0_width = slide_size[0]
         else:
             level0_width = int(result.extra.get("level0_width", thumbnail.shape[1]))
         downsample = level0_width / thumbnail.shape[1]

@@ -346,19 +346,29 @@ def selection_layer(result: PredictionResult, level_name: str = "patch") -> Laye
     return labels, kwargs, "labels"
 
 
-def clipped_rectangles(
-    coords: np.ndarray, size: int, slide_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """(N, 4, 2) rectangle corners (row, col), level-0 px on pixel edges, cut at the slide's edge.
+def clipped_extents(
+    coords: np.ndarray, size: float, slide_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x0, y0, x1, y1) per tile in level-0 px, the far edges cut at the slide's edge.
 
     ``slide_size`` is the level-0 (width, height); a region running past the
     slide (the last row and column of 4096 px regions usually do) stops there.
+    The viewer's outlines and the GeoJSON/CSV exports share this cut.
     """
     coords = np.asarray(coords, np.float64).reshape(-1, 2)
     x0, y0 = coords[:, 0], coords[:, 1]
     x1, y1 = x0 + size, y0 + size
     if slide_size is not None:
         x1, y1 = np.minimum(x1, slide_size[0]), np.minimum(y1, slide_size[1])
+    return x0, y0, x1, y1
+
+
+def clipped_rectangles(
+    coords: np.ndarray, size: int, slide_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(N, 4, 2) rectangle corners (row, col), level-0 px on pixel edges, cut at the slide's edge
+    (see :func:`clipped_extents`)."""
+    x0, y0, x1, y1 = clipped_extents(coords, size, slide_size)
     corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
     return np.stack([np.stack(c, axis=1) for c in corners], axis=1) - 0.5
 

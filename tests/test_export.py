@@ -190,3 +190,61 @@ def test_contribution_plot_ranks_by_size():
     info = plot_prompt_contributions(make_result())
     assert info["names"] == ["dense nuclei", "solid sheets"]
     assert info["delta_risk"] == pytest.approx([0.3, -0.1])
+
+
+def _edge_result(slide_path: str = "slide.svs") -> PredictionResult:
+    """The example result with its regions moved to the slide's far edges: 4096 px regions at
+    x = 4096 and y = 4096 run to 8192 px, past a 5000 px slide."""
+    result = make_result()
+    result.slide_path = slide_path
+    region = result.explanation.levels["region"]
+    region.coords = np.array([[4096, 0], [0, 4096]])
+    region.tile_size = 4096
+    return result
+
+
+def _rings(path) -> dict[str, np.ndarray]:
+    features = json.loads(path.read_text())["features"]
+    return {f["properties"]["name"]: np.array(f["geometry"]["coordinates"][0]) for f in features}
+
+
+def test_geojson_and_csv_rectangles_stop_at_the_slide_edge(tmp_path):
+    result = _edge_result()
+    rings = _rings(write_geojson(result, tmp_path / "cut.geojson", slide_size=(5000, 5000)))
+    assert rings["region 0"].tolist() == [[4096, 0], [5000, 0], [5000, 4096], [4096, 4096]] + [
+        [4096, 0]
+    ]
+    assert rings["region 1"][:, 0].max() == 4096 and rings["region 1"][:, 1].max() == 5000
+    assert all(ring.max() <= 5000 for ring in rings.values())
+    patch = result.explanation.levels["patch"]  # inside the slide: whole squares
+    assert (np.ptp(rings["patch 7"], axis=0) == 256).all()
+    assert rings["patch 7"][0].tolist() == patch.coords[7].tolist()
+    # without the slide's size nothing is known to cut: the grid's squares
+    whole = _rings(write_geojson(result, tmp_path / "whole.geojson"))
+    assert whole["region 0"][:, 0].max() == 8192
+
+    with open(write_csv(result, tmp_path / "cut.csv", slide_size=(5000, 5000))) as fh:
+        rows = [r for r in csv.DictReader(fh) if r["level"] == "region"]
+    assert [(r["x"], r["y"], r["size"], r["width"], r["height"]) for r in rows] == [
+        ("4096", "0", "4096", "904", "4096"),
+        ("0", "4096", "4096", "4096", "904"),
+    ]
+
+
+def test_prediction_outputs_cut_rectangles_at_the_slide_read(tmp_path):
+    """write_prediction_outputs takes the size from the slide it reads (5000 x 1200 px)."""
+    import tifffile
+
+    slide, um_per_px = (
+        tmp_path / "wide.tif",
+        {"resolution": (2e4, 2e4), "resolutionunit": "CENTIMETER"},
+    )
+    pixels = np.full((1200, 5000, 3), 230, np.uint8)
+    tifffile.imwrite(slide, pixels, tile=(256, 256), compression="zlib", **um_per_px)
+    written = write_prediction_outputs(_edge_result(str(slide)), tmp_path / "out")
+    rings = _rings(written["geojson"])
+    assert rings["region 0"][:, 0].max() == 5000 and rings["region 0"][:, 1].max() == 1200
+    assert max(ring[:, 0].max() for ring in rings.values()) == 5000
+    with open(written["csv"]) as fh:
+        region = [r for r in csv.DictReader(fh) if r["level"] == "region"][0]
+    assert (region["width"], region["height"]) == ("904", "1200")

@@ -610,10 +610,16 @@ class ExportRequest:
                     ),
                 )
             )
+        size = self.slide.dimensions if self.slide is not None else None  # rectangles stop there
         steps.append(
-            ("geojson", lambda: Path(result_export.write_geojson(self.result, f"{stem}.geojson")))
+            (
+                "geojson",
+                lambda: Path(result_export.write_geojson(self.result, f"{stem}.geojson", size)),
+            )
         )
-        steps.append(("csv", lambda: Path(result_export.write_csv(self.result, f"{stem}.csv"))))
+        steps.append(
+            ("csv", lambda: Path(result_export.write_csv(self.result, f"{stem}.csv", size)))
+        )
         for n, (name, step) in enumerate(steps):
             if cancel is not None and cancel.is_set():
                 for done in written.values():

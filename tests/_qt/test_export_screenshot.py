@@ -115,6 +115,9 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     viewer.camera.zoom /= 2
     plain = viewer.screenshot(canvas_only=True, flash=False)
     assert plain[..., :3].std() > 5  # the canvas rendered (not blank)
+    regions = dock.result.explanation.levels["region"]
+    regions.coords = regions.coords.copy()
+    regions.coords[0, 0] = 2120  # a region 100 px from the slide's right edge, running past it
     written = dock.export(tmp_path / "case.png")
     assert set(written) == {"screenshot", "region", "geojson", "csv"}
     shot = (imread(written["screenshot"])[..., :3] * 255).round().astype(int)
@@ -132,6 +135,14 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     with open(written["csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert sum(r["level"] == "patch" for r in rows) == len(level.coords)
+    # the rectangles stop at the slide's edge (2220 px wide), as the viewer's outlines do
+    ring = np.array(
+        next(f for f in features if f["properties"]["name"] == "region 0")["geometry"][
+            "coordinates"
+        ][0]
+    )
+    assert ring[:, 0].min() == 2120 and ring[:, 0].max() == 2220
+    assert [r["width"] for r in rows if r["level"] == "region"][0] == "100"
 
 
 def test_view_bbox_matches_camera(make_napari_viewer):
