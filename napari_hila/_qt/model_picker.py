@@ -1,7 +1,8 @@
 """Choosing a model: the shipped demo by default, any model directory by dialog.
 
 The card is read (JSON only, no weights) as soon as a model is chosen, so the
-user sees what it is before running it.
+user sees what it is before running it, and which encoders it reads slides
+with and whether their weights were found (with the fix when not).
 """
 
 from __future__ import annotations
@@ -105,6 +106,26 @@ def card_summary(card: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
+def encoder_weights_status(card: dict[str, Any]) -> list[tuple[bool, str]]:
+    """``(found, sentence)`` per encoder a prediction with ``card`` loads (patch, then a
+    separate region encoder): where its weights are, or how to give them."""
+    from napari_hila.encoders.registry import weights_status
+    from napari_hila.predict import extraction_settings
+
+    settings = extraction_settings(card)
+    roles = [("patch", settings["encoder"])]
+    if settings.get("region_encoder"):
+        roles.append(("region", settings["region_encoder"]))
+    lines = []
+    for role, name in roles:
+        try:
+            found, sentence = weights_status(name)
+        except HilaError as err:  # an unknown encoder, a malformed encoders config
+            found, sentence = False, str(err)
+        lines.append((found, f"{role} encoder {sentence}"))
+    return lines
+
+
 class ModelPicker(QWidget):
     """Combo of known models plus a Browse button; shows the chosen model's card."""
 
@@ -135,6 +156,12 @@ class ModelPicker(QWidget):
         )
         self.clinical_flag.setVisible(False)
         self.clinical_flag.setWordWrap(True)
+        # outside the collapsed card: missing weights are seen before Run
+        self.weights_label = QLabel(self)
+        self.weights_label.setWordWrap(True)
+        self.weights_label.setVisible(False)
+        self.weights_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.weights_missing = False
         row = QHBoxLayout()
         row.addWidget(self.combo, 1)
         row.addWidget(self.browse)
@@ -146,6 +173,7 @@ class ModelPicker(QWidget):
         layout.setSpacing(2)
         layout.addLayout(row)
         layout.addLayout(card_row)
+        layout.addWidget(self.weights_label)
         layout.addWidget(self.card_label)
         self.card: dict[str, Any] | None = None
         self.error: str | None = None
@@ -207,8 +235,22 @@ class ModelPicker(QWidget):
                 self.card_label.setText(
                     f"<span style='color:#e0524f'>{html.escape(self.error)}</span>"
                 )
+        self._show_weights()
         flagged = self.card is not None and is_not_for_clinical_use(self.card)
         self.clinical_flag.setVisible(flagged)
         if self.error:  # a problem with the model is never hidden behind the toggle
             self.card_toggle.setChecked(True)
         self.model_changed.emit(path)
+
+    def _show_weights(self) -> None:
+        """The model's encoders and their weights, red with the fix when some are missing."""
+        lines = encoder_weights_status(self.card) if self.card is not None else []
+        self.weights_missing = not all(found for found, _ in lines)
+        parts = []
+        for found, sentence in lines:
+            text = html.escape(sentence)
+            parts.append(text if found else f"<span style='color:#e0524f'>{text}</span>")
+        if self.weights_missing:
+            parts.append("(slides whose features of these weights are cached run without them)")
+        self.weights_label.setText("<br>".join(parts))
+        self.weights_label.setVisible(bool(lines))
