@@ -124,11 +124,12 @@ def _display_openers(path: str) -> dict[str, Any]:
     return openers
 
 
-def display_benchmark(path: str, rounds: int) -> dict[str, Any]:
+def display_benchmark(path: str, rounds: int, viewer: Any = None) -> dict[str, Any]:
     """Seconds from opening ``path`` to a drawn canvas, ours and the peers', A, B, A, B.
 
-    One viewer for all; its layers are cleared between opens. Each opener runs
-    once untimed first (imports, first-use costs), then ``rounds`` times in turn.
+    One viewer for all (``viewer``, shown, or a new one closed at the end); its
+    layers are cleared between opens. Each opener runs once untimed first
+    (imports, first-use costs), then ``rounds`` times in turn.
     """
     import napari
     from qtpy.QtWidgets import QApplication
@@ -136,7 +137,9 @@ def display_benchmark(path: str, rounds: int) -> dict[str, Any]:
     from napari_hila.bench.timing import head_to_head, spread
 
     openers = _display_openers(path)
-    viewer = napari.Viewer(show=True)
+    own_viewer = viewer is None
+    if own_viewer:
+        viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1280, 800)
     times: dict[str, list[float]] = {name: [] for name in openers}
     failed: list[str] = []
@@ -151,7 +154,8 @@ def display_benchmark(path: str, rounds: int) -> dict[str, Any]:
                 failed.append(f"{name}: nothing drawn within 120 s in round {round_index}")
             if round_index:  # round 0 warms up
                 times[name].append(time.perf_counter() - start)
-    viewer.close()
+    if own_viewer:
+        viewer.close()
     peer = "napari_image_layer_tifffile_zarr"
     report: dict[str, Any] = {
         "slide": path,
