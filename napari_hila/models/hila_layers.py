@@ -191,9 +191,9 @@ class AdditivePromptHead(nn.Module):
     presence_k is the share of the slide's tokens that show attribute k, in
     units of a uniform share (K times the fraction), each prompt judging every
     token on its own: K mean_i sigmoid((S_ik - theta_k) / tau), with a learned
-    threshold theta_k that starts at the first training batch's (1 - 1/K)
-    quantile of S_k (data-dependent initialisation, as ActNorm's), so about
-    1/K of the tokens pass at first. Unlike the balanced plan (every prompt
+    threshold theta_k that starts at the training cohort's (1 - 1/K) quantile
+    of S_k (data-dependent initialisation, as ActNorm's; the first batch's when
+    no cohort was given), so about 1/K of the tokens pass at first. Unlike the balanced plan (every prompt
     gets mass 1/K) or a softmax over prompts (a prompt resembling all tissue
     takes most tokens), it says how much of attribute k there is. s_k is the
     prompt's transport-weighted similarity (PLOT) and z_k its feature,
