@@ -13,9 +13,17 @@ def test_bench_extract_interleaves_end_to_end_with_jpeg_decode_and_read_path(tmp
     bench_extract.add_arguments(parser)
     args = parser.parse_args(
         ["--sizes", "4000", "--mpp", "0.5", "--batch-size", "16", "--rounds", "2"]
-        + ["--cache-dir", str(tmp_path)]
+        + ["--cache-dir", str(tmp_path), "--device", "cuda"]
     )
     result = bench_extract.run(args)
+    import torch
+
+    # the device used is named; without CUDA the run says so and times the CPU
+    if torch.cuda.is_available():
+        assert result["device"].startswith("cuda") and result["device_note"] is None
+    else:
+        assert result["device"] == "cpu" and "not available" in result["device_note"]
+    assert result["device_asked"] == "cuda"
     (slide,) = result["slides"]
     assert slide["dimensions"] == [4000, 4000]
     patches = slide["grid_patches"]

@@ -36,6 +36,7 @@ import numpy as np
 
 from napari_hila.bench.io import _reset_peak_rss, _rss_mb
 from napari_hila.bench.timing import check_at_most_one, interleave, spread
+from napari_hila.devices import DEVICE_CHOICES
 
 GOAL_VS_JPEG_DECODE = 0.7  # extraction's patch rate over pure JPEG decoding's
 
@@ -58,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--encoder", default="hila-descriptor", help="vision encoder to time")
     parser.add_argument("--weights", default=None, help="local weights for that encoder")
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="where the encoder runs (auto: CUDA, then MPS, then CPU); the JSON names the "
+        "device used and says when the one asked for is absent",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
     parser.add_argument(
@@ -191,13 +199,14 @@ def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             encoder=args.encoder,
             weights=args.weights,
             batch_size=args.batch_size,
+            device=args.device,
             progress=progress,
         )
         total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         memory = _rss_mb()
         feats = load_features(feature_file)
         t1 = time.perf_counter()
-        extract_slide(path, out, encoder=args.encoder, weights=args.weights)
+        extract_slide(path, out, encoder=args.encoder, weights=args.weights, device=args.device)
         cached = time.perf_counter() - t1
     patch_seconds = marks["tiles_end"] - marks["tiles_start"]
     return {
@@ -223,7 +232,7 @@ def _bench_slide_in_child(path: str, settings: dict) -> dict[str, Any]:
     from napari_hila.features.extract import vision_encoder
 
     args = argparse.Namespace(**settings)
-    return _bench_slide(Path(path), args, vision_encoder(args.encoder, args.weights, "auto"))
+    return _bench_slide(Path(path), args, vision_encoder(args.encoder, args.weights, args.device))
 
 
 def _run_child(path: Path, settings: dict) -> dict[str, Any]:
@@ -342,9 +351,16 @@ def _ratio(times: dict[str, list[float]], whole: str, part: str) -> dict[str, An
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    from napari_hila.devices import resolve_device
     from napari_hila.features.extract import vision_encoder
 
-    vision_encoder(args.encoder, args.weights, "auto")  # fail early on a bad name or weights
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        device = str(resolve_device(args.device))
+    device_note = "; ".join(str(w.message) for w in caught) or None
+    vision_encoder(args.encoder, args.weights, device)  # fail early on a bad name or weights
     if args.slide:
         slides = [Path(args.slide)]
     else:
@@ -358,6 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "encoder": args.encoder,
         "weights": args.weights,
+        "device": device,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
     }
@@ -370,6 +387,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "encoder": args.encoder,
+        "device": device,
+        "device_asked": args.device,
+        "device_note": device_note,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
         "slides": results,
