@@ -678,11 +678,10 @@ class ExportJob(BackgroundJob):
     """One export in a napari thread worker; Cancel removes the files already written."""
 
     def __init__(self, request: ExportRequest, parent: Any = None) -> None:
-        super().__init__(parent)
+        super().__init__(run_export, (request,), _export_bug, parent)
         self.request = request
 
-    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return run_export, (self.request,)
 
-    def bug_outcome(self, err: BaseException) -> ExportOutcome:
-        return ExportOutcome(error=f"export failed: {type(err).__name__}: {err}")
+def _export_bug(err: BaseException) -> ExportOutcome:
+    """Only on a bug in run_export, which turns every expected failure into an outcome."""
+    return ExportOutcome(error=f"export failed: {type(err).__name__}: {err}")

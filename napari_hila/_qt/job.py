@@ -164,25 +164,28 @@ def run_prediction(
 class BackgroundJob(QObject):
     """A function run in a napari thread worker with progress and Cancel.
 
-    The function takes ``(*args, progress, cancel)`` and returns an outcome
-    (it never raises); signals arrive on the GUI thread. Subclasses say what
-    to run (:meth:`work`) and what a bug in it becomes (:meth:`bug_outcome`).
+    ``function`` takes ``(*args, progress, cancel)`` and returns an outcome
+    (it never raises); ``bug_outcome`` turns an exception that escapes it
+    anyway (a bug) into an outcome. Signals arrive on the GUI thread.
     """
 
     progress = Signal(str, float)  # what is being done, fraction done
     finished = Signal(object)  # the outcome
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        bug_outcome: Callable[[BaseException], Any],
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self.cancel_event = threading.Event()
         self.outcome: Any = None
         self._worker = None
-
-    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def bug_outcome(self, err: BaseException) -> Any:
-        raise NotImplementedError
+        self._function = function
+        self._args = args
+        self._bug_outcome = bug_outcome
 
     @property
     def running(self) -> bool:
@@ -191,12 +194,11 @@ class BackgroundJob(QObject):
     def start(self) -> None:
         from napari.qt.threading import create_worker
 
-        function, args = self.work()
         self._worker = create_worker(
-            function, *args, self.progress.emit, self.cancel_event, _ignore_errors=True
+            self._function, *self._args, self.progress.emit, self.cancel_event, _ignore_errors=True
         )
         self._worker.returned.connect(self._on_returned)
-        self._worker.errored.connect(lambda err: self._on_returned(self.bug_outcome(err)))
+        self._worker.errored.connect(lambda err: self._on_returned(self._bug_outcome(err)))
         self._worker.start()
 
     def cancel(self) -> None:
@@ -220,18 +222,18 @@ class PredictionJob(BackgroundJob):
         parent: QObject | None = None,
         mpp: float | None = None,
     ) -> None:
-        super().__init__(parent)
+        def run(slide, model, device, cache_dir, mpp, progress, cancel):
+            return run_prediction(slide, model, device, cache_dir, progress, cancel, mpp)
+
+        args = (str(slide_path), model, device, cache_dir, mpp)
+        super().__init__(run, args, _prediction_bug, parent)
         self.slide_path = str(slide_path)
         self.model = model
         self.device = device
         self.cache_dir = cache_dir
         self.mpp = mpp  # the user's pixel size, or None for the file's
 
-    def work(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        def run(slide, model, device, cache_dir, mpp, progress, cancel):
-            return run_prediction(slide, model, device, cache_dir, progress, cancel, mpp)
 
-        return run, (self.slide_path, self.model, self.device, self.cache_dir, self.mpp)
-
-    def bug_outcome(self, err: BaseException) -> JobOutcome:  # only on a bug in run_prediction
-        return JobOutcome(error=f"prediction failed: {type(err).__name__}: {err}")
+def _prediction_bug(err: BaseException) -> JobOutcome:
+    """Only on a bug in run_prediction, which turns every expected failure into an outcome."""
+    return JobOutcome(error=f"prediction failed: {type(err).__name__}: {err}")
