@@ -18,21 +18,13 @@ import sys
 from pathlib import Path
 
 from napari_hila.commands.cluster import add_cluster_arguments, wants_cluster
-from napari_hila.commands.options import add_mpp_argument, at_least
+from napari_hila.commands.options import add_mpp_argument, add_slide_search_arguments, at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDES_OR_DIR", help="slide files or folders")
     parser.add_argument("--out", required=True, help="folder for the feature files (the cache)")
-    parser.add_argument(
-        "--recursive", action="store_true", help="search the named folders' sub-folders too"
-    )
-    parser.add_argument(
-        "--pattern",
-        default=None,
-        metavar="GLOB",
-        help="only slides whose file names match, e.g. 'TCGA-*.svs'",
-    )
+    add_slide_search_arguments(parser, "in the named folders", "TCGA-*.svs")
     parser.add_argument(
         "--qc",
         action="store_true",

@@ -34,30 +34,43 @@ def at_least(minimum: int):
     return parse
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (a learning rate, a step)."""
+def _finite_float(text: str) -> float:
     import math
 
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate, a step)."""
+    value = _finite_float(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
     return value
 
 
 def non_negative_float(text: str) -> float:
     """An argparse type: a finite number >= 0 (a weight decay)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
+    value = _finite_float(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or above")
     return value
+
+
+def add_slide_search_arguments(parser: argparse.ArgumentParser, scope: str, example: str) -> None:
+    """--recursive and --pattern for commands that take folders of slides or files."""
+    parser.add_argument("--recursive", action="store_true", help=f"{scope}: search sub-folders too")
+    parser.add_argument(
+        "--pattern",
+        default=None,
+        metavar="GLOB",
+        help=f"{scope}: only files whose names match, e.g. '{example}'",
+    )
 
 
 # A local Dask cluster: each worker is a process reading and encoding with its

@@ -28,7 +28,11 @@ import sys
 import time
 
 from napari_hila.commands.cluster import add_cluster_arguments
-from napari_hila.commands.options import add_mpp_argument, add_threads_argument
+from napari_hila.commands.options import (
+    add_mpp_argument,
+    add_slide_search_arguments,
+    add_threads_argument,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,15 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with a cohort CSV: the folder holding its slides or feature files "
         "(<slide_id>.svs, .h5, ...; default: the CSV's folder)",
     )
-    parser.add_argument(
-        "--recursive", action="store_true", help="with a folder: search its sub-folders too"
-    )
-    parser.add_argument(
-        "--pattern",
-        default=None,
-        metavar="GLOB",
-        help="with a folder: only files whose names match, e.g. '*.svs'",
-    )
+    add_slide_search_arguments(parser, "with a folder", "*.svs")
     parser.add_argument(
         "--quiet", action="store_true", help="no per-stage progress lines (log files)"
     )
