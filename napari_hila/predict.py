@@ -539,7 +539,7 @@ def feature_files_in(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
 
 
 def slide_id_for(path: str | os.PathLike, feats=None) -> str:
-    """A feature file's slide id: its stem, as ``survival.cohort.feature_file_for`` finds files.
+    """A feature file's slide id: its stem, as ``survival.cohort_csv.feature_file_for`` finds files.
 
     ``napari-hila extract`` names files ``<stem>-<fingerprint[:12]>-<encoder>.h5``;
     that suffix is dropped when the file's recorded fingerprint confirms it.

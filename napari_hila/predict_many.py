@@ -143,7 +143,7 @@ def items_in_list(list_file: str | os.PathLike) -> list[PredictionItem]:
 
 def _slide_file(folder: Path, slide_id: str) -> Path | None:
     from napari_hila.slides import SLIDE_SUFFIXES
-    from napari_hila.survival.cohort import feature_file_for
+    from napari_hila.survival.cohort_csv import feature_file_for
 
     if (folder / slide_id).is_file() and _slide_suffix(folder / slide_id):
         return folder / slide_id
@@ -159,7 +159,7 @@ def items_in_cohort(
 ) -> list[PredictionItem]:
     """A cohort CSV (patient_id, slide_id, time, event), its slides or feature files in
     ``slides_dir`` (default: the CSV's folder). Every slide not found is listed in one error."""
-    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.survival.cohort_csv import read_cohort
 
     cohort = read_cohort(csv_path)
     folder = Path(slides_dir) if slides_dir else Path(csv_path).parent

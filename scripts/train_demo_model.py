@@ -6,7 +6,7 @@
 Steps, each resumable (re-running skips what is done):
 1. tile library from the bundled sample slide (descriptor features, morphology groups);
 2. virtual patients whose hazard comes from composition and spatial arrangement
-   (napari_hila.demo.cohort), written as feature files + cohort.csv + truth.csv;
+   (napari_hila.demo.synthetic_cohort), written as feature files + cohort.csv + truth.csv;
 3. 5-fold cross-validation of HiLa and the baselines with the same splits, and
    HiLa's final model on all patients;
 4. the final model is copied to napari_hila/resources/demo_model (shipped in the
@@ -56,13 +56,13 @@ def log(msg: str) -> None:
 
 
 def build_cohort(work: Path, args) -> tuple[Path, dict]:
-    from napari_hila.demo.cohort import (
+    from napari_hila.demo.synthetic_cohort import (
         DemoSettings,
         make_demo_cohort,
         oracle_c_index,
         write_demo_cohort,
     )
-    from napari_hila.demo.tiles import build_tile_library
+    from napari_hila.demo.tile_library import build_tile_library
 
     folder = work / "cohort"
     summary_path = folder / "summary.json"
@@ -93,7 +93,7 @@ def build_cohort(work: Path, args) -> tuple[Path, dict]:
 def train(
     model: str, cohort_dir: Path, work: Path, args, prompt_set, final: bool, label: str
 ) -> dict:
-    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.survival.cohort_csv import read_cohort
     from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
 
     cohort = read_cohort(cohort_dir / "cohort.csv", cohort_dir / "features")
@@ -126,7 +126,7 @@ def train(
 
 def ship(work: Path, target: Path, summary: dict, results: dict) -> None:
     """Copy HiLa's final model to ``target`` with the demo facts added to its card."""
-    from napari_hila.demo.cohort import SYNTHETIC_NOTE
+    from napari_hila.demo.synthetic_cohort import SYNTHETIC_NOTE
     from napari_hila.io_utils import write_json_atomic
 
     source = work / "runs" / "hila" / "final_model"

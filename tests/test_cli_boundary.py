@@ -160,7 +160,7 @@ def test_predict_replaces_its_own_stale_outputs_and_keeps_others(
 
 
 def test_interrupted_cluster_run_cancels_its_tasks(tmp_path, monkeypatch, capsys):
-    from napari_hila.features import cohort
+    from napari_hila.features import extract_many
 
     class Future:
         def __init__(self, finished):
@@ -185,9 +185,9 @@ def test_interrupted_cluster_run_cancels_its_tasks(tmp_path, monkeypatch, capsys
     def interrupted(futures, slides, rows, on_row):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cohort, "_collect", interrupted)
+    monkeypatch.setattr(extract_many, "_collect", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cohort.extract_on_cluster(["a.svs", "b.svs", "c.svs"], tmp_path, {}, Client())
+        extract_many.extract_on_cluster(["a.svs", "b.svs", "c.svs"], tmp_path, {}, Client())
     assert len(Client.cancelled) == 2 and not any(f.done() for f in Client.cancelled)
     assert "cancelled 2 unfinished slide tasks" in capsys.readouterr().err
 

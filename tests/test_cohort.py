@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_hila.errors import CohortError
-from napari_hila.survival.cohort import feature_file_for, read_cohort
+from napari_hila.survival.cohort_csv import feature_file_for, read_cohort
 
 
 def _write(tmp_path, text, name="cohort.csv"):

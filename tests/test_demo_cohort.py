@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from _single_thread import one_torch_thread  # noqa: F401
 
-from napari_hila.demo.cohort import (
+from napari_hila.demo.synthetic_cohort import (
     DemoSettings,
     make_demo_cohort,
     oracle_c_index,
     write_demo_cohort,
 )
-from napari_hila.demo.tiles import CATEGORIES, DENSE, STROMA, build_tile_library
+from napari_hila.demo.tile_library import CATEGORIES, DENSE, STROMA, build_tile_library
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_slides_are_consistent_feature_files(library, tmp_path):
     patients = make_demo_cohort(library, DemoSettings(seed=1, n_patients=5, region_grid=(2, 2)))
     csv = write_demo_cohort(patients, tmp_path)
     from napari_hila.features.store import load_features
-    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.survival.cohort_csv import read_cohort
 
     cohort = read_cohort(csv, tmp_path / "features")
     assert cohort.patient_ids == [p.patient_id for p in patients]

@@ -28,7 +28,7 @@ N_SHUFFLES = 200
 @pytest.fixture(scope="module")
 def tiles():
     """Raw descriptor features and unit z-scored ones of the sample slide's tissue tiles."""
-    from napari_hila.demo.tiles import build_tile_library
+    from napari_hila.demo.tile_library import build_tile_library
 
     features = build_tile_library(stride_px=256).features.astype(np.float64)
     z = (features - features.mean(0)) / np.maximum(features.std(0), 1e-6)

@@ -123,7 +123,7 @@ def test_descriptor_matches_stored_reference(sample_slide):
     import json
     from pathlib import Path
 
-    from napari_hila.features.tiles import read_batch
+    from napari_hila.features.tile_reader import read_batch
     from napari_hila.slides import open_slide
 
     ref = json.loads((Path(__file__).parent / "data" / "descriptor_reference.json").read_text())

@@ -54,7 +54,7 @@ def extracted(sample_slide, tmp_path_factory):
 
 def test_file_matches_grid_and_direct_encoding(sample_slide, extracted):
     from napari_hila.encoders.descriptor import describe_tiles
-    from napari_hila.features.tiles import read_tile
+    from napari_hila.features.tile_reader import read_tile
 
     feats = load_features(extracted)
     with open_slide(sample_slide) as slide:
@@ -268,11 +268,11 @@ def test_a_worker_share_of_the_cores_limits_the_threads(monkeypatch):
 def test_large_views_are_read_in_bands_with_the_same_pixels(sample_slide, monkeypatch):
     """A region view reduced by a whole factor is read band by band (a few MB at a time)
     and equals reducing the whole square; the bands really are smaller reads."""
-    from napari_hila.features import tiles
+    from napari_hila.features import tile_reader
 
     with open_slide(sample_slide) as slide:
-        whole = tiles.resize_tile(slide.read_region((100, 50), 0, (2048, 2048)), 256)
-        whole_edge = tiles.resize_tile(slide.read_region((1800, 2500), 0, (4096, 4096)), 256)
+        whole = tile_reader.resize_tile(slide.read_region((100, 50), 0, (2048, 2048)), 256)
+        whole_edge = tile_reader.resize_tile(slide.read_region((1800, 2500), 0, (4096, 4096)), 256)
         sizes = []
         read = slide.read_region
 
@@ -281,9 +281,11 @@ def test_large_views_are_read_in_bands_with_the_same_pixels(sample_slide, monkey
             return read(location, level, size)
 
         monkeypatch.setattr(slide, "read_region", spy)
-        banded = tiles.read_tile(slide, 100, 50, 2048, 256, level=0)
-        edge = tiles.read_tile(slide, 1800, 2500, 4096, 256, level=0)  # reaches past the slide
+        banded = tile_reader.read_tile(slide, 100, 50, 2048, 256, level=0)
+        edge = tile_reader.read_tile(
+            slide, 1800, 2500, 4096, 256, level=0
+        )  # reaches past the slide
     np.testing.assert_array_equal(banded, whole)
-    assert sizes[:4] == [(2048, tiles.BAND_ROWS)] * 4
+    assert sizes[:4] == [(2048, tile_reader.BAND_ROWS)] * 4
     np.testing.assert_array_equal(edge, whole_edge)
-    assert max(h for _, h in sizes) <= tiles.BAND_ROWS
+    assert max(h for _, h in sizes) <= tile_reader.BAND_ROWS

@@ -9,7 +9,7 @@ import pytest
 
 from napari_hila.commands import extract as extract_cmd
 from napari_hila.features import load_features
-from napari_hila.features.cohort import extract_many, extract_on_cluster, find_slides
+from napari_hila.features.extract_many import extract_many, extract_on_cluster, find_slides
 
 
 def _run(argv: list[str]) -> int:

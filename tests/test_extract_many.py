@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 
 from napari_hila.cli import main
-from napari_hila.features.cohort import find_slides
+from napari_hila.features.extract_many import find_slides
 
 
 def test_recursive_search_with_a_pattern(tmp_path):

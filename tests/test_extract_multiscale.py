@@ -26,7 +26,7 @@ def test_parse_magnification():
 
 def test_sample_at_three_magnifications(sample_slide, tmp_path):
     from napari_hila.encoders.descriptor import describe_tiles
-    from napari_hila.features.tiles import read_tile
+    from napari_hila.features.tile_reader import read_tile
     from napari_hila.slides import open_slide
 
     path = extract_slide(
@@ -63,7 +63,7 @@ def test_finer_than_main_grid_is_refused(sample_slide, tmp_path):
 
 
 def test_coarse_tiles_come_from_pyramid_levels(tmp_path):
-    from napari_hila.features.tiles import read_level_for, read_tile, resize_tile
+    from napari_hila.features.tile_reader import read_level_for, read_tile, resize_tile
     from napari_hila.slides import open_slide
     from napari_hila.slides.synthetic import write_test_slide
 

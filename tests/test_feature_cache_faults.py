@@ -173,7 +173,7 @@ def test_the_cache_file_name_is_written_and_read_back_in_one_place(tmp_path):
     """cache_path's names are what the cohort lookup and slide_id_for take apart."""
     from napari_hila.features.cache import cache_path, extracted_files_of, slide_stem_of
     from napari_hila.predict import slide_id_for
-    from napari_hila.survival.cohort import feature_file_for
+    from napari_hila.survival.cohort_csv import feature_file_for
 
     fingerprint = "0123456789abcdef" * 4
     for stem in ("TCGA-01 A", "TCGA-01-0123456789ab"):  # a space; a stem that looks like a mark

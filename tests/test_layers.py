@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "napari_hila.results": 0,
     "napari_hila.survival": 0,
     # the cohort CSV finds each slide's feature file by the feature cache's names
-    "napari_hila.survival.cohort": 2,
+    "napari_hila.survival.cohort_csv": 2,
     "napari_hila.slides": 1,
     "napari_hila.features": 2,
     "napari_hila.encoders": 2,

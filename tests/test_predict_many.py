@@ -14,7 +14,7 @@ from _single_thread import one_torch_thread  # noqa: F401
 from napari_hila.cli import main
 from napari_hila.errors import HilaError
 from napari_hila.predict_many import items_in_list
-from napari_hila.survival.cohort import read_cohort
+from napari_hila.survival.cohort_csv import read_cohort
 from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
 
 # the tiny CLAM-layout cohort of the feature-file tests

@@ -15,7 +15,7 @@ from test_encoders_weights import TINY
 from napari_hila.cli import main
 from napari_hila.encoders.vit import VisionTransformer
 from napari_hila.features import extract_slide
-from napari_hila.survival.cohort import read_cohort
+from napari_hila.survival.cohort_csv import read_cohort
 from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
 
 GRID = {"patch_px": 64, "region_px": 128, "region_mode": "mean", "device": "cpu"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_hila.features.tiles import read_batch, resize_tile
+from napari_hila.features.tile_reader import read_batch, resize_tile
 
 
 @pytest.mark.parametrize("seed", [0, 1])

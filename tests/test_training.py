@@ -11,7 +11,7 @@ from _single_thread import one_torch_thread  # noqa: F401
 from napari_hila.errors import FeatureFileError, HilaError
 from napari_hila.features.store import SlideFeatures, save_features
 from napari_hila.modelfile import load_model
-from napari_hila.survival.cohort import read_cohort
+from napari_hila.survival.cohort_csv import read_cohort
 from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
 
 

@@ -133,7 +133,7 @@ def test_train_command_runs_vptsurv_on_slides(tmp_path):
 
 
 def test_missing_slides_are_listed(tmp_path):
-    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.survival.cohort_csv import read_cohort
     from napari_hila.training.cohort_slides import cohort_slide_refs
 
     cohort = tmp_path / "cohort.csv"

@@ -130,7 +130,7 @@ def _jpeg_decode_step(tiles: list[bytes], tables: bytes | None, colorspace, thre
 
 def _read_path_step(slide, grids, batch_size: int, threads: int):
     """The project's read path: :func:`iter_tile_batches` (decode, assemble, reduce)."""
-    from napari_hila.features.tiles import iter_tile_batches
+    from napari_hila.features.tile_reader import iter_tile_batches
 
     def step() -> int:
         n = 0
@@ -156,7 +156,7 @@ def _encode_only(slide, grids, encoder, batch_size: int) -> dict[str, Any]:
         encodes_in_reader_threads,
         read_threads_for,
     )
-    from napari_hila.features.tiles import read_batch
+    from napari_hila.features.tile_reader import read_batch
 
     coords = grids.patch_coords[: 4 * batch_size]
     tiles = read_batch(slide, coords, grids.patch_size, grids.patch_px, 0)
@@ -278,7 +278,7 @@ def _detect_tissue_memory(slide) -> tuple[Any, dict[str, Any]]:
 
 def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
     from napari_hila.features.extract import available_cores
-    from napari_hila.features.tiles import read_level_for
+    from napari_hila.features.tile_reader import read_level_for
     from napari_hila.slides import make_grids, open_slide
 
     threads = available_cores()  # every core, as extraction uses

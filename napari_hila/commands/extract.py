@@ -140,7 +140,7 @@ def _check_options(options: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from napari_hila.features.cohort import (
+    from napari_hila.features.extract_many import (
         extract_many,
         find_slides,
         format_summary,
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
     from napari_hila.commands.cluster import cluster_client
-    from napari_hila.features.cohort import extract_on_cluster
+    from napari_hila.features.extract_many import extract_on_cluster
 
     with cluster_client(args, len(slides)) as client:
         return extract_on_cluster(slides, args.out, options, client, on_row)

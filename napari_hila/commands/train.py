@@ -177,7 +177,7 @@ def print_fold_table(metrics: dict[str, Any], out=None) -> None:
 def check_magnifications_present(cohort, bags, features_dir) -> None:
     """A multi-magnification model needs the extra magnifications in every feature file."""
     from napari_hila.errors import FeatureFileError
-    from napari_hila.survival.cohort import feature_file_for
+    from napari_hila.survival.cohort_csv import feature_file_for
 
     lacking = [row.slide_id for row, bag in zip(cohort.rows, bags, strict=True) if not bag.scales]
     if lacking:
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_hila.devices import resolve_device
     from napari_hila.models.registry import get_model_spec
-    from napari_hila.survival.cohort import read_cohort
+    from napari_hila.survival.cohort_csv import read_cohort
     from napari_hila.training.crossval import (
         RunSettings,
         embed_prompts,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hila.demo.cohort import weibull_outcome
+from napari_hila.demo.synthetic_cohort import weibull_outcome
 from napari_hila.features.store import SlideFeatures, save_features
 
 __all__ = [

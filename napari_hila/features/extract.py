@@ -33,7 +33,11 @@ from napari_hila.features.cache import (
 )
 from napari_hila.features.pooling import mean_per_region
 from napari_hila.features.store import SlideFeatures, load_features, save_features
-from napari_hila.features.tiles import DEFAULT_PREFETCH, DEFAULT_READ_THREADS, iter_tile_batches
+from napari_hila.features.tile_reader import (
+    DEFAULT_PREFETCH,
+    DEFAULT_READ_THREADS,
+    iter_tile_batches,
+)
 from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
 Progress = Callable[[str, float], None]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_hila.features.tiles import read_tile
+from napari_hila.features.tile_reader import read_tile
 
 __all__ = [
     "TileSet",

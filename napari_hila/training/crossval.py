@@ -36,7 +36,7 @@ from napari_hila.io_utils import write_json_atomic
 from napari_hila.modelfile import save_model
 from napari_hila.models.base import ExplainsAgainstBaseline, ReadsOwnInputs, UsesPrompts
 from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
-from napari_hila.survival.cohort import Cohort, feature_file_for
+from napari_hila.survival.cohort_csv import Cohort, feature_file_for
 from napari_hila.survival.losses import edges_to_json
 from napari_hila.survival.metrics import concordance_index, patient_risks
 from napari_hila.training.card import build_card, summarise_folds

@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_hila.errors import HilaError
 from napari_hila.io_utils import write_json_atomic
-from napari_hila.survival.cohort import Cohort
+from napari_hila.survival.cohort_csv import Cohort
 
 __all__ = ["INPUTS_FILE", "run_inputs", "check_run_inputs", "clear_run_folder"]
 

@@ -81,7 +81,7 @@ def build_tile_library(
     sample has; the groups come from :func:`categorise`.
     """
     from napari_hila.encoders.registry import get_vision_encoder
-    from napari_hila.features.tiles import read_tile
+    from napari_hila.features.tile_reader import read_tile
     from napari_hila.resources import sample_slide_path
     from napari_hila.slides import open_slide
 

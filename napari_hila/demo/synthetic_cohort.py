@@ -1,6 +1,6 @@
 """Virtual patients with a known hazard: the demo's SYNTHETIC survival cohort.
 
-A virtual slide is a mosaic of real tiles (from :mod:`napari_hila.demo.tiles`)
+A virtual slide is a mosaic of real tiles (from :mod:`napari_hila.demo.tile_library`)
 laid out on a grid of regions, each region ``region_px / patch_px`` tiles on a
 side. Two things set a patient's log-hazard, and both are measurable from the
 slide:
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hila.demo.tiles import DENSE, MIXED, SPARSE, STROMA, TileLibrary
+from napari_hila.demo.tile_library import DENSE, MIXED, SPARSE, STROMA, TileLibrary
 from napari_hila.features.store import SlideFeatures, save_features
 
 __all__ = [
@@ -138,7 +138,7 @@ def _region_features(
     library: TileLibrary, tiles, slots, region, n_regions, s: DemoSettings, encoder
 ):
     """Encode each region's mosaic seen whole, as extraction's "view" mode does."""
-    from napari_hila.features.tiles import resize_tile
+    from napari_hila.features.tile_reader import resize_tile
 
     px = library.images.shape[1]
     per = s.region_px // s.patch_px
