@@ -211,8 +211,8 @@ class ModelPicker(QWidget):
             self.set_model(folder)
 
     def _on_index(self, _index: int) -> None:
+        from napari_hila.modelfile import prompt_statistics, read_card
         from napari_hila.results import collapse_warning
-        from napari_hila.training.modelfile import prompt_statistics, read_card
 
         path = self.model_path
         self.card, self.error = None, None

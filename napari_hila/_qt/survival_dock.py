@@ -757,7 +757,7 @@ def _slide_line(result: PredictionResult, layer: Any, card: dict[str, Any] | Non
 
 def _card_of(result: PredictionResult) -> dict[str, Any] | None:
     """The card of the model a result came from, when its directory is still there."""
-    from napari_hila.training.modelfile import read_card
+    from napari_hila.modelfile import read_card
 
     if not result.model_path:
         return None

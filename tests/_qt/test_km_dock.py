@@ -91,8 +91,8 @@ def test_launched_km_dock_is_readable_and_uses_the_threshold_scale(
     from napari_hila._qt.app import launch_viewer, survival_dock_of
     from napari_hila._qt.km_dock import km_dock_for
     from napari_hila._qt.model_picker import demo_model_path
+    from napari_hila.modelfile import read_card
     from napari_hila.predict import cohort_reference_risks, predict_slide
-    from napari_hila.training.modelfile import read_card
 
     result = predict_slide(sample_slide, demo_model_path(), cache_dir=tmp_path)
     viewer = launch_viewer(sample_slide, result=result, viewer=make_napari_viewer(show=True))
