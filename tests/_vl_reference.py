@@ -60,10 +60,15 @@ def dataset(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def pixels(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> CLIP-normalised (N, 3, size, size), as the owners' transforms do."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    """uint8 (N, H, W, 3) -> CLIP-normalised (N, 3, size, size), as the owners' transforms do
+    (PIL's bicubic resize of square images, then mean/std)."""
+    from PIL import Image
+
+    if images.shape[1] != size:
+        images = np.stack(
+            [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images]
+        )
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
     return (x - MEAN) / STD
 
 

@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 from napari_hila.encoders import EncoderError, get_text_encoder, get_vision_encoder
 
 IMAGE, CONTEXT, STEPS = 32, 16, 400
+OPENAI_MEAN = tuple(ref.MEAN.flatten().tolist())  # open_clip's OPENAI_DATASET_MEAN / _STD
+OPENAI_STD = tuple(ref.STD.flatten().tolist())
 RETRIEVAL_FLOOR = 0.6  # share of held-out images whose caption ranks first (chance: 1/12)
 
 
@@ -513,6 +515,51 @@ def test_encoders_config_finds_weights_and_tokenizers(conch, tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.napari-hila/encoders.yaml
     with pytest.raises(EncoderError, match="--text-weights"):
         get_text_encoder("conch-text", device="cpu")
+
+
+# -- the owners' preprocessing, through the loaders -----------------------------------------
+
+
+def _owner_check(encoder, mean, std, filt: str = "bicubic") -> None:
+    from test_encoders_preprocess import LEVELS, crafted, grey_levels, owner_pixels
+
+    for shape in ((64, 64), (20, 20)):  # down and up to the tiny towers' 32 px
+        img = crafted(*shape)
+        got = encoder.preprocess(img[None])[0].numpy()
+        want = owner_pixels(img, encoder.input_size, mean, std, filt)
+        assert grey_levels(got, want, std).max() <= LEVELS, (encoder.name, shape)
+
+
+def test_each_layout_prepares_tiles_as_its_owners_do(conch, made, tmp_path):
+    """CONCH, open_clip and transformers towers resize bicubic with OpenAI mean/std, and
+    read overrides from the hub files beside the weights (preprocess_cfg,
+    preprocessor_config.json), as open_clip and transformers themselves do."""
+    import shutil
+
+    for name, weights in (
+        ("conch", conch["weights"]),
+        ("conch-trunk", conch["weights"]),
+        ("quiltnet", made("quiltnet", 0)["folder"]),
+        ("plip", made("plip", 0)["folder"]),
+    ):
+        encoder = get_vision_encoder(name, weights=weights, device="cpu")
+        assert encoder.preprocessing.interpolation == "bicubic"
+        _owner_check(encoder, OPENAI_MEAN, OPENAI_STD)
+    quiltnet = shutil.copytree(made("quiltnet", 0)["folder"], tmp_path / "quiltnet")
+    cfg = json.loads((quiltnet / "open_clip_config.json").read_text())
+    cfg["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    (quiltnet / "open_clip_config.json").write_text(json.dumps(cfg))
+    _owner_check(
+        get_vision_encoder("quiltnet", weights=quiltnet), (0.5,) * 3, (0.25,) * 3, "bilinear"
+    )
+    plip = shutil.copytree(made("plip", 0)["folder"], tmp_path / "plip")
+    processor = {"image_mean": [0.4] * 3, "image_std": [0.3] * 3, "resample": 2}
+    (plip / "preprocessor_config.json").write_text(json.dumps(processor))
+    _owner_check(get_vision_encoder("plip", weights=plip), (0.4,) * 3, (0.3,) * 3, "bilinear")
+    processor["resample"] = 1  # LANCZOS: not what CLIP's processors use
+    (plip / "preprocessor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(EncoderError, match="preprocessor_config.json: resample 1"):
+        get_vision_encoder("plip", weights=plip)
 
 
 # -- mixed precision --------------------------------------------------------------------------

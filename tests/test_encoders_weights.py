@@ -174,3 +174,20 @@ def test_conch_style_trunk_loads_and_heads_are_skipped(tmp_path):
     enc = get_vision_encoder("conch-trunk", weights=path, device="cpu")
     tiles = _tiles()
     np.testing.assert_allclose(enc.encode(tiles), _reference_output(model, enc, tiles), atol=1e-5)
+
+
+def test_uni_prepares_tiles_as_its_model_card_does(tmp_path):
+    """UNI's card: transforms.Resize(224) (torchvision's default, PIL bilinear), ImageNet mean/std."""
+    from test_encoders_preprocess import LEVELS, crafted, grey_levels, owner_pixels
+
+    path = tmp_path / "uni.bin"
+    torch.save(_timm_model(False).state_dict(), path)
+    (tmp_path / "config.json").write_text(json.dumps({"heads": 2}))
+    enc = get_vision_encoder("uni", weights=path, device="cpu")
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert enc.preprocessing.interpolation == "bilinear"
+    for shape in ((64, 64), (20, 20)):
+        img = crafted(*shape)
+        want = owner_pixels(img, 32, *imagenet, "bilinear")
+        got = enc.preprocess(img[None])[0].numpy()
+        assert grey_levels(got, want, imagenet[1]).max() <= LEVELS

@@ -319,6 +319,8 @@ def load_vision_tower(path: Path, layouts: tuple[str, ...] | None = None) -> Vis
         )
     model = build_vit(state, config, source=str(path))
     model.weights_digest = weights_digest(path)
+    # what the owners' preprocessing reads beside the weights (encoders.preprocess)
+    model.weights_path, model.weights_config = Path(path), config
     return model
 
 

@@ -71,6 +71,7 @@ class EncoderSpec:
     needs_weights: bool
     version: str
     description: str
+    interpolation: str = "bicubic"  # the owners' resize (vision): "bicubic" or "bilinear"
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -302,31 +303,65 @@ def _ensure_builtins() -> None:
         )
     )
     # ViTs from local weights. The layout (timm, open_clip, transformers CLIP) is detected
-    # from the checkpoint; the name fixes the pre-processing the weights were trained with.
+    # from the checkpoint; the name fixes the pre-processing the weights were trained with
+    # (encoders.preprocess: the owners' resize filter, crop and mean/std; a hub folder's
+    # open_clip_config.json or preprocessor_config.json overrides mean/std and filter).
     vits = [
         (
             "vit",
             224,
             IMAGENET_MEAN,
             IMAGENET_STD,
+            "bilinear",
             "timm-layout ViT checkpoint (ImageNet normalisation)",
         ),
-        ("uni", 224, IMAGENET_MEAN, IMAGENET_STD, "UNI (ViT-L/16, timm layout with layer scale)"),
+        (
+            "uni",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "bilinear",  # UNI's model card: transforms.Resize(224), torchvision's default
+            "UNI (ViT-L/16, timm layout with layer scale)",
+        ),
         (
             "conch-trunk",
             448,
             CLIP_MEAN,
             CLIP_STD,
+            "bicubic",
             "CONCH's ViT-B/16 trunk alone: class token, 768-d, before CoCa's pooling and "
             "projection (not in the text tower's space)",
         ),
-        ("clip", 224, CLIP_MEAN, CLIP_STD, "CLIP image tower (open_clip or transformers layout)"),
-        ("plip", 224, CLIP_MEAN, CLIP_STD, "PLIP image tower (transformers CLIP directory)"),
-        ("quiltnet", 224, CLIP_MEAN, CLIP_STD, "QuiltNet image tower (open_clip checkpoint)"),
+        (
+            "clip",
+            224,
+            CLIP_MEAN,
+            CLIP_STD,
+            "bicubic",
+            "CLIP image tower (open_clip or transformers layout)",
+        ),
+        (
+            "plip",
+            224,
+            CLIP_MEAN,
+            CLIP_STD,
+            "bicubic",
+            "PLIP image tower (transformers CLIP directory)",
+        ),
+        (
+            "quiltnet",
+            224,
+            CLIP_MEAN,
+            CLIP_STD,
+            "bicubic",
+            "QuiltNet image tower (open_clip checkpoint)",
+        ),
     ]
-    for name, size, mean, std, text in vits:
+    for name, size, mean, std, resize, text in vits:
         register_encoder(
-            EncoderSpec(name, "vision", _load_vit, size, mean, std, None, True, "local", text)
+            EncoderSpec(
+                name, "vision", _load_vit, size, mean, std, None, True, "local", text, resize
+            )
         )
     register_encoder(
         EncoderSpec(

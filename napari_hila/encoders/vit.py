@@ -185,12 +185,14 @@ def resolve_precision(precision: str | None, device: torch.device) -> torch.dtyp
 class ViTEncoder:
     """A ViT image tower behind the vision-encoder interface.
 
-    ``encode`` resizes tiles to the model's input size, normalises them with the
-    spec's mean/std and returns one embedding per tile, in batches, under
-    autocast when ``precision`` asks for bfloat16/float16 (see
-    :func:`resolve_precision`); tiles reach a GPU through pinned host memory.
-    ``model`` is the tower itself (a ``VisionTransformer``, or CONCH's
-    ``ConchVisual`` around one, for code that adapts its blocks).
+    ``encode`` prepares tiles as the weights' owners do (``preprocessing``, an
+    :class:`~napari_hila.encoders.preprocess.ImagePreprocess`: bicubic or bilinear
+    shortest-side resize as PIL does it, centre crop, the owners' mean/std) and
+    returns one embedding per tile, in batches, under autocast when ``precision``
+    asks for bfloat16/float16 (see :func:`resolve_precision`); tiles reach a GPU
+    through pinned host memory. ``model`` is the tower itself (a
+    ``VisionTransformer``, or CONCH's ``ConchVisual`` around one, for code that
+    adapts its blocks). ``dtype`` is what the tower runs in, recorded in feature files.
     """
 
     def __init__(
@@ -200,7 +202,10 @@ class ViTEncoder:
         device: torch.device,
         batch_size: int = 32,
         precision: str | None = None,
+        preprocessing=None,
     ):
+        from napari_hila.encoders.preprocess import owner_preprocess
+
         self.model = model.eval().to(device)
         self.name = spec.name
         self.version = str(getattr(model, "weights_digest", "local"))
@@ -209,26 +214,26 @@ class ViTEncoder:
         self.input_size = int(model.config.image_size)
         self.output_dim = model.output_dim
         self.batch_size = batch_size
-        self._mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        self.preprocessing = preprocessing or owner_preprocess(
+            spec,
+            self.input_size,
+            getattr(model, "weights_path", None),
+            getattr(model, "weights_config", None),
+        )
+
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``bfloat16`` or ``float16``: what the matrix products run in."""
+        return str(self.dtype).removeprefix("torch.")
 
     def preprocess(self, tiles: np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> normalised (N, 3, S, S) float on the device."""
+        """(N, H, W, 3) uint8 -> normalised (N, 3, S, S) float32 on the device."""
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         else:
             x = x.to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(
-                x,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-        return (x - self._mean) / self._std
+        return self.preprocessing(x)
 
     @torch.no_grad()
     def encode(self, tiles: np.ndarray) -> np.ndarray:

@@ -315,6 +315,7 @@ def load_conch_vision(spec, weights: Path, device: torch.device) -> ViTEncoder:
         )
     model = build_conch_visual(state, config, str(weights))
     model.weights_digest = weights_digest(weights)
+    model.weights_path, model.weights_config = Path(weights), config
     return ViTEncoder(model, spec, device)
 
 
