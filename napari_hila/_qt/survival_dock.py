@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -49,6 +50,8 @@ from napari_hila.results import PredictionResult, risk_standing, threshold_name
 from napari_hila.slides.opener import MPP_RANGE, check_mpp
 
 GALLERY_SIZE = 9
+CHART_HEIGHT = (140, 260)  # px: the contribution chart's least and most height
+CHART_SHARE = 0.26  # of the dock's height (about 170 px on a 1366 x 768 laptop)
 WARNING_COLOUR = "#e8a33d"  # readable on napari's dark and light themes
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,6 @@ class HilaSurvivalDock(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1000)
-        self.stage_label = QLabel("idle", self)
         self.progress.setTextVisible(False)  # the stage label says the one percentage
         self.stage_label = QLabel("idle", self)
         self.stage_label.setWordWrap(True)
@@ -212,8 +214,10 @@ class HilaSurvivalDock(QWidget):
         self.gallery = TileGallery(self)
         self.gallery_title = QLabel(self)
         self.gallery_title.setWordWrap(True)
-        self.hover_label = QLabel(self)
-        self.hover_label.setWordWrap(True)
+        self.hover_label = QLabel(
+            self
+        )  # one line that never widens the dock: its tooltip has it all
+        self.hover_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.export_button = QPushButton("Export…", self)
         self.export_button.setEnabled(False)
         self.export_button.setToolTip(
@@ -232,28 +236,35 @@ class HilaSurvivalDock(QWidget):
         prompt_layout.setSpacing(4)
         prompt_layout.addLayout(self.prompt_form)
         prompt_layout.addWidget(self.chart)
+        prompt_layout.addWidget(self.hover_label)
         prompt_layout.addLayout(export_row)
         prompt_layout.addWidget(self.prompt_text)
-        prompt_layout.addWidget(self.hover_label)
         self.prompt_box.setVisible(False)
-        run_box = QGroupBox("Run a model", self)
-        run_layout = QVBoxLayout(run_box)
+        self.run_box = QGroupBox("Run a model", self)
+        run_layout = QVBoxLayout(self.run_box)
         run_layout.setSpacing(4)
         run_layout.addLayout(form)
-        run_layout.addLayout(buttons)
-        run_layout.addWidget(self.stage_label)
 
-        # The result first; the run controls under it; the gallery last (it may scroll).
+        # The result first; the settings under it; the gallery last (it may scroll).
         content = QWidget(self)
         layout = QVBoxLayout(content)
         layout.setSpacing(4)
         layout.addWidget(self.result_box)
         layout.addWidget(self.prompt_box)
-        layout.addWidget(run_box)
+        layout.addWidget(self.run_box)
         layout.addWidget(self.gallery_title)
         layout.addWidget(self.gallery)
         layout.addStretch(1)
         self.scroll = make_scrollable(self, content)
+        # Run, Cancel, progress and stage pinned under the scrolling part: always in view,
+        # at any window height and whatever the result above them takes
+        footer = QWidget(self)
+        footer_layout = QVBoxLayout(footer)
+        footer_layout.setContentsMargins(6, 2, 6, 4)
+        footer_layout.setSpacing(2)
+        footer_layout.addLayout(buttons)
+        footer_layout.addWidget(self.stage_label)
+        self.layout().addWidget(footer)
 
         self.run_button.clicked.connect(self.run)
         self.slide_combo.currentIndexChanged.connect(self._show_slide_mpp)
@@ -333,7 +344,7 @@ class HilaSurvivalDock(QWidget):
             )
             self.stale_label.setVisible(True)
             self.layers.hide()
-            self.scroll.ensureWidgetVisible(self.run_button)  # what to do next is at hand
+            self.scroll.ensureWidgetVisible(self.slide_combo)  # what to do next is at hand
         for widget in (self.risk_label, self.legend, self.prompt_box, self.warnings_label):
             widget.setEnabled(current)
 
@@ -605,6 +616,7 @@ class HilaSurvivalDock(QWidget):
 
     def _show_hover(self, text: str) -> None:
         self.hover_label.setText(text)
+        self.hover_label.setToolTip(text)
 
     def _open_slide(self) -> Any:
         if self._slide is None:
@@ -688,6 +700,12 @@ class HilaSurvivalDock(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export", "hila.png", "PNG image (*.png)")
         if path:
             self.start_export(path)
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        """The chart takes what a short window leaves, so the result and Export stay in view."""
+        super().resizeEvent(event)
+        height = int(CHART_SHARE * self.height())
+        self.chart.setFixedHeight(min(max(height, CHART_HEIGHT[0]), CHART_HEIGHT[1]))
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.cancel()

@@ -120,6 +120,7 @@ def test_result_visible_without_scrolling(make_napari_viewer, sample_slide, card
         dock.threshold_check,
         *dock.prompt_combos.values(),
         dock.chart,
+        dock.hover_label,
         dock.export_button,
     ]
     for widget in important:
@@ -127,6 +128,14 @@ def test_result_visible_without_scrolling(make_napari_viewer, sample_slide, card
         assert widget.isVisible(), widget
         assert window.rect().contains(rect), (widget, rect, window.rect())
         assert viewport.contains(rect), (widget, rect, viewport)  # no scrolling needed
+    # Run, Cancel, the progress bar and its stage stay in view after a result, under it
+    dock_rect = window_rect(dock, window)
+    result_bottom = window_rect(dock.risk_label, window).bottom()
+    for widget in (dock.run_button, dock.cancel_button, dock.progress, dock.stage_label):
+        rect = window_rect(widget, window)
+        assert widget.isVisible() and window.rect().contains(rect), (widget, rect)
+        assert dock_rect.contains(rect) and not viewport.intersects(rect), (widget, rect)
+        assert rect.top() > result_bottom
     # the result's lines are not cut on the right: the content fits the dock's width
     assert dock.scroll.widget().width() <= dock.scroll.viewport().width()
     # the Kaplan-Meier figure shows whole: beside the dock on a wide window, a tab on a laptop
