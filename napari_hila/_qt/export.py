@@ -249,9 +249,33 @@ def export_title(result: PredictionResult) -> str:
     )
 
 
+def canvas_screenshot(viewer: Any) -> np.ndarray:
+    """The canvas as shown, without napari's own scale bar and colour bars.
+
+    The annotation band draws the one scale bar and the one colour bar of an
+    export (labelled with the map's unit); napari's, burned into the canvas
+    too, would show each twice. They are hidden for the capture only and put
+    back as they were.
+    """
+    hidden = []
+    if viewer.scale_bar.visible:
+        hidden.append(viewer.scale_bar)
+    for layer in viewer.layers:
+        colorbar = getattr(layer, "colorbar", None)
+        if colorbar is not None and colorbar.visible:
+            hidden.append(colorbar)
+    try:
+        for overlay in hidden:
+            overlay.visible = False
+        return viewer.screenshot(canvas_only=True, flash=False)
+    finally:
+        for overlay in hidden:
+            overlay.visible = True
+
+
 def annotated_screenshot(viewer: Any, result: PredictionResult) -> np.ndarray:
     """The canvas as shown, with scale bar, colorbar, prompt, risk and model burned in."""
-    shot = viewer.screenshot(canvas_only=True, flash=False)
+    shot = canvas_screenshot(viewer)
     return _annotate_screenshot(shot, _ScreenState.from_viewer(viewer), result)
 
 
@@ -561,7 +585,7 @@ class ExportRequest:
         return cls(
             result=result,
             stem=stem,
-            screenshot=viewer.screenshot(canvas_only=True, flash=False),
+            screenshot=canvas_screenshot(viewer),
             state=_ScreenState.from_viewer(viewer),
             bbox=view_bbox(viewer, result.mpp),
             slide=slide,

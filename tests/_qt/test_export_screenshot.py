@@ -113,8 +113,14 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     dock.set_prompt("patch", "necrosis")
     dock.center_on_tile("patch", 10)  # full resolution: the region figure stays small
     viewer.camera.zoom /= 2
-    plain = viewer.screenshot(canvas_only=True, flash=False)
+    on_screen = viewer.screenshot(canvas_only=True, flash=False)
+    plain = qt_export.canvas_screenshot(viewer)
     assert plain[..., :3].std() > 5  # the canvas rendered (not blank)
+    # napari's own scale bar and colour bar are on screen; the export's band draws the
+    # one of each, so the captured canvas leaves napari's out and puts them back after
+    assert viewer.scale_bar.visible and dock.layers.heatmaps["patch"].colorbar.visible
+    assert np.abs(on_screen[..., :3].astype(int) - plain[..., :3]).max() > 100
+    assert viewer.scale_bar.visible and dock.layers.heatmaps["patch"].colorbar.visible
     regions = dock.result.explanation.levels["region"]
     regions.coords = regions.coords.copy()
     regions.coords[0, 0] = 2120  # a region 100 px from the slide's right edge, running past it
@@ -123,6 +129,7 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     shot = (imread(written["screenshot"])[..., :3] * 255).round().astype(int)
     assert shot.shape[0] > plain.shape[0] + qt_export.band_height(plain.shape[1]) // 2
     np.testing.assert_allclose(shot[: plain.shape[0]], plain[..., :3], atol=1)  # view kept as shown
+    assert viewer.scale_bar.visible and dock.layers.heatmaps["patch"].colorbar.visible
     band = shot[plain.shape[0] :]
     assert (band.min(axis=2) < 100).mean() > 0.01  # dark text/colorbar on the white band
     region = imread(written["region"])
