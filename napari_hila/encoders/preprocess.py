@@ -33,9 +33,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImagePreprocess", "owner_preprocess", "resize_like_pil", "center_crop"]
+__all__ = [
+    "PREPROCESS_VERSION",
+    "ImagePreprocess",
+    "owner_preprocess",
+    "resize_like_pil",
+    "center_crop",
+]
 
 INTERPOLATIONS = ("bicubic", "bilinear")
+#: feature files of networks record it: files made before the owners' preprocessing
+#: (everything resized bilinear) do not count as cached
+PREPROCESS_VERSION = "owners-pil-1"
 #: PIL's resampling codes, as transformers' preprocessor_config.json writes ``resample``
 PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 

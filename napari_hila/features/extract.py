@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 
+from napari_hila.encoders.preprocess import PREPROCESS_VERSION
 from napari_hila.errors import Cancelled, FeatureFileError, HilaError, SlideError
 from napari_hila.features.cache import (
     PartialFeatures,
@@ -47,18 +48,55 @@ CHECKPOINT_EVERY = 8  # batches between writes of the partial file
 
 
 @functools.lru_cache(maxsize=4)
-def _vision_encoder(name: str, weights: str | None, device: str):
+def _vision_encoder(name: str, weights: str | None, device: str, precision: str | None):
     from napari_hila.encoders import get_vision_encoder
+    from napari_hila.encoders.vit import resolve_precision
 
-    return get_vision_encoder(name, weights=weights, device=device)
+    encoder = get_vision_encoder(name, weights=weights, device=device)
+    if hasattr(encoder, "dtype"):  # a network: the dtype its matrix products run in
+        encoder.dtype = resolve_precision(precision, encoder.device)
+    return encoder
 
 
-def vision_encoder(name: str, weights: str | os.PathLike | None = None, device: str = "auto"):
-    """A loaded vision encoder, reused across slides within a process (keyed by its weights)."""
+def vision_encoder(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+):
+    """A loaded vision encoder, reused across slides within a process (keyed by its weights).
+
+    ``precision`` (float32, bfloat16, float16; default ``$NAPARI_HILA_PRECISION`` or
+    auto: mixed precision on a GPU, float32 on the CPU) is what a network runs in.
+    """
     from napari_hila.encoders.registry import resolve_weights
 
     weights = resolve_weights(name, weights)  # the encoders config's entry, read now
-    return _vision_encoder(name, str(weights) if weights else None, str(device))
+    return _vision_encoder(
+        name, str(weights) if weights else None, str(device), requested_precision(precision)
+    )
+
+
+def requested_precision(precision: str | None = None) -> str | None:
+    """The precision a user asked for (argument, then ``$NAPARI_HILA_PRECISION``); None: auto."""
+    from napari_hila.encoders.vit import PRECISION_ENV, resolve_precision
+
+    choice = (precision or os.environ.get(PRECISION_ENV) or "auto").lower()
+    if choice == "auto":
+        return None
+    resolve_precision(choice, torch.device("cpu"))  # an unknown name fails here, before any slide
+    return choice
+
+
+def ran_in(encoder) -> dict[str, str]:
+    """What a feature file records of how ``encoder`` ran: dtype, device, preprocessing."""
+    dtype = getattr(encoder, "dtype", None)
+    preprocessing = getattr(encoder, "preprocessing", None)
+    return {
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
+        "device": str(getattr(encoder, "device", None) or "cpu"),
+        "preprocessing": json.dumps(preprocessing.to_dict()) if preprocessing else "",
+    }
 
 
 def _weights_version(encoder: str, weights, device: str, wanted: str | None) -> str:
@@ -332,6 +370,7 @@ def extract_slide(
     batch_size: int = 64,
     mpp: float | None = None,
     encoder_version: str | None = None,
+    precision: str | None = None,
 ) -> Path:
     """Extract (or find cached) features of one slide; returns the HDF5 path.
 
@@ -346,6 +385,12 @@ def extract_slide(
     The weights' digest is part of the key and of the file's name too, and the
     encoder is loaded only when no cached file fits; ``encoder_version`` (a model
     card's digest) finds cached features of those weights without any weights at hand.
+    The file records the dtype, device and preprocessing the encoder ran with
+    (``encoder_dtype``, ``encoder_device``, ``encoder_preprocessing``). ``precision``
+    (or ``$NAPARI_HILA_PRECISION``) asked for explicitly is part of the key and the
+    name; a file made under "auto" (mixed precision on a GPU, float32 on the CPU) is
+    reused under auto whatever dtype it ran in (a GPU's bfloat16 file on a laptop), as
+    the embeddings agree within the measured tolerance (tests/test_encoders_vl.py).
     """
     from napari_hila.encoders.registry import get_encoder_spec
     from napari_hila.slides import check_mpp, detect_tissue, make_grids, open_slide
@@ -370,7 +415,11 @@ def extract_slide(
     }
     # the weights' digest keys the cache, so the encoder loads only on a miss
     version = _weights_version(encoder, weights, device, encoder_version)
-    settings["weights"] = version if get_encoder_spec(encoder).needs_weights else None
+    networks = get_encoder_spec(encoder).needs_weights
+    settings["weights"] = version if networks else None
+    precision = requested_precision(precision) if networks else None
+    if precision:  # asked for: its own file; auto keeps the name (and reuses either dtype)
+        settings["precision"] = precision
     if (
         region_mode == "view"
         and settings["region_encoder"]
@@ -381,12 +430,12 @@ def extract_slide(
         )
 
     def load_encoders():
-        patch = vision_encoder(encoder, weights, device)
+        patch = vision_encoder(encoder, weights, device, precision)
         if region_mode != "view":
             return patch, None
         if not settings["region_encoder"]:
             return patch, patch
-        return patch, vision_encoder(region_encoder, region_weights or weights, device)
+        return patch, vision_encoder(region_encoder, region_weights or weights, device, precision)
 
     region_name = (
         (settings["region_encoder"] or encoder) if region_mode == "view" else f"mean({encoder})"
@@ -407,6 +456,10 @@ def extract_slide(
             "slide_fingerprint": fingerprint,
             "mpp": float(slide.mpp),
         }
+        if networks:  # files from before the owners' preprocessing (bilinear) are not reused
+            expected["preprocess_version"] = PREPROCESS_VERSION
+        if precision:
+            expected["encoder_dtype"] = precision
         # a complete file is only ever renamed into place: read it without a lock or
         # a write probe, so a read-only cache serves; a renamed copy's file is reused
         for found in cached_copies(target, fingerprint):
@@ -428,7 +481,9 @@ def extract_slide(
                     "the slide is a stained tissue section, or lower --target-mpp for tiny samples"
                 )
             _check_cancel(cancel, f"{slide.path}: extraction cancelled")
-            key = settings_key({**expected, **settings})
+            ran = ran_in(patch_enc)
+            # a partial file of another dtype (a GPU run resumed on a CPU) is not resumed
+            key = settings_key({**expected, **settings, "dtype": ran["dtype"]})
             features = encode_patches(
                 slide, grids, patch_enc, target, key, batch_size, progress, cancel
             )
@@ -452,6 +507,14 @@ def extract_slide(
                         getattr(region_enc, "version", patch_enc.version)
                     ),
                     "region_mode": region_mode,
+                    "encoder_dtype": ran["dtype"],
+                    "encoder_device": ran["device"],
+                    "encoder_preprocessing": ran["preprocessing"],
+                    **(
+                        {"region_encoder_dtype": ran_in(region_enc)["dtype"]}
+                        if region_enc is not None and region_enc is not patch_enc
+                        else {}
+                    ),
                     "feature_dim": int(features.shape[1]),
                     "region_feature_dim": int(region_features.shape[1]),
                     "patch_size": int(grids.patch_size),
