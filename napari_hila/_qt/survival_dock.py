@@ -112,6 +112,9 @@ class HilaSurvivalDock(QWidget):
         self._units_note_shown = False
         for event in ("inserted", "removed", "reordered", "renamed"):
             getattr(napari_viewer.layers.events, event).connect(self.refresh_slides)
+        # napari runs its own handlers first (its EventEmitter orders core callbacks before
+        # plugins'): its canvas draws the new layer and warns "Inconsistent units" once,
+        # before this one gives the layer the slide's units; the note below says so
         napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.destroyed.connect(
             _forget_viewer(napari_viewer, self.refresh_slides, self._on_layer_inserted, self.layers)
@@ -303,9 +306,11 @@ class HilaSurvivalDock(QWidget):
             self._units_note_shown = True
             mpp = float(slides[0].scale[-1])
             show_info(
-                f"Layer '{layer.name}' has no pixel size: it is drawn in the slide's pixels "
-                f"({mpp:g} um/px) so the scale bar keeps its unit. If it has another pixel "
-                "size, set its scale (layer.scale) to that."
+                f"Layer '{layer.name}' has no pixel size: napari-hila draws it in the slide's "
+                f"pixels ({mpp:g} um/px), so units stay in use and the scale bar keeps its "
+                "unit (napari's 'Inconsistent units' warning, given before this, no longer "
+                "applies). If it has another pixel size, set its scale (layer.scale) to that. "
+                "Said once per session."
             )
 
     # -- one result, one slide ------------------------------------------------------

@@ -234,16 +234,25 @@ def test_no_unit_warning_from_plugin_layers_and_plain_layers_get_units(
     viewer.screenshot(canvas_only=True, flash=False)
     assert not said  # slide, heatmaps, selection and outlines all carry the slide's units
 
-    # a plain image: napari's own check runs before any plugin can act (once), then the
-    # layer takes the slide's pixel size and units, and the units hold from the next draw
+    # a plain image: napari's core handler draws it and warns once before any plugin
+    # callback runs (napari orders its own callbacks first); then the layer takes the
+    # slide's pixel size and units, no redraw warns again, and the dock says so once
     slide = dock.result_slide_layer()
     plain = viewer.add_image(np.zeros((50, 50)), name="a mask")
+    assert len(said) == 1
     assert tuple(str(u) for u in plain.units) == tuple(str(u) for u in slide.units)
     np.testing.assert_allclose(plain.scale, slide.scale[-2:])
     viewer.screenshot(canvas_only=True, flash=False)
+    viewer.screenshot(canvas_only=True, flash=False)
+    assert len(said) == 1  # the units hold: napari does not warn on later draws
     assert str(viewer.layers.extent.units[-1]) == "micrometer"  # the scale bar keeps its unit
-    said.clear()
     viewer.add_labels(np.zeros((50, 50), np.uint8), name="labels")
     viewer.screenshot(canvas_only=True, flash=False)
+    assert len(said) == 2
     assert len(notes) == 1 and "a mask" in notes[0] and "0.499 um/px" in notes[0]  # said once
-    assert len(said) <= 1
+    assert "no longer applies" in notes[0]
+    # a layer the user gave units of their own is left alone (and is not talked about)
+    own = viewer.add_image(np.zeros((10, 10)), scale=(2.0, 2.0), units=("nm", "nm"), name="own")
+    assert tuple(str(u) for u in own.units) == ("nanometer", "nanometer")
+    np.testing.assert_allclose(own.scale, (2.0, 2.0))
+    assert len(notes) == 1
