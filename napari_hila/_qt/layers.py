@@ -19,6 +19,30 @@ from napari_hila.results import PredictionResult
 from napari_hila.slides import SLIDE_SUFFIXES
 
 SLIDE_PATH_KEYS = ("slide_path", "path")
+STATUS_KINDS = ("heatmap", "selection", "regions")  # overlays whose status is the hover line
+HOVER_CHARS = 100  # the status bar's share at laptop width (1366 px), after the coordinates
+PROMPT_CHARS = 18  # a prompt's name in the hover line; the dock's tooltip has it whole
+
+
+def hover_line(infos: list[overlays.TokenInfo], max_chars: int = HOVER_CHARS) -> str:
+    """The tiles under the cursor in one short line: each map's value in its unit.
+
+    E.g. "patch 3 selected: pleomorphism 1.75x uniform | region 1 not selected:
+    invasion 0.67x uniform". The value is the prompt's share of the tile
+    relative to a uniform share (overlays.MAP_UNIT: 1 = uniform, 0 = none, the
+    heatmap's fixed 0-3 scale); names are shortened until the line fits ``max_chars``.
+    """
+
+    def part(info: overlays.TokenInfo, chars: int) -> str:
+        name = info.prompt if len(info.prompt) <= chars else info.prompt[: chars - 1] + "…"
+        kept = "selected" if info.selected else "not selected"
+        return f"{info.level} {info.index} {kept}: {name} {info.alignment:.2f}x uniform"
+
+    for chars in (PROMPT_CHARS, 12, 8, 4):
+        line = " | ".join(part(info, chars) for info in infos)
+        if len(line) <= max_chars:
+            return line
+    return line[: max_chars - 1] + "…"
 
 
 def slide_path_of(layer: Layer) -> str | None:
@@ -57,7 +81,7 @@ def adopt_slide_units(layer: Layer, slide: Layer) -> bool:
 class ResultLayers:
     """Owns the overlay layers of the current result in ``viewer``."""
 
-    def __init__(self, viewer: Any, on_hover: Callable[[str], None] | None = None) -> None:
+    def __init__(self, viewer: Any, on_hover: Callable[[str, str], None] | None = None) -> None:
         self.viewer = viewer
         self.result: PredictionResult | None = None
         self.layers: list[Layer] = []
@@ -108,7 +132,7 @@ class ResultLayers:
                 if old is not None:
                     self.viewer.layers.remove(old)
                 layer = Layer.create(data, kwargs, kind)
-                if layer.metadata.get(overlays.OVERLAY_KEY) in ("heatmap", "selection"):
+                if layer.metadata.get(overlays.OVERLAY_KEY) in STATUS_KINDS:
                     _add_tile_status(layer, self)
                 self.viewer.add_layer(layer)
             self.layers.append(layer)
@@ -231,16 +255,21 @@ class ResultLayers:
         return min(levels, key=lambda n: levels[n].tile_size)
 
     # -- hover --------------------------------------------------------------
-    def describe(self, world_yx: tuple[float, float]) -> str:
-        """One line about the tiles under a world point, finest level first."""
+    def tiles_at(self, world_yx: tuple[float, float]) -> list[overlays.TokenInfo]:
+        """The tile under a world point at each level with a map, finest level first."""
         if self.result is None:
-            return ""
-        parts = []
-        for lookup in self._lookups():
-            info = lookup.info(world_yx)
-            if info is not None:
-                parts.append(info.text())
-        return " | ".join(parts)
+            return []
+        infos = (lookup.info(world_yx) for lookup in self._lookups())
+        return [info for info in infos if info is not None]
+
+    def describe(self, world_yx: tuple[float, float]) -> str:
+        """One short line about the tiles under a world point (:func:`hover_line`)."""
+        infos = self.tiles_at(world_yx)
+        return hover_line(infos) if infos else ""
+
+    def describe_in_full(self, world_yx: tuple[float, float]) -> str:
+        """The same tiles in full: region, whole prompt names, the map's unit spelled out."""
+        return " | ".join(info.text() for info in self.tiles_at(world_yx))
 
     def _lookups(self) -> list[overlays.TileLookup]:
         """Per-level tile lookups for the shown prompts, rebuilt when they change."""
@@ -260,7 +289,7 @@ class ResultLayers:
         if self.result is None or self.on_hover is None:
             return
         position = tuple(event.position)[-2:]
-        self.on_hover(self.describe(position))
+        self.on_hover(self.describe(position), self.describe_in_full(position))
 
 
 def _key(layer: Layer) -> tuple[Any, Any]:
@@ -300,7 +329,11 @@ def _set_contrast(layer: Image, data: np.ndarray, limits: tuple[float, float]) -
 
 
 def _add_tile_status(layer: Layer, manager: ResultLayers) -> None:
-    """Make an overlay's status-bar text name the tile's score, selection and region."""
+    """Make an overlay's status-bar text the short line of :func:`hover_line`.
+
+    It takes the place of napari's raw pixel value (a map value without its
+    unit, a label number, a shape's index), after the coordinates.
+    """
     plain = layer.get_status
 
     def get_status(self: Layer, position: Any = None, **kwargs: Any) -> dict:
@@ -308,7 +341,9 @@ def _add_tile_status(layer: Layer, manager: ResultLayers) -> None:
         if position is not None and kwargs.get("world", False) and isinstance(status, dict):
             text = manager.describe(tuple(np.asarray(position)[-2:]))
             if text:
-                status["coordinates"] = f"{status.get('coordinates', '')} | {text}"
+                coords = status.get("coords") or status.get("coordinates", "")
+                status["coordinates"] = f"{coords}: {text}"
+                status["value"] = text
         return status
 
     layer.get_status = types.MethodType(get_status, layer)

@@ -619,9 +619,9 @@ class HilaSurvivalDock(QWidget):
         self.viewer.camera.center = center
         self.viewer.camera.zoom = zoom
 
-    def _show_hover(self, text: str) -> None:
+    def _show_hover(self, text: str, full: str = "") -> None:
         self.hover_label.setText(text)
-        self.hover_label.setToolTip(text)
+        self.hover_label.setToolTip(full or text)
 
     def _open_slide(self) -> Any:
         if self._slide is None:

@@ -110,9 +110,53 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     x0, y0 = level.coords[4]
     world = ((y0 + 10) * 0.499, (x0 + 10) * 0.499)
     dock.layers._on_mouse_move(viewer, type("Move", (), {"position": world})())
+    # one short line: the map's value in its unit (x a uniform share), per level
     text = dock.hover_label.text()
-    assert text.startswith("patch 4 (") and f"region {level.parent[4]}" in text
-    status = dock.layers.heatmaps["patch"].get_status(world, world=True)
-    assert "patch 4 (" in status["coordinates"]
-    selection = next(ly for ly in overlay_layers(viewer, "selection"))
-    assert "patch 4 (" in selection.get_status(world, world=True)["coordinates"]
+    shown = dock.prompt_combos["patch"].currentText()
+    value = overlays.heatmap_values(level, shown)[4]
+    kept = "selected" if level.selected[4] else "not selected"
+    assert text.startswith(f"patch 4 {kept}: {shown[:17]}") and f"{value:.2f}x uniform" in text
+    region = int(level.parent[4])
+    assert f" | region {region} " in text and len(text) <= 100
+    full = dock.hover_label.toolTip()  # the long form: region, whole names, the unit spelled out
+    assert f"region {region}" in full and "a uniform share" in full
+    for layer in (
+        dock.layers.heatmaps["patch"],
+        *overlay_layers(viewer, "selection"),
+        *overlay_layers(viewer, "regions"),
+    ):  # napari's raw value (a number without unit, a label, a shape index) gives way
+        status = layer.get_status(world, world=True)["coordinates"]
+        assert status.endswith(": " + text), (layer.name, status)
+
+
+def test_hover_line_fits_a_laptop_status_bar():
+    from napari_hila._qt.layers import hover_line
+
+    long = overlays.TokenInfo(
+        level="patch",
+        index=12345,
+        score=0.1,
+        selected=True,
+        region=7,
+        prompt="tumour cells infiltrating the surrounding desmoplastic stroma",
+        alignment=2.345,
+    )
+    region = overlays.TokenInfo(
+        level="region",
+        index=7,
+        score=-0.28,
+        selected=False,
+        region=-1,
+        prompt="glandular architecture lost",
+        alignment=0.5,
+    )
+    line = hover_line([long, region])
+    # 18-character names make it 112 long: they are cut to 12, which fits exactly
+    assert line == (
+        "patch 12345 selected: tumour cell… 2.35x uniform | "
+        "region 7 not selected: glandular a… 0.50x uniform"
+    )
+    assert len(line) == 100
+    narrow = hover_line([long, region], max_chars=60)
+    assert len(narrow) == 60 and narrow.endswith("…")
+    assert hover_line([region]) == "region 7 not selected: glandular archite… 0.50x uniform"
