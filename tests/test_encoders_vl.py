@@ -420,12 +420,12 @@ def test_pickled_checkpoints_are_refused(conch, made, tmp_path):
     _copy_beside(conch["weights"].parent, folder, [conch["tokenizer"].name])
     torch.save({"model": conch["model"]}, folder / "pytorch_model.bin")  # code, not tensors
     for load, name in ((get_vision_encoder, "conch"), (get_text_encoder, "conch-text")):
-        with pytest.raises(EncoderError, match="cannot read weights"):
+        with pytest.raises(EncoderError, match="pickled checkpoint.*never unpickles"):
             load(name, weights=folder / "pytorch_model.bin", device="cpu")
     quilt = tmp_path / "quilt"
     _copy_beside(made("quiltnet", 0)["folder"], quilt, ["vocab.json", "merges.txt"])
     torch.save(made("quiltnet", 0)["model"], quilt / "open_clip_pytorch_model.bin")
-    with pytest.raises(EncoderError, match="cannot read weights"):
+    with pytest.raises(EncoderError, match="pickled checkpoint.*never unpickles"):
         get_text_encoder("quiltnet-text", weights=quilt, device="cpu")
 
 
@@ -457,8 +457,9 @@ def test_tokenizer_problems_are_one_clear_error(conch, made, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "pytorch_model.bin").write_bytes(conch["weights"].read_bytes())
-    with pytest.raises(EncoderError, match="conch_byte_level_bpe_uncased.json"):
+    with pytest.raises(EncoderError, match="conch_byte_level_bpe_uncased.json") as err:
         get_text_encoder("conch-text", weights=bare / "pytorch_model.bin", device="cpu")
+    assert "'tokenizer:' under conch in the encoders config" in str(err.value)
     # a tokenizer of another vocabulary
     other = ref.conch_tokenizer_file(tmp_path, vocab_size=280)
     (bare / other.name).write_bytes(other.read_bytes())
@@ -799,5 +800,30 @@ def test_extract_with_a_missing_weights_file_fails_before_reading_the_slide(tmp_
     config = tmp_path / "encoders.yaml"
     config.write_text(f"conch: {missing}\n")
     monkeypatch.setenv("NAPARI_HILA_ENCODERS", str(config))
-    with pytest.raises(EncoderError, match="not found"):
+    with pytest.raises(EncoderError, match=f"named in {config}.*not found"):
         extract_slide(tmp_path / "s.tif", tmp_path / "f", encoder="conch")
+
+
+def test_extract_cli_refuses_unloadable_weights_once_before_any_slide(
+    conch, made, data, tmp_path, capsys
+):
+    """Another model's checkpoint, a pickled one: one error line, exit 2, no slide read."""
+    from napari_hila.cli import main
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(2):
+        _shape_slide(slides / f"s{i}.tif", data[2][:6])
+    pickled = tmp_path / "pickled" / "pytorch_model.bin"
+    pickled.parent.mkdir()
+    torch.save({"model": conch["model"]}, pickled)
+    quilt = made("quiltnet", 0)["folder"] / "open_clip_pytorch_model.bin"
+    for weights, says in ((quilt, "not a CONCH checkpoint"), (pickled, "pickled checkpoint")):
+        out = tmp_path / f"out-{weights.parent.name}"
+        argv = ["extract", str(slides), "--out", str(out), "--encoder", "conch", "--quiet"]
+        code = main(argv + ["--weights", str(weights), "--patch-px", "64", "--region-px", "128"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("error:") == 1 and says in err and str(weights) in err
+        assert "s0.tif" not in err and not out.exists()
+    code = main(argv[:-1] + ["--weights", str(conch["weights"]), "--patch-px", "64"])
+    assert code == 0 and "2 of 2 slides extracted" in capsys.readouterr().out

@@ -158,6 +158,11 @@ def test_unknown_layout_lists_keys(tmp_path):
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": _timm_model(False)}, path)  # a whole module, not a state dict
+    with pytest.raises(EncoderError, match="pickled checkpoint.*never unpickles") as err:
+        get_vision_encoder("vit", weights=path, device="cpu")
+    assert str(path) in str(err.value) and "state_dict" in str(err.value)
+    assert "weights_only=False" not in str(err.value)  # torch's advice to unpickle is not relayed
+    path.write_bytes(b"not a checkpoint")
     with pytest.raises(EncoderError, match="cannot read weights"):
         get_vision_encoder("vit", weights=path, device="cpu")
 

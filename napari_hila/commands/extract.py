@@ -135,6 +135,13 @@ def _check_options(options: dict) -> None:
                 f"--{key.replace('_', '-')} {options[key]}: no such file or folder; give the "
                 "path of the encoder's local weights"
             )
+    from napari_hila.features.extract import check_encoders_load
+
+    check_encoders_load(
+        *(options[k] for k in ("encoder", "weights", "region_encoder", "region_weights")),
+        device=options["device"],
+        region_mode=options["region_mode"],
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -83,7 +84,21 @@ def _read_file(path: Path) -> StateDict:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and header errors all mean: not a usable checkpoint
+    except pickle.UnpicklingError as err:
+        # torch's weights-only unpickler refused a Python object (a class, a function)
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:
+            raise EncoderError(
+                f"{path}: cannot read weights ({err}); expected a state dict saved with "
+                "torch.save or safetensors"
+            ) from None
+        raise EncoderError(
+            f"{path}: a pickled checkpoint: it holds Python objects, not only tensors "
+            f"(it names {found.group(1)}), and napari-hila never unpickles code (loading "
+            "it could run anything). Give the weights as their owners distribute them: a state "
+            "dict of tensors (torch.save(model.state_dict(), ...)) or .safetensors"
+        ) from None
+    except Exception as err:  # zip and header errors mean: not a usable checkpoint
         raise EncoderError(
             f"{path}: cannot read weights ({type(err).__name__}: {err}); expected a state dict "
             "saved with torch.save or safetensors"

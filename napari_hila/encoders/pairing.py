@@ -39,7 +39,7 @@ def choose_text_encoder(vision_encoder: str | None) -> tuple[str, str]:
     paired = PAIRED_TEXT_ENCODERS.get(vision_encoder or "")
     if paired and paired.endswith("-text"):
         return paired, (
-            f"the patch features are {vision_encoder!r}'s image embeddings and {paired!r} is the "
+            f"the patch features are {vision_encoder}'s image embeddings and {paired} is the "
             "same model's text tower, trained into that space (its weights are found like the "
             "image tower's: --text-weights or the encoders config)"
         )

@@ -125,10 +125,17 @@ def _load(name: str, kind: str, weights: str | os.PathLike | None, device: str) 
                 "never downloads weights"
             )
     if path is not None and not path.exists():
-        raise EncoderError(
-            f"{path}: weights {where} for encoder {name!r} not found; check the path"
-        )
+        raise EncoderError(f"{path}: weights {_where(name, path, where)} not found; check the path")
     return spec.loader(spec, path, resolve_device(device))
+
+
+def _where(name: str, path: Path, where: str = "given") -> str:
+    """``weights <where>`` for a message: given, or named in the encoders config."""
+    from napari_hila.encoders.userconfig import config_path, configured
+
+    if where == "given" and configured(name) == path:
+        where = f"named in {config_path()}"
+    return f"{where} for encoder {name!r}"
 
 
 def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> Path | None:
@@ -173,7 +180,7 @@ def encoder_version(name: str, weights: str | os.PathLike | None = None) -> str 
     if path is None:
         return None
     if not path.exists():
-        raise EncoderError(f"{path}: weights for encoder {name!r} not found; check the path")
+        raise EncoderError(f"{path}: weights {_where(name, path)} not found; check the path")
     from napari_hila.encoders.checkpoints import weights_digest
 
     return weights_digest(path)

@@ -334,7 +334,7 @@ def load_tower_text(spec, weights: Path, device: torch.device, tokenizer: Path |
                 f"{weights}: text encoder {spec.name!r} needs CONCH's tokenizer "
                 f"{CONCH_TOKENIZER} (in CONCH's code, conch/open_clip_custom/tokenizers/): put "
                 "it beside the weights or give its path as 'tokenizer:' under "
-                f"{spec.name} in the encoders config ({_config_hint()})"
+                f"{spec.name.removesuffix('-text')} in the encoders config ({_config_hint()})"
             )
         tok = conch_tokenizer(path, tower.config.vocab_size, weights)
     else:

@@ -77,6 +77,25 @@ def vision_encoder(
     )
 
 
+def check_encoders_load(
+    encoder: str,
+    weights: str | os.PathLike | None = None,
+    region_encoder: str | None = None,
+    region_weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    region_mode: str = "view",
+) -> None:
+    """Load the encoders an extraction of many slides will use, once, before any slide.
+
+    Weights that do not load (another model's, pickled, a tokenizer-less pair) then
+    fail with one message instead of once per slide; the loaded encoders stay in
+    this process's cache for the extraction itself.
+    """
+    vision_encoder(encoder, weights, device)
+    if region_mode == "view" and region_encoder not in (None, encoder):
+        vision_encoder(region_encoder, region_weights or weights, device)
+
+
 def requested_precision(precision: str | None = None) -> str | None:
     """The precision a user asked for (argument, then ``$NAPARI_HILA_PRECISION``); None: auto."""
     from napari_hila.encoders.vit import PRECISION_ENV, resolve_precision
