@@ -56,3 +56,24 @@ def test_default_cancel_slide_is_cancelled_at_every_delay(tmp_path):
     model = str(resource_path("demo_model"))
     latency = bench_viewer._cancel_latency(big, model, "cpu", tmp_path / "cache", 0.6)
     assert latency is not None and latency < 5.0
+
+
+def test_cpu_timings_load_no_qt(tmp_path):
+    """`bench viewer` without --gui times the dock's worker function, which imports no Qt."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_hila.bench import viewer\n"
+        "from napari_hila.prediction_job import run_prediction\n"
+        "from napari_hila.resources import demo_model_path\n"
+        f"outcome = run_prediction({str(tmp_path / 'missing.svs')!r}, demo_model_path())\n"
+        "assert outcome.error and 'missing.svs' in outcome.error, outcome\n"
+        "gui = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'vispy'))\n"
+        "print(gui)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "napari_hila.training": 4,
     "napari_hila.predict": 4,
     "napari_hila.predict_many": 4,
+    "napari_hila.prediction_job": 4,
     "napari_hila.overlays": 5,
     "napari_hila.plotting": 5,
     "napari_hila.export": 6,

@@ -91,8 +91,7 @@ def test_region_outlines_stop_at_the_slide_edge():
 
 
 def test_progress_label_and_bar_say_the_same_number():
-    pytest.importorskip("qtpy")
-    from napari_hila._qt.job import overall_fraction, stage_text
+    from napari_hila.prediction_job import overall_fraction, stage_text
 
     for stage, fraction in (("tiles", 0.0), ("tiles", 0.5), ("features", 0.25), ("model", 1.0)):
         percent = 100 * overall_fraction(stage, fraction)

@@ -61,8 +61,8 @@ def launch_viewer(
 
 def _tissue_or_none(result: PredictionResult) -> Any:
     """The slide's tissue mask for the overlay, or None if the slide cannot be read now."""
-    from napari_hila._qt.job import tissue_of
     from napari_hila.errors import HilaError
+    from napari_hila.prediction_job import tissue_of
 
     try:
         return tissue_of(result)

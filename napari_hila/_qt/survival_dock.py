@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hila import overlays
-from napari_hila._qt.job import JobOutcome, PredictionJob, overall_fraction, stage_text
+from napari_hila._qt.job import PredictionJob
 from napari_hila._qt.km_dock import DOCK_MIN_WIDTH, km_dock_for
 from napari_hila._qt.layers import ResultLayers, adopt_slide_units, slide_path_of
 from napari_hila._qt.legend import MapLegend
@@ -46,6 +46,7 @@ from napari_hila._qt.scroll import make_scrollable
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
 from napari_hila.predict import default_cache_dir
+from napari_hila.prediction_job import JobOutcome, overall_fraction, stage_text
 from napari_hila.results import PredictionResult, risk_standing, threshold_name
 from napari_hila.slides.opener import MPP_RANGE, check_mpp
 

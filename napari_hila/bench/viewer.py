@@ -1,7 +1,7 @@
 """The viewer's run: cold and cached prediction, cancel latency, result display.
 
 Times the function the HiLa dock runs in its worker thread
-(:func:`napari_hila._qt.job.run_prediction`: prediction plus the tissue mask);
+(:func:`napari_hila.prediction_job.run_prediction`: prediction plus the tissue mask);
 a bare :func:`napari_hila.predict.predict_slide` on the same cache is reported
 beside it as the part the worker wraps (no other tool runs these models, so
 the prediction has no peer). Cancel latency is the time from setting the
@@ -64,7 +64,7 @@ def _cancel_latency(slide: str, model: str, device: str, cache: Path, delay: flo
 
     None when the run finished before the Cancel came (encoding was quicker than ``delay``).
     """
-    from napari_hila._qt.job import run_prediction
+    from napari_hila.prediction_job import run_prediction
 
     cancel = threading.Event()
     marks: dict[str, float] = {}
@@ -280,8 +280,8 @@ def _export_timings(result: Any, out: Path, repeats: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from napari_hila._qt.job import run_prediction
     from napari_hila.predict import predict_slide
+    from napari_hila.prediction_job import run_prediction
     from napari_hila.resources import resource_path, sample_slide_path
 
     slide = str(args.slide or sample_slide_path())

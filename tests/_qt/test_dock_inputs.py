@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-import types
 
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from napari_hila import overlays
+from napari_hila import overlays, prediction_job
 from napari_hila._qt.survival_dock import HilaSurvivalDock
 from napari_hila.errors import Cancelled
 
@@ -106,11 +104,7 @@ def slow_predict(monkeypatch):
             time.sleep(0.05)
         raise AssertionError("should have been cancelled")
 
-    module = sys.modules.get("napari_hila.predict")
-    if module is None:
-        module = types.ModuleType("napari_hila.predict")
-        monkeypatch.setitem(sys.modules, "napari_hila.predict", module)
-    monkeypatch.setattr(module, "predict_slide", predict_slide, raising=False)
+    monkeypatch.setattr(prediction_job, "predict_slide", predict_slide)
     return calls
 
 
@@ -146,9 +140,7 @@ def test_failure_becomes_one_notification(
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    module = sys.modules.get("napari_hila.predict") or types.ModuleType("napari_hila.predict")
-    monkeypatch.setitem(sys.modules, "napari_hila.predict", module)
-    monkeypatch.setattr(module, "predict_slide", broken, raising=False)
+    monkeypatch.setattr(prediction_job, "predict_slide", broken)
     add_slide_layer(dock.viewer, sample_slide)
     assert dock.run() is True
     qtbot.waitUntil(lambda: not dock.job.running, timeout=5000)
@@ -176,13 +168,10 @@ def test_cancel_after_prediction_still_shows_nothing(monkeypatch, sample_slide):
 
     from hila_fake_results import fake_result
 
-    import napari_hila.predict
-    from napari_hila._qt import job
+    from napari_hila import prediction_job as job
 
     cancel = th.Event()
-    monkeypatch.setattr(
-        napari_hila.predict, "predict_slide", lambda *a, **k: fake_result(str(sample_slide))
-    )
+    monkeypatch.setattr(job, "predict_slide", lambda *a, **k: fake_result(str(sample_slide)))
 
     def tissue_while_cancelling(result):
         cancel.set()
