@@ -194,8 +194,8 @@ def test_cut_in_the_last_image_keeps_the_slide_and_names_the_loss(sample_slide, 
             )
 
 
-def test_directory_check_reads_pages_not_tiles(sample_slide, monkeypatch):
-    """The IFD walk reads each directory once, whatever the number of tiles (O(pages))."""
+def _counted_reads(monkeypatch, path):
+    """How many reads the directory walk makes on ``path``."""
     from napari_hila.slides import tiff_checks
 
     reads = []
@@ -218,11 +218,24 @@ def test_directory_check_reads_pages_not_tiles(sample_slide, monkeypatch):
         def __exit__(self, *exc):
             self._fh.close()
 
-    monkeypatch.setattr(tiff_checks, "open", lambda *a: CountingFile(real_open(*a)), raising=False)
-    assert tiff_checks.directory_damage(sample_slide) == []
+    with monkeypatch.context() as patch:
+        patch.setattr(tiff_checks, "open", lambda *a: CountingFile(real_open(*a)), raising=False)
+        assert tiff_checks.directory_damage(path) == []
+    return len(reads)
+
+
+def test_directory_check_reads_pages_not_tiles(sample_slide, tmp_path, monkeypatch):
+    """The IFD walk reads each directory once, whatever the number of tiles (O(pages))."""
+    from napari_hila.slides.tiff_checks import WANTED_TAGS
+
     pages = len(_page_offsets(sample_slide))
-    # header and first offset, then per page: count, table, tile offsets and byte counts
-    assert len(reads) <= 2 + 4 * pages
+    # header and first offset, then per page: count, table, the kept values, extents
+    assert _counted_reads(monkeypatch, sample_slide) <= 2 + (4 + len(WANTED_TAGS)) * pages
+    noise = np.random.default_rng(0).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    few, many = tmp_path / "few.tif", tmp_path / "many.tif"
+    tifffile.imwrite(few, noise[:256, :256], tile=(128, 128), photometric="rgb")  # 4 tiles
+    tifffile.imwrite(many, noise, tile=(128, 128), photometric="rgb")  # 256 tiles
+    assert _counted_reads(monkeypatch, few) == _counted_reads(monkeypatch, many)
 
 
 def test_descriptive_tag_pointing_past_the_end_is_a_warning_not_a_refusal(tmp_path, tissue):

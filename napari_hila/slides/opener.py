@@ -2,8 +2,10 @@
 
 Checks the file first (exists, is a file, is not empty, is what its name says,
 is whole, holds 8-bit brightfield pixels) so every bad input gives one message
-naming the file and the real cause. A TIFF is parsed once; what the check
-learns goes on to the backend. Then picks the backend per file: tifffile
+naming the file and the real cause. A TIFF's directories are read once; what
+the check learns goes on to the backend. A plain Aperio SVS of JPEG tiles is
+opened from that walk alone (``aperio.py``: within OpenSlide's open time),
+anything else through one tifffile parse. Then picks the backend per file: tifffile
 (tile-by-tile decoding) for Aperio and generic tiled TIFFs, where it reads
 regions faster than OpenSlide (see ``napari-hila bench io``), and for TIFF
 pyramids OpenSlide sees as one level (OME SubIFDs, unflagged pages); OpenSlide
@@ -166,13 +168,19 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
             if problem:
                 raise SlideError(f"{path}: {problem}") from None
             raise
-    from napari_hila.slides.tifffile_backend import open_tiff
+    from napari_hila.slides.tiff_checks import walk_directories
+    from napari_hila.slides.tifffile_backend import TifffileSlide, aperio_survey, open_tiff
 
-    opened = open_tiff(path)
+    walk = walk_directories(path)
+    if backend != "openslide" and osr_format in (None, *TIFFFILE_FIRST_FORMATS):
+        quick = aperio_survey(path, walk)  # a plain SVS: its walk is all the open needs
+        if quick is not None:
+            return _probed(TifffileSlide(path, *quick))
+    opened = open_tiff(path, walk)
     try:
         return _open_tiff(path, opened, osr_format, backend)
     except BaseException:
-        opened.tif.close()
+        opened.close()
         raise
 
 
@@ -182,7 +190,6 @@ def _open_tiff(
     """A TIFF-family slide: tifffile where it is faster or sees more, OpenSlide otherwise."""
     from napari_hila.slides.tifffile_backend import TifffileSlide, survey_tiff
 
-    tif = opened.tif
     survey = survey_tiff(path, opened)
     # vendor layouts (NDPI, BIF, SCN) keep their main image where OpenSlide
     # knows to look; their pixels are OpenSlide's to judge
@@ -190,6 +197,11 @@ def _open_tiff(
     judged_here = osr_format in (None, "generic-tiff") or backend == "tifffile"
     if judged_here and isinstance(layout, SlideError):
         raise layout
+    if backend == "openslide" and survey.levels_lost:
+        raise SlideError(
+            f"{next(w for w in survey.warnings if 'truncated' in w)}. OpenSlide cannot read a cut pyramid: open it with the "
+            "tifffile backend (the default), which reads its whole levels"
+        )
     if backend == "openslide" and not isinstance(layout, SlideError) and layout.openslide_misreads:
         raise SlideError(
             f"{path}: OpenSlide misreads grey+alpha TIFFs (libtiff's RGBA reader returns "
@@ -200,7 +212,7 @@ def _open_tiff(
     if osr_format is None:  # backend == "openslide"
         raise SlideError(f"{path}: OpenSlide does not recognise this file's format")
     compressions = {s.keyframe.compression for s in survey.levels}
-    tifffile_first = (
+    tifffile_first = survey.levels_lost or (  # OpenSlide would read past the cut
         backend is None
         and osr_format in TIFFFILE_FIRST_FORMATS
         and survey.fast
@@ -215,7 +227,7 @@ def _open_tiff(
             raise
         return _probed(TifffileSlide(path, opened, survey))  # e.g. old-style JPEG: tifffile only
     if backend == "openslide" or survey.decode_problem or slide.level_count >= len(survey.levels):
-        tif.close()
+        opened.close()
         return _probed(slide)
     slide.close()  # tifffile sees levels OpenSlide misses (OME SubIFDs, unflagged pages)
     return _probed(TifffileSlide(path, opened, survey))

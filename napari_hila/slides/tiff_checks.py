@@ -11,6 +11,7 @@ with the number of pages, not the number of tiles.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import struct
@@ -30,25 +31,71 @@ _INTEGER_TYPES = {3: "u2", 4: "u4", 16: "u8"}
 _PIXEL_TAGS = {*_EXTENT_TAGS, 347, 320, 530, 258, 338}
 #: Directories walked at most: a loop in a damaged chain must not hang the opener.
 _MAX_DIRECTORIES = 100_000
+#: Tags whose values the walk keeps (besides the extents): what a slide's levels
+#: are made of (size, tiles, samples, compression, colour, JPEG tables) and its
+#: description, resolution and provenance.
+WANTED_TAGS = {254, 256, 257, 258, 259, 262, 270, 271, 272, 277, 282, 283, 284, 296, 305, 306}
+WANTED_TAGS |= {322, 323, 330, 338, 339, 347, 530, 32997}
+#: A kept value larger than this is not read (an ICC profile, an XMP packet).
+_MAX_VALUE_BYTES = 1 << 20
+#: struct codes of the field types whose values are kept; "" keeps the raw bytes.
+_VALUE_TYPES = {1: "B", 2: "", 3: "H", 4: "I", 5: "I", 7: "", 13: "I", 16: "Q", 18: "Q"}
 
 
 @dataclass(frozen=True)
 class Damage:
     """One place where the file ends before its content does."""
 
-    page: int | None  # top-level page index, None for the directory chain itself
+    #: Top-level page index: the page whose tags or tiles are cut, or for a cut
+    #: directory chain the first directory that is lost (None: a page tifffile
+    #: found elsewhere, e.g. a SubIFD).
+    page: int | None
     what: str  # e.g. "its directory 3 would start at byte 1474362"
-    chain: bool  # the directory chain is cut: later pages are lost
+    chain: bool  # the directory chain is cut: this page and all later ones are lost
     #: The pixels depend on it (tiles, their offsets, JPEG tables); False for a descriptive
     #: tag, which some writers leave pointing anywhere: worth a warning, not a refusal.
     essential: bool = True
 
 
+@dataclass
+class Directory:
+    """One top-level image directory (IFD) as the walk read it."""
+
+    index: int
+    offset: int
+    #: Values of the tags in ``WANTED_TAGS``: integers (rationals as numerator,
+    #: denominator pairs) as a tuple, ASCII and undefined bytes as bytes.
+    values: dict[int, tuple[int, ...] | bytes]
+    offsets: np.ndarray | None = None  # tile or strip offsets
+    counts: np.ndarray | None = None  # their byte counts
+
+
+@dataclass
+class DirectoryWalk:
+    """The top-level IFD chain: the directories that are whole, and where the file is cut."""
+
+    directories: list[Directory]
+    damage: list[Damage]
+    byteorder: str
+    size: int  # of the file, in bytes
+    #: Where the cut directory starts, when the chain is cut inside the file: a
+    #: parser must stop before it (tifffile reads a half directory as garbage).
+    cut_at: int | None = None
+
+
 def directory_damage(path: str | os.PathLike) -> list[Damage] | None:
-    """Damage in the top-level IFD chain: directories, tag values or tiles past the end of the file.
+    """Damage in the top-level IFD chain (see :func:`walk_directories`); None if not walked."""
+    walk = walk_directories(path)
+    return None if walk is None else walk.damage
+
+
+def walk_directories(path: str | os.PathLike) -> DirectoryWalk | None:
+    """The top-level IFD chain, read once: directories, tag values, and where the file is cut.
 
     Reads the header itself, so a file tifffile cannot open at all is still
-    told apart: cut short ("truncated") or damaged in place ("corrupt").
+    told apart: cut short ("truncated") or damaged in place ("corrupt"). Each
+    directory costs a few reads (its table, the values of ``WANTED_TAGS``, its
+    tile offsets and byte counts), whatever its number of tiles.
     None for a classic TIFF past 4 GiB: only Hamamatsu NDPI writes those, with
     offsets that wrap at 2**32 (tifffile knows the trick; its offsets are checked instead).
     """
@@ -57,43 +104,44 @@ def directory_damage(path: str | os.PathLike) -> list[Damage] | None:
         head = fh.read(16)
     byteorder = {b"II": "<", b"MM": ">"}.get(head[:2])
     if byteorder is None or len(head) < 8:
-        return []
+        return DirectoryWalk([], [], byteorder or "<", size)
     (version,) = struct.unpack(f"{byteorder}H", head[2:4])
     offset_size = 8 if version == 43 else 4
     if offset_size == 4 and size >= 1 << 32:
         return None
     offset_format = f"{byteorder}{'Q' if offset_size == 8 else 'I'}"
     count_format = f"{byteorder}{'Q' if offset_size == 8 else 'H'}"
+    count_size = struct.calcsize(count_format)
     entry_size = 20 if offset_size == 8 else 12
     # an entry: tag (H), type (H), count, value or offset (each offset_size bytes)
     entry = struct.Struct(f"{byteorder}HH{'Q' if offset_size == 8 else 'I'}")
     value_offset = struct.Struct(offset_format)
     damage: list[Damage] = []
+    directories: list[Directory] = []
     with open(path, "rb") as fh:
         fh.seek(8 if offset_size == 8 else 4)
         first = fh.read(offset_size)
         if len(first) < offset_size:
-            return [Damage(None, "its header is cut", True)]
+            return DirectoryWalk([], [Damage(0, "its header is cut", True)], byteorder, size)
         (offset,) = value_offset.unpack(first)
         seen: set[int] = set()
         index = 0
         while offset and offset not in seen and index < _MAX_DIRECTORIES:
             seen.add(offset)
-            count_size = struct.calcsize(count_format)
             if offset + count_size > size:
                 what = f"its directory {index + 1} would start at byte {offset}"
                 if index == 0:  # the header's own pointer: a cut file, or a damaged header
                     what += " (or the header is corrupt)"
-                damage.append(Damage(None, what, True))
+                damage.append(Damage(index, what, True))
                 break
             fh.seek(offset)
             (count,) = struct.unpack(count_format, fh.read(count_size))
             end = offset + count_size + count * entry_size + offset_size
             if end > size:
-                damage.append(Damage(None, f"its directory {index + 1} runs to byte {end}", True))
-                break
+                damage.append(Damage(index, f"its directory {index + 1} runs to byte {end}", True))
+                return DirectoryWalk(directories, damage, byteorder, size, cut_at=offset)
             table = fh.read(count * entry_size + offset_size)
-            extents: dict[str, np.ndarray] = {}
+            directory = Directory(index, offset, {})
             for i in range(count):
                 raw = table[i * entry_size : (i + 1) * entry_size]
                 tag, kind, n = entry.unpack_from(raw)
@@ -103,20 +151,62 @@ def directory_damage(path: str | os.PathLike) -> list[Damage] | None:
                 if not inline and start + nbytes > size:
                     what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
                     damage.append(Damage(index, what, False, tag in _PIXEL_TAGS))
-                elif tag in _EXTENT_TAGS and kind in _INTEGER_TYPES:
-                    dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
-                    data = (
-                        raw[entry.size : entry.size + nbytes]
-                        if inline
-                        else _read(fh, start, nbytes)
-                    )
-                    extents[_EXTENT_TAGS[tag]] = np.frombuffer(data, dtype).astype(np.int64)
-            last = _last_byte(extents)
+                    continue
+                wanted = tag in _EXTENT_TAGS or (tag in WANTED_TAGS and nbytes <= _MAX_VALUE_BYTES)
+                if not wanted or kind not in _VALUE_TYPES:
+                    continue
+                data = raw[entry.size : entry.size + nbytes] if inline else _read(fh, start, nbytes)
+                if tag in _EXTENT_TAGS:
+                    if kind in _INTEGER_TYPES:
+                        dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
+                        array = np.frombuffer(data, dtype).astype(np.int64)
+                        setattr(directory, _EXTENT_TAGS[tag], array)
+                elif _VALUE_TYPES[kind]:
+                    code = _VALUE_TYPES[kind] * (n * (2 if kind in (5, 10) else 1))
+                    directory.values[tag] = struct.unpack(f"{byteorder}{code}", data)
+                else:
+                    directory.values[tag] = bytes(data)
+            extents = {"offsets": directory.offsets, "counts": directory.counts}
+            last = _last_byte({k: v for k, v in extents.items() if v is not None})
             if last > size:
                 damage.append(Damage(index, f"its tiles reach byte {last}", False))
+            directories.append(directory)
             (offset,) = value_offset.unpack_from(table, count * entry_size)
             index += 1
-    return damage
+    return DirectoryWalk(directories, damage, byteorder, size)
+
+
+class FileUpTo(io.RawIOBase):
+    """A file read as if it ended at ``size``: what a parser of a cut file should see."""
+
+    def __init__(self, path: str | os.PathLike, size: int) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")  # noqa: SIM115 (closed with this object)
+        self._size = size
+        self.name = os.fspath(path)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            offset, whence = self._size + offset, os.SEEK_SET
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self._fh.read(max(0, min(len(buffer), self._size - self._fh.tell())))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _read(fh, offset: int, count: int) -> bytes:

@@ -10,6 +10,7 @@ level is a dask array chunked at the file's tiles.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -26,6 +27,7 @@ from napari_hila.errors import SlideError
 from napari_hila.slides.arrays import LevelArray
 from napari_hila.slides.base import Slide
 from napari_hila.slides.pixels import (
+    RGB,
     PixelLayout,
     compression_name,
     pixel_layout,
@@ -33,10 +35,12 @@ from napari_hila.slides.pixels import (
 )
 from napari_hila.slides.tiff_checks import (
     Damage,
+    DirectoryWalk,
+    FileUpTo,
     data_damage,
-    directory_damage,
     log_warnings,
     tifffile_log,
+    walk_directories,
 )
 from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
 
@@ -46,41 +50,99 @@ if TYPE_CHECKING:
 _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3}
 
 
-@dataclass
 class OpenedTiff:
-    """A TiffFile with what opening it found: tifffile's log lines and damaged pages."""
+    """A TIFF as the opener found it: its directory walk, tifffile's log lines, and a TiffFile.
 
-    tif: tifffile.TiffFile
-    log: list[str]
-    damage: list[Damage]  # top-level pages whose tags or tiles run past the end of the file
-    walked: bool = True  # False: the directory walk could not run (NDPI past 4 GiB)
-
-
-def open_tiff(path: str | os.PathLike) -> OpenedTiff:
-    """Open ``path`` with tifffile after checking it is whole.
-
-    Raises SlideError saying "truncated" when the directory chain runs past
-    the end of the file, "corrupt" when the bytes are there but unreadable.
+    The TiffFile is opened on first use: a plain Aperio SVS is read from the
+    walk alone (``aperio.py``) and needs tifffile only for its associated images.
     """
-    damage = directory_damage(path)
-    walked = damage is not None
-    damage = damage or []
-    cut = [d for d in damage if d.chain]
-    if cut:
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        walk: DirectoryWalk | None,
+        tif: tifffile.TiffFile | None = None,
+        log: list[str] | None = None,
+    ) -> None:
+        self.path = path
+        self.walk = walk
+        self.log = log if log is not None else []
+        self._tif = tif
+        self._source: io.BufferedReader | None = None
+
+    @property
+    def damage(self) -> list[Damage]:
+        """Top-level pages whose tags or tiles run past the end of the file, and chain cuts."""
+        return self.walk.damage if self.walk is not None else []
+
+    @property
+    def walked(self) -> bool:
+        """False: the directory walk could not run (NDPI past 4 GiB)."""
+        return self.walk is not None
+
+    @property
+    def tif(self) -> tifffile.TiffFile:
+        if self._tif is None:
+            cut_at = self.walk.cut_at if self.walk is not None else None
+            if cut_at is not None:  # tifffile sees the file end where the cut directory starts
+                self._source = io.BufferedReader(FileUpTo(self.path, cut_at))
+            try:
+                self._tif = _tifffile(self.path, self.log, self._source)
+            except SlideError:
+                self.close()
+                raise
+        return self._tif
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+        if self._source is not None:
+            self._source.close()
+
+
+def open_tiff(path: str | os.PathLike, walk: DirectoryWalk | None = None) -> OpenedTiff:
+    """Open ``path`` with tifffile after checking it is whole (``walk``: the check already made).
+
+    Raises SlideError saying "truncated" when the directory chain is cut
+    before its first directory, "corrupt" when the bytes are there but
+    unreadable. A chain cut later is judged by :func:`survey_tiff`, which
+    knows which pages are levels.
+    """
+    walk = walk_directories(path) if walk is None else walk
+    opened = OpenedTiff(path, walk)
+    cut = [d for d in opened.damage if d.chain]
+    if cut and cut[0].page == 0:
         raise _truncated(path, cut[0])
+    try:
+        opened.tif  # noqa: B018 (parse now: a file tifffile cannot read fails here)
+    except SlideError:
+        if cut:  # tifffile stumbles on the cut directory: the cut is the cause
+            raise _truncated(path, cut[0]) from None
+        raise
+    return opened
+
+
+def _tifffile(
+    path: str | os.PathLike, log: list[str], source: io.BufferedReader | None = None
+) -> tifffile.TiffFile:
+    """A TiffFile of ``path`` (read from ``source`` if given), its series parsed.
+
+    tifffile's log lines are appended to ``log``.
+    """
     with tifffile_log() as messages:
         try:
-            tif = tifffile.TiffFile(path)
+            tif = tifffile.TiffFile(path if source is None else source)
         except (tifffile.TiffFileError, ValueError, OSError, struct.error) as err:
             raise SlideError(f"{path}: not a readable TIFF ({err}); the file is corrupt") from err
         try:
             has_image = len(tif.pages) > 0 and len(tif.series) > 0
         except Exception:  # tifffile parses lazily; a broken directory fails here
             has_image = False
+    log.extend(messages)
     if not has_image:
         tif.close()
         raise SlideError(f"{path}: the TIFF's image directory is corrupt; copy it again")
-    return OpenedTiff(tif, list(messages), damage, walked)
+    return tif
 
 
 def _truncated(path: str | os.PathLike, damage: Damage) -> SlideError:
@@ -103,6 +165,8 @@ class TiffSurvey:
     decode_problem: str | None
     #: Messages for the user: damaged associated images, tifffile's log, in our words.
     warnings: list[str] = field(default_factory=list)
+    #: The file is cut inside its pyramid: some reduced levels were left out (or may be).
+    levels_lost: bool = False
 
     @property
     def fast(self) -> bool:
@@ -112,57 +176,151 @@ class TiffSurvey:
         )
 
 
+def aperio_survey(
+    path: str | os.PathLike, walk: DirectoryWalk | None
+) -> tuple[OpenedTiff, TiffSurvey] | None:
+    """A plain Aperio SVS surveyed from its directory walk alone (``aperio.py``), or None.
+
+    tifffile is not opened: the file and the survey it would have given come
+    back ready for :class:`TifffileSlide`; the associated images are found by
+    tifffile when first read.
+    """
+    from napari_hila.slides.aperio import aperio_layout
+
+    layout = aperio_layout(path, walk) if walk is not None else None
+    if layout is None:
+        return None
+    survey = TiffSurvey(
+        levels=layout.levels,  # type: ignore[arg-type]  (the attributes a series has)
+        associated=dict.fromkeys(layout.associated),
+        layout=RGB,
+        decode_problem=None,
+    )
+    return OpenedTiff(path, walk), survey
+
+
 def survey_tiff(path: str | os.PathLike, opened: OpenedTiff) -> TiffSurvey:
     """Levels, associated images, pixel layout and completeness of an open TIFF.
 
-    Raises SlideError ("truncated") when a level's data or tags run past the
-    end of the file; a cut associated image (label, macro) is dropped with a warning.
+    Raises SlideError ("truncated") when level 0's data or tags run past the
+    end of the file; a cut reduced level or associated image (label, macro) is
+    dropped with a warning naming it (see :func:`_judge_damage`).
     """
     tif, log = opened.tif, opened.log
     levels = tiff_pyramid_series(tif)
     associated = {
         s.name.lower(): s for s in tif.series if s.name.lower() in ("thumbnail", "label", "macro")
     }
-    level_pages = [p for s in levels for p in s.pages if p is not None]
-    level_indices = {p.index for p in level_pages}
-    # the walk covers top-level pages; SubIFD levels (and all, if it could not run) here
-    unwalked = [
-        p
-        for p in [*level_pages, *(s.keyframe for s in associated.values())]
-        if not (opened.walked and isinstance(p.index, int))
-    ]
-    damage = opened.damage + data_damage(path, unwalked)
-    warnings = []
-    for item in damage:
-        if not item.essential:
-            warnings.append(
-                f"{path}: {item.what}, past the end of the file ({Path(path).stat().st_size} "
-                "bytes); that tag is ignored, the pixels do not need it"
-            )
-            continue
-        if item.page is None or item.page in level_indices:
-            raise _truncated(path, item)
-        lost = [n for n, series in associated.items() if series.keyframe.index == item.page]
-        for name in lost:
-            del associated[name]
-        what = f"its {lost[0]} image" if lost else f"image {item.page + 1} (not a level)"
-        warnings.append(
-            f"{path}: the file is truncated ({item.what}): {what} is lost, the slide's "
-            "levels are whole; copy the file again to get it back"
-        )
+    whole = len(levels)
+    levels, associated, warnings = _judge_damage(path, opened, levels, associated)
     try:
         layout: PixelLayout | SlideError = pixel_layout(path, levels[0])
     except SlideError as err:
         layout = err
     problems = {tifffile_decode_problem(s.keyframe) for s in levels} - {None}
-    log = [m for m in log if "invalid value offset" not in m] if damage else list(log)
+    if opened.damage or warnings:  # tifffile's own lines about the cut: ours say it
+        log = [m for m in log if "invalid value offset" not in m and "invalid page" not in m]
     return TiffSurvey(
         levels=levels,
         associated=associated,
         layout=layout,
         decode_problem=sorted(problems)[0] if problems else None,
         warnings=warnings + log_warnings(path, log),
+        levels_lost=len(levels) < whole or any(d.chain for d in opened.damage),
     )
+
+
+def _judge_damage(
+    path: str | os.PathLike,
+    opened: OpenedTiff,
+    levels: list[tifffile.TiffPageSeries],
+    associated: dict[str, tifffile.TiffPageSeries],
+) -> tuple[list[tifffile.TiffPageSeries], dict[str, tifffile.TiffPageSeries], list[str]]:
+    """The levels and associated images that are whole, and warnings naming what is lost.
+
+    Level 0 cut: SlideError ("truncated"). A reduced level cut (its tiles past
+    the end, or its directory lost where the chain of directories is cut) is
+    left out with a warning naming it, so is an associated image. A chain cut
+    before any reduced level's directory leaves no sign of what was there (more
+    levels, or only a thumbnail): refused as truncated, as OpenSlide does.
+    """
+    size = Path(path).stat().st_size
+    chain = next((d for d in opened.damage if d.chain), None)
+    beyond = chain.page if chain is not None else None  # first directory lost
+
+    def lost_with_chain(page) -> bool:
+        return beyond is not None and isinstance(page.index, int) and page.index >= beyond
+
+    level_of = {
+        page.index: number
+        for number, series in enumerate(levels)
+        for page in series.pages
+        if page is not None and isinstance(page.index, int)
+    }
+    lost: dict[int, Damage | None] = {}  # level number -> its damage (None: past the chain cut)
+    warnings = []
+    for item in opened.damage:
+        if not item.essential:
+            warnings.append(
+                f"{path}: {item.what}, past the end of the file ({size} bytes); that tag is "
+                "ignored, the pixels do not need it"
+            )
+        elif not item.chain and item.page in level_of:
+            lost.setdefault(level_of[item.page], item)
+    for number, series in enumerate(levels):
+        pages = [p for p in series.pages if p is not None]
+        if any(lost_with_chain(p) for p in pages):
+            lost.setdefault(number, None)
+        elif not (opened.walked and all(isinstance(p.index, int) for p in pages)):
+            for item in data_damage(path, pages):  # SubIFD levels: the walk does not reach them
+                lost.setdefault(number, item)
+    if 0 in lost:
+        raise _truncated(path, lost[0] or chain)
+    if chain is not None and len(levels) - sum(1 for d in lost.values() if d is None) < 2:
+        raise _truncated(path, chain)  # no reduced level before the cut: what is lost is unknown
+    gone = []
+    associated_pages = {series.keyframe.index for series in associated.values()}
+    for name, series in list(associated.items()):
+        page = series.keyframe
+        walked = opened.walked and isinstance(page.index, int)
+        item = next((d for d in opened.damage if d.page == page.index and d.essential), None)
+        item = item if walked else next(iter(data_damage(path, [page])), None)
+        if item is not None or lost_with_chain(page):
+            del associated[name]
+            gone.append((name, item))
+    if lost or chain is not None:
+        kept = [number for number in range(len(levels)) if number not in lost]
+        first = next((d for d in lost.values() if d is not None), chain)
+        named = [_level_name(number, levels[number]) for number in sorted(lost)]
+        if chain is not None:
+            named.append(f"all after directory {chain.page} (any further levels, label, macro)")
+        coarsest = levels[kept[-1]].keyframe
+        warnings.append(
+            f"{path}: the file is truncated ({first.what}; the file has {size} bytes). "
+            f"Lost: {'; '.join(named)}. Opened with level{'s' if len(kept) > 1 else ''} "
+            f"{', '.join(map(str, kept))} (the coarsest {coarsest.imagewidth} x "
+            f"{coarsest.imagelength} px); copy the file again to get the whole pyramid"
+        )
+        levels = [series for number, series in enumerate(levels) if number not in lost]
+    for item in opened.damage:
+        if item.essential and not item.chain and item.page not in {*level_of, *associated_pages}:
+            warnings.append(
+                f"{path}: the file is truncated ({item.what}): image {item.page + 1} "
+                "(not a level) is lost, the slide's levels are whole"
+            )
+    for name, item in gone:
+        if item is None:
+            continue  # past the chain cut: named in the warning above
+        warnings.append(
+            f"{path}: the file is truncated ({item.what}): its {name} image is lost, "
+            "the slide's levels are whole; copy the file again to get it back"
+        )
+    return levels, associated, warnings
+
+
+def _level_name(number: int, series: tifffile.TiffPageSeries) -> str:
+    page = series.keyframe
+    return f"level {number} ({page.imagewidth} x {page.imagelength} px)"
 
 
 def tiff_pyramid_series(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
@@ -195,6 +353,16 @@ def _level_dask(series: tifffile.TiffPageSeries) -> da.Array:
     node = zarr.open(series.aszarr(level=0), mode="r")
     level = node if isinstance(node, zarr.Array) else node["0"]
     return _to_yxs(da.from_zarr(level, name=False), series.axes)
+
+
+def _level_shape(series: tifffile.TiffPageSeries) -> tuple[int, ...]:
+    """(y, x, samples) of a level, as :func:`_to_yxs` makes it, without opening a store."""
+    kept = [(a, n) for a, n in zip(series.axes, series.shape, strict=True) if a in "YXS" or n > 1]
+    axes = "".join(a for a, _ in kept)
+    if axes not in ("YX", "YXS", "SYX"):
+        raise SlideError(f"image axes {series.axes!r} are not supported; expected an RGB 2D slide")
+    sizes = dict(kept)
+    return sizes["Y"], sizes["X"], sizes.get("S", 1)
 
 
 def _to_yxs(array: da.Array, axes: str) -> da.Array:
@@ -267,7 +435,7 @@ class TifffileSlide(Slide):
         """Open ``path``; the opener passes the file and ``survey`` it already made."""
         if opened is None:
             opened, survey = open_tiff(path), None
-        self._tif = opened.tif
+        self._opened = opened
         try:
             survey = survey or survey_tiff(path, opened)
             if isinstance(survey.layout, SlideError):
@@ -280,16 +448,18 @@ class TifffileSlide(Slide):
             self._layout = survey.layout
             self._levels = survey.levels
             self._bytes = FileBytes(path)
-            # tiled levels are decoded tile by tile (fast path); anything else via zarr
+            # tiled levels are decoded tile by tile (fast path); anything else via zarr,
+            # whose store is made on the first read
             self._tiled = [
                 TiledLevel(s.keyframe, self._bytes, layout=self._layout)
                 if s.axes in ("YX", "YXS") and is_fast_path_page(s.keyframe)
                 else None
                 for s in self._levels
             ]
-            self._zarr_arrays = [
-                None if tiled else _level_dask(s)
-                for tiled, s in zip(self._tiled, self._levels, strict=True)
+            self._zarr_arrays: dict[int, da.Array] = {}
+            shapes = [
+                t.shape if t else _level_shape(s)
+                for t, s in zip(self._tiled, self._levels, strict=True)
             ]
         except SlideError:
             self.close()
@@ -301,9 +471,6 @@ class TifffileSlide(Slide):
             ) from err
         page = self._levels[0].keyframe
         props, mpp, mpp_origin, power, vendor = self._metadata(page)
-        shapes = [
-            t.shape if t else z.shape for t, z in zip(self._tiled, self._zarr_arrays, strict=True)
-        ]
         dims = [(shape[1], shape[0]) for shape in shapes]
         w0 = dims[0][0]
         h0 = dims[0][1]
@@ -332,7 +499,6 @@ class TifffileSlide(Slide):
         Vendor metadata (Aperio MPP, OME PhysicalSizeX) comes before the
         resolution tags, which image writers fill with 72 dpi defaults.
         """
-        tif = self._tif
         props: dict[str, str] = {}
         for tag in page.tags:
             if tag.name in (
@@ -349,14 +515,14 @@ class TifffileSlide(Slide):
         mpp = power = None
         mpp_origin = ""
         vendor = "generic-tiff"
-        if tif.is_svs:
+        if page.is_svs:  # before tif.is_ome: a plain SVS is read without tifffile
             vendor = "aperio"
             props.update(_parse_svs_description(page.description))
             mpp, mpp_origin = _float(props.get("aperio.MPP")), "Aperio MPP"
             power = _float(props.get("aperio.AppMag"))
-        elif tif.is_ome and tif.ome_metadata:
+        elif self._opened.tif.is_ome and self._opened.tif.ome_metadata:
             vendor = "ome-tiff"
-            ome = _ome_physical_size(tif.ome_metadata)
+            ome = _ome_physical_size(self._opened.tif.ome_metadata)
             props.update(ome)
             size = _float(ome.get("ome.PhysicalSizeX"))
             factor = _UM_PER_UNIT.get(ome.get("ome.PhysicalSizeXUnit", "µm"))
@@ -376,10 +542,17 @@ class TifffileSlide(Slide):
             tiled = self._tiled[level]
             if tiled is not None:
                 return tiled.read_box(x, y, w, h)
-            box = self._zarr_arrays[level][y : y + h, x : x + w]
+            box = self._zarr_level(level)[y : y + h, x : x + w]
             return self._layout.to_rgb(np.asarray(box.compute(scheduler="sync")))
         except Exception as err:
             raise self._read_failed(level, x, y, err) from err
+
+    def _zarr_level(self, level: int) -> da.Array:
+        """A level that is not tiled 8-bit, through tifffile's zarr store (made once)."""
+        array = self._zarr_arrays.get(level)
+        if array is None:
+            array = self._zarr_arrays.setdefault(level, _level_dask(self._levels[level]))
+        return array
 
     def _stream_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         tiled = self._tiled[level]
@@ -428,6 +601,9 @@ class TifffileSlide(Slide):
 
     def read_associated(self, name: str) -> np.ndarray:
         series = self._associated.get(name)
+        if series is None and name in self._associated:  # read from the walk: tifffile finds it
+            found = {s.name.lower(): s for s in self._opened.tif.series}
+            series = self._associated[name] = found.get(name)
         if series is None:
             raise SlideError(
                 f"{self.path}: no associated image {name!r}; "
@@ -446,7 +622,7 @@ class TifffileSlide(Slide):
             return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
 
     def close(self) -> None:
-        self._tif.close()
+        self._opened.close()
         if getattr(self, "_bytes", None) is not None:
             self._bytes.close()
 

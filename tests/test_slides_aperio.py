@@ -1,0 +1,212 @@
+"""Aperio SVS pyramids: opened from the directory walk alone, and cut inside a reduced level.
+
+Every pyramid is written here with tifffile in Aperio's layout (level 0,
+thumbnail strip, reduced levels, label, macro); OpenSlide is the reference
+for sizes and pixels, and for refusing cut files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from napari_hila.errors import SlideError
+from napari_hila.slides import open_slide, tifffile_backend
+from napari_hila.slides.arrays import mean_2x2
+from napari_hila.slides.pixels import rgba_over_white
+
+DESCRIPTION = "Aperio Image Library v12.0.0\r\n1024x1024 [0,0 1024x1024] (128x128) JPEG/RGB Q=90"
+
+
+@pytest.fixture(scope="module")
+def tissue(sample_slide):
+    with open_slide(sample_slide) as slide:
+        return slide.read_region((700, 900), 0, (512, 512))
+
+
+def write_pyramid_svs(path, tissue, photometric="rgb", compression="jpeg", mpp="0.2500"):
+    """1024, 512 and 256 px levels of 128 px tiles, thumbnail, label and macro."""
+    level0 = np.tile(tissue, (2, 2, 1))
+    levels = [level0, mean_2x2(level0), mean_2x2(mean_2x2(level0))]
+    options = dict(tile=(128, 128), compression=compression, photometric=photometric, metadata=None)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(levels[0], description=f"{DESCRIPTION}|AppMag = 40|MPP = {mpp}", **options)
+        tif.write(
+            levels[2][::2, ::2],
+            description="Aperio Image Library v12.0.0\r\n1024x1024 -> 128x128 - |MPP = 0.25",
+            compression="jpeg",
+            photometric="rgb",
+            metadata=None,
+        )
+        for level in levels[1:]:
+            tif.write(
+                level, description=f"Aperio Image Library v12.0.0\r\n-> {level.shape[1]}", **options
+            )
+        for name, subfiletype, image in (("label", 1, tissue[:96, :64]), ("macro", 9, tissue[:64])):
+            tif.write(
+                image,
+                description=f"Aperio Image Library v12.0.0\r\n{name} {image.shape[1]}x{image.shape[0]}",
+                subfiletype=subfiletype,
+                compression="lzw",
+                photometric="rgb",
+                metadata=None,
+            )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pyramid(tissue, tmp_path_factory):
+    return write_pyramid_svs(tmp_path_factory.mktemp("svs") / "pyramid.svs", tissue)
+
+
+def _openslide_region(path, location, level, size):
+    with openslide.OpenSlide(str(path)) as peer:
+        return rgba_over_white(np.asarray(peer.read_region(location, level, size)))
+
+
+@pytest.fixture
+def no_tifffile_parse(monkeypatch):
+    """Counts TiffFile objects made: a plain SVS is opened without one."""
+    made = []
+    real = tifffile.TiffFile.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(args[0] if args else kwargs.get("file"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counting)
+    return made
+
+
+@pytest.mark.parametrize("photometric", ["rgb", "ycbcr"])
+def test_plain_svs_is_read_from_its_directories_like_openslide(
+    tissue, tmp_path, no_tifffile_parse, photometric
+):
+    path = write_pyramid_svs(tmp_path / f"{photometric}.svs", tissue, photometric=photometric)
+    with openslide.OpenSlide(str(path)) as peer:
+        dims, downsamples = peer.level_dimensions, peer.level_downsamples
+    with open_slide(path) as slide:
+        assert no_tifffile_parse == []  # levels, mpp and the probe read without tifffile
+        assert type(slide._levels[0]).__name__ == "AperioSeries"
+        assert slide.backend == "tifffile" and slide.vendor == "aperio"
+        assert slide.level_dimensions == list(dims) == [(1024, 1024), (512, 512), (256, 256)]
+        assert slide.level_downsamples == pytest.approx(downsamples)
+        assert slide.mpp == pytest.approx(0.25) and slide.mpp_note == "from the file's Aperio MPP"
+        assert slide.objective_power == 40 and slide.properties["aperio.AppMag"] == "40"
+        assert slide.tile_size == (128, 128)
+        for level, location in [(0, (100, 37)), (1, (300, 460)), (2, (0, 0))]:
+            ours = slide.read_region(location, level, (200, 150))
+            np.testing.assert_array_equal(
+                ours, _openslide_region(path, location, level, (200, 150)), f"level {level}"
+            )
+        assert no_tifffile_parse == []
+        assert slide.associated_image_names == ["label", "macro", "thumbnail"]
+        with openslide.OpenSlide(str(path)) as peer:
+            for name in slide.associated_image_names:
+                np.testing.assert_array_equal(
+                    slide.read_associated(name),
+                    np.asarray(peer.associated_images[name].convert("RGB")),
+                )
+        assert len(no_tifffile_parse) == 1  # opened once, for the associated images
+
+
+def test_directory_route_gives_what_the_tifffile_parse_gives(pyramid, monkeypatch):
+    """Same properties, sizes and pixels as the slide built from tifffile's series."""
+    with open_slide(pyramid) as quick:
+        quick_state = (quick.level_dimensions, quick.properties, quick.mpp, quick.tile_size)
+        quick_pixels = [quick.read_region((50, 70), lv, (300, 200)) for lv in range(3)]
+        assert type(quick._levels[0]).__name__ == "AperioSeries"
+    monkeypatch.setattr(tifffile_backend, "aperio_survey", lambda path, walk: None)
+    with open_slide(pyramid) as parsed:
+        assert isinstance(parsed._levels[0], tifffile.TiffPageSeries)
+        assert (parsed.level_dimensions, parsed.mpp, parsed.tile_size) == (
+            quick_state[0],
+            quick_state[2],
+            quick_state[3],
+        )
+        assert parsed.properties == quick_state[1]
+        for level, pixels in enumerate(quick_pixels):
+            np.testing.assert_array_equal(parsed.read_region((50, 70), level, (300, 200)), pixels)
+
+
+def test_svs_the_directory_route_does_not_take_goes_through_tifffile(tissue, tmp_path):
+    """LZW levels are no plain JPEG pyramid: tifffile's parse reads them, as before."""
+    path = write_pyramid_svs(tmp_path / "lzw.svs", tissue, compression="lzw")
+    with open_slide(path) as slide:
+        assert isinstance(slide._levels[0], tifffile.TiffPageSeries)
+        assert slide.level_dimensions == [(1024, 1024), (512, 512), (256, 256)]
+        np.testing.assert_array_equal(slide.read_region((0, 0), 0, (512, 512)), tissue)
+
+
+# -- a pyramid cut inside a reduced level ------------------------------------------
+
+
+def _pages(path):
+    with tifffile.TiffFile(path) as tif:
+        return [(p.offset, p.dataoffsets, p.databytecounts) for p in tif.pages]
+
+
+def test_cut_inside_a_reduced_level_opens_the_whole_levels_with_a_warning(pyramid, tmp_path):
+    """tifffile writes each directory before its tiles: cut inside level 2's tiles."""
+    _, offsets, counts = _pages(pyramid)[3]  # page 3 is level 2
+    cut = int(offsets[2]) + 10
+    path = tmp_path / "cut.svs"
+    path.write_bytes(pyramid.read_bytes()[:cut])
+    with pytest.raises(openslide.OpenSlideError):
+        openslide.OpenSlide(str(path))  # the peer refuses it outright
+    with open_slide(path) as slide, open_slide(pyramid) as whole:
+        assert slide.level_dimensions == [(1024, 1024), (512, 512)]
+        [warning] = slide.open_warnings
+        assert str(path) in warning and "truncated" in warning
+        assert "Lost: level 2 (256 x 256 px)" in warning and "label, macro" in warning
+        assert "Opened with levels 0, 1" in warning and "\n" not in warning
+        assert slide.associated_image_names == ["thumbnail"]
+        for level in (0, 1):
+            np.testing.assert_array_equal(
+                slide.read_region((0, 0), level, (512, 512)),
+                whole.read_region((0, 0), level, (512, 512)),
+            )
+    with pytest.raises(SlideError, match="truncated.*OpenSlide cannot read a cut pyramid"):
+        open_slide(path, backend="openslide")
+
+
+def test_cut_inside_a_reduced_levels_directory_names_what_follows(pyramid, tmp_path):
+    """The chain stops inside level 2's directory: level 1 is the coarsest left."""
+    offset = _pages(pyramid)[3][0]
+    path = tmp_path / "cut_ifd.svs"
+    path.write_bytes(pyramid.read_bytes()[: offset + 6])
+    with open_slide(path) as slide:
+        assert slide.level_dimensions == [(1024, 1024), (512, 512)]
+        [warning] = slide.open_warnings
+        assert "truncated (its directory 4 runs to byte" in warning
+        assert "Lost: all after directory 3" in warning
+        assert "the coarsest 512 x 512 px" in warning
+
+
+def test_middle_level_pointing_past_the_end_is_left_out(pyramid, tmp_path):
+    """A tile offset of level 1 beyond the file (the chain is whole): levels 0 and 2 stay."""
+    with tifffile.TiffFile(pyramid) as tif:
+        tag = tif.pages[2].tags["TileOffsets"]
+        where, count = tag.valueoffset, tag.count
+    raw = bytearray(pyramid.read_bytes())
+    last = where + 4 * (count - 1)
+    raw[last : last + 4] = (len(raw) + 5000).to_bytes(4, "little")
+    path = tmp_path / "pointer.svs"
+    path.write_bytes(bytes(raw))
+    with open_slide(path) as slide:
+        assert slide.level_dimensions == [(1024, 1024), (256, 256)]
+        [warning] = slide.open_warnings
+        assert "Lost: level 1 (512 x 512 px)" in warning and "Opened with levels 0, 2" in warning
+        assert slide.associated_image_names == ["label", "macro", "thumbnail"]
+        assert slide.read_region((0, 0), 1, (64, 64)).shape == (64, 64, 3)
+
+
+def test_cut_inside_level_0_is_still_refused(pyramid, tmp_path):
+    _, offsets, _ = _pages(pyramid)[0]
+    path = tmp_path / "cut0.svs"
+    path.write_bytes(pyramid.read_bytes()[: int(offsets[len(offsets) // 2])])
+    for backend in (None, "tifffile", "openslide"):
+        with pytest.raises(SlideError, match="the file is truncated"):
+            open_slide(path, backend=backend)
