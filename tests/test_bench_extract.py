@@ -24,6 +24,8 @@ def test_bench_extract_interleaves_end_to_end_with_jpeg_decode_and_read_path(tmp
     else:
         assert result["device"] == "cpu" and "not available" in result["device_note"]
     assert result["device_asked"] == "cuda"
+    # the weight-free descriptor computes in float32 whatever precision is asked
+    assert result["dtype"] == "float32" and result["precision_asked"] == "auto"
     (slide,) = result["slides"]
     assert slide["dimensions"] == [4000, 4000]
     patches = slide["grid_patches"]

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the encoder runs (auto: CUDA, then MPS, then CPU); the JSON names the "
         "device used and says when the one asked for is absent",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="what a network encoder runs in (auto: bfloat16 or float16 on a GPU, float32 on "
+        "the CPU); the JSON names the dtype used",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     parser.add_argument("--cache-dir", default=None, help="where generated slides are kept")
     parser.add_argument(
@@ -201,12 +208,20 @@ def _end_to_end(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             batch_size=args.batch_size,
             device=args.device,
             progress=progress,
+            precision=args.precision,
         )
         total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         memory = _rss_mb()
         feats = load_features(feature_file)
         t1 = time.perf_counter()
-        extract_slide(path, out, encoder=args.encoder, weights=args.weights, device=args.device)
+        extract_slide(
+            path,
+            out,
+            encoder=args.encoder,
+            weights=args.weights,
+            device=args.device,
+            precision=args.precision,
+        )
         cached = time.perf_counter() - t1
     patch_seconds = marks["tiles_end"] - marks["tiles_start"]
     return {
@@ -232,7 +247,8 @@ def _bench_slide_in_child(path: str, settings: dict) -> dict[str, Any]:
     from napari_hila.features.extract import vision_encoder
 
     args = argparse.Namespace(**settings)
-    return _bench_slide(Path(path), args, vision_encoder(args.encoder, args.weights, args.device))
+    encoder = vision_encoder(args.encoder, args.weights, args.device, args.precision)
+    return _bench_slide(Path(path), args, encoder)
 
 
 def _run_child(path: Path, settings: dict) -> dict[str, Any]:
@@ -354,13 +370,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import warnings
 
     from napari_hila.devices import resolve_device
-    from napari_hila.features.extract import vision_encoder
+    from napari_hila.features.extract import ran_in, vision_encoder
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         device = str(resolve_device(args.device))
     device_note = "; ".join(str(w.message) for w in caught) or None
-    vision_encoder(args.encoder, args.weights, device)  # fail early on a bad name or weights
+    # fail early on a bad name or weights; the dtype the encoder runs in goes in the JSON
+    dtype = ran_in(vision_encoder(args.encoder, args.weights, device, args.precision))["dtype"]
     if args.slide:
         slides = [Path(args.slide)]
     else:
@@ -375,6 +392,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "encoder": args.encoder,
         "weights": args.weights,
         "device": device,
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
     }
@@ -390,6 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": device,
         "device_asked": args.device,
         "device_note": device_note,
+        "dtype": dtype,
+        "precision_asked": args.precision,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
         "slides": results,
