@@ -80,6 +80,35 @@ def test_dicom_series_opens_from_its_folder_or_any_instance(dicom_series):
     np.testing.assert_array_equal(got, expected[..., :3])
 
 
+def test_find_slides_counts_a_dicom_series_as_one_slide(dicom_series, sample_slide, tmp_path):
+    """A folder of instances is one slide (its levels and label are not slides of their own);
+    a folder holding two series keeps one instance of each."""
+    import shutil
+
+    from _dicom_wsi import write_dicom_wsi
+
+    from napari_hila.features.extract_many import find_slides
+
+    folder, paths = dicom_series
+    assert find_slides([folder]) == [folder]
+    cohort = tmp_path / "cohort"
+    shutil.copytree(folder, cohort / folder.name)
+    shutil.copy(sample_slide, cohort / "a.svs")
+    found = find_slides([cohort], recursive=True)
+    assert found == [cohort / "a.svs", cohort / folder.name]
+    with open_slide(found[1]) as slide:
+        assert slide.level_dimensions == [(1000, 700), (500, 350)]
+    two = tmp_path / "two series"
+    grey = np.full((300, 400, 3), 200, np.uint8)
+    first = write_dicom_wsi(tmp_path / "s1", [grey], 0.5)
+    second = write_dicom_wsi(tmp_path / "s2", [grey, grey[::2, ::2].copy()], 0.5)
+    two.mkdir()
+    for prefix, files in (("a", first), ("b", second)):
+        for path in files:
+            shutil.copy(path, two / f"{prefix}_{path.name}")
+    assert find_slides([two]) == [two / "a_01_volume.dcm", two / "b_01_volume.dcm"]
+
+
 def test_dicom_folder_opens_in_napari_as_a_multiscale_layer(dicom_series, notifications):
     import npe2
     from napari.components import ViewerModel

@@ -32,7 +32,8 @@ def write_pyramid_svs(path, tissue, photometric="rgb", compression="jpeg", mpp="
     levels = [level0, mean_2x2(level0), mean_2x2(mean_2x2(level0))]
     options = dict(tile=(128, 128), compression=compression, photometric=photometric, metadata=None)
     with tifffile.TiffWriter(path) as tif:
-        tif.write(levels[0], description=f"{DESCRIPTION}|AppMag = 40|MPP = {mpp}", **options)
+        pixel_size = f"|MPP = {mpp}" if mpp else ""
+        tif.write(levels[0], description=f"{DESCRIPTION}|AppMag = 40{pixel_size}", **options)
         tif.write(
             levels[2][::2, ::2],
             description="Aperio Image Library v12.0.0\r\n1024x1024 -> 128x128 - |MPP = 0.25",
@@ -210,3 +211,29 @@ def test_cut_inside_level_0_is_still_refused(pyramid, tmp_path):
     for backend in (None, "tifffile", "openslide"):
         with pytest.raises(SlideError, match="the file is truncated"):
             open_slide(path, backend=backend)
+
+
+def test_extract_prints_a_cut_slides_warnings_once(tissue, tmp_path, capsys):
+    """The command line says what the reader noticed (levels lost, pixel size assumed) once,
+    though extraction opens the slide several times."""
+    import argparse
+
+    from napari_hila.commands import extract as extract_cmd
+
+    whole = write_pyramid_svs(tmp_path / "whole.svs", tissue, mpp=None)
+    _, offsets, _ = _pages(whole)[3]
+    path = tmp_path / "slides" / "cut.svs"
+    path.parent.mkdir()
+    path.write_bytes(whole.read_bytes()[: int(offsets[1])])
+    parser = argparse.ArgumentParser()
+    extract_cmd.add_arguments(parser)
+    args = parser.parse_args([str(path.parent), "--out", str(tmp_path / "out"), "--quiet"])
+    assert extract_cmd.run(args) == 0
+    err = capsys.readouterr().err
+    [cut] = [line for line in err.splitlines() if "truncated" in line]
+    assert cut.startswith(f"warning: {path}: the file is truncated") and "Lost: level 2" in cut
+    [mpp] = [line for line in err.splitlines() if "um/px" in line]
+    assert "does not record its pixel size; assuming 0.5 um/px" in mpp and "--mpp" in mpp
+    with open_slide(path):  # outside a command nothing is printed
+        pass
+    assert capsys.readouterr().err == ""

@@ -14,7 +14,9 @@ status is 1 when any failed.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from napari_hila.commands.cluster import add_cluster_arguments, wants_cluster
@@ -144,6 +146,20 @@ def _check_options(options: dict) -> None:
     )
 
 
+def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
+    """A command's ``run`` that prints each slide's warnings once (pixel size assumed,
+    levels left out), however often it opens the slide; slides are imported only when it runs."""
+
+    @functools.wraps(run)
+    def run_printing(args: argparse.Namespace) -> int:
+        from napari_hila.slides.opener import slide_warnings_printed
+
+        with slide_warnings_printed():
+            return run(args)
+
+    return run_printing
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -153,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         format_summary,
         write_summary_csv,
     )
+    from napari_hila.slides.opener import slide_warnings_printed
 
     options = options_from_args(args)
     _check_options(options)
@@ -208,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
             bars.clear()
             on_row(row)
 
-        rows = extract_many(slides, args.out, options, on_row=close_bar, progress_for=progress_for)
+        # each slide's warnings (pixel size assumed, levels left out) once, above the bars
+        with slide_warnings_printed(lambda line: tqdm.write(line, file=sys.stderr)):
+            rows = extract_many(
+                slides, args.out, options, on_row=close_bar, progress_for=progress_for
+            )
     overall.close()
     print(format_summary(rows))
     try:

@@ -28,6 +28,7 @@ import sys
 import time
 
 from napari_hila.commands.cluster import add_cluster_arguments
+from napari_hila.commands.extract import printing_slide_warnings
 from napari_hila.commands.options import (
     add_mpp_argument,
     add_slide_search_arguments,
@@ -220,6 +221,7 @@ def predict_several(args: argparse.Namespace, kind: str, model) -> int:
     return 1 if failed else 0
 
 
+@printing_slide_warnings
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 

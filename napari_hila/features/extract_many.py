@@ -33,6 +33,7 @@ def find_slides(
     it gets its own clear error row instead of vanishing silently.
     """
     from napari_hila.slides import SLIDE_SUFFIXES
+    from napari_hila.slides.dicom import one_per_dicom_series
 
     def is_slide(p: Path) -> bool:
         name = p.name.lower()
@@ -48,7 +49,7 @@ def find_slides(
         path = Path(item).expanduser()
         if path.is_dir():
             candidates = path.rglob("*") if recursive else path.iterdir()
-            found.extend(p for p in sorted(candidates) if is_slide(p))
+            found.extend(one_per_dicom_series(p for p in sorted(candidates) if is_slide(p)))
         else:
             found.append(path)
     seen, unique = set(), []

@@ -13,6 +13,7 @@ it is installed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 #: The suffix DICOM exports give their instances (files without one are found by content).
@@ -42,6 +43,51 @@ def dicom_instances(folder: Path) -> list[Path]:
     that start like DICOM; other files are not read, so a big folder costs a listing.
     """
     return sorted(p for p in folder.iterdir() if is_dicom_path(p) and p.is_file())
+
+
+def one_per_dicom_series(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` with the DICOM instances of each series in one folder made one slide.
+
+    The instances of a series are its levels and associated images, not
+    slides: a folder whose DICOM files are all of one series stands for them
+    (``open_slide`` opens a folder through its series), in the place of its
+    first instance. With pydicom installed, a folder holding several series
+    keeps the first instance of each (OpenSlide opens a series from any one).
+    Other paths pass through in order.
+    """
+    paths = list(paths)
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        if is_dicom_path(path):
+            by_folder.setdefault(path.parent, []).append(path)
+    stands_for: dict[Path, Path | None] = {}  # instance -> what it becomes (None: dropped)
+    for folder, instances in by_folder.items():
+        series: dict[str, list[Path]] = {}
+        for instance in instances:
+            series.setdefault(_series_uid(instance), []).append(instance)
+        whole = len(series) == 1 and len(instances) > 1
+        for members in series.values():
+            stands_for.update(dict.fromkeys(members))
+            stands_for[members[0]] = folder if whole else members[0]
+    out = []
+    for path in paths:
+        target = stands_for.get(path, path)
+        if target is not None:
+            out.append(target)
+    return out
+
+
+def _series_uid(path: Path) -> str:
+    """The instance's SeriesInstanceUID, or "" when pydicom is missing or the header unreadable."""
+    try:
+        import pydicom
+    except ImportError:
+        return ""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception:  # a damaged header: its own slide, to fail with its own message
+        return f"unreadable:{path}"
+    return str(header.get("SeriesInstanceUID", ""))
 
 
 def dicom_problem(path: Path) -> str | None:

@@ -15,9 +15,11 @@ TIFFs whose compression tifffile cannot decode).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,11 @@ TIFFFILE_FIRST_FORMATS = {"aperio", "generic-tiff"}
 #: Aperio's JPEG 2000 variants carry their own colour handling: left to OpenSlide.
 _APERIO_JPEG2000 = {33003, 33005}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Every opened slide's warnings (``open_warnings``, an assumed pixel size) go here:
+#: the command line prints them once (:func:`slide_warnings_printed`); napari's reader
+#: shows them as notifications itself. Silent unless someone listens.
+WARNINGS_LOG = logging.getLogger("napari_hila.slides.warnings")
+WARNINGS_LOG.addHandler(logging.NullHandler())
 
 
 def check_mpp(mpp: float | str, what: str = "mpp") -> float:
@@ -125,7 +132,45 @@ def open_slide(
     if mpp is not None:
         slide.mpp, slide.mpp_is_assumed, slide.mpp_source = mpp, False, "user"
         slide.mpp_note = "given by the user"
+    for warning in slide.open_warnings:
+        WARNINGS_LOG.warning(warning)
+    if slide.mpp_is_assumed:
+        WARNINGS_LOG.warning(
+            f"{slide.path}: {slide.mpp_note}; assuming {slide.mpp} um/px (20x): patch sizes "
+            "and lengths depend on it; give the scanner's value with --mpp"
+        )
     return slide
+
+
+class _OncePerMessage(logging.Handler):
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.write = write
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            self.write(f"warning: {message}")
+
+
+@contextlib.contextmanager
+def slide_warnings_printed(write: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Inside the block (or the decorated command), each distinct slide warning is printed once.
+
+    For the command line: a slide opened many times over a run (tissue,
+    features, exports) says what is wrong with it once, as ``warning: ...``
+    (default: a line on stderr; ``write`` e.g. ``tqdm.write`` beside progress bars).
+    """
+    import sys
+
+    handler = _OncePerMessage(write or (lambda line: print(line, file=sys.stderr, flush=True)))
+    WARNINGS_LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        WARNINGS_LOG.removeHandler(handler)
 
 
 def _open(path: str | os.PathLike, backend: str | None) -> Slide:
