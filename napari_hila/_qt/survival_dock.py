@@ -45,14 +45,16 @@ from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_th
 from napari_hila._qt.scroll import make_scrollable
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
+from napari_hila.modelfile import ModelCard, read_card
 from napari_hila.predict import default_cache_dir
 from napari_hila.prediction_job import JobOutcome, overall_fraction, stage_text
 from napari_hila.results import PredictionResult, risk_standing, threshold_name
 from napari_hila.slides.opener import MPP_RANGE, check_mpp
+from napari_hila.tissue_type import TissueCheck, check_tissue_type
 
 GALLERY_SIZE = 9
 CHART_HEIGHT = (140, 260)  # px: the contribution chart's least and most height
-CHART_SHARE = 0.26  # of the dock's height (about 170 px on a 1366 x 768 laptop)
+CHART_SHARE = 0.23  # of the dock's height (about 155 px on a 1366 x 768 laptop)
 WARNING_COLOUR = "#e8a33d"  # readable on napari's dark and light themes
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class HilaSurvivalDock(QWidget):
         self.job: PredictionJob | None = None
         self.export_job: Any = None  # the running ExportJob, if any
         self.result: PredictionResult | None = None
-        self.card: dict[str, Any] | None = None
+        self.card: ModelCard | None = None
         self.gallery_level: str | None = None
         self.tissue: Any = None  # the shown result's tissue mask, redrawn when mpp changes
         self._slide = None  # opened lazily for thumbnails
@@ -502,12 +504,13 @@ class HilaSurvivalDock(QWidget):
         self,
         result: PredictionResult,
         tissue: Any = None,
-        card: dict[str, Any] | None = None,
+        card: ModelCard | dict[str, Any] | None = None,
     ) -> None:
         """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock."""
         self.result = result
         self.tissue = tissue
-        self.card = card or self.card or _card_of(result)
+        card = card or self.card or _card_of(result)
+        self.card = None if card is None else ModelCard.of(card)
         self._close_slide()
         layer = next(
             (ly for ly in self.slide_layers() if slide_path_of(ly) == result.slide_path), None
@@ -526,13 +529,15 @@ class HilaSurvivalDock(QWidget):
             self._show_slide_mpp()
         self.layers.show(result, tissue=tissue, units=units, slide_size=_level0_size(layer))
         self.result_box.setVisible(True)
-        self.result_slide_label.setText(_slide_line(result, layer, self.card))
+        tissue_check = tissue_check_of(self.card, layer)
+        self.result_slide_label.setText(_slide_line(result, layer, tissue_check))
         self.risk_label.setText(describe_risk(result))
         if self.job is None:
             self.stage_label.setText("showing a saved result; Run predicts again")
         # in the dock, not as toasts: a toast that stays up covers the scale bar
-        self.warnings_label.setText("<br>".join(html.escape(w) for w in result.warnings))
-        self.warnings_label.setVisible(bool(result.warnings))
+        warnings = [*result.warnings, *filter(None, [tissue_check.warning()])]
+        self.warnings_label.setText("<br>".join(html.escape(w) for w in warnings))
+        self.warnings_label.setVisible(bool(warnings))
         self._build_prompt_rows()
         self.gallery_level = self.layers.finest_level()
         self._refresh_prompt_panel()
@@ -769,20 +774,24 @@ def _level0_size(layer: Any) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _slide_line(result: PredictionResult, layer: Any, card: dict[str, Any] | None) -> str:
+def tissue_check_of(card: ModelCard | None, layer: Any) -> TissueCheck:
+    """The model's tissue type (card) beside the organ the slide layer's file records."""
+    properties = (layer.metadata.get("properties") or {}) if layer is not None else {}
+    cancer_type = card.cancer_type if card is not None else None
+    prompt_set = card.prompts.get("set") if card is not None else None
+    return check_tissue_type(cancer_type, prompt_set, properties)
+
+
+def _slide_line(result: PredictionResult, layer: Any, tissue: TissueCheck) -> str:
     """Slide name and case id, then the tissue type the model and its prompts are for."""
     case = case_id_of(layer.metadata) if layer is not None else None
     name = html.escape(Path(result.slide_path).name)
     case_text = f" &middot; case {html.escape(case)}" if case else ""
-    tissue = (card or {}).get("cancer_type")
-    tissue_text = f"<br>Model and prompts for: {html.escape(str(tissue))}" if tissue else ""
-    return f"<b>Slide:</b> {name}{case_text}{tissue_text}"
+    return f"<b>Slide:</b> {name}{case_text}<br>{tissue.html()}"
 
 
-def _card_of(result: PredictionResult) -> dict[str, Any] | None:
+def _card_of(result: PredictionResult) -> ModelCard | None:
     """The card of the model a result came from, when its directory is still there."""
-    from napari_hila.modelfile import read_card
-
     if not result.model_path:
         return None
     try:

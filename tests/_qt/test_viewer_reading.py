@@ -68,6 +68,24 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
     assert "CMU-1-Small-Region.svs" in dock.result_slide_label.text()
     assert "case CMU-1" in dock.result_slide_label.text()  # Aperio's Filename field
     assert not dock.stale_label.isVisible() and dock.risk_label.isEnabled()
+    # the tissue type the model and prompts are for; the Aperio sample records no organ
+    assert "Model and prompts for test;" in dock.result_slide_label.text()
+    assert "does not record the organ" in dock.result_slide_label.text()
+    assert "may not apply" not in dock.warnings_label.text()
+    # a breast model on a slide whose file records skin: said, in the dock, naming the field
+    from napari_hila.modelfile import ModelCard
+
+    slide_props = slide.metadata.get("properties") or {}
+    slide.metadata = {
+        **slide.metadata,
+        "properties": {**slide_props, "dicom.BodyPartExamined": "SKIN"},
+    }
+    dock.show_result(result, card=ModelCard.of({**fake_card(), "cancer_type": "BRCA"}))
+    assert "records skin (dicom.BodyPartExamined: SKIN)" in dock.result_slide_label.text()
+    assert "for breast" in dock.warnings_label.text() and dock.warnings_label.isVisibleTo(dock)
+    assert "not for clinical use" in dock.warnings_label.text()  # the result's own stay
+    slide.metadata = {**slide.metadata, "properties": slide_props}
+    dock.show_result(result, card=ModelCard.of(fake_card()))
     overlays_shown = [ly for ly in dock.layers.layers if ly.visible]
     assert overlays_shown
 
