@@ -104,3 +104,17 @@ def test_transformers_clip_image_processor_agrees(shape):
     want = processor(images=[img], return_tensors="np")["pixel_values"][0]
     got = ImagePreprocess(224, CLIP_MEAN, CLIP_STD)(torch.from_numpy(img)[None])[0].numpy()
     assert grey_levels(got, want, CLIP_STD).max() <= LEVELS
+
+
+@pytest.mark.parametrize("filt", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("side", "size"), [(256, 224), (256, 448), (1024, 224)])
+def test_the_gpu_path_float_passes_match_pil_too(filt, side, size):
+    """On a GPU tiles are resized as floats (no 8-bit kernels there): the same agreement."""
+    from napari_hila.encoders.preprocess import resize_like_pil
+
+    img = crafted(side, side, seed=5)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    got = resize_like_pil(x, (size, size), filt)[0].permute(1, 2, 0).numpy()
+    want = np.asarray(Image.fromarray(img).resize((size, size), PIL_FILTERS[filt]), np.float32)
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= LEVELS
+    assert np.array_equal(got, np.round(got))  # whole grey levels, as PIL's 8-bit image

@@ -19,8 +19,9 @@ All of them resize with PIL on 8-bit images: PIL filters antialias (the kernel
 widens with the reduction factor; bicubic uses a = -0.5) and run in two
 separable passes, horizontal then vertical, rounding and clipping to 0..255
 after each. :func:`resize_like_pil` does the same with torch's antialiased
-interpolation, so it runs on the GPU too; it agrees with PIL to 1-2 grey
-levels (PIL's fixed-point weights), where plain bilinear differs by tens
+interpolation (on the CPU its 8-bit kernels, ported from PIL; on a GPU float
+passes rounded like PIL's), so it runs on the GPU too; both agree with PIL to
+1-2 grey levels (PIL's fixed-point weights), where plain bilinear differs by tens
 (tests/test_encoders_preprocess.py).
 """
 
@@ -50,15 +51,21 @@ PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 def resize_like_pil(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(N, 3, H, W) float in 0..255 -> (N, 3, h, w) as PIL's 8-bit ``Image.resize`` gives it.
+    """(N, 3, H, W) 0..255 -> (N, 3, h, w) as PIL's 8-bit ``Image.resize`` gives it.
 
-    Width first, then height, each antialiased and rounded to whole grey levels
-    (PIL keeps an 8-bit image between its passes, so a bicubic overshoot is
-    clipped before the second pass).
+    uint8 on the CPU: torch's own 8-bit antialiased kernels (ported from PIL;
+    uint8 out). Anything else (a GPU): float passes, width first, then height,
+    each antialiased and rounded to whole grey levels, as PIL keeps an 8-bit
+    image between its passes (a bicubic overshoot is clipped before the second).
     """
     if mode not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {mode!r}")
     h, w = int(size[0]), int(size[1])
+    if x.dtype == torch.uint8:
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+            return F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
+        x = x.float()
     if x.shape[-1] != w:
         x = _resize_pass(x, (x.shape[-2], w), mode)
     if x.shape[-2] != h:
@@ -105,11 +112,12 @@ class ImagePreprocess:
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 on any device -> normalised (N, 3, size, size) float32."""
-        x = tiles.permute(0, 3, 1, 2).float()
+        x = tiles.permute(0, 3, 1, 2)
         h, w = x.shape[-2:]
         if (h, w) != (self.size, self.size):
             x = resize_like_pil(x, shortest_side_size(h, w, self.size), self.interpolation)
             x = center_crop(x, self.size)
+        x = x.float()
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x / 255.0 - mean) / std
@@ -147,7 +155,7 @@ def owner_preprocess(spec, image_size: int, weights: Path | None, config: dict |
         tuple(spec.mean or (0.5, 0.5, 0.5)),
         tuple(spec.std or (0.5, 0.5, 0.5)),
         getattr(spec, "interpolation", "bicubic"),
-        f"{spec.name}'s owners' transform",
+        f"{spec.name}: its owners' evaluation transform",
     )
     folder = None if weights is None else (weights if weights.is_dir() else weights.parent)
     pre = (config or {}).get("preprocess_cfg")
