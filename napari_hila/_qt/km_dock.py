@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_hila._qt.scroll import make_scrollable
 from napari_hila._qt.theme import apply_theme, theme_colors
+from napari_hila.modelfile import ModelCard
 from napari_hila.results import PredictionResult, ordinal, risk_standing
 
 _DOCKS: dict[int, weakref.ref] = {}  # id(viewer) -> the viewer's Kaplan-Meier dock
@@ -94,7 +96,7 @@ class KaplanMeierDock(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.result: PredictionResult | None = None
-        self.card: dict[str, Any] | None = None
+        self.card: ModelCard | None = None
         self.figure = Figure(figsize=(4.2, 4.6), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(420)
@@ -124,14 +126,17 @@ class KaplanMeierDock(QWidget):
         else:
             self.redraw()
 
-    def show_result(self, result: PredictionResult | None, card: dict[str, Any] | None) -> None:
+    def show_result(
+        self, result: PredictionResult | None, card: ModelCard | Mapping[str, Any] | None
+    ) -> None:
         """Draw the cohort of ``card`` with ``result``'s patient over it."""
-        self.result, self.card = result, card
+        self.result = result
+        self.card = None if card is None else ModelCard.of(card)
         self.redraw()
 
     def redraw(self, *_: Any) -> None:
         self.figure.clear()
-        if self.card is None or not (self.card.get("cohort") or {}).get("risk"):
+        if self.card is None or not len(self.card.cohort.risk):
             ax = self.figure.add_subplot(1, 1, 1)
             ax.set_axis_off()
             ax.text(0.5, 0.5, "no cohort to show", ha="center", va="center")
@@ -178,9 +183,9 @@ class KaplanMeierDock(QWidget):
         ax.hist(
             cohort, bins=min(30, max(5, len(cohort) // 4)), color=colors["secondary"], alpha=0.8
         )
-        threshold = self.card.get("risk_threshold")
+        threshold = self.card.risk_threshold
         if threshold is not None:
-            ax.axvline(float(threshold), color=colors["foreground"], linestyle="--", linewidth=1)
+            ax.axvline(threshold, color=colors["foreground"], linestyle="--", linewidth=1)
         if self.result is not None:
             ax.axvline(self.result.risk, color="#e0524f", linewidth=2)
             pct = (
@@ -194,7 +199,7 @@ class KaplanMeierDock(QWidget):
 
     def _caption(self, info: Any) -> str:
         """How the groups were formed, in the same words as the plot's title."""
-        label = str(self.card.get("label") or self.card.get("model", ""))
+        label = self.card.display_label
         info = info if isinstance(info, dict) else {}
         text = (
             f"Top: the cohort of {label} in two groups ({info.get('n_high', '?')} high, "

@@ -8,6 +8,7 @@ with and whether their weights were found (with the fix when not).
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hila.errors import HilaError
+from napari_hila.modelfile import ModelCard
 
 NOT_CLINICAL = "not for clinical use"
 
@@ -71,30 +73,29 @@ def cross_validated_cindex(metrics: Any) -> tuple[float, float | None] | None:
     return None
 
 
-def is_not_for_clinical_use(card: dict[str, Any]) -> bool:
+def is_not_for_clinical_use(card: ModelCard | Mapping[str, Any]) -> bool:
     """True when the card marks the model as research/demo only."""
-    text = " ".join(str(card.get(k, "")) for k in ("label", "intended_use", "note")).lower()
-    return NOT_CLINICAL in text or card.get("clinical_use") is False or "synthetic" in text
+    card = ModelCard.of(card)
+    notes = (card.extra.get("intended_use", ""), card.extra.get("note", ""))
+    text = " ".join(str(v) for v in notes).lower()
+    return card.is_synthetic or NOT_CLINICAL in text or card.extra.get("clinical_use") is False
 
 
-def card_summary(card: dict[str, Any]) -> str:
+def card_summary(card: ModelCard | Mapping[str, Any]) -> str:
     """The card as short rich text: name, cancer type, encoders, cohort, C-index."""
-    encoders = card.get("encoders", {}) or {}
-    enc_names = []
-    for level in ("patch", "region"):
-        entry = encoders.get(level)
-        if isinstance(entry, dict):
-            enc_names.append(f"{level}: {entry.get('name', '?')} ({entry.get('dim', '?')})")
-        elif entry:
-            enc_names.append(f"{level}: {entry}")
-    cohort = card.get("cohort", {}) or {}
-    size = len(cohort.get("risk", []) or [])
-    events = int(np.sum(cohort.get("event", []) or [0]))
-    cidx = cross_validated_cindex(card.get("metrics"))
+    card = ModelCard.of(card)
+    enc_names = [
+        f"{level}: {info.name} ({info.dim if info.dim is not None else '?'})"
+        for level, info in (("patch", card.patch_encoder), ("region", card.region_encoder))
+        if info.name
+    ]
+    size = len(card.cohort.risk)
+    events = int(np.sum(card.cohort.event))
+    cidx = cross_validated_cindex(card.metrics)
     lines = [
-        f"<b>{html.escape(str(card.get('label') or card.get('model', '?')))}</b>",
-        f"model: {html.escape(str(card.get('model', '?')))}; "
-        f"cancer type: {html.escape(str(card.get('cancer_type', 'unknown')))}",
+        f"<b>{html.escape(card.display_label or '?')}</b>",
+        f"model: {html.escape(card.model or '?')}; "
+        f"cancer type: {html.escape(str(card.cancer_type or 'unknown'))}",
         "encoders: " + html.escape("; ".join(enc_names) or "unknown"),
         f"cohort: {size} patients, {events} events" if size else "cohort: not stored",
     ]
@@ -106,7 +107,7 @@ def card_summary(card: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
-def encoder_weights_status(card: dict[str, Any]) -> list[tuple[bool, str]]:
+def encoder_weights_status(card: ModelCard | Mapping[str, Any]) -> list[tuple[bool, str]]:
     """``(found, sentence)`` per encoder a prediction with ``card`` loads (patch, then a
     separate region encoder): where its weights are, or how to give them."""
     from napari_hila.encoders.registry import weights_status
@@ -175,7 +176,7 @@ class ModelPicker(QWidget):
         layout.addLayout(card_row)
         layout.addWidget(self.weights_label)
         layout.addWidget(self.card_label)
-        self.card: dict[str, Any] | None = None
+        self.card: ModelCard | None = None
         self.error: str | None = None
         demo = demo_model_path()
         if demo is not None:
