@@ -10,6 +10,9 @@
 - PNGs aligned pixel for pixel with ``thumbnail.png``: the selection map and one
   heatmap per prompt and level, each token's square filled on the thumbnail;
 - ``km.png`` (the patient against the cohort) and ``contributions.png``.
+
+:func:`write_prediction_folder` writes them all into ``predict``'s folder, all or
+none; prediction itself (``napari_hila.predict``, a lower layer) writes no files.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import csv
 import json
 import os
 import re
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_hila import overlays
-from napari_hila.io_utils import atomic_path
+from napari_hila.errors import Cancelled
+from napari_hila.io_utils import atomic_path, staged_folder
+from napari_hila.modelfile import ModelCard, read_card
 from napari_hila.overlays import heatmap_values
 from napari_hila.results import LevelExplanation, PredictionResult
 
@@ -33,6 +40,7 @@ __all__ = [
     "write_csv",
     "render_level_maps",
     "write_prediction_outputs",
+    "write_prediction_folder",
     "token_raster",
 ]
 
@@ -272,7 +280,8 @@ def write_prediction_outputs(
     False or the slide file is absent: then thumbnail.png and the maps drawn on
     it are skipped and the result's warnings say so (GeoJSON, CSV and plots stay).
     The GeoJSON and CSV rectangles stop at the slide's edge: ``slide_size`` (level-0
-    width, height), or the size of the slide read for the thumbnail.
+    width, height), or the size of the slide read for the thumbnail. A ``thumbnail``
+    given needs ``slide_size`` too (the maps are drawn at its scale).
     """
     from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
 
@@ -294,11 +303,9 @@ def write_prediction_outputs(
     written["geojson"] = write_geojson(result, out_dir / "patches.geojson", slide_size)
     written["csv"] = write_csv(result, out_dir / "patch_scores.csv", slide_size)
     if pixels:
-        if slide_size is not None:
-            level0_width = slide_size[0]
-        else:
-            level0_width = int(result.extra.get("level0_width", thumbnail.shape[1]))
-        downsample = level0_width / thumbnail.shape[1]
+        if slide_size is None:
+            raise ValueError("a thumbnail without slide_size: the maps' scale is unknown")
+        downsample = slide_size[0] / thumbnail.shape[1]
         written["thumbnail"] = _save_png(
             np.ascontiguousarray(thumbnail, np.uint8), out_dir / "thumbnail.png"
         )
@@ -320,3 +327,48 @@ def write_prediction_outputs(
         plot_prompt_contributions(result, ax=ax)
         written["contributions"] = save_figure(ax, out_dir / "contributions.png")
     return written
+
+
+#: Names ``predict`` wrote into its folder before the outputs manifest; a rewrite
+#: removes them, so no earlier model's maps stay beside new ones.
+STALE_OUTPUTS = (
+    "result.json",
+    "result.npz",
+    "thumbnail.png",
+    "selection_*.png",
+    "heatmap_*.png",
+    "km.png",
+    "contributions.png",
+    "patches.geojson",
+    "patch_scores.csv",
+)
+
+
+def write_prediction_folder(
+    result: PredictionResult,
+    out_dir: str | os.PathLike,
+    card: ModelCard | Mapping[str, Any] | None = None,
+    *,
+    read_slide: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Path]:
+    """``predict``'s folder: :func:`write_prediction_outputs` into ``out_dir``, all or none.
+
+    The files are written into a staging folder that replaces the folder's earlier
+    outputs only once complete. ``card``: the model's card (default: read from the
+    result's ``model_path``); ``read_slide=False`` for a prediction from features
+    (no pixels read). ``progress("export", fraction)`` and ``cancel`` (raises
+    :class:`~napari_hila.errors.Cancelled` before anything is written) as for
+    :func:`napari_hila.predict.predict_slide`. Returns the final paths.
+    """
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("prediction cancelled by the user")
+    report = progress or (lambda stage, fraction: None)
+    report("export", 0.0)
+    card = read_card(result.model_path) if card is None else card
+    out_dir = Path(out_dir)
+    with staged_folder(out_dir, stale=STALE_OUTPUTS) as staging:
+        written = write_prediction_outputs(result, staging, card=card, read_slide=read_slide)
+    report("export", 1.0)
+    return {key: out_dir / path.name for key, path in written.items()}

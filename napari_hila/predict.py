@@ -7,9 +7,12 @@ The risk is placed against the model's cohort: group by the card's threshold,
 percentile among the final model's cohort risks.
 
 A feature file (ours, CLAM/TRIDENT ``.h5`` or ``.pt``) can stand in for the
-slide (:func:`predict_features`, :func:`predict_folder`): the same path from
-the features on, without reading a pixel. Patch-only files get region features
-pooled on the model's grid (``features.pooling.ensure_regions``) either way.
+slide (:func:`predict_features`): the same path from the features on, without
+reading a pixel. Patch-only files get region features pooled on the model's grid
+(``features.pooling.ensure_regions``) either way.
+
+Prediction writes no files: ``export.write_prediction_folder`` writes a result's
+outputs, ``predict_many`` many slides' folders (both a layer up).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.errors import Cancelled, FeatureFileError, ModelFileError
-from napari_hila.io_utils import cache_folder, staged_folder
+from napari_hila.io_utils import cache_folder
 from napari_hila.modelfile.model_card import ModelCard
 from napari_hila.results import Explanation, PredictionResult
 
@@ -38,7 +41,6 @@ __all__ = [
     "feature_files_in",
     "features_for_model",
     "predict_features",
-    "predict_folder",
     "predict_slide",
     "regions_for_model",
     "risk_group",
@@ -48,20 +50,6 @@ __all__ = [
 
 Progress = Callable[[str, float], None]
 _SYNTHETIC_WARNING = "this model was trained on a synthetic demo cohort: not for clinical use"
-
-
-# What `predict` writes into its folder, for folders from before the outputs manifest
-STALE_OUTPUTS = (
-    "result.json",
-    "result.npz",
-    "thumbnail.png",
-    "selection_*.png",
-    "heatmap_*.png",
-    "km.png",
-    "contributions.png",
-    "patches.geojson",
-    "patch_scores.csv",
-)
 
 
 def risk_group(risk: float, threshold: float | None) -> str | None:
@@ -359,12 +347,8 @@ def _finish(
     slide_path: str,
     explanation: Explanation,
     inputs: _Inputs,
-    out_dir: str | os.PathLike | None,
-    report: Progress,
-    cancel: threading.Event | None,
-    read_slide: bool = True,
 ) -> PredictionResult:
-    """The result placed against the model's cohort, and its files when ``out_dir`` is given."""
+    """The result placed against the model's cohort."""
     card = loaded.card
     threshold = card.risk_threshold
     express_in_cohort_sd(explanation, card)
@@ -395,22 +379,12 @@ def _finish(
             **inputs.extra,
         },
     )
-    if out_dir is not None:
-        _check_cancel(cancel)
-        report("export", 0.0)
-        from napari_hila.export import write_prediction_outputs
-
-        # all outputs or none; an earlier prediction's maps do not stay beside these
-        with staged_folder(out_dir, stale=STALE_OUTPUTS) as staging:
-            write_prediction_outputs(result, staging, card=card, read_slide=read_slide)
-        report("export", 1.0)
     return result
 
 
 def predict_slide(
     slide_path: str | os.PathLike,
     model,
-    out_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     progress: Progress | None = None,
@@ -421,9 +395,9 @@ def predict_slide(
     """Run ``model`` (a model directory or a loaded model) on one slide.
 
     ``progress(stage, fraction)`` is called with stages "model", "features",
-    "explain" and "export"; ``cancel`` (a ``threading.Event``) stops the job
-    between steps with :class:`~napari_hila.errors.Cancelled`. With ``out_dir``
-    every output file is written there too (see :mod:`napari_hila.export`).
+    "explain"; ``cancel`` (a ``threading.Event``) stops the job between steps
+    with :class:`~napari_hila.errors.Cancelled`. The output files are written by
+    :func:`napari_hila.export.write_prediction_folder`.
     ``mpp`` (um/px at level 0) overrides or supplies the slide's pixel size:
     the grid's tile sizes and the result's ``mpp`` follow it. ``weights``: the patch
     encoder's local weights when the model's encoder needs some (default: the encoders config).
@@ -439,23 +413,22 @@ def predict_slide(
             slide_path, loaded.card, cache_dir, device, progress, cancel, mpp, weights
         )
         explanation, inputs = _explain_features(loaded, feats, str(slide_path), report, cancel)
-    return _finish(loaded, str(slide_path), explanation, inputs, out_dir, report, cancel)
+    return _finish(loaded, str(slide_path), explanation, inputs)
 
 
 def predict_features(
     feats_or_path,
     model,
-    out_dir: str | os.PathLike | None = None,
     device: str = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> PredictionResult:
     """Run ``model`` on a slide's features (``SlideFeatures`` or a feature file), reading no pixels.
 
-    The same checks, feature scaling and ``explain()`` as :func:`predict_slide`;
-    with ``out_dir`` the outputs that need no pixels are written (no thumbnail
-    or PNG heatmaps: the result's warnings say so). The result's ``slide_path``
-    is the one the file records (possibly absent or elsewhere).
+    The same checks, feature scaling and ``explain()`` as :func:`predict_slide`.
+    Its outputs are written with ``write_prediction_folder(..., read_slide=False)``
+    (no thumbnail or PNG heatmaps: the result's warnings say so). The result's
+    ``slide_path`` is the one the file records (possibly absent or elsewhere).
     """
     from napari_hila.features.store import load_features
 
@@ -483,9 +456,7 @@ def predict_features(
         raise FeatureFileError(f"{source}: no patches (no tissue found); nothing to predict on")
     explanation, inputs = _explain_features(loaded, feats, source, report, cancel)
     slide_path = str(feats.attrs.get("slide_path", "") or "")
-    return _finish(
-        loaded, slide_path, explanation, inputs, out_dir, report, cancel, read_slide=False
-    )
+    return _finish(loaded, slide_path, explanation, inputs)
 
 
 #: File names a folder of feature files is searched for (CLAM ``pt_files`` included).
@@ -548,27 +519,3 @@ def slide_id_for(path: str | os.PathLike, feats=None) -> str:
 
     fingerprint = str((feats.attrs if feats is not None else {}).get("slide_fingerprint", ""))
     return slide_stem_of(Path(path).stem, fingerprint)
-
-
-def predict_folder(
-    folder: str | os.PathLike,
-    model,
-    out_dir: str | os.PathLike,
-    device: str = "auto",
-    cancel: threading.Event | None = None,
-    log: Callable[[str], None] | None = None,
-):
-    """Predict every slide and feature file of ``folder`` into ``out_dir/<slide id>/``.
-
-    The model is loaded once; a file that cannot be used is a failed row and the
-    others go on; see :func:`napari_hila.predict_many.predict_many` (tables, resume).
-    """
-    from napari_hila.predict_many import items_in_folder, predict_many
-
-    items = items_in_folder(folder, log)
-    if not items:
-        raise FeatureFileError(
-            f"{folder}: no slides or feature files ({', '.join(FEATURE_SUFFIXES)}) here; give "
-            "a folder of slides, or run `napari-hila extract SLIDES --out DIR` and give DIR"
-        )
-    return predict_many(items, model, out_dir, device=device, cancel=cancel, log=log)

@@ -29,8 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_hila.errors import Cancelled, CohortError, HilaError
+from napari_hila.errors import Cancelled, CohortError, FeatureFileError, HilaError
+from napari_hila.export import write_prediction_folder
 from napari_hila.io_utils import atomic_path, write_json_atomic
+from napari_hila.predict import (
+    FEATURE_SUFFIXES,
+    _load_model,
+    feature_files_in,
+    predict_features,
+    predict_slide,
+    slide_id_for,
+)
 
 __all__ = [
     "PredictionItem",
@@ -38,6 +47,7 @@ __all__ = [
     "items_in_folder",
     "items_in_list",
     "items_in_cohort",
+    "predict_folder",
     "predict_many",
 ]
 
@@ -80,8 +90,6 @@ def _slide_id(path: Path) -> str:
     suffix = _slide_suffix(path)
     if suffix:
         return path.name[: -len(suffix)].removesuffix(".ome")
-    from napari_hila.predict import slide_id_for
-
     return slide_id_for(path)
 
 
@@ -96,8 +104,6 @@ def items_in_folder(
     ``pattern`` (a glob such as ``*.svs``) keeps only matching file names. A
     slide and its feature file would be one slide twice: the feature file wins.
     """
-    from napari_hila.predict import feature_files_in
-
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     root = Path(folder)
     folders = [root]
@@ -280,8 +286,6 @@ def predict_item(
     """Predict one item into ``out_dir/<slide id>/`` (or find it done); never raises but
     :class:`Cancelled`. Returns its summary row and its result's summary (None if failed).
     ``weights``: the patch encoder's local weights, as for :func:`predict_slide`."""
-    from napari_hila.predict import FEATURE_SUFFIXES, predict_features, predict_slide
-
     folder = Path(out_dir) / item.slide_id
     row = {"slide": item.slide_id, "status": "failed", "patches": 0, "seconds": 0.0, "error": ""}
     started = time.perf_counter()
@@ -292,19 +296,16 @@ def predict_item(
         if summary is not None:
             row["status"] = "cached"
         else:
-            if item.path.suffix.lower() in FEATURE_SUFFIXES:
-                result = predict_features(item.path, loaded, folder, device, cancel=cancel)
+            from_features = item.path.suffix.lower() in FEATURE_SUFFIXES
+            if from_features:
+                result = predict_features(item.path, loaded, device, cancel=cancel)
             else:
                 result = predict_slide(
-                    item.path,
-                    loaded,
-                    folder,
-                    cache_dir,
-                    device,
-                    cancel=cancel,
-                    mpp=mpp,
-                    weights=weights,
+                    item.path, loaded, cache_dir, device, cancel=cancel, mpp=mpp, weights=weights
                 )
+            write_prediction_folder(
+                result, folder, loaded.card, read_slide=not from_features, cancel=cancel
+            )
             write_json_atomic(folder / INPUT_RECORD, record)
             summary = result.summary()
             row["status"] = "done"
@@ -396,8 +397,6 @@ def predict_many(
     torch thread count of each task. ``weights``: the patch encoder's local weights
     (``predict --weights``; default: the encoders config), for every slide.
     """
-    from napari_hila.predict import _load_model
-
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -443,3 +442,25 @@ def predict_many(
     return ManyPrediction(
         results, failures, [r for r in rows if r], table, summary_csv, metrics, cached
     )
+
+
+def predict_folder(
+    folder: str | os.PathLike,
+    model,
+    out_dir: str | os.PathLike,
+    device: str = "auto",
+    cancel: threading.Event | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ManyPrediction:
+    """Predict every slide and feature file of ``folder`` into ``out_dir/<slide id>/``.
+
+    The model is loaded once; a file that cannot be used is a failed row and the
+    others go on; see :func:`predict_many` (tables, resume).
+    """
+    items = items_in_folder(folder, log)
+    if not items:
+        raise FeatureFileError(
+            f"{folder}: no slides or feature files ({', '.join(FEATURE_SUFFIXES)}) here; give "
+            "a folder of slides, or run `napari-hila extract SLIDES --out DIR` and give DIR"
+        )
+    return predict_many(items, model, out_dir, device=device, cancel=cancel, log=log)

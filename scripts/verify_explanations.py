@@ -85,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--predict-via",
         choices=("cli", "api"),
         default="cli",
-        help="`napari-hila predict FOLDER` (cli) or napari_hila.predict.predict_folder (api)",
+        help="`napari-hila predict FOLDER` (cli) or napari_hila.predict_many.predict_folder (api)",
     )
     p.add_argument(
         "--occlusion-fraction", type=float, default=0.1, help="tiles occluded per slide (0.1)"
@@ -242,7 +242,7 @@ def predict_model(args, model: str, model_dir: Path, held_dir: Path, root: Path)
     else:
         import torch
 
-        from napari_hila.predict import predict_folder
+        from napari_hila.predict_many import predict_folder
 
         torch.set_num_threads(args.threads)
         predict_folder(held_dir, model_dir, out, device="cpu", log=lambda m: None)

@@ -8,6 +8,7 @@ import types
 import pytest
 from test_export import make_result
 
+import napari_hila.export
 import napari_hila.predict
 from napari_hila.cli import main
 from napari_hila.commands import demo
@@ -15,17 +16,22 @@ from napari_hila.commands import demo
 
 @pytest.fixture
 def fake_prediction(monkeypatch, tmp_path):
-    """predict_slide replaced by one that saves a small known result (the real run: test_predict)."""
+    """predict_slide replaced by one that returns a small known result, and the folder
+    writer by one that saves just that result (the real run: test_predict)."""
     calls = []
 
-    def fake_predict_slide(slide, model, out_dir=None, **kwargs):
-        calls.append({"slide": slide, "model": model, "out_dir": out_dir, **kwargs})
+    def fake_predict_slide(slide, model, **kwargs):
+        calls.append({"slide": slide, "model": model, **kwargs})
         result = make_result()
         result.slide_path = str(slide)
-        result.save(out_dir)
         return result
 
+    def fake_write_prediction_folder(result, out_dir, card=None, **kwargs):
+        calls.append({"out_dir": out_dir})
+        result.save(out_dir)
+
     monkeypatch.setattr(napari_hila.predict, "predict_slide", fake_predict_slide)
+    monkeypatch.setattr(napari_hila.export, "write_prediction_folder", fake_write_prediction_folder)
     return calls
 
 
@@ -41,6 +47,7 @@ def test_no_display_writes_files_and_prints_summary(fake_prediction, monkeypatch
     assert "no display" in out.err
     call = fake_prediction[0]
     assert call["slide"].name == "CMU-1-Small-Region.svs" and call["model"].name == "demo_model"
+    assert fake_prediction[1]["out_dir"] == (tmp_path / "out").resolve()  # the files go to --out
 
 
 def test_display_opens_the_viewer_with_the_result(fake_prediction, monkeypatch, tmp_path):

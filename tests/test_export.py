@@ -8,7 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from napari_hila.export import token_raster, write_csv, write_geojson, write_prediction_outputs
+from napari_hila.errors import Cancelled, ModelFileError
+from napari_hila.export import (
+    NO_PIXELS_NOTE,
+    token_raster,
+    write_csv,
+    write_geojson,
+    write_prediction_folder,
+    write_prediction_outputs,
+)
 from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions
 from napari_hila.results import Explanation, LevelExplanation, PredictionResult, PromptContribution
 
@@ -62,7 +70,6 @@ def make_result(seed=0):
         risk_threshold=-2.5,
         risk_group="high",
         risk_percentile=70.0,
-        extra={"level0_width": 1536},
     )
 
 
@@ -158,7 +165,12 @@ def test_token_raster_aligns_tiles_to_thumbnail_pixels():
 def test_all_outputs_written(tmp_path):
     result = make_result()
     thumb = np.full((64, 96, 3), 240, np.uint8)
-    written = write_prediction_outputs(result, tmp_path, card=make_card(), thumbnail=thumb)
+    with pytest.raises(ValueError, match="slide_size"):  # the maps' scale is unknown
+        write_prediction_outputs(result, tmp_path / "no-size", card=make_card(), thumbnail=thumb)
+    # the result's 6 x 4 tiles of 256 px on a 1536 x 1024 px slide: 16 px per thumbnail px
+    written = write_prediction_outputs(
+        result, tmp_path, card=make_card(), thumbnail=thumb, slide_size=(1536, 1024)
+    )
     for key in ("result", "geojson", "csv", "thumbnail", "selection_patch", "km", "contributions"):
         assert written[key].exists(), key
     from PIL import Image
@@ -167,6 +179,34 @@ def test_all_outputs_written(tmp_path):
     assert heat.size == (96, 64)
     assert len([k for k in written if k.startswith("heatmap_")]) == 3
     assert PredictionResult.load(tmp_path).risk_group == "high"
+
+
+def test_prediction_folder_replaces_the_earlier_outputs_at_once(tmp_path):
+    """predict's folder: an earlier run's map goes, a user's own file stays, the paths
+    returned are the final ones; a cancel or an unreadable card writes nothing."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "heatmap_patch_old prompt.png").write_bytes(b"an earlier model's map")
+    (out / "notes.txt").write_text("mine")
+    written = write_prediction_folder(make_result(), out, make_card())  # slide.svs is absent
+    assert {p.parent for p in written.values()} == {out} and all(
+        p.exists() for p in written.values()
+    )
+    kept = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert kept == {p.name for p in written.values()} | {"result.npz", "notes.txt"}
+    assert "thumbnail" not in written  # no pixels: the result says so
+    assert NO_PIXELS_NOTE in PredictionResult.load(out).warnings
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        write_prediction_folder(make_result(), tmp_path / "cancelled", make_card(), cancel=cancel)
+    with pytest.raises(ModelFileError, match="card.json"):  # default card: the result's model
+        write_prediction_folder(make_result(), tmp_path / "no-card")
+    assert not (tmp_path / "cancelled").exists() and not (tmp_path / "no-card").exists()
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
 
 
 def test_km_plot_numbers_match_lifelines():

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from napari_hila.commands.predict import StageProgress, default_model_path, result_summary
+    from napari_hila.export import write_prediction_folder
     from napari_hila.predict import predict_slide
     from napari_hila.resources import sample_slide_path
 
@@ -67,14 +68,11 @@ def run(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else default_model_path()
     out = Path(args.out).resolve()
     print(f"napari-hila demo: {slide.name} with {model}", file=sys.stderr)
+    progress = StageProgress()
     result = predict_slide(
-        slide,
-        model,
-        out_dir=out,
-        cache_dir=out / "feature-cache",
-        device=args.device,
-        progress=StageProgress(),
+        slide, model, cache_dir=out / "feature-cache", device=args.device, progress=progress
     )
+    write_prediction_folder(result, out, progress=progress)
     print(result_summary(result))
     print(f"\noutputs written to {out}:")
     for name in (

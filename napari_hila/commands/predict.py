@@ -242,30 +242,26 @@ def run(args: argparse.Namespace) -> int:
             "--scheduler/--workers spread many slides over a cluster; for one slide leave them "
             "out (or give a folder, a list file or a cohort CSV)"
         )
+    from napari_hila.export import NO_PIXELS_NOTE, write_prediction_folder
+
+    progress = None if args.quiet else StageProgress()
     if kind == "features":
         from napari_hila.predict import predict_features
 
-        result = predict_features(
-            args.slide,
-            model,
-            out_dir=args.out,
-            device=args.device,
-            progress=None if args.quiet else StageProgress(),
-        )
+        result = predict_features(args.slide, model, device=args.device, progress=progress)
     else:
         from napari_hila.predict import predict_slide
 
         result = predict_slide(
             args.slide,
             model,
-            out_dir=args.out,
             cache_dir=args.cache,
             device=args.device,
-            progress=None if args.quiet else StageProgress(),
+            progress=progress,
             mpp=args.mpp,
             weights=args.weights,
         )
-    from napari_hila.export import NO_PIXELS_NOTE
+    write_prediction_folder(result, args.out, read_slide=kind != "features", progress=progress)
 
     if NO_PIXELS_NOTE in result.warnings:
         print(f"note: {NO_PIXELS_NOTE}", file=sys.stderr)
