@@ -477,6 +477,19 @@ def test_tokenizer_problems_are_one_clear_error(conch, made, tmp_path):
     (quilt / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(EncoderError, match="does not match"):
         get_text_encoder("quiltnet-text", weights=quilt, device="cpu")
+    # transformers: no tokenizer files (transformers itself would build an empty one), then
+    # a vocabulary of another size
+    plip = tmp_path / "plip"
+    _copy_beside(made("plip", 0)["folder"], plip, ["config.json", "model.safetensors"])
+    with pytest.raises(EncoderError, match="needs the tokenizer files") as err:
+        get_text_encoder("plip-text", weights=plip, device="cpu")
+    assert str(plip) in str(err.value)
+    vocab = json.loads((made("plip", 0)["folder"] / "vocab.json").read_text())
+    vocab["extra</w>"] = len(vocab)
+    (plip / "vocab.json").write_text(json.dumps(vocab))
+    (plip / "merges.txt").write_bytes((made("plip", 0)["folder"] / "merges.txt").read_bytes())
+    with pytest.raises(EncoderError, match="do not match the checkpoint .vocabulary 515 tokens"):
+        get_text_encoder("plip-text", weights=plip, device="cpu")
 
 
 # -- where weights are found ------------------------------------------------------------------

@@ -82,6 +82,15 @@ class CLIPTextEncoder:
         self.name = name
         self.version = weights_digest(Path(model_dir))
         self.device = device or torch.device("cpu")
+        folder = Path(model_dir)
+        has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        if not has_bpe and not (folder / "tokenizer.json").is_file():
+            # transformers would build an empty tokenizer here, giving every text the same ids
+            raise EncoderError(
+                f"{model_dir}: text encoder {name!r} needs the tokenizer files shipped with the "
+                "CLIPModel (vocab.json and merges.txt, or tokenizer.json); copy them from the "
+                "owners' repository into this folder"
+            )
         try:
             self._tokenizer = CLIPTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         except (OSError, TypeError, ValueError) as err:
@@ -105,6 +114,13 @@ class CLIPTextEncoder:
                 + ", ".join(missing[:8])
                 + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
                 + ". Give the original CLIPModel directory"
+            )
+        vocab = int(model.config.text_config.vocab_size)
+        if len(self._tokenizer) != vocab:
+            raise EncoderError(
+                f"{model_dir}: the tokenizer files do not match the checkpoint (vocabulary "
+                f"{len(self._tokenizer)} tokens; the text tower embeds {vocab}). Give the "
+                "tokenizer files shipped with these weights"
             )
         self._model = model.eval().to(self.device)
         self.output_dim = int(model.config.projection_dim)
