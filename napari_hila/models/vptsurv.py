@@ -240,9 +240,6 @@ class VPTSurv(nn.Module):
         self.encoder.eval()  # frozen: never in training mode
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def batch_from_bags(self, bags, epoch: int = 0, train: bool = True) -> TileBatch:
         """Sample tiles from slides (:class:`SlideRef` or paths): ``train_tiles`` or ``inference_tiles`` each."""
         cfg = self.config

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_hila.errors import SlideError
 from napari_hila.slides.arrays import LevelArray, MemoizedLevel, Progress, as_dask, halved, memoized
 from napari_hila.slides.dicom import dicom_instances, is_dicom_path
 
@@ -250,17 +249,6 @@ class Slide(abc.ABC):
         downsamples = self.pyramid_downsamples()
         fine_enough = [i for i, d in enumerate(downsamples) if d <= downsample * 1.01]
         return fine_enough[-1] if fine_enough else 0
-
-    def read_pyramid_level(self, index: int) -> np.ndarray:
-        """A whole pyramid level as numpy (refuses levels too large to hold)."""
-        array = self.pyramid()[index]  # chunked: threads decode tiles in parallel
-        h, w = array.shape[:2]
-        if h * w > 64_000_000:
-            raise SlideError(
-                f"{self.path}: level {index} is {w} x {h} px, too large to load whole; "
-                "read it by region instead"
-            )
-        return np.asarray(array.compute(scheduler="threads"))
 
     def read_reduced(self, downsample: float) -> tuple[np.ndarray, float]:
         """The whole slide at about ``downsample`` (level-0 px per px), and the exact downsample.

@@ -69,11 +69,6 @@ class Cohort:
     def patient_folds(self) -> list[int | None]:
         return [r.fold for r in self._first_rows()]
 
-    def slides_of(self, patient_ids) -> list[CohortRow]:
-        """Rows (slides) of the given patients, in file order."""
-        wanted = set(patient_ids)
-        return [r for r in self.rows if r.patient_id in wanted]
-
 
 def feature_file_for(features_dir: str | os.PathLike, slide_id: str) -> Path:
     """The feature file of ``slide_id`` in ``features_dir``.
