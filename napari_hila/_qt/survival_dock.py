@@ -373,7 +373,7 @@ class HilaSurvivalDock(QWidget):
         if assumed:
             self.mpp_note.setText(
                 f"This slide has no pixel size; {float(mpp):g} um/px assumed — set the "
-                "scanner's value."
+                f"scanner's value. Why: {meta.get('mpp_note', 'the file does not say')}."
             )
         self.mpp_note.setVisible(assumed)
 

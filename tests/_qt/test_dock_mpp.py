@@ -42,6 +42,7 @@ def test_spin_box_sets_the_scale_and_the_run_uses_it(
     assert dock.mpp_spin.value() == 0.5 and dock.mpp_spin.isEnabled()
     assert dock.mpp_note.isVisibleTo(dock)
     assert "no pixel size; 0.5 um/px assumed" in dock.mpp_note.text()
+    assert "Why: the file does not record its pixel size." in dock.mpp_note.text()
 
     dock.mpp_spin.setValue(0.25)  # as a user does: the scale bar is now true
     np.testing.assert_allclose(layer.scale, (0.25, 0.25))
