@@ -516,6 +516,9 @@ def test_encoders_config_finds_weights_and_tokenizers(conch, tmp_path, monkeypat
     with pytest.raises(EncoderError, match="uni.bin") as err:
         get_vision_encoder("uni", device="cpu")
     assert str(config) in str(err.value)
+    config.write_text(f"conch:\n  weights: {rel}\n  tokenizer: {tmp_path / 'gone.json'}\n")
+    with pytest.raises(EncoderError, match="gone.json: the tokenizer named in the encoders"):
+        get_text_encoder("conch-text", device="cpu")
     config.write_text("conch:\n  weights: [unclosed\n")
     with pytest.raises(EncoderConfigError, match="line 2"):
         get_vision_encoder("conch", device="cpu")

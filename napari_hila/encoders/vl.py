@@ -325,6 +325,11 @@ def load_tower_text(spec, weights: Path, device: torch.device, tokenizer: Path |
 
     if weights.is_dir() and (weights / "config.json").is_file() and not _open_clip_dir(weights):
         return CLIPTextEncoder(weights, spec.name, device)  # transformers CLIPModel directory
+    if tokenizer is not None and not Path(tokenizer).expanduser().exists():
+        raise EncoderError(
+            f"{tokenizer}: the tokenizer named in the encoders config ({_config_hint()}) for "
+            f"{spec.name!r} does not exist; fix its 'tokenizer:' path"
+        )
     state, config = read_state_dict(weights)
     tower, layout = build_text_tower(state, config, str(weights))
     if layout == "CONCH":
