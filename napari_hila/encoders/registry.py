@@ -57,20 +57,20 @@ class TextEncoder(Protocol):
 Loader = Callable[["EncoderSpec", "Path | None", torch.device], object]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EncoderSpec:
-    """What the registry knows about an encoder before loading it."""
+    """What the registry knows about an encoder before loading it (built by keyword)."""
 
     name: str
     kind: str  # "vision" or "text"
     loader: Loader
-    input_size: int | None  # side in pixels the tiles are resized to (vision)
-    mean: tuple[float, float, float] | None  # normalisation (vision)
-    std: tuple[float, float, float] | None
-    output_dim: int | None  # None: read from the weights
     needs_weights: bool
     version: str
     description: str
+    input_size: int | None = None  # side in pixels the tiles are resized to (vision)
+    mean: tuple[float, float, float] | None = None  # normalisation (vision)
+    std: tuple[float, float, float] | None = None
+    output_dim: int | None = None  # None: read from the weights
     interpolation: str = "bicubic"  # the owners' resize (vision): "bicubic" or "bilinear"
 
 
@@ -266,46 +266,39 @@ def _ensure_builtins() -> None:
 
     register_encoder(
         EncoderSpec(
-            "hila-descriptor",
-            "vision",
-            _load_descriptor,
-            256,
-            None,
-            None,
-            DESCRIPTOR_DIM,
-            False,
-            DESCRIPTOR_VERSION,
-            "weight-free H&E descriptor: stains, nuclei, texture, background (fast on a CPU)",
+            name="hila-descriptor",
+            kind="vision",
+            loader=_load_descriptor,
+            input_size=256,
+            output_dim=DESCRIPTOR_DIM,
+            needs_weights=False,
+            version=DESCRIPTOR_VERSION,
+            description="weight-free H&E descriptor: stains, nuclei, texture, background "
+            "(fast on a CPU)",
         )
     )
     register_encoder(
         EncoderSpec(
-            "minilm",
-            "text",
-            _load_minilm,
-            None,
-            None,
-            None,
-            384,
-            False,
-            "all-MiniLM-L6-v2",
-            "all-MiniLM-L6-v2 sentence embeddings, shipped with the package (offline)",
+            name="minilm",
+            kind="text",
+            loader=_load_minilm,
+            output_dim=384,
+            needs_weights=False,
+            version="all-MiniLM-L6-v2",
+            description="all-MiniLM-L6-v2 sentence embeddings, shipped with the package (offline)",
         )
     )
     from napari_hila.encoders.vocabulary import VOCABULARY_VERSION
 
     register_encoder(
         EncoderSpec(
-            "descriptor-vocabulary",
-            "text",
-            _load_descriptor_vocabulary,
-            None,
-            None,
-            None,
-            DESCRIPTOR_DIM,
-            False,
-            f"{VOCABULARY_VERSION}+descriptor{DESCRIPTOR_VERSION}",
-            "prompt words -> weights on named hila-descriptor dimensions (no weights; pairs "
+            name="descriptor-vocabulary",
+            kind="text",
+            loader=_load_descriptor_vocabulary,
+            output_dim=DESCRIPTOR_DIM,
+            needs_weights=False,
+            version=f"{VOCABULARY_VERSION}+descriptor{DESCRIPTOR_VERSION}",
+            description="prompt words -> weights on named hila-descriptor dimensions (no weights; pairs "
             "with the hila-descriptor vision encoder)",
         )
     )
@@ -367,21 +360,29 @@ def _ensure_builtins() -> None:
     for name, size, mean, std, resize, text in vits:
         register_encoder(
             EncoderSpec(
-                name, "vision", _load_vit, size, mean, std, None, True, "local", text, resize
+                name=name,
+                kind="vision",
+                loader=_load_vit,
+                input_size=size,
+                mean=mean,
+                std=std,
+                needs_weights=True,
+                version="local",
+                description=text,
+                interpolation=resize,
             )
         )
     register_encoder(
         EncoderSpec(
-            "conch",
-            "vision",
-            _load_conch,
-            448,
-            CLIP_MEAN,
-            CLIP_STD,
-            None,
-            True,
-            "local",
-            "CONCH image embedding (CoCa ViT-B/16 at 448 px: attention pooling, layer norm, "
+            name="conch",
+            kind="vision",
+            loader=_load_conch,
+            input_size=448,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            needs_weights=True,
+            version="local",
+            description="CONCH image embedding (CoCa ViT-B/16 at 448 px: attention pooling, layer norm, "
             "projection; 512-d, shares conch-text's space)",
         )
     )
@@ -394,15 +395,11 @@ def _ensure_builtins() -> None:
     for name, text in texts.items():
         register_encoder(
             EncoderSpec(
-                f"{name}-text",
-                "text",
-                _load_tower_text,
-                None,
-                None,
-                None,
-                None,
-                True,
-                "local",
-                text,
+                name=f"{name}-text",
+                kind="text",
+                loader=_load_tower_text,
+                needs_weights=True,
+                version="local",
+                description=text,
             )
         )

@@ -17,9 +17,9 @@ import torch
 from napari_hila.errors import ModelConfigError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """What the registry knows about one model name."""
+    """What the registry knows about one model name (built by keyword)."""
 
     name: str
     model_cls: type[torch.nn.Module]
@@ -78,7 +78,12 @@ def add_variant(
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is registered twice")
     _REGISTRY[name] = ModelSpec(
-        name, model_cls, config_cls, description, inputs, tuple(overrides.items())
+        name=name,
+        model_cls=model_cls,
+        config_cls=config_cls,
+        description=description,
+        inputs=inputs,
+        overrides=tuple(overrides.items()),
     )
 
 
