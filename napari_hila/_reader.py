@@ -22,7 +22,50 @@ NO_LAYERS = [(None,)]
 
 
 def _is_slide_like_tiff(path: Path) -> bool:
-    """An 8-bit RGB(A) TIFF that is tiled or pyramidal: ours. Anything else: napari's."""
+    """An 8-bit RGB(A) TIFF that is tiled or pyramidal: ours. Anything else: napari's.
+
+    Judged from the directory walk (a few small reads per page), so the file
+    is parsed by tifffile once, when it is opened, not also to be claimed.
+    """
+    from napari_hila.slides.tiff_checks import Directory, walk_directories
+
+    try:
+        walk = walk_directories(path)
+    except (OSError, ValueError):
+        return False
+    if walk is None:  # a classic TIFF past 4 GiB (NDPI): tifffile knows its offsets
+        return _is_slide_like_tiff_parsed(path)
+    if not walk.directories:
+        return False
+
+    def number(directory: Directory, tag: int, default: int) -> int:
+        value = directory.values.get(tag)
+        return int(value[0]) if isinstance(value, tuple) and value else default
+
+    def pixels(directory: Directory) -> tuple:
+        bits = tuple(directory.values.get(258, (1,)))
+        return number(directory, 277, 1), bits[:1], number(directory, 262, -1)
+
+    first, *others = walk.directories
+    samples, bits, photometric = pixels(first)
+    size = (number(first, 256, 0), number(first, 257, 0))
+    pyramid = 330 in first.values or any(
+        pixels(d) == (samples, bits, photometric)
+        and number(d, 256, 0) < size[0]
+        and number(d, 257, 0) < size[1]
+        for d in others
+    )
+    return (
+        bits == (8,)
+        and number(first, 339, 1) == 1  # unsigned integers
+        and samples in (3, 4)
+        and photometric in (2, 6)  # RGB, YCbCr
+        and (322 in first.values or pyramid)
+    )
+
+
+def _is_slide_like_tiff_parsed(path: Path) -> bool:
+    """:func:`_is_slide_like_tiff` from tifffile's parse, for files the walk cannot read."""
     import tifffile
 
     from napari_hila.slides.tiff_checks import tifffile_log

@@ -200,3 +200,45 @@ def test_info_invalid_mpp_is_an_error_line_and_exit_2(sample_slide, capsys, bad)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "error: argument --mpp" in err and "between 0.05 and 20" in err
+
+
+def test_slide_like_tiffs_are_told_from_the_walk_as_tifffile_would(tmp_path, monkeypatch):
+    """get_reader claims a .tif from its directories alone, with tifffile's answer on every kind."""
+    from napari_hila import _reader
+
+    rgb = np.full((600, 500, 3), 180, np.uint8)
+    tiled = dict(tile=(256, 256), metadata=None)
+    cases = {
+        "tiled_rgb.tif": (True, [(rgb, dict(photometric="rgb", **tiled))]),
+        "tiled_jpeg_ycbcr.tif": (
+            True,
+            [(rgb, dict(photometric="ycbcr", compression="jpeg", **tiled))],
+        ),
+        "tiled_rgba.tif": (
+            True,
+            [(np.dstack([rgb, rgb[..., :1]]), dict(photometric="rgb", extrasamples=[2], **tiled))],
+        ),
+        "flat_rgb.tif": (False, [(rgb, dict(photometric="rgb", metadata=None))]),
+        "flat_pyramid.tif": (
+            True,
+            [(rgb, dict(photometric="rgb", metadata=None, subifds=1)), (rgb[::2, ::2], {})],
+        ),
+        "tiled_grey.tif": (False, [(rgb[..., 0], dict(photometric="minisblack", **tiled))]),
+        "tiled_uint16.tif": (False, [(rgb.astype(np.uint16), dict(photometric="rgb", **tiled))]),
+        "tiled_int8.tif": (False, [(rgb.astype(np.int8), dict(photometric="rgb", **tiled))]),
+        "tiled_3_channels.tif": (
+            False,
+            [(rgb, dict(photometric="minisblack", planarconfig="contig", **tiled))],
+        ),
+    }
+    for name, (expected, pages) in cases.items():
+        path = tmp_path / name
+        with tifffile.TiffWriter(path) as tif:
+            for data, options in pages:
+                tif.write(data, subfiletype=1 if not options else 0, **options)
+        assert _reader._is_slide_like_tiff_parsed(path) is expected, name  # tifffile's answer
+        opened = []
+        monkeypatch.setattr(tifffile.TiffFile, "__init__", lambda *a, **k: opened.append(a))
+        assert _reader._is_slide_like_tiff(path) is expected, name
+        assert opened == [], "the walk alone decides"
+        monkeypatch.undo()

@@ -101,6 +101,7 @@ class PredictionJob(BackgroundJob):
         self.device = device
         self.cache_dir = cache_dir
         self.mpp = mpp  # the user's pixel size, or None for the file's
+        self.card: Any = None  # the card of the model run (the dock's picker sets it)
 
 
 def _prediction_bug(err: BaseException) -> JobOutcome:

@@ -43,6 +43,7 @@ from napari_hila._qt.legend import MapLegend
 from napari_hila._qt.model_picker import ModelPicker
 from napari_hila._qt.prompt_panel import ContributionChart, TileGallery, read_thumbnail
 from napari_hila._qt.scroll import make_scrollable
+from napari_hila._qt.state import ShownResult
 from napari_hila.devices import available_devices
 from napari_hila.errors import HilaError
 from napari_hila.modelfile import ModelCard, read_card
@@ -104,10 +105,8 @@ class HilaSurvivalDock(QWidget):
         self.cache_dir: Path | None = default_cache_dir()
         self.job: PredictionJob | None = None
         self.export_job: Any = None  # the running ExportJob, if any
-        self.result: PredictionResult | None = None
-        self.card: ModelCard | None = None
+        self.shown: ShownResult | None = None  # the result on screen, its slide, mask and card
         self.gallery_level: str | None = None
-        self.tissue: Any = None  # the shown result's tissue mask, redrawn when mpp changes
         self._slide = None  # opened lazily for thumbnails
         self.layers = ResultLayers(napari_viewer, on_hover=self._show_hover)
         self._build()
@@ -317,13 +316,24 @@ class HilaSurvivalDock(QWidget):
             )
 
     # -- one result, one slide ------------------------------------------------------
+    @property
+    def result(self) -> PredictionResult | None:
+        """The result on screen (from :attr:`shown`, the dock's one state)."""
+        return self.shown.result if self.shown is not None else None
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The card of the model the shown result came from."""
+        return self.shown.card if self.shown is not None else None
+
+    @property
+    def tissue(self) -> Any:
+        """The shown result's tissue mask (redrawn when the pixel size changes)."""
+        return self.shown.tissue if self.shown is not None else None
+
     def result_slide_layer(self) -> Any | None:
         """The open slide layer the shown result was computed on, or None when it is gone."""
-        if self.result is None:
-            return None
-        return next(
-            (ly for ly in self.slide_layers() if slide_path_of(ly) == self.result.slide_path), None
-        )
+        return self.shown.slide_layer(self.slide_layers()) if self.shown is not None else None
 
     def result_is_current(self) -> bool:
         """True when the result's slide is open and chosen in the Slide list."""
@@ -443,7 +453,6 @@ class HilaSurvivalDock(QWidget):
         if self.model_picker.error or not self.model_picker.model_path:
             show_error(self.model_picker.error or "No model chosen: use Browse… to pick one.")
             return False
-        self.card = self.model_picker.card
         self.job = PredictionJob(
             slide_path_of(layer),
             self.model_picker.model_path,
@@ -452,6 +461,7 @@ class HilaSurvivalDock(QWidget):
             mpp=self.slide_mpp(layer),
             parent=self,
         )
+        self.job.card = self.model_picker.card  # the card of the model this run uses
         self.job.progress.connect(self._on_progress)
         self.job.finished.connect(self._on_finished)
         self._set_running(True)
@@ -491,7 +501,7 @@ class HilaSurvivalDock(QWidget):
             self.progress.setValue(1000)
             self.stage_label.setText(f"done in {outcome.seconds:.1f} s")
             try:
-                self.show_result(outcome.result, outcome.tissue, card=self.card)
+                self.show_result(outcome.result, outcome.tissue, card=self.job.card)
             except Exception as err:  # a display bug must not become a napari traceback
                 log.exception("showing the result of %s failed", outcome.result.slide_path)
                 show_error(
@@ -506,15 +516,19 @@ class HilaSurvivalDock(QWidget):
         tissue: Any = None,
         card: ModelCard | dict[str, Any] | None = None,
     ) -> None:
-        """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock."""
-        self.result = result
-        self.tissue = tissue
-        card = card or self.card or _card_of(result)
-        self.card = None if card is None else ModelCard.of(card)
+        """Display a finished result: risk, layers, prompt panel, Kaplan-Meier dock.
+
+        The result, its tissue mask and its card replace the dock's state
+        (:attr:`shown`) at once; ``card`` defaults to the model directory's.
+        """
+        if card is None:
+            same_model = (
+                self.shown is not None and self.shown.result.model_path == result.model_path
+            )
+            card = self.shown.card if same_model else _card_of(result)
+        self.shown = ShownResult(result, tissue, None if card is None else ModelCard.of(card))
         self._close_slide()
-        layer = next(
-            (ly for ly in self.slide_layers() if slide_path_of(ly) == result.slide_path), None
-        )
+        layer = self.result_slide_layer()
         if (
             layer is not None
             and result.extra.get("mpp_source") == "user"

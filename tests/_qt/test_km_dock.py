@@ -76,7 +76,11 @@ def test_km_dock_opened_later_shows_the_current_result(make_napari_viewer):
     viewer.window.add_dock_widget(survival)
     survival.show_result(fake_result(), card=None)  # no card: no KM dock is opened for it
     assert km_dock_for(viewer, create=False) is None
-    survival.card = fake_card()
+    from dataclasses import replace
+
+    from napari_hila.modelfile import ModelCard
+
+    survival.shown = replace(survival.shown, card=ModelCard.of(fake_card()))  # the card came
     late = KaplanMeierDock(viewer)
     assert late.result is survival.result and "log-rank" in late.figure.axes[0].get_title()
 

@@ -85,7 +85,15 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
     assert "for breast" in dock.warnings_label.text() and dock.warnings_label.isVisibleTo(dock)
     assert "not for clinical use" in dock.warnings_label.text()  # the result's own stay
     slide.metadata = {**slide.metadata, "properties": slide_props}
+    # one state: result, mask and card are replaced together, never set one by one
+    breast = dock.shown
     dock.show_result(result, card=ModelCard.of(fake_card()))
+    assert dock.shown is not breast and dock.card.cancer_type == "test"
+    assert dock.result is dock.shown.result and dock.tissue is dock.shown.tissue
+    with pytest.raises(AttributeError):
+        dock.result = None
+    dock.show_result(result)  # no card given: the same model's card stays
+    assert dock.card.cancer_type == "test"
     overlays_shown = [ly for ly in dock.layers.layers if ly.visible]
     assert overlays_shown
 
