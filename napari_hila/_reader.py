@@ -38,26 +38,22 @@ def _is_slide_like_tiff(path: Path) -> bool:
     if not walk.directories:
         return False
 
-    def number(directory: Directory, tag: int, default: int) -> int:
-        value = directory.values.get(tag)
-        return int(value[0]) if isinstance(value, tuple) and value else default
-
     def pixels(directory: Directory) -> tuple:
         bits = tuple(directory.values.get(258, (1,)))
-        return number(directory, 277, 1), bits[:1], number(directory, 262, -1)
+        return directory.number(277, 1), bits[:1], directory.number(262, -1)
 
     first, *others = walk.directories
     samples, bits, photometric = pixels(first)
-    size = (number(first, 256, 0), number(first, 257, 0))
+    size = (first.number(256, 0), first.number(257, 0))
     pyramid = 330 in first.values or any(
         pixels(d) == (samples, bits, photometric)
-        and number(d, 256, 0) < size[0]
-        and number(d, 257, 0) < size[1]
+        and d.number(256, 0) < size[0]
+        and d.number(257, 0) < size[1]
         for d in others
     )
     return (
         bits == (8,)
-        and number(first, 339, 1) == 1  # unsigned integers
+        and first.number(339, 1) == 1  # unsigned integers
         and samples in (3, 4)
         and photometric in (2, 6)  # RGB, YCbCr
         and (322 in first.values or pyramid)

@@ -54,11 +54,6 @@ def _text(value: tuple[int, ...] | bytes | None) -> str:
     return value.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
-def _number(directory: Directory, tag: int, default: int) -> int:
-    value = directory.values.get(tag)
-    return int(value[0]) if isinstance(value, tuple) and value else default
-
-
 class AperioPage:
     """One tiled JPEG page as the walk read it, with the attributes of a tifffile page
     that the tile reader, the pixel checks and the slide's metadata use."""
@@ -75,11 +70,11 @@ class AperioPage:
     def __init__(self, directory: Directory, path: str | os.PathLike) -> None:
         values = directory.values
         self.index = directory.index
-        self.imagewidth = _number(directory, 256, 0)
-        self.imagelength = _number(directory, 257, 0)
-        self.tilewidth = _number(directory, 322, 0)
-        self.tilelength = _number(directory, 323, 0)
-        self.photometric = tifffile.PHOTOMETRIC(_number(directory, 262, _PHOTOMETRIC_RGB))
+        self.imagewidth = directory.number(256, 0)
+        self.imagelength = directory.number(257, 0)
+        self.tilewidth = directory.number(322, 0)
+        self.tilelength = directory.number(323, 0)
+        self.photometric = tifffile.PHOTOMETRIC(directory.number(262, _PHOTOMETRIC_RGB))
         self.subsampling = tuple(values.get(530, (2, 2)))[:2]
         self.dataoffsets = directory.offsets
         self.databytecounts = directory.counts
@@ -91,7 +86,7 @@ class AperioPage:
         tags = {name: _Tag(name, _text(values.get(tag))) for tag, name in _TEXT_TAGS.items()}
         tags = {name: tag for name, tag in tags.items() if tag.value}
         if 296 in values:
-            unit = _number(directory, 296, 1)
+            unit = directory.number(296, 1)
             tags["ResolutionUnit"] = _Tag("ResolutionUnit", tifffile.RESUNIT(unit))
         if isinstance(values.get(282), tuple) and len(values[282]) == 2:
             tags["XResolution"] = _Tag("XResolution", values[282])
@@ -150,22 +145,22 @@ class AperioSeries:
 def _is_plain_level(directory: Directory) -> bool:
     """A tiled 8-bit 3-sample JPEG page, RGB or YCbCr, without extra samples or SubIFDs."""
     values = directory.values
-    tiles_x = -(-_number(directory, 256, 0) // max(_number(directory, 322, 0), 1))
-    tiles_y = -(-_number(directory, 257, 0) // max(_number(directory, 323, 0), 1))
+    tiles_x = -(-directory.number(256, 0) // max(directory.number(322, 0), 1))
+    tiles_y = -(-directory.number(257, 0) // max(directory.number(323, 0), 1))
     return (
-        _number(directory, 259, 1) == _JPEG
-        and _number(directory, 262, -1) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
-        and _number(directory, 277, 1) == 3
+        directory.number(259, 1) == _JPEG
+        and directory.number(262, -1) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
+        and directory.number(277, 1) == 3
         and tuple(values.get(258, (1,))) in ((8,), (8, 8, 8))
-        and _number(directory, 284, 1) == 1
-        and _number(directory, 339, 1) == 1
-        and _number(directory, 32997, 1) == 1
+        and directory.number(284, 1) == 1
+        and directory.number(339, 1) == 1
+        and directory.number(32997, 1) == 1
         and 338 not in values
         and 330 not in values
-        and _number(directory, 322, 0) % 16 == 0
-        and _number(directory, 323, 0) % 16 == 0
-        and _number(directory, 322, 0) > 0
-        and _number(directory, 323, 0) > 0
+        and directory.number(322, 0) % 16 == 0
+        and directory.number(323, 0) % 16 == 0
+        and directory.number(322, 0) > 0
+        and directory.number(323, 0) > 0
         and directory.offsets is not None
         and directory.counts is not None
         and directory.offsets.shape == directory.counts.shape == (tiles_x * tiles_y,)
@@ -198,18 +193,18 @@ def aperio_layout(path: str | os.PathLike, walk: DirectoryWalk) -> AperioLayout 
     index = 2
     while index < len(directories):
         directory = directories[index]
-        if 322 not in directory.values or _number(directory, 254, 0) & 1:
+        if 322 not in directory.values or directory.number(254, 0) & 1:
             break
         if not _is_plain_level(directory):
             return None
         levels.append(directory)
         index += 1
-    sizes = [(_number(d, 256, 0), _number(d, 257, 0)) for d in levels]
+    sizes = [(d.number(256, 0), d.number(257, 0)) for d in levels]
     if len(set(sizes)) != len(sizes):
         return None  # focal planes: tifffile's Z series
     associated = {"thumbnail": 1} if len(directories) > 1 else {}
     for directory in directories[index : index + 2]:
-        name = "macro" if _number(directory, 254, 0) == 9 else "label"
+        name = "macro" if directory.number(254, 0) == 9 else "label"
         associated.setdefault(name, directory.index)
     series = [AperioSeries(AperioPage(d, path)) for d in levels]
     for level in series[1:]:

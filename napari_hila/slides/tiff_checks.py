@@ -69,6 +69,11 @@ class Directory:
     offsets: np.ndarray | None = None  # tile or strip offsets
     counts: np.ndarray | None = None  # their byte counts
 
+    def number(self, tag: int, default: int) -> int:
+        """The first value of an integer tag, or ``default`` when the directory lacks it."""
+        value = self.values.get(tag)
+        return int(value[0]) if isinstance(value, tuple) and value else default
+
 
 @dataclass
 class DirectoryWalk:
