@@ -1,6 +1,8 @@
-"""C-index, Kaplan-Meier and log-rank checked against lifelines and scikit-survival."""
+"""C-index, Kaplan-Meier and log-rank checked against worked-by-hand examples, lifelines and scikit-survival."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -129,6 +131,70 @@ def test_kaplan_meier_matches_lifelines_and_hand_computation():
     deaths = np.sum((time == t0) & event)
     assert curve.survival_at(t0) == pytest.approx(1 - deaths / at_risk)
     assert curve.n_events == int(event.sum())
+
+
+def test_kaplan_meier_equals_the_product_limit_worked_by_hand():
+    """Eight patients, a tie between a death and a censoring at t=2 and two deaths at t=5.
+
+    t   at risk n  deaths d   S(t) = S(t-) * (1 - d/n)        Greenwood term d/(n(n-d))
+    1   8          1          7/8                   = 0.875   1/56
+    2   7          1          7/8 * 6/7             = 0.75    1/42   (the censored 2 still counts)
+    3   5          1          3/4 * 4/5             = 0.6     1/20
+    4   4          0 (cens.)  0.6
+    5   3          2          3/5 * 1/3             = 0.2     2/3
+    6   1          0 (cens.)  0.2
+    Median: the first t with S(t) <= 0.5 is 5.
+    Band (exponential Greenwood, lifelines' and R's conf.type="log-log"): with
+    v = sum of the Greenwood terms / log(S)^2, the bounds are
+    exp(-exp(log(-log S) +- z sqrt(v))); at t=5: v = (1/56 + 1/42 + 1/20 + 2/3) / log(0.2)^2.
+    """
+    time = np.array([1, 2, 2, 3, 4, 5, 5, 6], float)
+    event = np.array([1, 1, 0, 1, 0, 1, 1, 0])
+    curve = kaplan_meier(time, event)
+    np.testing.assert_array_equal(curve.times, [0, 1, 2, 3, 4, 5, 6])
+    np.testing.assert_allclose(curve.survival, [1, 7 / 8, 3 / 4, 3 / 5, 3 / 5, 1 / 5, 1 / 5])
+    assert curve.median() == 5.0 and curve.n_patients == 8 and curve.n_events == 5
+    np.testing.assert_array_equal(numbers_at_risk(time, [0, 2, 3, 5, 6]), [8, 7, 5, 3, 1])
+    z = 1.959963984540054  # the standard normal's 97.5th percentile
+    greenwood = {1: 1 / 56, 2: 1 / 56 + 1 / 42, 3: 1 / 56 + 1 / 42 + 1 / 20}
+    greenwood[5] = greenwood[3] + 2 / 3
+    for t, total in greenwood.items():
+        s = float(curve.survival_at(t))
+        half_width = z * np.sqrt(total / np.log(s) ** 2)
+        i = list(curve.times).index(t)
+        assert curve.lower[i] == pytest.approx(np.exp(-np.exp(np.log(-np.log(s)) + half_width)))
+        assert curve.upper[i] == pytest.approx(np.exp(-np.exp(np.log(-np.log(s)) - half_width)))
+    assert curve.lower[5] == pytest.approx(0.0095838, abs=1e-7)  # the numbers, once, in full
+    assert curve.upper[5] == pytest.approx(0.5727365, abs=1e-7)
+
+
+def test_logrank_equals_the_test_worked_by_hand():
+    """Group A dies at 1, 2, 3 and 5; group B is censored at 2, 4 and 6 and dies at 5.
+
+    At each death time, with n at risk (n_A of them in A) and d deaths:
+    E_A = d n_A / n and V = d (n_A/n) (1 - n_A/n) (n - d) / (n - 1).
+    t   n  n_A  d  d_A   E_A          V
+    1   8  4    1  1     4/8 = 1/2    1/2 * 1/2 * 7/7     = 1/4
+    2   7  3    1  1     3/7          3/7 * 4/7 * 6/6     = 12/49
+    3   5  2    1  1     2/5          2/5 * 3/5 * 4/4     = 6/25
+    5   3  1    2  1     2/3          2 * 1/3 * 2/3 * 1/2 = 2/9
+    O_A = 4, E_A = 419/210, O_A - E_A = 421/210, V = 42209/44100, so
+    chi2 = (421/210)^2 / (42209/44100) = 177241/42209 = 4.1991 on 1 df and
+    p = P(chi2_1 > 4.1991) = erfc(sqrt(chi2 / 2)) = 0.04044.
+    """
+    from fractions import Fraction as F
+
+    expected_a = F(1, 2) + F(3, 7) + F(2, 5) + F(2, 3)
+    variance = F(1, 4) + F(12, 49) + F(6, 25) + F(2, 9)
+    chi2 = (4 - expected_a) ** 2 / variance
+    assert (expected_a, variance, chi2) == (F(419, 210), F(42209, 44100), F(177241, 42209))
+    time = np.array([1, 2, 3, 5, 2, 4, 5, 6], float)
+    event = np.array([1, 1, 1, 1, 0, 0, 1, 0])
+    in_a = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    p = logrank_p(time, event, in_a)
+    assert p == pytest.approx(math.erfc(math.sqrt(float(chi2) / 2)), rel=1e-9)
+    assert p == pytest.approx(0.040445, abs=1e-6)
+    assert logrank_p(time, event, ~in_a) == pytest.approx(p)  # symmetric in the groups
 
 
 def test_numbers_at_risk_and_median():
