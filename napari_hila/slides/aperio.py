@@ -14,6 +14,7 @@ later only for the associated images (thumbnail, label, macro) when read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -87,7 +88,8 @@ class AperioPage:
         tags = {name: tag for name, tag in tags.items() if tag.value}
         if 296 in values:
             unit = directory.number(296, 1)
-            tags["ResolutionUnit"] = _Tag("ResolutionUnit", tifffile.RESUNIT(unit))
+            with contextlib.suppress(ValueError):  # an unknown unit: no unit, as tifffile reads it
+                tags["ResolutionUnit"] = _Tag("ResolutionUnit", tifffile.RESUNIT(unit))
         if isinstance(values.get(282), tuple) and len(values[282]) == 2:
             tags["XResolution"] = _Tag("XResolution", values[282])
         self.tags = _Tags(tags)
