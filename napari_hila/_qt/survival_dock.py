@@ -55,7 +55,7 @@ from napari_hila.tissue_type import TissueCheck, check_tissue_type
 
 GALLERY_SIZE = 9
 CHART_HEIGHT = (140, 260)  # px: the contribution chart's least and most height
-CHART_SHARE = 0.23  # of the dock's height (about 155 px on a 1366 x 768 laptop)
+CHART_SHARE = 0.21  # of the dock's height (about 143 px on a 1366 x 768 laptop)
 WARNING_COLOUR = "#e8a33d"  # readable on napari's dark and light themes
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,12 @@ class HilaSurvivalDock(QWidget):
         self.gallery = TileGallery(self)
         self.gallery_title = QLabel(self)
         self.gallery_title.setWordWrap(True)
-        self.hover_label = QLabel(
-            self
-        )  # one line that never widens the dock: its tooltip has it all
+        # two lines held open (the layout does not jump as the cursor moves), never wider
+        # than the dock; the tooltip has the long form
+        self.hover_label = QLabel(self)
+        self.hover_label.setWordWrap(True)
         self.hover_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.hover_label.setFixedHeight(2 * self.hover_label.fontMetrics().lineSpacing() + 2)
         self.export_button = QPushButton("Export…", self)
         self.export_button.setEnabled(False)
         self.export_button.setToolTip(
