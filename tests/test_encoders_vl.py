@@ -153,7 +153,8 @@ def _retrieval_through_napari_hila(tmp_path, monkeypatch, data, vision, text, en
     """
     import yaml
 
-    from napari_hila.features import extract_slide, load_features
+    from napari_hila.features.extract import extract_slide
+    from napari_hila.features.store import load_features
     from napari_hila.training.crossval import embed_prompts
 
     config = tmp_path / "encoders.yaml"
@@ -627,7 +628,8 @@ def test_feature_files_record_dtype_device_and_preprocessing(conch, data, tmp_pa
     are extracted again."""
     import h5py
 
-    from napari_hila.features import extract_slide, load_features
+    from napari_hila.features.extract import extract_slide
+    from napari_hila.features.store import load_features
 
     slide = tmp_path / "shapes.tif"
     _shape_slide(slide, data[2])
@@ -707,7 +709,7 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
     import shutil
 
     from napari_hila.cli import main
-    from napari_hila.features import extract_slide
+    from napari_hila.features.extract import extract_slide
 
     config = tmp_path / "encoders.yaml"
     config.write_text(f"conch:\n  weights: {conch['weights']}\n")
@@ -758,7 +760,7 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
     path = extract_slide(slide, feats, encoder="conch", weights=other / "pytorch_model.bin", **grid)
     assert path not in before and len(set(feats.glob("S0-*.h5"))) == len(before) + 1
     from napari_hila.errors import ModelFileError
-    from napari_hila.features import load_features
+    from napari_hila.features.store import load_features
     from napari_hila.modelfile import check_features_match
 
     with pytest.raises(ModelFileError) as refused:
@@ -767,7 +769,8 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
 
 
 def test_region_encoder_weights_get_their_own_feature_file(conch, data, tmp_path):
-    from napari_hila.features import extract_slide, load_features
+    from napari_hila.features.extract import extract_slide
+    from napari_hila.features.store import load_features
 
     slide = tmp_path / "s.tif"
     _shape_slide(slide, data[2][:12], columns=4)
@@ -803,7 +806,7 @@ def test_embed_prompts_takes_text_weights_and_warns_outside_the_pair(conch, tmp_
 
 def test_extract_with_a_missing_weights_file_fails_before_reading_the_slide(tmp_path, monkeypatch):
     import napari_hila.slides
-    from napari_hila.features import extract_slide
+    from napari_hila.features.extract import extract_slide
 
     def refuse(*args, **kwargs):
         raise AssertionError("the slide was opened")

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from napari_hila.errors import Cancelled
-from napari_hila.features import ensure_regions, extract_slide, load_features, load_or_extract
 from napari_hila.features import extract as extract_mod
 from napari_hila.features.cache import PartialFeatures, partial_path
+from napari_hila.features.extract import extract_slide, load_or_extract
+from napari_hila.features.pooling import ensure_regions
+from napari_hila.features.store import load_features
 from napari_hila.slides import detect_tissue, make_grids, open_slide
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from napari_hila.commands import extract as extract_cmd
-from napari_hila.features import load_features
 from napari_hila.features.extract_many import extract_many, extract_on_cluster, find_slides
+from napari_hila.features.store import load_features
 
 
 def _run(argv: list[str]) -> int:

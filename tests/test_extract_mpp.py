@@ -7,7 +7,8 @@ import pytest
 from test_extract import CountingEncoder
 
 from napari_hila.features import extract as extract_mod
-from napari_hila.features import extract_slide, load_features
+from napari_hila.features.extract import extract_slide
+from napari_hila.features.store import load_features
 from napari_hila.slides.synthetic import write_test_slide
 
 

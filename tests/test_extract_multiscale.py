@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from napari_hila.errors import HilaError
-from napari_hila.features import extract_slide, load_features
+from napari_hila.features.extract import extract_slide
 from napari_hila.features.multiscale import coarse_grid, parse_magnification
+from napari_hila.features.store import load_features
 
 
 def test_coarse_grid_contains_every_patch():

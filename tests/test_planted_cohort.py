@@ -127,7 +127,7 @@ def test_written_files_load_and_prompt_files_have_the_right_shapes(tmp_path):
 def test_clam_layout_is_patch_only(tmp_path):
     import h5py
 
-    from napari_hila.features import ensure_regions
+    from napari_hila.features.pooling import ensure_regions
 
     cohort = make_planted_cohort(PlantedSettings(n_patients=3, seed=5, layout="clam"))
     assert cohort.settings.region_px == 4096  # pooling's default when a file names none

@@ -14,7 +14,7 @@ from test_encoders_weights import TINY
 
 from napari_hila.cli import main
 from napari_hila.encoders.vit import VisionTransformer
-from napari_hila.features import extract_slide
+from napari_hila.features.extract import extract_slide
 from napari_hila.survival.cohort_csv import read_cohort
 from napari_hila.training.crossval import RunSettings, load_cohort_features, run_training
 

@@ -1,19 +1,11 @@
 """Feature files: one HDF5 per slide and encoder, CLAM/TRIDENT compatible.
 
-``extract_slide`` / ``load_or_extract`` make them (cached, resumable),
-``load_features`` reads ours and CLAM/TRIDENT ``.h5``/``.pt`` files, and
-``ensure_regions`` pools region features for files that have only patches.
+Import the submodules directly: ``features.extract`` (``extract_slide``,
+``load_or_extract``: cached, resumable), ``features.store`` (``SlideFeatures``,
+``load_features`` for ours and CLAM/TRIDENT ``.h5``/``.pt`` files, ``save_features``),
+``features.pooling`` (``ensure_regions`` for files that have only patches),
+``features.cache`` (the cache's file names), ``features.extract_many`` (many slides),
+``features.tile_reader`` and ``features.tile_bags`` (tiles). The package itself
+imports nothing, so ``features.cache`` and the cohort CSV load without torch
+(1.8 s here).
 """
-
-from napari_hila.features.extract import extract_slide, load_or_extract
-from napari_hila.features.pooling import ensure_regions
-from napari_hila.features.store import SlideFeatures, load_features, save_features
-
-__all__ = [
-    "SlideFeatures",
-    "ensure_regions",
-    "extract_slide",
-    "load_features",
-    "load_or_extract",
-    "save_features",
-]
