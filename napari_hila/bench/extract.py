@@ -29,14 +29,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
+import tifffile
 
 from napari_hila.bench.io import _reset_peak_rss, _rss_mb
 from napari_hila.bench.timing import check_at_most_one, interleave, spread
-from napari_hila.devices import DEVICE_CHOICES
+from napari_hila.devices import DEVICE_CHOICES, resolve_device
+from napari_hila.slides import detect_tissue, make_grids, open_slide
+from napari_hila.slides.synthetic import cached_test_slide
+
+# Imported where used, not here: torch and features.extract (torch, 2.7 s) and
+# features.tile_reader (numba, 0.13 s). Every napari-hila command imports this module to
+# build its parser (tests/test_startup_imports.py).
 
 GOAL_VS_JPEG_DECODE = 0.7  # extraction's patch rate over pure JPEG decoding's
 
@@ -86,8 +97,6 @@ def stored_tiles(path: Path, level: int, coords: np.ndarray, size: int, downsamp
     Returns the tiles' bytes, the level's JPEGTables and the colour spaces to
     decode with (tifffile's choice for the page's photometric tag).
     """
-    import tifffile
-
     with tifffile.TiffFile(path) as tif:
         page = tif.series[0].levels[level].keyframe
         if page.compression != 7 or not page.is_tiled:
@@ -115,10 +124,6 @@ def stored_tiles(path: Path, level: int, coords: np.ndarray, size: int, downsamp
 
 def _jpeg_decode_step(tiles: list[bytes], tables: bytes | None, colorspace, threads: int):
     """Decode every tile once with imagecodecs on ``threads`` threads: the physical limit."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import imagecodecs
-
     source, target = colorspace
 
     def decode(chunk: list[bytes]) -> int:
@@ -258,10 +263,6 @@ def _run_child(path: Path, settings: dict) -> dict[str, Any]:
 
 def _detect_tissue_memory(slide) -> tuple[Any, dict[str, Any]]:
     """Tissue detection's time and memory: first thing in a fresh process, so its peaks are its own."""
-    import tracemalloc
-
-    from napari_hila.slides import detect_tissue
-
     _reset_peak_rss()
     before = _rss_mb().get("rss_mb", 0.0)
     tracemalloc.start()
@@ -284,7 +285,6 @@ def _detect_tissue_memory(slide) -> tuple[Any, dict[str, Any]]:
 def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
     from napari_hila.features.extract import available_cores
     from napari_hila.features.tile_reader import read_level_for
-    from napari_hila.slides import make_grids, open_slide
 
     threads = available_cores()  # every core, as extraction uses
     with open_slide(path) as slide:
@@ -356,9 +356,6 @@ def _ratio(times: dict[str, list[float]], whole: str, part: str) -> dict[str, An
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import warnings
-
-    from napari_hila.devices import resolve_device
     from napari_hila.features.extract import ran_in, vision_encoder
 
     with warnings.catch_warnings(record=True) as caught:
@@ -370,8 +367,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.slide:
         slides = [Path(args.slide)]
     else:
-        from napari_hila.slides.synthetic import cached_test_slide
-
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         slides = [
             cached_test_slide(s, s, layout="svs", mpp=args.mpp, cache_dir=args.cache_dir)

@@ -42,12 +42,18 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from queue import Empty
 from typing import Any
 
 import numpy as np
 
 from napari_hila.bench.timing import head_to_head, interleave, spread
+from napari_hila.devices import configure_torch_threads
+
+# Imported where used, not here: torch, models (torch, 2.7 s) and ot (POT: 3.9 s, it
+# loads torch). Every napari-hila command imports this module to build its parser
+# (tests/test_startup_imports.py).
 
 DEFAULT_GOALS = {"hila_over_abmil_forward_backward": 3.0}
 QUICK_MODELS = ("hila", "abmil")  # the default: minutes, not the heavy comparison models
@@ -270,8 +276,6 @@ def interleaved_benchmarks(settings: dict[str, Any], hila: bool, abmil: bool) ->
     """
     import torch
 
-    from napari_hila.devices import configure_torch_threads
-
     threads = configure_torch_threads(
         settings.get("head_to_head_threads", DEFAULT_HEAD_TO_HEAD_THREADS)
     )
@@ -426,8 +430,6 @@ def compare_sinkhorn(
     or differs from POT's log-domain plan by more than ``PLAN_AGREEMENT`` of the
     mean entry did not converge, is timed once (its warm-up) and is not a peer.
     """
-    import warnings
-
     import ot
     import torch
 
@@ -610,7 +612,6 @@ def run(args: argparse.Namespace) -> dict:
                     if key in measured:
                         out[key] = measured.pop(key)
                 out["interleaved"] = measured  # threads, rounds and patches of the two above
-    from napari_hila.devices import configure_torch_threads
 
     sinkhorn_threads = configure_torch_threads(
         DEFAULT_HEAD_TO_HEAD_THREADS if args.threads is None else args.threads

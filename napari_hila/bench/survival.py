@@ -24,6 +24,11 @@ from typing import Any
 import numpy as np
 
 from napari_hila.bench.timing import head_to_head, interleave, spread
+from napari_hila.survival.metrics import concordance_index
+
+# Imported where used, not here: lifelines (2.1 s; every napari-hila command imports
+# this module to build its parser, tests/test_startup_imports.py) and scikit-survival
+# (an optional peer, in the dev extra only).
 
 GOAL_OVER_LIFELINES = 2.0  # the C-index at 100,000: at most 2x lifelines' time
 
@@ -54,8 +59,6 @@ def synthetic_cohort(n: int, distinct_times: int, seed: int):
 
 def _cindex(n: int, args: argparse.Namespace, with_sksurv: bool) -> dict[str, Any]:
     from lifelines.utils import concordance_index as lifelines_cindex
-
-    from napari_hila.survival.metrics import concordance_index
 
     time, event, risk = synthetic_cohort(n, args.distinct_times, args.seed)
     steps = {

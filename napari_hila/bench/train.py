@@ -18,7 +18,13 @@ import statistics
 import time
 from typing import Any
 
+import numpy as np
+
 from napari_hila.bench.timing import head_to_head, spread
+
+# Imported where used, not here: torch, features.store, models and training (torch,
+# 2.7 s). Every napari-hila command imports this module to build its parser
+# (tests/test_startup_imports.py).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synthetic_bags(n_slides: int, n_patches: int, dim: int, seed: int):
-    import numpy as np
-
     from napari_hila.features.store import SlideFeatures
 
     rng = np.random.default_rng(seed)
@@ -66,7 +70,6 @@ def _synthetic_bags(n_slides: int, n_patches: int, dim: int, seed: int):
 
 def _measure(model_name: str, args: dict[str, Any]) -> dict[str, Any]:
     """In a child process: build the features, train, report time and peak memory."""
-    import numpy as np
     import torch
 
     from napari_hila.models.registry import build_model, get_model_spec
