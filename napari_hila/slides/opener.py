@@ -3,9 +3,10 @@
 Checks the file first (exists, is a file, is not empty, is what its name says,
 is whole, holds 8-bit brightfield pixels) so every bad input gives one message
 naming the file and the real cause. A TIFF's directories are read once; what
-the check learns goes on to the backend. A plain Aperio SVS of JPEG tiles is
-opened from that walk alone (``aperio.py``: within OpenSlide's open time),
-anything else through one tifffile parse. Then picks the backend per file: tifffile
+the check learns goes on to the backend. A plain pyramid of JPEG tiles (Aperio
+SVS, or a tiled TIFF whose pages are its levels) is opened from that walk
+alone (``walked_tiff.py``: within OpenSlide's open time), anything else
+through one tifffile parse. Then picks the backend per file: tifffile
 (tile-by-tile decoding) for Aperio and generic tiled TIFFs, where it reads
 regions faster than OpenSlide (see ``napari-hila bench io``), and for TIFF
 pyramids OpenSlide sees as one level (OME SubIFDs, unflagged pages); OpenSlide
@@ -214,11 +215,11 @@ def _open(path: str | os.PathLike, backend: str | None) -> Slide:
                 raise SlideError(f"{path}: {problem}") from None
             raise
     from napari_hila.slides.tiff_checks import walk_directories
-    from napari_hila.slides.tifffile_backend import TifffileSlide, aperio_survey, open_tiff
+    from napari_hila.slides.tifffile_backend import TifffileSlide, open_tiff, walked_survey
 
     walk = walk_directories(path)
-    if backend != "openslide" and osr_format in (None, *TIFFFILE_FIRST_FORMATS):
-        quick = aperio_survey(path, walk)  # a plain SVS: its walk is all the open needs
+    if backend != "openslide":
+        quick = walked_survey(path, walk, osr_format)  # a plain pyramid: the walk is enough
         if quick is not None:
             return _probed(TifffileSlide(path, *quick))
     opened = open_tiff(path, walk)

@@ -16,7 +16,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tifffile
@@ -68,6 +68,7 @@ class Directory:
     values: dict[int, tuple[int, ...] | bytes]
     offsets: np.ndarray | None = None  # tile or strip offsets
     counts: np.ndarray | None = None  # their byte counts
+    tags: set[int] = field(default_factory=set)  # every tag the directory has
 
     def number(self, tag: int, default: int) -> int:
         """The first value of an integer tag, or ``default`` when the directory lacks it."""
@@ -150,6 +151,7 @@ def walk_directories(path: str | os.PathLike) -> DirectoryWalk | None:
             for i in range(count):
                 raw = table[i * entry_size : (i + 1) * entry_size]
                 tag, kind, n = entry.unpack_from(raw)
+                directory.tags.add(tag)
                 nbytes = _TYPE_SIZES.get(kind, 0) * n
                 inline = nbytes <= offset_size
                 start = 0 if inline else value_offset.unpack_from(raw, entry.size)[0]

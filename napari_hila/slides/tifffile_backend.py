@@ -53,8 +53,8 @@ _UM_PER_UNIT = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-
 class OpenedTiff:
     """A TIFF as the opener found it: its directory walk, tifffile's log lines, and a TiffFile.
 
-    The TiffFile is opened on first use: a plain Aperio SVS is read from the
-    walk alone (``aperio.py``) and needs tifffile only for its associated images.
+    The TiffFile is opened on first use: a plain pyramid is read from the walk
+    alone (``walked_tiff.py``) and needs tifffile only for associated images.
     """
 
     def __init__(
@@ -176,18 +176,22 @@ class TiffSurvey:
         )
 
 
-def aperio_survey(
-    path: str | os.PathLike, walk: DirectoryWalk | None
+def walked_survey(
+    path: str | os.PathLike, walk: DirectoryWalk | None, osr_format: str | None
 ) -> tuple[OpenedTiff, TiffSurvey] | None:
-    """A plain Aperio SVS surveyed from its directory walk alone (``aperio.py``), or None.
+    """A plain pyramid surveyed from its directory walk alone (``walked_tiff.py``), or None.
 
-    tifffile is not opened: the file and the survey it would have given come
-    back ready for :class:`TifffileSlide`; the associated images are found by
-    tifffile when first read.
+    ``osr_format`` is OpenSlide's name for the file: "aperio" is tried as an
+    SVS, "generic-tiff" as a tiled TIFF whose pages are its levels. tifffile
+    is not opened: the file and the survey it would have given come back ready
+    for :class:`TifffileSlide`; associated images are found by tifffile when first read.
     """
-    from napari_hila.slides.aperio import aperio_layout
+    from napari_hila.slides.walked_tiff import aperio_layout, generic_layout
 
-    layout = aperio_layout(path, walk) if walk is not None else None
+    layouts = {"aperio": aperio_layout, "generic-tiff": generic_layout}
+    layout = None
+    if walk is not None and osr_format in layouts:
+        layout = layouts[osr_format](path, walk)
     if layout is None:
         return None
     survey = TiffSurvey(
@@ -515,12 +519,16 @@ class TifffileSlide(Slide):
         mpp = power = None
         mpp_origin = ""
         vendor = "generic-tiff"
-        if page.is_svs:  # before tif.is_ome: a plain SVS is read without tifffile
+        if page.is_svs:
             vendor = "aperio"
             props.update(_parse_svs_description(page.description))
             mpp, mpp_origin = _float(props.get("aperio.MPP")), "Aperio MPP"
             power = _float(props.get("aperio.AppMag"))
-        elif self._opened.tif.is_ome and self._opened.tif.ome_metadata:
+        elif (
+            not getattr(page, "from_walk", False)  # read from the walk: not OME
+            and self._opened.tif.is_ome
+            and self._opened.tif.ome_metadata
+        ):
             vendor = "ome-tiff"
             ome = _ome_physical_size(self._opened.tif.ome_metadata)
             props.update(ome)

@@ -1,15 +1,18 @@
-"""Aperio SVS pyramids opened from the directory walk alone, without tifffile's parse.
+"""TIFF pyramids opened from the directory walk alone, without tifffile's parse.
 
-Opening an SVS with tifffile parses every tag of every page and builds its
-series (a few ms on a 50,000 px slide, several times OpenSlide's whole
+Opening a pyramid with tifffile parses every tag of every page and builds
+its series (a few ms on a 50,000 px slide, several times OpenSlide's whole
 open). The walk of the IFD chain that checks the file is whole
-(``tiff_checks.walk_directories``) has already read everything a plain SVS
+(``tiff_checks.walk_directories``) has already read everything a plain
 pyramid of JPEG tiles needs: sizes, tiles, colour, JPEG tables, description.
-:func:`aperio_survey` turns it into the levels the tile reader decodes
-(``tiles.TiledLevel``), JPEG tiles decoded by imagecodecs exactly as tifffile
-decodes them. Anything else (other compressions, focal planes, damage, odd
-samples) returns None and goes through tifffile as before; tifffile is opened
-later only for the associated images (thumbnail, label, macro) when read.
+:func:`aperio_layout` (Aperio SVS) and :func:`generic_layout` (a tiled TIFF
+whose pages are its levels, as vips writes them) turn it into the levels the
+tile reader decodes (``tiles.TiledLevel``), JPEG tiles decoded by imagecodecs
+exactly as tifffile decodes them, grouped as tifffile's series would group
+them. Anything else (other compressions, focal planes, damage, odd samples,
+private tags, special descriptions) returns None and goes through tifffile as
+before; for an SVS tifffile is opened later only for the associated images
+(thumbnail, label, macro) when read.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _text(value: tuple[int, ...] | bytes | None) -> str:
     return value.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
-class AperioPage:
+class WalkedPage:
     """One tiled JPEG page as the walk read it, with the attributes of a tifffile page
     that the tile reader, the pixel checks and the slide's metadata use."""
 
@@ -65,7 +68,7 @@ class AperioPage:
     imagedepth = 1
     extrasamples = ()
     is_tiled = True
-    is_svs = True
+    from_walk = True  # no tifffile behind it: the slide's metadata come from the walk
     compression = tifffile.COMPRESSION.JPEG
 
     def __init__(self, directory: Directory, path: str | os.PathLike) -> None:
@@ -82,6 +85,7 @@ class AperioPage:
         jpegtables = values.get(347)
         self.jpegtables = jpegtables if isinstance(jpegtables, bytes) else None
         self.description = _text(values.get(270))
+        self.is_svs = self.description.startswith("Aperio ")
         self.shape = (self.imagelength, self.imagewidth, 3)
         self._path = path
         tags = {name: _Tag(name, _text(values.get(tag))) for tag, name in _TEXT_TAGS.items()}
@@ -123,16 +127,16 @@ class AperioPage:
 
 
 @dataclass
-class AperioSeries:
+class WalkedSeries:
     """A level as a one-page series, the shape a tifffile series would have."""
 
-    keyframe: AperioPage
+    keyframe: WalkedPage
     name: str = "Baseline"
     kind: str = "svs"
     axes: str = "YXS"
 
     @property
-    def pages(self) -> list[AperioPage]:
+    def pages(self) -> list[WalkedPage]:
         return [self.keyframe]
 
     @property
@@ -170,14 +174,14 @@ def _is_plain_level(directory: Directory) -> bool:
 
 
 @dataclass
-class AperioLayout:
-    """The pages of a plain SVS: levels, and associated images by name (top-level index)."""
+class WalkedLayout:
+    """The pages of a plain pyramid: levels, and associated images by name (top-level index)."""
 
-    levels: list[AperioSeries]
+    levels: list[WalkedSeries]
     associated: dict[str, int]
 
 
-def aperio_layout(path: str | os.PathLike, walk: DirectoryWalk) -> AperioLayout | None:
+def aperio_layout(path: str | os.PathLike, walk: DirectoryWalk) -> WalkedLayout | None:
     """The SVS pages as tifffile's SVS series would group them, or None if not a plain SVS.
 
     Page 0 is level 0, page 1 the thumbnail, the tiled unreduced pages after it
@@ -208,7 +212,61 @@ def aperio_layout(path: str | os.PathLike, walk: DirectoryWalk) -> AperioLayout 
     for directory in directories[index : index + 2]:
         name = "macro" if directory.number(254, 0) == 9 else "label"
         associated.setdefault(name, directory.index)
-    series = [AperioSeries(AperioPage(d, path)) for d in levels]
+    series = [WalkedSeries(WalkedPage(d, path)) for d in levels]
     for level in series[1:]:
         level.name = "Resolution"
-    return AperioLayout(series, associated)
+    return WalkedLayout(series, associated)
+
+
+#: Tags a plain tiled TIFF may have: baseline and extension tags that change nothing
+#: about the series tifffile makes of it (an ICC profile, orientation, copyright).
+_PLAIN_TAGS = {254, 256, 257, 258, 259, 262, 266, 269, 270, 271, 272, 274, 277, 280, 281}
+_PLAIN_TAGS |= {282, 283, 284, 285, 286, 287, 296, 297, 305, 306, 315, 316, 317, 318, 319}
+_PLAIN_TAGS |= {322, 323, 324, 325, 339, 347, 530, 531, 532, 33432, 34675}
+#: Characters of descriptions tifffile reads as metadata (JSON shape, XML, key=value).
+_METADATA_MARKS = set("{<=")
+
+
+def generic_layout(path: str | os.PathLike, walk: DirectoryWalk) -> WalkedLayout | None:
+    """A tiled TIFF whose pages are all its levels, as tifffile's generic series make it.
+
+    tifffile groups pages into one series per size and stacks them into a
+    pyramid when each is one step (a factor of 2, 3 or 4, floor or ceiling)
+    below the previous one (``pyramidize_series``). Here: every page a plain
+    JPEG level, every size distinct, every page one such step below the one
+    before, no tag outside ``_PLAIN_TAGS`` and no description tifffile would
+    read as metadata; else None (tifffile's parse decides).
+    """
+    directories = walk.directories
+    if walk.damage or not directories:
+        return None
+    for directory in directories:
+        description = _text(directory.values.get(270))
+        software = _text(directory.values.get(305))
+        if (
+            not directory.tags <= _PLAIN_TAGS
+            or _METADATA_MARKS & set(description)
+            or description.startswith(("Aperio", "ImageJ", "state.", "SCANIMAGE"))
+            or software.startswith("SI")
+            or directory.number(254, 0) not in (0, 1)
+            or not _is_plain_level(directory)
+        ):
+            return None
+    sizes = [(d.number(257, 0), d.number(256, 0)) for d in directories]
+    factor = None
+    for above, below in zip(sizes, sizes[1:], strict=False):
+        steps = [f for f in (factor,) if f] or [2, 3, 4]
+        factor = next((f for f in steps if _one_step(above, below, f)), None)
+        if factor is None:
+            return None
+    return WalkedLayout(
+        [WalkedSeries(WalkedPage(d, path), kind="generic") for d in directories], {}
+    )
+
+
+def _one_step(above: tuple[int, int], below: tuple[int, int], factor: int) -> bool:
+    """``below`` is ``above`` divided by ``factor`` (floor or ceiling) on both axes."""
+    return all(
+        factor <= a and b in (a // factor, -(-a // factor))
+        for a, b in zip(above, below, strict=True)
+    )

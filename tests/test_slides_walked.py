@@ -1,8 +1,10 @@
-"""Aperio SVS pyramids: opened from the directory walk alone, and cut inside a reduced level.
+"""TIFF pyramids opened from the directory walk alone, and pyramids cut inside a reduced level.
 
-Every pyramid is written here with tifffile in Aperio's layout (level 0,
-thumbnail strip, reduced levels, label, macro); OpenSlide is the reference
-for sizes and pixels, and for refusing cut files.
+Every pyramid is written here with tifffile: in Aperio's layout (level 0,
+thumbnail strip, reduced levels, label, macro) or as a plain tiled TIFF whose
+pages are its levels (as vips writes them). OpenSlide is the reference for
+sizes and pixels, and for refusing cut files; tifffile's parse (the route
+every other TIFF takes) is the reference for which pages are levels.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def test_plain_svs_is_read_from_its_directories_like_openslide(
         dims, downsamples = peer.level_dimensions, peer.level_downsamples
     with open_slide(path) as slide:
         assert no_tifffile_parse == []  # levels, mpp and the probe read without tifffile
-        assert type(slide._levels[0]).__name__ == "AperioSeries"
+        assert type(slide._levels[0]).__name__ == "WalkedSeries"
         assert slide.backend == "tifffile" and slide.vendor == "aperio"
         assert slide.level_dimensions == list(dims) == [(1024, 1024), (512, 512), (256, 256)]
         assert slide.level_downsamples == pytest.approx(downsamples)
@@ -118,8 +120,8 @@ def test_directory_route_gives_what_the_tifffile_parse_gives(pyramid, monkeypatc
     with open_slide(pyramid) as quick:
         quick_state = (quick.level_dimensions, quick.properties, quick.mpp, quick.tile_size)
         quick_pixels = [quick.read_region((50, 70), lv, (300, 200)) for lv in range(3)]
-        assert type(quick._levels[0]).__name__ == "AperioSeries"
-    monkeypatch.setattr(tifffile_backend, "aperio_survey", lambda path, walk: None)
+        assert type(quick._levels[0]).__name__ == "WalkedSeries"
+    monkeypatch.setattr(tifffile_backend, "walked_survey", lambda *args: None)
     with open_slide(pyramid) as parsed:
         assert isinstance(parsed._levels[0], tifffile.TiffPageSeries)
         assert (parsed.level_dimensions, parsed.mpp, parsed.tile_size) == (
@@ -139,6 +141,92 @@ def test_svs_the_directory_route_does_not_take_goes_through_tifffile(tissue, tmp
         assert isinstance(slide._levels[0], tifffile.TiffPageSeries)
         assert slide.level_dimensions == [(1024, 1024), (512, 512), (256, 256)]
         np.testing.assert_array_equal(slide.read_region((0, 0), 0, (512, 512)), tissue)
+
+
+def write_page_pyramid(path, tissue, factor=2, reduced_flag=True, **extra):
+    """A tiled JPEG TIFF whose pages are levels 1024, 1024/factor, ... (vips' layout)."""
+    level = np.tile(tissue, (2, 2, 1))
+    with tifffile.TiffWriter(path) as tif:
+        while True:
+            flag = 1 if reduced_flag and level.shape[0] < 1024 else 0
+            tif.write(
+                level,
+                tile=(128, 128),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=flag,
+                resolution=(4e4 / (1024 // level.shape[0]),) * 2,
+                resolutionunit="CENTIMETER",
+                **{"metadata": None, **extra},
+            )
+            if level.shape[0] // factor < 128:
+                break
+            level = level[::factor, ::factor]
+    return path
+
+
+def _levels_tifffile_sees(path, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(tifffile_backend, "walked_survey", lambda *args: None)
+        with open_slide(path) as slide:
+            assert isinstance(slide._levels[0], tifffile.TiffPageSeries)
+            pixels = [
+                slide.read_region((100, 60), lv, (200, 150)) for lv in range(slide.level_count)
+            ]
+            return slide.level_dimensions, slide.mpp, slide.properties, pixels
+
+
+@pytest.mark.parametrize(("factor", "reduced_flag"), [(2, True), (4, False), (3, True)])
+def test_page_pyramid_is_read_from_its_directories_like_tifffile_and_openslide(
+    tissue, tmp_path, monkeypatch, factor, reduced_flag
+):
+    path = write_page_pyramid(tmp_path / "vips.tif", tissue, factor, reduced_flag)
+    dims, mpp, props, pixels = _levels_tifffile_sees(path, monkeypatch)
+    made = []
+    real = tifffile.TiffFile.__init__
+    monkeypatch.setattr(
+        tifffile.TiffFile, "__init__", lambda self, *a, **k: made.append(a) or real(self, *a, **k)
+    )
+    with open_slide(path) as slide, openslide.OpenSlide(str(path)) as peer:
+        assert made == [] and type(slide._levels[0]).__name__ == "WalkedSeries"
+        assert slide.vendor == "generic-tiff" == peer.properties["openslide.vendor"]
+        assert slide.level_dimensions == dims and len(dims) == {2: 4, 3: 2, 4: 2}[factor]
+        assert slide.mpp == mpp == pytest.approx(0.25) and slide.properties == props
+        for level, expected in enumerate(pixels):
+            np.testing.assert_array_equal(slide.read_region((100, 60), level, (200, 150)), expected)
+        if not reduced_flag:  # unflagged pages: OpenSlide sees level 0 only, tifffile them all
+            assert list(peer.level_dimensions) == dims[:1]
+            return
+        assert list(peer.level_dimensions) == dims
+        for level in range(len(dims)) if factor == 2 else ():  # OpenSlide: exact downsamples
+            at = (128 * 2**level, 64 * 2**level)  # level px (128, 64): on its grid
+            np.testing.assert_array_equal(
+                slide.read_region(at, level, (200, 150)),
+                _openslide_region(path, at, level, (200, 150)),
+            )
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["shaped description", "private tag", "a page that is no level", "uncompressed"],
+)
+def test_tiffs_the_walk_does_not_take_keep_tifffiles_levels(tissue, tmp_path, monkeypatch, variant):
+    path = tmp_path / "other.tif"
+    if variant == "shaped description":
+        write_page_pyramid(path, tissue, metadata={"axes": "YXS"})
+    elif variant == "private tag":
+        write_page_pyramid(path, tissue, extratags=[(65000, 2, 0, "scanner", True)])
+    elif variant == "uncompressed":
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(tissue, tile=(128, 128), photometric="rgb", metadata=None)
+    else:
+        write_page_pyramid(path, tissue)
+        with tifffile.TiffWriter(path, append=True) as tif:  # a small strip "thumbnail"
+            tif.write(tissue[:100, :90], photometric="rgb", metadata=None)
+    expected = _levels_tifffile_sees(path, monkeypatch)
+    with open_slide(path) as slide:
+        assert isinstance(slide._levels[0], tifffile.TiffPageSeries), variant
+        assert (slide.level_dimensions, slide.mpp) == expected[:2]
 
 
 # -- a pyramid cut inside a reduced level ------------------------------------------
