@@ -8,8 +8,6 @@ import types
 import pytest
 from test_export import make_result
 
-import napari_hila.export
-import napari_hila.predict
 from napari_hila.cli import main
 from napari_hila.commands import demo
 
@@ -30,8 +28,8 @@ def fake_prediction(monkeypatch, tmp_path):
         calls.append({"out_dir": out_dir})
         result.save(out_dir)
 
-    monkeypatch.setattr(napari_hila.predict, "predict_slide", fake_predict_slide)
-    monkeypatch.setattr(napari_hila.export, "write_prediction_folder", fake_write_prediction_folder)
+    monkeypatch.setattr(demo, "predict_slide", fake_predict_slide)
+    monkeypatch.setattr(demo, "write_prediction_folder", fake_write_prediction_folder)
     return calls
 
 

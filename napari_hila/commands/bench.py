@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
+
+from napari_hila.io_utils import atomic_path
+
+# torch is imported where used (2.7 s): every napari-hila command builds this parser
+# (tests/test_startup_imports.py).
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "io": (
@@ -49,8 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def machine_info() -> dict:
     """What the numbers were measured on."""
-    import os
-
     import torch
 
     return {
@@ -69,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from napari_hila.io_utils import atomic_path
-
         with atomic_path(args.out) as tmp:
             tmp.write_text(text + "\n")
     sys.stdout.flush()

@@ -10,6 +10,10 @@ import contextlib
 from collections.abc import Iterator
 
 from napari_hila.commands.options import WORKERS_PER_CORE, scheduler_address, workers_value
+from napari_hila.errors import HilaError
+
+# Imported where used: distributed (optional, the cluster extra) and features.extract
+# (torch, 2.7 s; every napari-hila command builds this parser, tests/test_startup_imports.py).
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +41,6 @@ def wants_cluster(args: argparse.Namespace) -> bool:
 def cluster_client(args: argparse.Namespace, n_tasks: int) -> Iterator[object]:
     """A ``distributed.Client`` on ``--scheduler``, or on a local cluster of ``--workers``
     processes (no more than ``n_tasks``), each using its share of the cores."""
-    from napari_hila.errors import HilaError
-
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:

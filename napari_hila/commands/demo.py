@@ -13,6 +13,15 @@ import argparse
 import importlib.util
 import os
 import sys
+from pathlib import Path
+
+from napari_hila.commands.predict import StageProgress, default_model_path, result_summary
+from napari_hila.export import write_prediction_folder
+from napari_hila.predict import predict_slide
+from napari_hila.resources import sample_slide_path
+
+# napari and the viewer (Qt) are imported only when a window is opened: they are optional
+# and take seconds to load.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +66,6 @@ def _open_viewer(slide, result_dir, model) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from napari_hila.commands.predict import StageProgress, default_model_path, result_summary
-    from napari_hila.export import write_prediction_folder
-    from napari_hila.predict import predict_slide
-    from napari_hila.resources import sample_slide_path
-
     slide = sample_slide_path()
     model = Path(args.model) if args.model else default_model_path()
     out = Path(args.out).resolve()

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from napari_hila.commands.options import add_mpp_argument
+from napari_hila.slides import DEFAULT_MIN_TISSUE, detect_tissue, make_grids, open_slide
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +32,6 @@ def describe_slide(
     path: str, backend: str | None = None, tissue: bool = True, mpp: float | None = None
 ) -> dict[str, Any]:
     """The JSON description ``napari-hila info`` prints (``mpp`` as in ``open_slide``)."""
-    from napari_hila.slides import DEFAULT_MIN_TISSUE, detect_tissue, make_grids, open_slide
-
     with open_slide(path, backend=backend, mpp=mpp) as slide:
         info: dict[str, Any] = {
             "path": str(slide.path),

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
+
+from napari_hila.devices import DEFAULT_TORCH_THREADS
+from napari_hila.errors import SlideError
+from napari_hila.slides.opener import check_mpp
+
+# features.extract (torch, 2.7 s) is imported where used: every napari-hila command builds
+# its parser with these options (tests/test_startup_imports.py).
 
 MPP_HELP = "microns per pixel at level 0; overrides or supplies the file's value"
 
 
 def mpp_value(text: str) -> float:
     """``--mpp``'s value, checked like ``open_slide(mpp=...)`` so argparse reports a bad one."""
-    from napari_hila.errors import SlideError
-    from napari_hila.slides.opener import check_mpp
-
     try:
         return check_mpp(text, "--mpp")
     except SlideError as err:
@@ -35,8 +41,6 @@ def at_least(minimum: int):
 
 
 def _finite_float(text: str) -> float:
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -97,8 +101,6 @@ SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 def scheduler_address(text: str) -> str:
     """``--scheduler``: ``[PROTOCOL://]HOST:PORT`` (a scheduler file path is not an address)."""
-    import re
-
     match = re.fullmatch(
         r"(?:([a-z]+)://)?(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):(\d{1,5})", text.strip()
     )
@@ -121,8 +123,6 @@ def add_mpp_argument(parser: argparse.ArgumentParser) -> None:
 
 def threads_help() -> str:
     """``--threads``' help, with the default and the measurements behind it."""
-    from napari_hila.devices import DEFAULT_TORCH_THREADS
-
     return (
         f"torch CPU threads (default {DEFAULT_TORCH_THREADS}; 0: torch's own default). Measured on "
         "a busy 2-core machine, a HiLa training step on 500 / 5,000 patches took 17 / 68-150 ms "
@@ -132,8 +132,6 @@ def threads_help() -> str:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: torch's CPU thread count (``devices.configure_torch_threads``)."""
-    from napari_hila.devices import DEFAULT_TORCH_THREADS
-
     parser.add_argument(
         "--threads", type=int, default=DEFAULT_TORCH_THREADS, metavar="N", help=threads_help()
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from napari_hila.commands.options import (
@@ -22,7 +23,12 @@ from napari_hila.commands.options import (
     non_negative_float,
     positive_float,
 )
-from napari_hila.errors import HilaError
+from napari_hila.devices import configure_torch_threads, resolve_device
+from napari_hila.errors import FeatureFileError, HilaError
+from napari_hila.survival.cohort_csv import feature_file_for, read_cohort
+
+# models and training are imported where used (torch, 2.7 s): every napari-hila command
+# builds this parser, `--help` included (tests/test_startup_imports.py).
 
 DEFAULT_PROMPT_SET = "BRCA"
 
@@ -176,9 +182,6 @@ def print_fold_table(metrics: dict[str, Any], out=None) -> None:
 
 def check_magnifications_present(cohort, bags, features_dir) -> None:
     """A multi-magnification model needs the extra magnifications in every feature file."""
-    from napari_hila.errors import FeatureFileError
-    from napari_hila.survival.cohort_csv import feature_file_for
-
     lacking = [row.slide_id for row, bag in zip(cohort.rows, bags, strict=True) if not bag.scales]
     if lacking:
         raise FeatureFileError(
@@ -189,14 +192,9 @@ def check_magnifications_present(cohort, bags, features_dir) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_hila.devices import configure_torch_threads
-
     configure_torch_threads(args.threads)
-    from pathlib import Path
 
-    from napari_hila.devices import resolve_device
     from napari_hila.models.registry import get_model_spec
-    from napari_hila.survival.cohort_csv import read_cohort
     from napari_hila.training.crossval import (
         RunSettings,
         embed_prompts,

@@ -8,8 +8,16 @@ napari-hila reader and docks the HiLa survival and Kaplan-Meier widgets;
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from napari_hila.commands.options import add_mpp_argument, add_threads_argument
+from napari_hila.devices import configure_torch_threads
+from napari_hila.errors import HilaError, ModelFileError
+from napari_hila.modelfile import read_card
+from napari_hila.slides import open_slide
+
+# napari and the viewer (Qt) are imported when the window opens, after the inputs are
+# checked: they are optional and take seconds to load.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,21 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from napari_hila.devices import configure_torch_threads
-    from napari_hila.errors import HilaError, ModelFileError
-
     configure_torch_threads(args.threads)  # the prediction job's thread applies it too
     if args.slide:
-        from napari_hila.slides import open_slide
-
         # a clear SlideError now rather than a napari dialog later
         with open_slide(args.slide, mpp=args.mpp):
             pass
     if args.model:
-        from napari_hila.modelfile import read_card
-
         read_card(args.model)
     if args.result and not (Path(args.result) / "result.json").is_file():
         raise ModelFileError(
