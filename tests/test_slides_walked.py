@@ -325,3 +325,21 @@ def test_extract_prints_a_cut_slides_warnings_once(tissue, tmp_path, capsys):
     with open_slide(path):  # outside a command nothing is printed
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_cut_pyramid_opens_in_napari_with_one_notification_naming_the_lost_level(pyramid, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_hila._reader import get_reader, read_slide
+
+    _, offsets, _ = _pages(pyramid)[3]
+    path = tmp_path / "cut.svs"
+    path.write_bytes(pyramid.read_bytes()[: int(offsets[1])])
+    start = len(notification_manager.records)
+    assert get_reader(str(path)) is read_slide
+    [(levels, kwargs, kind)] = read_slide(str(path))
+    messages = [str(n.message) for n in notification_manager.records[start:]]
+    assert kind == "image" and [lv.shape[:2] for lv in levels[:2]] == [(1024, 1024), (512, 512)]
+    [warning] = messages
+    assert "truncated" in warning and "Lost: level 2 (256 x 256 px)" in warning
+    assert "Traceback" not in warning
