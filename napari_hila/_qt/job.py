@@ -85,6 +85,7 @@ class PredictionJob(BackgroundJob):
         cache_dir: str | Path | None = None,
         parent: QObject | None = None,
         mpp: float | None = None,
+        card: Any = None,
     ) -> None:
         def run(slide, model, device, cache_dir, mpp, progress, cancel):
             outcome = run_prediction(slide, model, device, cache_dir, progress, cancel, mpp)
@@ -101,7 +102,7 @@ class PredictionJob(BackgroundJob):
         self.device = device
         self.cache_dir = cache_dir
         self.mpp = mpp  # the user's pixel size, or None for the file's
-        self.card: Any = None  # the card of the model run (the dock's picker sets it)
+        self.card = card  # the model's card (a ModelCard), shown with the result
 
 
 def _prediction_bug(err: BaseException) -> JobOutcome:

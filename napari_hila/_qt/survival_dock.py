@@ -462,8 +462,8 @@ class HilaSurvivalDock(QWidget):
             self.cache_dir,
             mpp=self.slide_mpp(layer),
             parent=self,
+            card=self.model_picker.card,  # the card of the model this run uses
         )
-        self.job.card = self.model_picker.card  # the card of the model this run uses
         self.job.progress.connect(self._on_progress)
         self.job.finished.connect(self._on_finished)
         self._set_running(True)
