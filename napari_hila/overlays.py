@@ -24,6 +24,11 @@ from typing import Any
 import numpy as np
 
 from napari_hila.results import MAP_UNIT, LevelExplanation, PredictionResult, map_is_informative
+from napari_hila.slides.layers import tissue_layer_data
+
+# matplotlib (0.1 s warm, 0.4 s cold) is imported where a colormap is drawn: this module
+# loads with every napari-hila command (through export) and with the viewer's layers
+# (tests/test_startup_imports.py).
 
 __all__ = [
     "GridLayout",
@@ -424,8 +429,6 @@ def result_layers(
     prompts = prompts or {}
     layers: list[LayerData] = []
     if tissue is not None:
-        from napari_hila.slides.layers import tissue_layer_data
-
         data, kwargs, kind = tissue_layer_data(tissue, result.mpp)
         kwargs.pop("units", None)  # the viewer passes the slide layer's units
         kwargs["visible"] = False

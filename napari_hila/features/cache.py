@@ -27,6 +27,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from napari_hila.errors import FeatureFileError
+from napari_hila.io_utils import atomic_path, write_failure, write_json_atomic
 from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
 DEFAULT_SETTINGS = {
@@ -132,8 +133,6 @@ def adopt_cached(found: Path, target: Path) -> Path:
         return target
     except OSError:
         try:
-            from napari_hila.io_utils import atomic_path
-
             with atomic_path(target) as tmp:
                 shutil.copyfile(found, tmp)
         except OSError:
@@ -200,13 +199,9 @@ class PartialFeatures:
         return int(saved.get("done", 0))
 
     def _write_header(self, done: int) -> None:
-        from napari_hila.io_utils import write_json_atomic
-
         write_json_atomic(self.header, {**self.identity, "done": int(done)})
 
     def _fail(self, err: OSError) -> None:
-        from napari_hila.io_utils import write_failure
-
         self.close()
         self.discard(self.target)
         raise write_failure(self.target.parent, err, "the unfinished patch features") from err

@@ -8,6 +8,7 @@ the others. On a cluster every slide is one task running the same
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -19,6 +20,12 @@ import h5py
 
 from napari_hila.errors import HilaError, SlideError
 from napari_hila.features.extract import Progress, extract_slide
+from napari_hila.features.qc import write_qc_thumbnail
+from napari_hila.io_utils import atomic_path
+from napari_hila.slides import SLIDE_SUFFIXES
+from napari_hila.slides.dicom import one_per_dicom_series
+
+# distributed is optional (the cluster extra): imported only for a cluster run.
 
 Row = dict[str, Any]
 
@@ -32,8 +39,6 @@ def find_slides(
     A named file is kept even when it does not exist or has an odd suffix, so
     it gets its own clear error row instead of vanishing silently.
     """
-    from napari_hila.slides import SLIDE_SUFFIXES
-    from napari_hila.slides.dicom import one_per_dicom_series
 
     def is_slide(p: Path) -> bool:
         name = p.name.lower()
@@ -62,10 +67,6 @@ def find_slides(
 
 def write_summary_csv(path: str | os.PathLike, rows: Sequence[Row]) -> Path:
     """``summary.csv``: one row per slide (slide, status, patches, regions, seconds, file, error)."""
-    import csv
-
-    from napari_hila.io_utils import atomic_path
-
     columns = ("slide", "status", "patches", "regions", "seconds", "file", "error")
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -109,8 +110,6 @@ def extract_one(
         qc_dir = settings.pop("qc_dir", None)  # not an extraction setting: where QC PNGs go
         path = extract_slide(slide, out_dir, progress=track, **settings)
         if qc_dir:
-            from napari_hila.features.qc import write_qc_thumbnail
-
             qc_png = Path(qc_dir) / f"{Path(path).stem}.png"
             row["qc"] = str(write_qc_thumbnail(slide, path, qc_png, mpp=settings.get("mpp")))
         with h5py.File(path, "r") as h5:

@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from skimage.transform import resize
 
+from napari_hila.features.store import load_features
 from napari_hila.io_utils import atomic_path
+from napari_hila.slides import detect_tissue, open_slide
 
 __all__ = ["qc_image", "write_qc_thumbnail"]
 
@@ -47,8 +51,6 @@ def qc_image(
 ) -> np.ndarray:
     """The QC picture: ``thumbnail`` (level-0 px per thumbnail px = ``downsample``) with the
     non-tissue dimmed and the patch and region grids (level-0 top-left corners) outlined."""
-    from skimage.transform import resize
-
     image = np.array(thumbnail[..., :3], np.uint8, copy=True)
     h, w = image.shape[:2]
     mask = resize(tissue.astype(float), (h, w), order=0, anti_aliasing=False) > 0.5
@@ -74,11 +76,6 @@ def write_qc_thumbnail(
     mpp: float | None = None,
 ) -> Path:
     """Write the QC PNG of ``slide_path`` and the grid its ``feature_file`` holds."""
-    from PIL import Image
-
-    from napari_hila.features.store import load_features
-    from napari_hila.slides import detect_tissue, open_slide
-
     feats = load_features(feature_file)
     with open_slide(slide_path, mpp=mpp) as slide:
         thumbnail = np.asarray(slide.get_thumbnail(max_side))

@@ -24,6 +24,9 @@ from napari_hila.errors import FeatureFileError
 from napari_hila.io_utils import atomic_path, check_free_space, write_failure
 from napari_hila.slides.grids import PATCH_PX, REGION_PX
 
+# features.pt_format (torch.load; 1.7 s to import torch) is imported when a .pt file is
+# read: the HDF5 path and the cohort tools that read feature files need no torch.
+
 FORMAT_VERSION = 1
 
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_hila.errors import SlideError
 from napari_hila.features.tile_reader import read_tile
+from napari_hila.slides import detect_tissue, make_grids, open_slide
 
 __all__ = [
     "TileSet",
@@ -129,9 +131,6 @@ def tile_grid(
 
     ``mpp`` overrides or supplies the slide's pixel size, as in ``open_slide``.
     """
-    from napari_hila.errors import SlideError
-    from napari_hila.slides import detect_tissue, make_grids, open_slide
-
     with open_slide(path, mpp=mpp) as slide:
         tissue = detect_tissue(slide)
         grids = make_grids(
@@ -177,8 +176,6 @@ class SlideTiles(TileSet):
 
     def _open(self):
         if self._slide is None:
-            from napari_hila.slides import open_slide
-
             self._slide = open_slide(self.path)
         return self._slide
 
@@ -282,8 +279,6 @@ def tile_batch(
 
 
 def _mtime(path: str | os.PathLike) -> float:
-    from napari_hila.errors import SlideError
-
     try:
         return os.stat(path).st_mtime
     except OSError as err:

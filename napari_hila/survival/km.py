@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# lifelines (with pandas: 1.2-2.1 s) is imported on the first curve or test: this module
+# loads with plotting, export and every napari-hila command (tests/test_startup_imports.py).
+
 __all__ = [
     "KaplanMeierCurve",
     "kaplan_meier",
