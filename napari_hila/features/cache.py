@@ -237,14 +237,6 @@ class PartialFeatures:
             self._file = None
 
     @staticmethod
-    def saved_rows(target: Path) -> int:
-        """How many rows an interrupted extraction of ``target`` kept (0 if none)."""
-        try:
-            return int(json.loads(partial_header(target).read_text()).get("done", 0))
-        except (OSError, ValueError):
-            return 0
-
-    @staticmethod
     def discard(target: Path) -> None:
         """Delete the partial files of ``target`` (after the final file is saved, or on failure)."""
         for path in (partial_path(target), partial_header(target)):
