@@ -27,13 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from napari_hila import overlays
 from napari_hila.errors import Cancelled
 from napari_hila.io_utils import atomic_path, staged_folder
 from napari_hila.modelfile import ModelCard, read_card
-from napari_hila.overlays import heatmap_values
+from napari_hila.overlays import UNSELECTED_RGBA, heatmap_values
+from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
 from napari_hila.results import LevelExplanation, PredictionResult
+from napari_hila.slides import open_slide
+
+# matplotlib (0.1 s warm, 0.4 s cold) is imported where a figure is drawn: this module loads
+# with every napari-hila command (commands.demo builds its parser), tests/test_startup_imports.py.
 
 __all__ = [
     "write_geojson",
@@ -204,15 +210,11 @@ def token_raster(
 
 def _blend(thumbnail: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A map's painted pixels over the thumbnail, on the fixed scale (:func:`overlays.blend_map`)."""
-    from napari_hila.overlays import blend_map
-
-    return blend_map(thumbnail, np.where(mask, values, np.nan))
+    return overlays.blend_map(thumbnail, np.where(mask, values, np.nan))
 
 
 def _blend_selection(thumbnail: np.ndarray, selected: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Left-out tiles greyed as in the viewer, selected ones clear."""
-    from napari_hila.overlays import UNSELECTED_RGBA
-
     out = thumbnail[..., :3].astype(np.float32)
     grey = mask & (selected < 0.5)
     alpha = UNSELECTED_RGBA[3]
@@ -221,8 +223,6 @@ def _blend_selection(thumbnail: np.ndarray, selected: np.ndarray, mask: np.ndarr
 
 
 def _save_png(rgb: np.ndarray, path: Path) -> Path:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3)
     return path
@@ -283,8 +283,6 @@ def write_prediction_outputs(
     width, height), or the size of the slide read for the thumbnail. A ``thumbnail``
     given needs ``slide_size`` too (the maps are drawn at its scale).
     """
-    from napari_hila.plotting import plot_cohort_km, plot_prompt_contributions, save_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slide_path = str(result.slide_path or "")
@@ -294,8 +292,6 @@ def write_prediction_outputs(
     if not pixels and NO_PIXELS_NOTE not in result.warnings:
         result.warnings.append(NO_PIXELS_NOTE)
     if pixels and thumbnail is None:
-        from napari_hila.slides import open_slide
-
         with open_slide(slide_path) as slide:
             thumbnail = np.asarray(slide.get_thumbnail(thumbnail_max_side))[..., :3]
             slide_size = slide.level_dimensions[0]

@@ -150,6 +150,7 @@ def test_one_region_per_slide_is_reported_for_a_region_model(tmp_path):
 
 
 def _no_slide_reads(monkeypatch):
+    import napari_hila.export as export
     import napari_hila.slides as slides
     import napari_hila.slides.opener as opener
 
@@ -158,6 +159,7 @@ def _no_slide_reads(monkeypatch):
 
     monkeypatch.setattr(slides, "open_slide", refuse)
     monkeypatch.setattr(opener, "open_slide", refuse)
+    monkeypatch.setattr(export, "open_slide", refuse)  # the thumbnail's reader
 
 
 def _point_nowhere(path):
