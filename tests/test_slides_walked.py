@@ -229,6 +229,53 @@ def test_tiffs_the_walk_does_not_take_keep_tifffiles_levels(tissue, tmp_path, mo
         assert (slide.level_dimensions, slide.mpp) == expected[:2]
 
 
+def write_ome_pyramid(path, tissue, compression="jpeg", images=1):
+    """An OME-TIFF of 1024 px RGB with 512 and 256 px SubIFD levels (``images`` of them)."""
+    level0 = np.tile(tissue, (2, 2, 1))
+    levels = [level0, mean_2x2(level0), mean_2x2(mean_2x2(level0))]
+    options = dict(tile=(128, 128), compression=compression, photometric="rgb")
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for _ in range(images):
+            meta = {"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+            tif.write(levels[0], subifds=2, metadata=meta, **options)
+            for level in levels[1:]:
+                tif.write(level, subfiletype=1, metadata=None, **options)
+    return path
+
+
+def test_ome_pyramid_is_read_from_its_directories_like_tifffile(tissue, tmp_path, monkeypatch):
+    path = write_ome_pyramid(tmp_path / "scan.ome.tif", tissue)
+    dims, mpp, props, pixels = _levels_tifffile_sees(path, monkeypatch)
+    made = []
+    real = tifffile.TiffFile.__init__
+    monkeypatch.setattr(
+        tifffile.TiffFile, "__init__", lambda self, *a, **k: made.append(a) or real(self, *a, **k)
+    )
+    with open_slide(path) as slide:
+        assert made == [] and type(slide._levels[0]).__name__ == "WalkedSeries"
+        assert slide.vendor == "ome-tiff" and slide.mpp_note == "from the file's OME PhysicalSizeX"
+        assert slide.level_dimensions == dims == [(1024, 1024), (512, 512), (256, 256)]
+        assert slide.mpp == mpp == pytest.approx(0.25) and slide.properties == props
+        for level, expected in enumerate(pixels):
+            np.testing.assert_array_equal(slide.read_region((100, 60), level, (200, 150)), expected)
+
+
+@pytest.mark.parametrize("variant", ["uncompressed", "two images"])
+def test_ome_files_the_walk_does_not_take_keep_tifffiles_levels(
+    tissue, tmp_path, monkeypatch, variant
+):
+    path = tmp_path / "other.ome.tif"
+    if variant == "uncompressed":
+        write_ome_pyramid(path, tissue, compression=None)
+    else:
+        write_ome_pyramid(path, tissue, images=2)
+    expected = _levels_tifffile_sees(path, monkeypatch)
+    with open_slide(path) as slide:
+        assert isinstance(slide._levels[0], tifffile.TiffPageSeries), variant
+        assert (slide.level_dimensions, slide.mpp) == expected[:2]
+        assert slide.level_dimensions == [(1024, 1024), (512, 512), (256, 256)]
+
+
 # -- a pyramid cut inside a reduced level ------------------------------------------
 
 

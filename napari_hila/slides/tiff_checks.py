@@ -69,6 +69,10 @@ class Directory:
     offsets: np.ndarray | None = None  # tile or strip offsets
     counts: np.ndarray | None = None  # their byte counts
     tags: set[int] = field(default_factory=set)  # every tag the directory has
+    next_offset: int = 0  # of the next directory in the chain (0: the last)
+    #: Its SubIFDs (tag 330: OME's reduced levels), read the same way; None when
+    #: one is cut or damaged (tifffile's parse then finds which).
+    subifds: list[Directory] | None = field(default_factory=list)
 
     def number(self, tag: int, default: int) -> int:
         """The first value of an integer tag, or ``default`` when the directory lacks it."""
@@ -124,6 +128,61 @@ def walk_directories(path: str | os.PathLike) -> DirectoryWalk | None:
     value_offset = struct.Struct(offset_format)
     damage: list[Damage] = []
     directories: list[Directory] = []
+
+    def read_directory(fh, offset: int, index: int, damage: list[Damage]) -> Directory:
+        """The directory at ``offset`` (its chain is checked by the caller), damage noted."""
+        fh.seek(offset)
+        (count,) = struct.unpack(count_format, fh.read(count_size))
+        table = fh.read(count * entry_size + offset_size)
+        directory = Directory(index, offset, {})
+        for i in range(count):
+            raw = table[i * entry_size : (i + 1) * entry_size]
+            tag, kind, n = entry.unpack_from(raw)
+            directory.tags.add(tag)
+            nbytes = _TYPE_SIZES.get(kind, 0) * n
+            inline = nbytes <= offset_size
+            start = 0 if inline else value_offset.unpack_from(raw, entry.size)[0]
+            if not inline and start + nbytes > size:
+                what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
+                damage.append(Damage(index, what, False, tag in _PIXEL_TAGS))
+                continue
+            wanted = tag in _EXTENT_TAGS or (tag in WANTED_TAGS and nbytes <= _MAX_VALUE_BYTES)
+            if not wanted or kind not in _VALUE_TYPES:
+                continue
+            data = raw[entry.size : entry.size + nbytes] if inline else _read(fh, start, nbytes)
+            if tag in _EXTENT_TAGS:
+                if kind in _INTEGER_TYPES:
+                    dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
+                    array = np.frombuffer(data, dtype).astype(np.int64)
+                    setattr(directory, _EXTENT_TAGS[tag], array)
+            elif _VALUE_TYPES[kind]:
+                code = _VALUE_TYPES[kind] * (n * (2 if kind in (5, 10) else 1))
+                directory.values[tag] = struct.unpack(f"{byteorder}{code}", data)
+            else:
+                directory.values[tag] = bytes(data)
+        extents = {"offsets": directory.offsets, "counts": directory.counts}
+        last = _last_byte({k: v for k, v in extents.items() if v is not None})
+        if last > size:
+            damage.append(Damage(index, f"its tiles reach byte {last}", False))
+        (directory.next_offset,) = value_offset.unpack_from(table, count * entry_size)
+        return directory
+
+    def read_subifds(fh, directory: Directory) -> list[Directory] | None:
+        """The directory's SubIFDs (reduced levels), or None when any is cut or damaged."""
+        subs: list[Directory] = []
+        for offset in directory.values.get(330, ()):
+            if not isinstance(offset, int) or offset + count_size > size:
+                return None
+            fh.seek(offset)
+            (count,) = struct.unpack(count_format, fh.read(count_size))
+            if offset + count_size + count * entry_size + offset_size > size:
+                return None
+            found: list[Damage] = []
+            subs.append(read_directory(fh, offset, directory.index, found))
+            if found:
+                return None
+        return subs
+
     with open(path, "rb") as fh:
         fh.seek(8 if offset_size == 8 else 4)
         first = fh.read(offset_size)
@@ -146,39 +205,11 @@ def walk_directories(path: str | os.PathLike) -> DirectoryWalk | None:
             if end > size:
                 damage.append(Damage(index, f"its directory {index + 1} runs to byte {end}", True))
                 return DirectoryWalk(directories, damage, byteorder, size, cut_at=offset)
-            table = fh.read(count * entry_size + offset_size)
-            directory = Directory(index, offset, {})
-            for i in range(count):
-                raw = table[i * entry_size : (i + 1) * entry_size]
-                tag, kind, n = entry.unpack_from(raw)
-                directory.tags.add(tag)
-                nbytes = _TYPE_SIZES.get(kind, 0) * n
-                inline = nbytes <= offset_size
-                start = 0 if inline else value_offset.unpack_from(raw, entry.size)[0]
-                if not inline and start + nbytes > size:
-                    what = f"tag {tag} of directory {index + 1} runs to byte {start + nbytes}"
-                    damage.append(Damage(index, what, False, tag in _PIXEL_TAGS))
-                    continue
-                wanted = tag in _EXTENT_TAGS or (tag in WANTED_TAGS and nbytes <= _MAX_VALUE_BYTES)
-                if not wanted or kind not in _VALUE_TYPES:
-                    continue
-                data = raw[entry.size : entry.size + nbytes] if inline else _read(fh, start, nbytes)
-                if tag in _EXTENT_TAGS:
-                    if kind in _INTEGER_TYPES:
-                        dtype = np.dtype(_INTEGER_TYPES[kind]).newbyteorder(byteorder)
-                        array = np.frombuffer(data, dtype).astype(np.int64)
-                        setattr(directory, _EXTENT_TAGS[tag], array)
-                elif _VALUE_TYPES[kind]:
-                    code = _VALUE_TYPES[kind] * (n * (2 if kind in (5, 10) else 1))
-                    directory.values[tag] = struct.unpack(f"{byteorder}{code}", data)
-                else:
-                    directory.values[tag] = bytes(data)
-            extents = {"offsets": directory.offsets, "counts": directory.counts}
-            last = _last_byte({k: v for k, v in extents.items() if v is not None})
-            if last > size:
-                damage.append(Damage(index, f"its tiles reach byte {last}", False))
+            directory = read_directory(fh, offset, index, damage)
+            if 330 in directory.values:
+                directory.subifds = read_subifds(fh, directory)
             directories.append(directory)
-            (offset,) = value_offset.unpack_from(table, count * entry_size)
+            offset = directory.next_offset
             index += 1
     return DirectoryWalk(directories, damage, byteorder, size)
 

@@ -186,12 +186,12 @@ def walked_survey(
     is not opened: the file and the survey it would have given come back ready
     for :class:`TifffileSlide`; associated images are found by tifffile when first read.
     """
-    from napari_hila.slides.walked_tiff import aperio_layout, generic_layout
+    from napari_hila.slides.walked_tiff import aperio_layout, generic_layout, ome_layout
 
-    layouts = {"aperio": aperio_layout, "generic-tiff": generic_layout}
+    layouts = {"aperio": [aperio_layout], "generic-tiff": [generic_layout, ome_layout]}
     layout = None
-    if walk is not None and osr_format in layouts:
-        layout = layouts[osr_format](path, walk)
+    for make in layouts.get(osr_format, []) if walk is not None else []:
+        layout = layout or make(path, walk)
     if layout is None:
         return None
     survey = TiffSurvey(
@@ -525,12 +525,13 @@ class TifffileSlide(Slide):
             mpp, mpp_origin = _float(props.get("aperio.MPP")), "Aperio MPP"
             power = _float(props.get("aperio.AppMag"))
         elif (
-            not getattr(page, "from_walk", False)  # read from the walk: not OME
-            and self._opened.tif.is_ome
-            and self._opened.tif.ome_metadata
+            (page.is_ome and page.description)
+            if getattr(page, "from_walk", False)
+            else (self._opened.tif.is_ome and self._opened.tif.ome_metadata)
         ):
             vendor = "ome-tiff"
-            ome = _ome_physical_size(self._opened.tif.ome_metadata)
+            walked = getattr(page, "from_walk", False)
+            ome = _ome_physical_size(page.description if walked else self._opened.tif.ome_metadata)
             props.update(ome)
             size = _float(ome.get("ome.PhysicalSizeX"))
             factor = _UM_PER_UNIT.get(ome.get("ome.PhysicalSizeXUnit", "µm"))

@@ -86,6 +86,7 @@ class WalkedPage:
         self.jpegtables = jpegtables if isinstance(jpegtables, bytes) else None
         self.description = _text(values.get(270))
         self.is_svs = self.description.startswith("Aperio ")
+        self.is_ome = False  # set by ome_layout, which has read the XML
         self.shape = (self.imagelength, self.imagewidth, 3)
         self._path = path
         tags = {name: _Tag(name, _text(values.get(tag))) for tag, name in _TEXT_TAGS.items()}
@@ -148,8 +149,9 @@ class WalkedSeries:
         return self.keyframe.dtype
 
 
-def _is_plain_level(directory: Directory) -> bool:
-    """A tiled 8-bit 3-sample JPEG page, RGB or YCbCr, without extra samples or SubIFDs."""
+def _is_plain_level(directory: Directory, subifds: bool = False) -> bool:
+    """A tiled 8-bit 3-sample JPEG page, RGB or YCbCr, without extra samples (or SubIFDs,
+    unless ``subifds``)."""
     values = directory.values
     tiles_x = -(-directory.number(256, 0) // max(directory.number(322, 0), 1))
     tiles_y = -(-directory.number(257, 0) // max(directory.number(323, 0), 1))
@@ -162,7 +164,7 @@ def _is_plain_level(directory: Directory) -> bool:
         and directory.number(339, 1) == 1
         and directory.number(32997, 1) == 1
         and 338 not in values
-        and 330 not in values
+        and (subifds or 330 not in values)
         and directory.number(322, 0) % 16 == 0
         and directory.number(323, 0) % 16 == 0
         and directory.number(322, 0) > 0
@@ -270,3 +272,55 @@ def _one_step(above: tuple[int, int], below: tuple[int, int], factor: int) -> bo
         factor <= a and b in (a // factor, -(-a // factor))
         for a, b in zip(above, below, strict=True)
     )
+
+
+def ome_layout(path: str | os.PathLike, walk: DirectoryWalk) -> WalkedLayout | None:
+    """An OME-TIFF of one RGB image whose reduced levels are SubIFDs, as tifffile's OME series.
+
+    One top-level page (the image), its OME-XML describing one Image of one
+    interleaved RGB plane (SizeZ = SizeT = 1, one channel of 3 samples) of the
+    page's size, and SubIFDs of decreasing size; page and SubIFDs plain JPEG
+    levels. Anything else (planes, channels, several images, damage): None.
+    """
+    import xml.etree.ElementTree as ET
+
+    directories = walk.directories
+    if walk.damage or len(directories) != 1:
+        return None
+    page = directories[0]
+    description = _text(page.values.get(270))
+    subs = page.subifds
+    if not description.startswith("<?xml") or "<OME" not in description or not subs:
+        return None
+    try:
+        root = ET.fromstring(description)
+    except ET.ParseError:
+        return None
+    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
+    pixels = [el for el in images[0] if el.tag.rsplit("}", 1)[-1] == "Pixels"] if images else []
+    if len(images) != 1 or len(pixels) != 1:
+        return None
+    attrs = pixels[0].attrib
+    channels = [el for el in pixels[0] if el.tag.rsplit("}", 1)[-1] == "Channel"]
+    one_plane = (
+        attrs.get("SizeZ") == attrs.get("SizeT") == "1"
+        and attrs.get("SizeC") == "3"
+        and len(channels) == 1
+        and channels[0].attrib.get("SamplesPerPixel") == "3"
+        and attrs.get("Interleaved", "true").lower() == "true"
+        and attrs.get("SizeX") == str(page.number(256, 0))
+        and attrs.get("SizeY") == str(page.number(257, 0))
+    )
+    levels = [page, *subs]
+    sizes = [(d.number(256, 0), d.number(257, 0)) for d in levels]
+    decreasing = all(b[0] < a[0] and b[1] < a[1] for a, b in zip(sizes, sizes[1:], strict=False))
+    if not (
+        one_plane
+        and decreasing
+        and _is_plain_level(page, subifds=True)
+        and all(_is_plain_level(d) for d in subs)
+    ):
+        return None
+    series = [WalkedSeries(WalkedPage(d, path), kind="ome") for d in levels]
+    series[0].keyframe.is_ome = True
+    return WalkedLayout(series, {})
