@@ -91,3 +91,48 @@ def test_local_cluster_gives_identical_files(sample_slide, tmp_path):
     np.testing.assert_array_equal(a.features, b.features)
     np.testing.assert_array_equal(a.coords, b.coords)
     np.testing.assert_array_equal(a.region_features, b.region_features)
+
+
+def test_cli_precision_flag_sets_the_dtype_and_beats_the_environment(
+    sample_slide, tmp_path, monkeypatch, capsys
+):
+    """--precision reaches the encoder: the file records it, gets its own name, and the
+    option wins over $NAPARI_HILA_PRECISION; without it the variable still applies."""
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        ViTConfig(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
+    )
+    weights = tmp_path / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    out = tmp_path / "feats"
+    base = [str(sample_slide), "--out", str(out), "--encoder", "vit", "--weights", str(weights)]
+    base += ["--device", "cpu", "--region-mode", "mean", "--quiet"]
+
+    def dtypes() -> dict[str, str]:
+        return {p.name: load_features(p).attrs["encoder_dtype"] for p in out.glob("*.h5")}
+
+    monkeypatch.setenv("NAPARI_HILA_PRECISION", "float16")
+    assert _run([*base, "--precision", "bfloat16"]) == 0
+    (bf16,) = dtypes().values()
+    assert bf16 == "bfloat16"
+    assert _run([*base, "--precision", "float32"]) == 0  # the option, not the variable
+    assert sorted(dtypes().values()) == ["bfloat16", "float32"]  # each its own file
+    assert _run(base) == 0  # no option: the variable's float16
+    assert sorted(dtypes().values()) == ["bfloat16", "float16", "float32"]
+    files = {v: k for k, v in dtypes().items()}
+    a, b = load_features(out / files["float32"]), load_features(out / files["bfloat16"])
+    np.testing.assert_array_equal(a.coords, b.coords)
+    assert not np.array_equal(a.features, b.features)  # bfloat16 did run
+    cos = (a.features * b.features).sum(1) / (
+        np.linalg.norm(a.features, axis=1) * np.linalg.norm(b.features, axis=1)
+    )
+    assert 1 - cos.min() < 5e-4
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # argparse refuses an unknown precision by name
+        _run([*base, "--precision", "float64"])
+    assert "float64" in capsys.readouterr().err

@@ -22,6 +22,9 @@ from pathlib import Path
 from napari_hila.commands.cluster import add_cluster_arguments, wants_cluster
 from napari_hila.commands.options import add_mpp_argument, add_slide_search_arguments, at_least
 
+#: ``--precision`` choices (encoders.vit.resolve_precision; named here so --help loads no torch)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDES_OR_DIR", help="slide files or folders")
@@ -64,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(view, default) or the mean of its patch features (mean)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="what a network encoder runs in (default: $NAPARI_HILA_PRECISION, else auto: "
+        "bfloat16 or float16 on a GPU, float32 on the CPU); one set explicitly is part of "
+        "the cache key and the feature files' names, so it gets its own files",
+    )
     # the grid's one definition (slides.grids); importing it costs ~0.1 s of --help
     from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
 
@@ -110,6 +121,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         "region_weights": args.region_weights,
         "region_mode": args.region_mode,
         "device": args.device,
+        "precision": args.precision,
         "patch_px": args.patch_px,
         "region_px": args.region_px,
         "target_mpp": args.target_mpp,
@@ -143,6 +155,7 @@ def _check_options(options: dict) -> None:
         *(options[k] for k in ("encoder", "weights", "region_encoder", "region_weights")),
         device=options["device"],
         region_mode=options["region_mode"],
+        precision=options["precision"],
     )
 
 

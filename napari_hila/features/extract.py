@@ -84,6 +84,7 @@ def check_encoders_load(
     region_weights: str | os.PathLike | None = None,
     device: str = "auto",
     region_mode: str = "view",
+    precision: str | None = None,
 ) -> None:
     """Load the encoders an extraction of many slides will use, once, before any slide.
 
@@ -91,9 +92,9 @@ def check_encoders_load(
     fail with one message instead of once per slide; the loaded encoders stay in
     this process's cache for the extraction itself.
     """
-    vision_encoder(encoder, weights, device)
+    vision_encoder(encoder, weights, device, precision)
     if region_mode == "view" and region_encoder not in (None, encoder):
-        vision_encoder(region_encoder, region_weights or weights, device)
+        vision_encoder(region_encoder, region_weights or weights, device, precision)
 
 
 def requested_precision(precision: str | None = None) -> str | None:
