@@ -728,7 +728,18 @@ def test_card_pairing_and_weights_digests_through_train_and_predict(
     assert "text encoder: conch-text" in printed.out and "warning" not in printed.err
     card = json.loads((out / "final_model" / "card.json").read_text())
     digest = get_vision_encoder("conch", device="cpu").version
-    assert card["encoders"]["patch"] == {"name": "conch", "version": digest, "dim": 32}
+    patch = card["encoders"]["patch"]
+    assert patch | {"preprocessing": None} == {
+        "name": "conch",
+        "version": digest,
+        "dim": 32,
+        "dtype": "float32",  # how the features ran (auto on the CPU), from the feature files
+        "device": "cpu",
+        "preprocessing": None,
+    }
+    assert patch["preprocessing"]["interpolation"] == "bicubic"
+    assert patch["preprocessing"]["size"] == IMAGE
+    np.testing.assert_allclose(patch["preprocessing"]["mean"], OPENAI_MEAN)
     assert card["prompts"]["text_encoder"] == f"conch-text ({digest})"
     assert card["config"]["shared_space"] is True
 

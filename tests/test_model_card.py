@@ -83,6 +83,10 @@ def test_an_older_card_gets_the_defaults_it_always_had(tmp_path):
         "cohort": {"time": [1.0, 2.0, 3.0], "event": [1, 1, 0], "risk": [0.1, 0.4, -0.3]},
     }
     card = read_card(_write(tmp_path / "old", old))
+    # how the encoder ran was not recorded then: unknown, not a guess
+    assert card.patch_encoder.dim == 48 and card.patch_encoder.dtype is None
+    assert card.patch_encoder.device is None and card.patch_encoder.preprocessing is None
+    assert card.region_encoder.dtype is None
     assert (card.grid.patch_px, card.grid.region_px, card.grid.target_mpp) == (256, 4096, 0.5)
     assert card.grid.region_mode == "view" and card.grid.magnifications == ()
     assert card.time_unit == "months" and card.risk_threshold is None
@@ -133,6 +137,7 @@ def test_pooling_uses_the_cards_grid(tmp_path):
         ({"time_bin_edges": ["soon"]}, "wrong type"),
         ({"time_bin_edges": [0.0]}, "time_bin_edges needs 2"),
         ({"risk_threshold": [1, 2]}, "wrong type"),
+        ({"encoders": {"patch": {"name": "vit", "preprocessing": "bicubic"}}}, "wrong type"),
     ],
 )
 def test_a_bad_entry_is_one_message_naming_the_card(tmp_path, change, words):
@@ -147,3 +152,124 @@ def test_a_missing_key_is_named(tmp_path):
     del card["encoders"]
     with pytest.raises(ModelFileError, match="missing key.*encoders"):
         read_card(_write(tmp_path / "m", card))
+
+
+# -- how the training features' encoder ran, recorded by training ----------------------------
+
+TINY_VIT = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def bf16_vit_features(sample_slide, tmp_path_factory):
+    """A feature file extract_slide wrote with a tiny timm-layout ViT under bfloat16."""
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+    from napari_hila.features.extract import extract_slide
+
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    vit = VisionTransformer(ViTConfig(**TINY_VIT))
+    weights = folder / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    return extract_slide(
+        sample_slide,
+        folder / "feats",
+        encoder="vit",
+        weights=weights,
+        device="cpu",
+        region_mode="mean",
+        precision="bfloat16",
+    )
+
+
+def test_a_trained_card_records_the_dtype_device_and_preprocessing(bf16_vit_features, tmp_path):
+    """train on features a bfloat16 ViT made: the card says bfloat16, cpu and the owners'
+    transform (vit: bilinear, ImageNet mean/std, at the ViT's 32 px), and reads it back typed."""
+    from napari_hila.cli import main
+    from napari_hila.features.store import SlideFeatures, load_features, save_features
+
+    made = load_features(bf16_vit_features)
+    assert made.attrs["encoder_dtype"] == "bfloat16"
+    rng = np.random.default_rng(0)
+    rows = ["patient_id,slide_id,time,event"]
+    for i in range(8):  # the real file's attributes, features carrying a hazard
+        hazard = rng.normal()
+        feats = made.features + rng.normal(size=made.features.shape).astype(np.float32)
+        feats[:, 0] += 2 * hazard
+        save_features(
+            tmp_path / "feats" / f"S{i}.h5",
+            SlideFeatures(
+                feats,
+                made.coords,
+                made.region_features,
+                made.region_coords,
+                made.patch_to_region,
+                attrs=dict(made.attrs),
+            ),
+        )
+        rows.append(f"P{i},S{i},{rng.exponential(20 * np.exp(-hazard)):.3f},{i % 4 != 0:d}")
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "--cohort", str(tmp_path / "cohort.csv"), "--features"]
+    argv += [str(tmp_path / "feats"), "--out", str(tmp_path / "run"), "--model", "abmil"]
+    argv += ["--folds", "2", "--epochs", "1", "--quiet", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    card = read_card(tmp_path / "run" / "final_model")
+    patch, region = card.patch_encoder, card.region_encoder
+    assert (patch.name, patch.dtype, patch.device) == ("vit", "bfloat16", "cpu")
+    assert patch.preprocessing == json.loads(made.attrs["encoder_preprocessing"])
+    assert patch.preprocessing["interpolation"] == "bilinear"
+    assert patch.preprocessing["size"] == TINY_VIT["image_size"]
+    np.testing.assert_allclose(patch.preprocessing["mean"], [0.485, 0.456, 0.406])
+    # mean-pooled regions ran as their patches did
+    assert (region.dtype, region.device, region.preprocessing) == (
+        "bfloat16",
+        "cpu",
+        patch.preprocessing,
+    )
+    assert card["encoders"]["patch"]["dtype"] == "bfloat16"  # in card.json itself
+    assert "region_encoder_dtype" not in card.grid.extra
+
+
+def test_a_region_encoder_of_its_own_records_its_dtype_only():
+    """A separate region encoder: its own dtype; its preprocessing is not in the file, so the
+    card leaves it out (read as None), as it does what a CLAM file does not record."""
+    from napari_hila.features.store import SlideFeatures
+    from napari_hila.training.card import _encoders
+
+    steps = {"size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    attrs = {
+        "encoder": "conch",
+        "region_encoder": "uni",
+        "encoder_dtype": "float16",
+        "region_encoder_dtype": "bfloat16",
+        "encoder_device": "cuda:0",
+        "encoder_preprocessing": json.dumps(steps),
+    }
+    feats = SlideFeatures(
+        np.zeros((2, 4), np.float32),
+        np.zeros((2, 2), np.int64),
+        np.zeros((1, 3), np.float32),
+        np.zeros((1, 2), np.int64),
+        np.zeros(2, np.int64),
+        attrs=attrs,
+    )
+    encoders = _encoders(feats)
+    assert encoders["patch"] | {"version": ""} == {
+        "name": "conch",
+        "version": "",
+        "dim": 4,
+        "dtype": "float16",
+        "device": "cuda:0",
+        "preprocessing": steps,
+    }
+    assert encoders["region"]["dtype"] == "bfloat16" and encoders["region"]["dim"] == 3
+    assert "preprocessing" not in encoders["region"]
+    del attrs["encoder_dtype"], attrs["encoder_preprocessing"]  # a CLAM-style file: unknown
+    assert _encoders(feats)["patch"] == {
+        "name": "conch",
+        "version": "",
+        "dim": 4,
+        "device": "cuda:0",
+    }

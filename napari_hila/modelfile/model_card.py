@@ -28,20 +28,35 @@ REQUIRED_KEYS = ("model", "config", "encoders", "time_bin_edges")
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderInfo:
-    """The encoder that made one level's features: name, version (or weights digest), width."""
+    """The encoder that made one level's features: name, version (or weights digest), width,
+    and how it ran on them: ``dtype`` (float32, bfloat16, float16), ``device`` and the
+    ``preprocessing`` its tiles went through (size, mean, std, interpolation, source).
+
+    The last three are None in cards from before they were recorded, and where the
+    features did not say (CLAM/TRIDENT files; a separate region encoder's preprocessing).
+    """
 
     name: str | None = None
     version: str = ""
     dim: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    preprocessing: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> EncoderInfo:
         value = value or {}
         dim = value.get("dim")
+        steps = value.get("preprocessing")
+        if steps is not None and not isinstance(steps, Mapping):
+            raise TypeError(f"encoder preprocessing must be an object, not {steps!r}")
         return cls(
             name=None if value.get("name") is None else str(value["name"]),
             version=str(value.get("version") or ""),
             dim=None if dim is None else int(dim),
+            dtype=None if value.get("dtype") is None else str(value["dtype"]),
+            device=None if value.get("device") is None else str(value["device"]),
+            preprocessing=None if steps is None else dict(steps),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from typing import Any
 
@@ -24,7 +25,14 @@ KM_NOTE = (
     "did not train on them; 'risk_group' splits it at that fold's training-set median risk"
 )
 
-_NOT_GRID = ("region_encoder", "region_encoder_version", "region_size", "region_px")
+# recorded under encoders (how the region features were made), not as a grid setting
+_NOT_GRID = (
+    "region_encoder",
+    "region_encoder_version",
+    "region_encoder_dtype",
+    "region_size",
+    "region_px",
+)
 
 
 def out_of_fold(folds: list[dict]) -> dict[str, dict]:
@@ -67,18 +75,51 @@ def summarise_folds(folds: list[dict], patient_time: dict, patient_event: dict) 
     }
 
 
+def _ran_with(attrs, dtype_key: str, preprocessing: bool = True) -> dict[str, Any]:
+    """How the encoder ran, as the feature file records it: dtype, device, preprocessing.
+
+    Left out where the file does not say (CLAM/TRIDENT files, files from before these
+    attributes; the typed card reads them as None); ``preprocessing`` is the owners' transform the tiles went through
+    (``encoders.preprocess.ImagePreprocess.to_dict``), parsed from the file's JSON.
+    """
+    recorded = attrs.get("encoder_preprocessing") if preprocessing else None
+    steps = None
+    if isinstance(recorded, str) and recorded:
+        try:
+            steps = json.loads(recorded)
+        except ValueError:  # written by another tool: kept as it is rather than fail training
+            steps = recorded
+        if not isinstance(steps, dict):
+            steps = {"recorded": recorded}
+    ran = {
+        "dtype": attrs.get(dtype_key),
+        "device": attrs.get("encoder_device"),
+        "preprocessing": steps,
+    }
+    return {k: v if k == "preprocessing" else str(v) for k, v in ran.items() if v is not None}
+
+
 def _encoders(feats) -> dict[str, Any]:
     attrs = feats.attrs
+    # a region encoder of its own records its dtype apart; its preprocessing is not recorded.
+    # Mean-pooled regions (region_mode "mean") and a shared encoder ran as the patches did.
+    own_region = "region_encoder_dtype" in attrs
     return {
         "patch": {
             "name": feats.encoder,
             "version": str(attrs.get("encoder_version", "")),
             "dim": int(feats.features.shape[1]),
+            **_ran_with(attrs, "encoder_dtype"),
         },
         "region": {
             "name": feats.region_encoder,
             "version": str(attrs.get("region_encoder_version", attrs.get("encoder_version", ""))),
             "dim": int(feats.region_features.shape[1]),
+            **_ran_with(
+                attrs,
+                "region_encoder_dtype" if own_region else "encoder_dtype",
+                preprocessing=not own_region,
+            ),
         },
     }
 
