@@ -251,3 +251,76 @@ def test_builds_from_local_vit_weights(tmp_path):
     assert not any(p.requires_grad for p in model.encoder.parameters())
     with pytest.raises(HilaError, match="missing.safetensors: ViT weights for VPTSurv not found"):
         build_model("vptsurv", encoder_weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_tiles_are_prepared_as_the_encoders_owners_do():
+    """Tiles of another size reach the ViT as PIL's bicubic resize + CLIP mean/std gives them
+    (encoder "clip"), within 2 grey levels; the bilinear resize used before is off by > 10."""
+    from test_encoders_preprocess import _old_bilinear, crafted, grey_levels, owner_pixels
+
+    from napari_hila.encoders.registry import CLIP_MEAN, CLIP_STD
+
+    model = build_model("vptsurv", **{**SMALL, "encoder": "clip"}).eval()
+    assert model.preprocessing.interpolation == "bicubic" and model.preprocessing.size == 32
+    tiles = np.stack([crafted(64, 64, seed) for seed in range(2)])
+    got = model._pixels(tiles).numpy()
+    for tile, pixels in zip(tiles, got, strict=True):
+        want = owner_pixels(tile, 32, CLIP_MEAN, CLIP_STD, "bicubic")
+        assert grey_levels(pixels, want, CLIP_STD).max() <= 2
+        old = _old_bilinear(tile, 32, CLIP_MEAN, CLIP_STD)
+        assert grey_levels(old, want, CLIP_STD).max() > 10
+
+
+def test_preprocessing_is_the_weights_own_and_travels_with_the_model(tmp_path):
+    """A preprocessor_config.json beside the ViT's weights changes mean, std and filter for
+    VPTSurv exactly as for that encoder's features; the model file keeps them once the
+    weights' folder is gone."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from napari_hila.encoders import get_vision_encoder
+    from napari_hila.encoders.vit import VisionTransformer, ViTConfig
+    from napari_hila.modelfile import config_to_dict, load_model, save_model
+
+    torch.manual_seed(4)
+    vit = VisionTransformer(ViTConfig(**TINY_VIT))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    path = folder / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    mean, std = [0.7, 0.6, 0.5], [0.1, 0.2, 0.3]
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": mean, "image_std": std, "resample": 3})
+    )
+    model = build_model("vptsurv", **{**SMALL, "vit": {}, "encoder_weights": str(path)}).eval()
+    features = get_vision_encoder("vit", weights=path, device="cpu")
+    assert model.preprocessing == features.preprocessing
+    assert model.preprocessing.interpolation == "bicubic"  # the file's, not vit's bilinear
+    np.testing.assert_allclose(model.preprocessing.mean, mean)
+    tiles = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    torch.testing.assert_close(model._pixels(tiles), features.preprocess(tiles))
+    save_model(tmp_path / "m", model, {"model": "vptsurv", "config": config_to_dict(model.config)})
+    (folder / "preprocessor_config.json").unlink()
+    loaded = load_model(tmp_path / "m", device="cpu").model
+    assert loaded.preprocessing == model.preprocessing
+    torch.testing.assert_close(loaded._pixels(tiles), model._pixels(tiles))
+
+
+def test_a_model_saved_before_preprocessing_was_recorded_keeps_bilinear(tmp_path):
+    """Cards without config.preprocessing load with the bilinear resize they were trained
+    with (LEGACY_DEFAULTS), the encoder's own mean/std; a bad entry is one clear error."""
+    from napari_hila.errors import ModelConfigError
+    from napari_hila.modelfile import config_to_dict, load_model, save_model
+
+    model = build_model("vptsurv", **{**SMALL, "encoder": "clip"}).eval()
+    config = config_to_dict(model.config)
+    del config["preprocessing"]
+    save_model(tmp_path / "old", model, {"model": "vptsurv", "config": config})
+    loaded = load_model(tmp_path / "old", device="cpu").model
+    assert loaded.preprocessing.interpolation == "bilinear"
+    assert loaded.preprocessing.mean == model.preprocessing.mean  # clip's, from the registry
+    with pytest.raises(ModelConfigError, match="preprocessing: unknown keys"):
+        build_model("vptsurv", **{**SMALL, "preprocessing": {"filter": "bicubic"}})
+    with pytest.raises(ModelConfigError, match="interpolation"):
+        build_model("vptsurv", **{**SMALL, "preprocessing": {"interpolation": "nearest"}})

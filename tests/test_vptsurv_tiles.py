@@ -111,7 +111,17 @@ def test_train_command_runs_vptsurv_on_slides(tmp_path):
         "name": "vit",
         "version": card["config"]["encoder_source"],
         "dim": 32,
+        "dtype": "float32",
+        "device": "cpu",
+        "preprocessing": {  # vit's owners' transform (timm: bilinear, ImageNet) at 32 px
+            "size": 32,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear",
+            "source": "vit: its owners' evaluation transform",
+        },
     }
+    assert card["config"]["preprocessing"] == card["encoders"]["patch"]["preprocessing"]
     assert "random initialisation" in card["config"]["encoder_source"]
     batch = loaded.model.batch_from_bags([slides / "s0.svs"], train=False)
     explanation = loaded.model.explain(batch)

@@ -20,15 +20,16 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from napari_hila.encoders.preprocess import ImagePreprocess, owner_preprocess
 from napari_hila.errors import Cancelled, HilaError
 from napari_hila.features.tile_bags import InMemoryTiles, TileBatch, tile_batch
 from napari_hila.models.base import SurvivalOutput, survival_from_logits
@@ -52,10 +53,15 @@ RANDOM_ENCODER = "random initialisation (no pretrained weights given; for tests 
 class VPTSurvConfig:
     """VPTSurv settings. Values the paper does not give are marked (not from the paper)."""
 
-    encoder: str = "vit"  # encoder registry name: fixes the pre-processing (mean/std)
+    encoder: str = "vit"  # encoder registry name: fixes the owners' pre-processing
     encoder_weights: str = ""  # local ViT checkpoint, read when a new model is built
     encoder_source: str = ""  # where the frozen weights came from (recorded, never read)
     vit: dict = field(default_factory=dict)  # ViTConfig fields; filled from the checkpoint
+    # the owners' transform of ``encoder`` (mean, std, interpolation, source; the size is the
+    # ViT's): filled when the model is built, from the registry and the files beside the
+    # weights (preprocessor_config.json, open_clip_config.json), as the encoder itself reads
+    # them; saved with the model, so a loaded model prepares tiles as it was trained
+    preprocessing: dict = field(default_factory=dict)
     adaptor_dim: int = 24
     adaptor_heads: int = 1  # (not from the paper)
     # structure prompt: frequencies below this many cycles/pixel are removed (not from the paper)
@@ -77,9 +83,41 @@ class VPTSurvConfig:
     checkpoint_tiles: bool = True
     explain_top_fraction: float = 0.1
 
+    #: models saved before ``preprocessing`` resized every tile bilinearly
+    LEGACY_DEFAULTS: ClassVar[dict] = {"preprocessing": {"interpolation": "bilinear"}}
+
     @property
     def tile_px(self) -> int:
         return int(self.vit.get("image_size", 224))
+
+
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "source")
+
+
+def encoder_preprocessing(config: VPTSurvConfig, tower: nn.Module | None = None) -> ImagePreprocess:
+    """Tiles -> ViT input as the encoder's owners prepare them (``encoders.preprocess``).
+
+    The registry's transform of ``config.encoder`` at the ViT's size, overridden by
+    the files beside ``tower``'s weights (read as ``ViTEncoder`` reads them, so VPTSurv
+    and features of the same weights see the same pixels), then by ``config.preprocessing``.
+    """
+    from napari_hila.encoders.registry import get_encoder_spec
+
+    spec = get_encoder_spec(config.encoder)
+    weights = getattr(tower, "weights_path", None)
+    base = owner_preprocess(spec, config.tile_px, weights, getattr(tower, "weights_config", None))
+    saved = dict(config.preprocessing)
+    unknown = sorted(set(saved) - {*_PREPROCESS_KEYS, "size"})
+    if unknown:
+        raise ValueError(f"preprocessing: unknown keys {unknown}; known: {list(_PREPROCESS_KEYS)}")
+    for key in ("mean", "std"):
+        if key in saved:
+            values = tuple(float(v) for v in saved[key])
+            if len(values) != 3:
+                raise ValueError(f"preprocessing {key} needs 3 values (RGB), not {saved[key]!r}")
+            saved[key] = values
+    saved.pop("size", None)  # always the ViT's input size
+    return replace(base, **saved)
 
 
 def high_pass(images: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -169,6 +207,8 @@ def build_frozen_vit(config: VPTSurvConfig) -> nn.Module:
             )
         tower = load_vision_tower(weights)
         config.vit = dict(tower.config.to_dict())
+        # read with the weights (their folder's preprocessor_config.json, ...), kept in the config
+        config.preprocessing = encoder_preprocessing(config, tower).to_dict()
         config.encoder_source = str(config.encoder_weights)
         config.encoder_weights = ""  # the frozen weights travel with the model file from here on
     elif config.vit:
@@ -195,14 +235,10 @@ class VPTSurv(nn.Module):
 
     def __init__(self, config: VPTSurvConfig) -> None:
         super().__init__()
-        from napari_hila.encoders.registry import get_encoder_spec
-
         self.config = cfg = config
         self.encoder = build_frozen_vit(cfg)
-        spec = get_encoder_spec(cfg.encoder)
-        mean, std = spec.mean or (0.5, 0.5, 0.5), spec.std or (0.5, 0.5, 0.5)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.preprocessing = encoder_preprocessing(cfg)
+        cfg.preprocessing = self.preprocessing.to_dict()  # saved with the model
         width = int(self.encoder.config.width)
         self.adaptors = nn.ModuleList(
             PromptAdaptor(width, cfg.adaptor_dim, cfg.adaptor_heads) for _ in self.encoder.blocks
@@ -255,6 +291,9 @@ class VPTSurv(nn.Module):
             "name": cfg.encoder,
             "version": cfg.encoder_source,
             "dim": int(self.encoder.config.width),
+            "dtype": "float32",  # no autocast: the adaptors train through the frozen ViT
+            "device": str(self.encoder.pos_embed.device),
+            "preprocessing": self.preprocessing.to_dict(),
         }
         return {
             "encoders": {"patch": encoder},  # no region encoder: tiles only
@@ -268,15 +307,10 @@ class VPTSurv(nn.Module):
 
     # -- tiles -> one token per tile ---------------------------------------------------
     def _pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(n, H, W, 3) uint8 -> normalised (n, 3, S, S) float on the model's device."""
-        x = torch.as_tensor(np.ascontiguousarray(images), device=self.pixel_mean.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        side = self.config.tile_px
-        if x.shape[-2:] != (side, side):
-            x = F.interpolate(
-                x, size=(side, side), mode="bilinear", antialias=True, align_corners=False
-            )
-        return (x - self.pixel_mean) / self.pixel_std
+        """(n, H, W, 3) uint8 -> (n, 3, S, S) float on the model's device, prepared as the
+        encoder's owners do (:attr:`preprocessing`: their resize filter, crop, mean/std)."""
+        x = torch.as_tensor(np.ascontiguousarray(images), device=self.encoder.pos_embed.device)
+        return self.preprocessing(x)
 
     @torch.no_grad()
     def _prompt_tokens(self, images: torch.Tensor) -> torch.Tensor:
