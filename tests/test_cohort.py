@@ -98,3 +98,15 @@ def test_finds_the_files_napari_hila_extract_writes(tmp_path):
     with pytest.raises(CohortError, match="line 2: slide 'TCGA-01' has 2 feature files") as info:
         read_cohort(csv, features_dir=tmp_path)
     assert "line 3" not in str(info.value)
+
+
+def test_a_long_list_of_bad_rows_is_cut_with_the_count_left(tmp_path):
+    """60 rows with a negative time: the first 50 are listed, then how many more."""
+    rows = "".join(f"P{i},S{i},-1,1\n" for i in range(60))
+    path = _write(tmp_path, "patient_id,slide_id,time,event\n" + rows)
+    with pytest.raises(CohortError) as err:
+        read_cohort(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: 60 bad row(s); fix them and run again:")
+    assert "line 51: time -1 is negative" in message and "line 52:" not in message
+    assert message.endswith("... and 10 more")

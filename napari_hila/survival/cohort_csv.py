@@ -159,6 +159,78 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+def _header(reader, path: Path) -> list[str]:
+    """The header row, checked for the required columns."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise CohortError(
+            f"{path}: the file is empty; it needs a header {', '.join(REQUIRED_COLUMNS)}"
+        ) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise CohortError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)}; the header must contain "
+            f"{', '.join(REQUIRED_COLUMNS)} (optional: fold). Found: {', '.join(header) or 'nothing'}"
+        )
+    return header
+
+
+class _AcrossRows:
+    """What one row is checked against from the rows before it: slides listed once, and
+    one time, event and fold per patient."""
+
+    def __init__(self) -> None:
+        self.slide_line: dict[str, int] = {}
+        self.outcome: dict[str, tuple[int, float, int, int | None]] = {}
+
+    def problems(self, parsed: dict, line: int, row_is_valid: bool) -> list[str]:
+        problems = []
+        sid, pid = parsed["slide_id"], parsed["patient_id"]
+        if sid and sid in self.slide_line:
+            problems.append(f"slide {sid!r} already listed on line {self.slide_line[sid]}")
+        elif sid:
+            self.slide_line[sid] = line
+        if not (row_is_valid and not problems):
+            return problems
+        if pid not in self.outcome:
+            self.outcome[pid] = (line, parsed["time"], parsed["event"], parsed["fold"])
+            return problems
+        first_line, t, e, f = self.outcome[pid]
+        if (t, e) != (parsed["time"], parsed["event"]):
+            problems.append(
+                f"patient {pid!r} has time/event {parsed['time']:g}/{parsed['event']} here "
+                f"but {t:g}/{e} on line {first_line}"
+            )
+        if f != parsed["fold"]:
+            problems.append(
+                f"patient {pid!r} has fold {parsed['fold']} here but {f} on line {first_line}"
+            )
+        return problems
+
+
+def _feature_file_problems(features_dir: str | os.PathLike, slide_id: str) -> list[str]:
+    try:
+        feature_path = feature_file_for(features_dir, slide_id)
+    except CohortError as err:
+        return [str(err)]
+    if not feature_path.exists():
+        return [f"no feature file {feature_path} for slide {slide_id!r}"]
+    return []
+
+
+def _report(path: Path, errors: list[str], features_dir) -> CohortError:
+    """One error listing the first :data:`_MAX_REPORTED` bad rows and how many more."""
+    shown = errors[:_MAX_REPORTED]
+    more = f"\n  ... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+    hint = " (run `napari-hila extract` for slides without features)" if features_dir else ""
+    return CohortError(
+        f"{path}: {len(errors)} bad row(s); fix them and run again{hint}:\n  "
+        + "\n  ".join(shown)
+        + more
+    )
+
+
 def read_cohort(
     csv_path: str | os.PathLike,
     features_dir: str | os.PathLike | None = None,
@@ -173,23 +245,11 @@ def read_cohort(
         raise CohortError(f"{path}: cohort CSV not found; give the path of an existing file")
     with io.StringIO(_read_utf8(path), newline="") as fh:
         reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise CohortError(
-                f"{path}: the file is empty; it needs a header {', '.join(REQUIRED_COLUMNS)}"
-            ) from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise CohortError(
-                f"{path}: line 1: missing column(s) {', '.join(missing)}; the header must contain "
-                f"{', '.join(REQUIRED_COLUMNS)} (optional: fold). Found: {', '.join(header) or 'nothing'}"
-            )
+        header = _header(reader, path)
         has_fold = "fold" in header
         errors: list[str] = []
         rows: list[CohortRow] = []
-        seen_slides: dict[str, int] = {}
-        patient_outcome: dict[str, tuple[int, float, int, int | None]] = {}
+        across = _AcrossRows()
         for values in reader:
             line = reader.line_num
             if not any(v.strip() for v in values):
@@ -198,32 +258,9 @@ def read_cohort(
                 errors.append(f"line {line}: {len(values)} fields, the header has {len(header)}")
                 continue
             parsed, problems = _parse_row(dict(zip(header, values, strict=True)), has_fold)
-            sid, pid = parsed["slide_id"], parsed["patient_id"]
-            if sid and sid in seen_slides:
-                problems.append(f"slide {sid!r} already listed on line {seen_slides[sid]}")
-            elif sid:
-                seen_slides[sid] = line
-            if not problems and pid in patient_outcome:
-                first_line, t, e, f = patient_outcome[pid]
-                if (t, e) != (parsed["time"], parsed["event"]):
-                    problems.append(
-                        f"patient {pid!r} has time/event {parsed['time']:g}/{parsed['event']} here "
-                        f"but {t:g}/{e} on line {first_line}"
-                    )
-                if f != parsed["fold"]:
-                    problems.append(
-                        f"patient {pid!r} has fold {parsed['fold']} here but {f} on line {first_line}"
-                    )
-            elif not problems:
-                patient_outcome[pid] = (line, parsed["time"], parsed["event"], parsed["fold"])
-            if features_dir is not None and sid:
-                try:
-                    feature_path = feature_file_for(features_dir, sid)
-                except CohortError as err:
-                    problems.append(str(err))
-                else:
-                    if not feature_path.exists():
-                        problems.append(f"no feature file {feature_path} for slide {sid!r}")
+            problems += across.problems(parsed, line, row_is_valid=not problems)
+            if features_dir is not None and parsed["slide_id"]:
+                problems += _feature_file_problems(features_dir, parsed["slide_id"])
             if problems:
                 errors.append(f"line {line}: " + "; ".join(problems))
             else:
@@ -231,12 +268,5 @@ def read_cohort(
     if not errors and not rows:
         errors.append("no data rows after the header")
     if errors:
-        shown = errors[:_MAX_REPORTED]
-        more = f"\n  ... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        hint = " (run `napari-hila extract` for slides without features)" if features_dir else ""
-        raise CohortError(
-            f"{path}: {len(errors)} bad row(s); fix them and run again{hint}:\n  "
-            + "\n  ".join(shown)
-            + more
-        )
+        raise _report(path, errors, features_dir)
     return Cohort(path=path, rows=rows, time_unit=time_unit)
