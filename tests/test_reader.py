@@ -238,7 +238,9 @@ def test_slide_like_tiffs_are_told_from_the_walk_as_tifffile_would(tmp_path, mon
                 tif.write(data, subfiletype=1 if not options else 0, **options)
         assert _reader._is_slide_like_tiff_parsed(path) is expected, name  # tifffile's answer
         opened = []
-        monkeypatch.setattr(tifffile.TiffFile, "__init__", lambda *a, **k: opened.append(a))
+        monkeypatch.setattr(
+            tifffile.TiffFile, "__init__", lambda *a, _seen=opened, **k: _seen.append(a)
+        )
         assert _reader._is_slide_like_tiff(path) is expected, name
         assert opened == [], "the walk alone decides"
         monkeypatch.undo()
