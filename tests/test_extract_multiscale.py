@@ -64,15 +64,16 @@ def test_finer_than_main_grid_is_refused(sample_slide, tmp_path):
 
 
 def test_coarse_tiles_come_from_pyramid_levels(tmp_path):
-    from napari_hila.features.tile_reader import read_level_for, read_tile, resize_tile
+    from napari_hila.features.tile_reader import read_tile, resize_tile
     from napari_hila.slides import open_slide
+    from napari_hila.slides.base import pick_level
     from napari_hila.slides.synthetic import write_test_slide
 
     path = write_test_slide(tmp_path / "pyr.svs", 4096, 4096, layout="svs", mpp=0.5)
     with open_slide(path) as slide:
         assert slide.level_downsamples[1] == 4
-        assert read_level_for(slide, 1024, 256) == 1  # 5x tile from the 4x-reduced level
-        assert read_level_for(slide, 512, 256) == 0  # 10x tile: no level at 2x, resample level 0
+        assert pick_level(slide.level_downsamples, 1024 / 256) == 1  # 5x tile from the 4x level
+        assert pick_level(slide.level_downsamples, 512 / 256) == 0  # no 2x level: level 0
         from_level = read_tile(slide, 1024, 1024, 1024, 256).astype(float)
         from_full = resize_tile(slide.read_region((1024, 1024), 0, (1024, 1024)), 256).astype(float)
     assert np.abs(from_level - from_full).mean() < 8  # same tissue, JPEG-level differences

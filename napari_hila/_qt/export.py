@@ -30,6 +30,7 @@ from napari_hila._qt.job import BackgroundJob
 from napari_hila.errors import Cancelled, HilaError
 from napari_hila.io_utils import atomic_path
 from napari_hila.results import PredictionResult, risk_standing
+from napari_hila.slides.base import pick_level
 
 BAND_PX = 96  # height of the annotation band under an 800 px wide image (grows with lines)
 
@@ -473,8 +474,9 @@ def read_view(
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Slide pixels of level-0 box ``bbox`` (cut to the slide) at up to ``max_side`` px.
 
-    Reads at the coarsest pyramid level finer than the output needs, so the
-    time follows the size of the output, not of the slide.
+    Reads at the level :func:`~napari_hila.slides.base.pick_level` picks (the
+    coarsest at least as fine as the output needs, within 1%), so the time
+    follows the size of the output, not of the slide.
     """
     x0, y0, x1, y1 = (int(v) for v in bbox)
     x0, y0 = max(x0, 0), max(y0, 0)
@@ -484,7 +486,7 @@ def read_view(
             f"{slide.path}: the region {bbox} lies outside the slide; pan to tissue first"
         )
     wanted = max(max(x1 - x0, y1 - y0) / max_side, 1.0)
-    read_level = max(i for i, d in enumerate(slide.level_downsamples) if d <= wanted or i == 0)
+    read_level = pick_level(slide.level_downsamples, wanted)
     ds = slide.level_downsamples[read_level]
     size = (max(1, int((x1 - x0) / ds)), max(1, int((y1 - y0) / ds)))
     pixels = slide.read_region((x0, y0), read_level, size)

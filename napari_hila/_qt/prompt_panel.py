@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QGridLayout, QToolButton, QWidget
 
 from napari_hila._qt.theme import apply_theme, theme_colors
 from napari_hila.results import PredictionResult, PromptContribution
+from napari_hila.slides.base import pick_level
 
 THUMB_PX = 72
 TOP_PROMPTS = 6  # bars in the chart (readable in a laptop's dock); the lists hold every prompt
@@ -106,14 +107,10 @@ def _disconnect(emitter: Any, callback: Any) -> None:
 def read_thumbnail(
     slide: Any, coords: tuple[int, int], tile: int, side: int = THUMB_PX
 ) -> np.ndarray:
-    """A tile as a ``side`` x ``side`` RGB thumbnail, read at the coarsest adequate level."""
+    """A tile as a ``side`` x ``side`` RGB thumbnail, read at the level ``pick_level`` picks."""
     from skimage.transform import resize
 
-    wanted = tile / side
-    level = 0
-    for i, downsample in enumerate(slide.level_downsamples):
-        if downsample <= wanted:
-            level = i
+    level = pick_level(slide.level_downsamples, tile / side)
     downsample = slide.level_downsamples[level]
     size = max(1, int(round(tile / downsample)))
     region = slide.read_region((int(coords[0]), int(coords[1])), level, (size, size))

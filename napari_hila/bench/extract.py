@@ -43,6 +43,7 @@ from napari_hila.bench.io import _reset_peak_rss, _rss_mb
 from napari_hila.bench.timing import check_at_most_one, interleave, spread
 from napari_hila.devices import DEVICE_CHOICES, resolve_device
 from napari_hila.slides import detect_tissue, make_grids, open_slide
+from napari_hila.slides.base import pick_level
 from napari_hila.slides.synthetic import cached_test_slide
 
 # Imported where used, not here: torch and features.extract (torch, 2.7 s) and
@@ -284,13 +285,12 @@ def _detect_tissue_memory(slide) -> tuple[Any, dict[str, Any]]:
 
 def _bench_slide(path: Path, args: argparse.Namespace, encoder) -> dict[str, Any]:
     from napari_hila.features.extract import available_cores
-    from napari_hila.features.tile_reader import read_level_for
 
     threads = available_cores()  # every core, as extraction uses
     with open_slide(path) as slide:
         tissue, tissue_row = _detect_tissue_memory(slide)
         grids = make_grids(slide, tissue)
-        level = read_level_for(slide, grids.patch_size, grids.patch_px)
+        level = pick_level(slide.level_downsamples, grids.patch_size / grids.patch_px)
         downsample = slide.level_downsamples[level]
         info = {
             "slide": str(path),

@@ -1,9 +1,9 @@
 """Reading grid tiles in batches, a few batches ahead, in background threads.
 
 A tile is ``size`` level-0 px square and is delivered ``out_px`` square: it is
-read from the coarsest pyramid level that is still at least as fine as asked
-(so a 4096 px region for a 224 px encoder comes from a low-resolution level
-when the file has one) and resized with a box filter. OpenSlide and tifffile
+read from the level ``slides.base.pick_level`` picks (the coarsest at least as
+fine as asked, within 1%: a 4096 px region for a 224 px encoder comes from a
+low-resolution level when the file has one) and resized with a box filter. OpenSlide and tifffile
 release the GIL while decoding, so reader threads overlap with the encoder.
 """
 
@@ -19,15 +19,10 @@ import numpy as np
 from numba import njit
 from PIL import Image
 
+from napari_hila.slides.base import pick_level
+
 DEFAULT_READ_THREADS = 2
 DEFAULT_PREFETCH = 3  # batches in flight ahead of the encoder
-
-
-def read_level_for(slide, size: int, out_px: int) -> int:
-    """Index of the coarsest file level whose pixels are at most ``size / out_px`` level-0 px."""
-    wanted = size / out_px
-    fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= wanted * 1.01]
-    return fine_enough[-1] if fine_enough else 0
 
 
 @njit(cache=True, nogil=True)
@@ -92,7 +87,7 @@ def read_tile(
     ``out`` as in :func:`resize_tile`.
     """
     if level is None:
-        level = read_level_for(slide, size, out_px)
+        level = pick_level(slide.level_downsamples, size / out_px)
     downsample = slide.level_downsamples[level]
     side = max(1, math.ceil(size / downsample))
     factor = side // out_px
@@ -139,7 +134,7 @@ def iter_tile_batches(
     idling while the other stage catches up.
     """
     coords = np.asarray(coords)
-    level = read_level_for(slide, size, out_px)
+    level = pick_level(slide.level_downsamples, size / out_px)
     starts = iter(range(start, len(coords), batch_size))
     pending: deque[tuple[int, Future]] = deque()
     threads = max(1, threads)

@@ -11,6 +11,7 @@ import abc
 import hashlib
 import math
 import os
+from collections.abc import Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,29 @@ _FINGERPRINT_CHUNK = 1 << 16
 #: Reduced reads (thumbnail, tissue view) fetch the source level in blocks of at
 #: most this many px a side, so peak memory is a few blocks plus the output.
 REDUCE_BLOCK = 1024
+#: A level is "fine enough" for a wanted downsample up to 1% above it. A file's
+#: downsamples are ratios of whole level sizes, so the level standing for 4x on a
+#: 99,999 px slide (24,999 px) is 4.00016x: without the slack a 4x read would skip
+#: it and read level 0, 16 times the pixels, for an image at most 1% sharper.
+LEVEL_TOLERANCE = 1.01
+
+
+def pick_level(downsamples: Sequence[float], wanted: float) -> int:
+    """Index of the level to read for ``wanted`` level-0 px per output px.
+
+    The coarsest level whose downsample is at most ``wanted * LEVEL_TOLERANCE``,
+    so the read is never coarser than asked beyond the 1% slack (the caller then
+    reduces it, or enlarges it by at most 1%); 0 when every level is coarser
+    (``wanted`` below 1: level 0 is enlarged). ``downsamples`` are finest first:
+    ``Slide.level_downsamples`` for :meth:`Slide.read_region` levels (a cut
+    file's list ends at its last whole level), ``Slide.pyramid_downsamples()``
+    for :meth:`Slide.level_arrays` (the file's levels, then computed ones).
+    Every reader that picks a level (tiles, thumbnails, the viewer's exports,
+    reduced whole-slide reads) picks it here.
+    """
+    limit = wanted * LEVEL_TOLERANCE
+    fine_enough = [i for i, d in enumerate(downsamples) if d <= limit]
+    return fine_enough[-1] if fine_enough else 0
 
 
 def file_pixel_size(mpp: float | None, origin: str) -> tuple[float | None, str]:
@@ -244,21 +268,15 @@ class Slide(abc.ABC):
         """Downsample of each array of :meth:`pyramid` relative to level 0."""
         return list(self._level_views[1])
 
-    def best_pyramid_level(self, downsample: float) -> int:
-        """Index of the coarsest pyramid level at least as fine as ``downsample``."""
-        downsamples = self.pyramid_downsamples()
-        fine_enough = [i for i, d in enumerate(downsamples) if d <= downsample * 1.01]
-        return fine_enough[-1] if fine_enough else 0
-
     def read_reduced(self, downsample: float) -> tuple[np.ndarray, float]:
         """The whole slide at about ``downsample`` (level-0 px per px), and the exact downsample.
 
-        Picks the coarsest pyramid level at least as fine, then box-averages it by
+        Picks the pyramid level with :func:`pick_level`, then box-averages it by
         the integer factor nearest to what is left, block by block into the output,
         so nothing much larger than the result is ever held (an 80,000 px slide's
         8 um/px view costs the same few MB of reads per block as a 20,000 px one).
         """
-        index = self.best_pyramid_level(max(downsample, 1.0))
+        index = pick_level(self.pyramid_downsamples(), max(downsample, 1.0))
         level = self.level_arrays()[index]
         if index < self.level_count:  # a file level: one pass that need not be cached
             level = LevelArray(
