@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_hila.modelfile.model_card import ModelCard
 from napari_hila.results import PredictionResult, survival_curve_at, survival_horizon
-from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk
+from napari_hila.survival.km import GroupComparison, compare_risk_groups
 
 __all__ = [
     "cohort_groups",
@@ -28,6 +28,7 @@ __all__ = [
 HIGH_COLOUR = "#d62728"
 LOW_COLOUR = "#1f77b4"
 PATIENT_COLOUR = "#2ca02c"
+GROUP_COLOURS = {"high": HIGH_COLOUR, "low": LOW_COLOUR}
 
 
 def _new_axes(ax, size=(6.4, 4.8)):
@@ -87,86 +88,110 @@ def plot_cohort_km(
 
     ``patient_survival`` is the slide's predicted S(t) per time bin, either
     ``(edges, survival)`` or just ``survival`` with ``time_bin_edges`` (default:
-    the card's); it is drawn as a step over the bins. Numbers at risk are
-    written under the x axis. Returns ``logrank_p``, group sizes and medians.
+    the card's); it is drawn as a step over the bins. Numbers at risk (at
+    ``at_risk_rows`` times) are written under the x axis. The numbers come from
+    :func:`survival.km.compare_risk_groups`; this only draws them. Returns
+    ``logrank_p``, group sizes, medians and numbers at risk.
     """
     ax = _new_axes(ax)
     card = ModelCard.of(card)
     time, event, high, how = cohort_groups(card)
-    unit = card.time_unit
-    info: dict[str, Any] = {"split": how, "n_high": int(high.sum()), "n_low": int((~high).sum())}
     if len(time) == 0:
-        ax.text(
-            0.5,
-            0.5,
-            "this model's card stores no cohort",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-        ax.set_axis_off()
-        info["logrank_p"] = None
-        return info
-    p = logrank_p(time, event, high)
-    info["logrank_p"] = None if np.isnan(p) else p
-    for mask, colour, name in ((high, HIGH_COLOUR, "high risk"), (~high, LOW_COLOUR, "low risk")):
-        if mask.any():
-            curve = kaplan_meier(time[mask], event[mask])
-            _step(ax, curve, colour, f"{name} (n={int(mask.sum())})")
-            info[f"median_{name.split()[0]}"] = curve.median()
-    horizon = float(time.max())
+        _draw_no_cohort(ax)
+        return {"split": how, "n_high": 0, "n_low": 0, "logrank_p": None}
+    comparison = compare_risk_groups(time, event, high, at_risk_rows)
+    for group in comparison.groups:
+        if group.curve is not None:
+            label = f"{group.name} risk (n={group.n_patients})"
+            _step(ax, group.curve, GROUP_COLOURS[group.name], label)
     if patient_survival is not None:
-        if isinstance(patient_survival, tuple):
-            edges, surv = patient_survival
-        else:
-            edges, surv = (
-                (time_bin_edges if time_bin_edges is not None else card.time_bin_edges),
+        edges, surv = (
+            patient_survival
+            if isinstance(patient_survival, tuple)
+            else (
+                time_bin_edges if time_bin_edges is not None else card.time_bin_edges,
                 patient_survival,
             )
-        # the model's curve as the dock reads it (hazard constant inside a bin), up to the
-        # last finite bin edge: beyond it the model says nothing
-        surv = np.asarray(surv, float)
-        edges = np.asarray([np.inf if e is None else float(e) for e in edges], float)
-        end = min(survival_horizon(edges), horizon)
-        inner = edges[(edges > 0) & (edges < end)]
-        xs = np.unique(np.r_[np.linspace(0.0, end, 120), inner])
-        ys = survival_curve_at(edges, surv, xs)
-        ax.plot(
-            xs,
-            ys,
-            color=PATIENT_COLOUR,
-            linestyle="--",
-            linewidth=2,
-            label=patient_label,
         )
-    ax.set_xlim(0, horizon)
+        xs, ys = _patient_curve_points(edges, surv, comparison.horizon)
+        ax.plot(xs, ys, color=PATIENT_COLOUR, linestyle="--", linewidth=2, label=patient_label)
+    _draw_km_frame(ax, comparison, card.time_unit, how)
+    _draw_numbers_at_risk(ax, comparison)
+    return _km_numbers(comparison, how)
+
+
+def _km_numbers(comparison: GroupComparison, how: str) -> dict[str, Any]:
+    """What :func:`plot_cohort_km` drew, for captions: sizes, p, medians, numbers at risk."""
+    info: dict[str, Any] = {
+        "split": how,
+        "n_high": comparison.high.n_patients,
+        "n_low": comparison.low.n_patients,
+        "logrank_p": comparison.logrank_p,
+    }
+    for group in comparison.groups:
+        if group.curve is not None:
+            info[f"median_{group.name}"] = group.median
+    info["at_risk_times"] = comparison.at_risk_times.tolist()
+    for group in comparison.groups:
+        info[f"at_risk_{group.name}"] = group.at_risk.tolist()
+    return info
+
+
+def _patient_curve_points(edges, survival, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The model's S(t) as the dock reads it (hazard constant inside a bin), sampled to plot.
+
+    Up to the last finite bin edge or ``horizon``, whichever comes first:
+    beyond the last edge the model says nothing.
+    """
+    survival = np.asarray(survival, float)
+    edges = np.asarray([np.inf if e is None else float(e) for e in edges], float)
+    end = min(survival_horizon(edges), horizon)
+    inner = edges[(edges > 0) & (edges < end)]
+    xs = np.unique(np.r_[np.linspace(0.0, end, 120), inner])
+    return xs, survival_curve_at(edges, survival, xs)
+
+
+def _draw_no_cohort(ax) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        "this model's card stores no cohort",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+    )
+    ax.set_axis_off()
+
+
+def _draw_km_frame(ax, comparison: GroupComparison, unit: str, how: str) -> None:
+    """Axes limits and labels, the log-rank title and the legend."""
+    ax.set_xlim(0, comparison.horizon)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("survival probability")
-    p_text = "n/a" if info["logrank_p"] is None else f"{info['logrank_p']:.3g}"
+    p_text = "n/a" if comparison.logrank_p is None else f"{comparison.logrank_p:.3g}"
     # Short lines: the same figure goes into a narrow dock in the viewer.
     split = "out-of-fold risk groups" if how.startswith("out-of-fold") else "risk above threshold"
     ax.set_title(f"log-rank p = {p_text} ({split})", fontsize=8)
     ax.legend(loc="best", fontsize=7, frameon=True, framealpha=0.8)
-    ticks = np.linspace(0, horizon, at_risk_rows)
-    info["at_risk_times"] = ticks.tolist()
-    for row, (mask, colour, name) in enumerate(
-        ((high, HIGH_COLOUR, "high"), (~high, LOW_COLOUR, "low"))
-    ):
-        counts = numbers_at_risk(time[mask], ticks)
-        info[f"at_risk_{name}"] = counts.tolist()
+
+
+def _draw_numbers_at_risk(ax, comparison: GroupComparison) -> None:
+    """One row per group under the x axis: 'at risk, <group>' then the count at each time."""
+    for row, group in enumerate(comparison.groups):
+        colour = GROUP_COLOURS[group.name]
         y = -0.2 - 0.08 * row
         ax.text(
             -0.06,
             y,
-            f"at risk, {name}",
+            f"at risk, {group.name}",
             transform=ax.transAxes,
             ha="right",
             va="center",
             fontsize=7,
             color=colour,
         )
-        for t, n in zip(ticks, counts, strict=True):
+        for t, n in zip(comparison.at_risk_times, group.at_risk, strict=True):
             ax.annotate(
                 str(int(n)),
                 (t, y),
@@ -176,7 +201,6 @@ def plot_cohort_km(
                 fontsize=7,
                 color=colour,
             )
-    return info
 
 
 def contribution_values(contributions) -> tuple[np.ndarray, str]:

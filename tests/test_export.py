@@ -226,6 +226,34 @@ def test_km_plot_numbers_match_lifelines():
     assert info["at_risk_high"][0] == high.sum() and info["at_risk_low"][0] == (~high).sum()
 
 
+def test_km_plot_draws_the_worked_example_numbers():
+    """The log-rank example (tests/test_survival_metrics.py) as a card: the figure shows its numbers."""
+    card = {
+        "time_unit": "months",
+        "risk_threshold": 0.0,
+        "cohort": {
+            "time": [1, 2, 3, 5, 2, 4, 5, 6],
+            "event": [1, 1, 1, 1, 0, 0, 1, 0],
+            "risk": [1.0] * 4 + [-1.0] * 4,
+        },
+    }
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot(1, 1, 1)
+    info = plot_cohort_km(card, ax=ax, at_risk_rows=4)
+    assert info["logrank_p"] == pytest.approx(0.040445, abs=1e-6)
+    assert (info["median_high"], info["median_low"]) == (2.0, 5.0)
+    assert info["at_risk_times"] == [0, 2, 4, 6]
+    assert (info["at_risk_high"], info["at_risk_low"]) == ([4, 3, 1, 0], [4, 4, 3, 1])
+    assert ax.get_title() == "log-rank p = 0.0404 (risk above threshold)"
+    drawn = [t.get_text() for t in ax.texts]
+    assert drawn == ["at risk, high", "4", "3", "1", "0", "at risk, low", "4", "4", "3", "1"]
+    assert [line.get_label() for line in ax.get_legend().get_lines()] == [
+        "high risk (n=4)",
+        "low risk (n=4)",
+    ]
+
+
 def test_contribution_plot_ranks_by_size():
     info = plot_prompt_contributions(make_result())
     assert info["names"] == ["dense nuclei", "solid sheets"]

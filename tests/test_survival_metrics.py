@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from napari_hila.survival.km import kaplan_meier, logrank_p, numbers_at_risk, split_by_risk
+from napari_hila.survival.km import (
+    compare_risk_groups,
+    kaplan_meier,
+    logrank_p,
+    numbers_at_risk,
+    split_by_risk,
+)
 from napari_hila.survival.metrics import concordance_counts, concordance_index, patient_risks
 
 
@@ -195,6 +201,44 @@ def test_logrank_equals_the_test_worked_by_hand():
     assert p == pytest.approx(math.erfc(math.sqrt(float(chi2) / 2)), rel=1e-9)
     assert p == pytest.approx(0.040445, abs=1e-6)
     assert logrank_p(time, event, ~in_a) == pytest.approx(p)  # symmetric in the groups
+
+
+def test_group_comparison_equals_the_worked_examples():
+    """The log-rank example's groups, as the Kaplan-Meier figure shows them.
+
+    A (high) dies at 1, 2, 3, 5: S = 3/4, 1/2, 1/4, 0, median 2. B (low) is
+    censored at 2, 4, 6 and dies at 5 with 2 at risk: S = 1/2 from 5, median 5.
+    Numbers at risk at 0, 2, 4, 6 (4 points up to the longest follow-up, 6):
+    A 4, 3, 1, 0; B 4, 4, 3, 1. p is the worked log-rank test's 0.040445.
+    """
+    time = np.array([1, 2, 3, 5, 2, 4, 5, 6], float)
+    event = np.array([1, 1, 1, 1, 0, 0, 1, 0])
+    in_a = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    comparison = compare_risk_groups(time, event, in_a, at_risk_points=4)
+    high, low = comparison.groups
+    assert comparison.logrank_p == pytest.approx(0.040445, abs=1e-6)
+    assert comparison.horizon == 6.0
+    np.testing.assert_array_equal(comparison.at_risk_times, [0, 2, 4, 6])
+    assert (high.name, high.n_patients, low.name, low.n_patients) == ("high", 4, "low", 4)
+    np.testing.assert_array_equal(high.at_risk, [4, 3, 1, 0])
+    np.testing.assert_array_equal(low.at_risk, [4, 4, 3, 1])
+    np.testing.assert_allclose(high.curve.survival_at([1, 2, 3, 5]), [3 / 4, 1 / 2, 1 / 4, 0])
+    np.testing.assert_allclose(low.curve.survival_at([4.9, 5, 6]), [1, 1 / 2, 1 / 2])
+    assert (high.median, low.median) == (2.0, 5.0)
+
+    # the product-limit example as one group: the other is empty, nothing to compare
+    time = np.array([1, 2, 2, 3, 4, 5, 5, 6], float)
+    event = np.array([1, 1, 0, 1, 0, 1, 1, 0])
+    alone = compare_risk_groups(time, event, np.zeros(8, bool), at_risk_points=4)
+    assert alone.logrank_p is None and alone.high.curve is None and alone.high.median is None
+    np.testing.assert_array_equal(alone.high.at_risk, [0, 0, 0, 0])
+    np.testing.assert_array_equal(alone.low.at_risk, [8, 7, 4, 1])  # at 0, 2, 4, 6
+    np.testing.assert_allclose(
+        alone.low.curve.survival, [1, 7 / 8, 3 / 4, 3 / 5, 3 / 5, 1 / 5, 1 / 5]
+    )
+    assert alone.low.median == 5.0
+    with pytest.raises(ValueError, match="one entry per patient"):
+        compare_risk_groups(time, event, np.zeros(7, bool))
 
 
 def test_numbers_at_risk_and_median():

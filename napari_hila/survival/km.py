@@ -2,6 +2,9 @@
 
 lifelines does the statistics; this module turns its output into plain numpy
 so the plotting code, the model card and the viewer never touch pandas.
+:func:`compare_risk_groups` computes everything a two-group Kaplan-Meier
+figure shows (curves, medians, log-rank p, numbers at risk), so the figure
+(``plotting.plot_cohort_km``) only draws.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import numpy as np
 # loads with plotting, export and every napari-hila command (tests/test_startup_imports.py).
 
 __all__ = [
+    "GroupComparison",
     "KaplanMeierCurve",
+    "RiskGroup",
+    "compare_risk_groups",
     "kaplan_meier",
-    "numbers_at_risk",
     "logrank_p",
+    "numbers_at_risk",
     "split_by_risk",
 ]
 
@@ -103,3 +109,60 @@ def logrank_p(time, event, group) -> float:
 def split_by_risk(risk, threshold: float) -> np.ndarray:
     """Boolean high-risk mask: risk strictly above ``threshold``."""
     return np.asarray(risk, float) > float(threshold)
+
+
+@dataclass
+class RiskGroup:
+    """One group of a :class:`GroupComparison`."""
+
+    name: str  # "high" or "low"
+    n_patients: int
+    curve: KaplanMeierCurve | None  # None for an empty group
+    at_risk: np.ndarray  # patients still followed at each of the comparison's at_risk_times
+
+    @property
+    def median(self) -> float | None:
+        """Median survival time (``inf`` if never reached), None for an empty group."""
+        return None if self.curve is None else self.curve.median()
+
+
+@dataclass
+class GroupComparison:
+    """A cohort's high- and low-risk groups, as a Kaplan-Meier figure shows them."""
+
+    high: RiskGroup
+    low: RiskGroup
+    logrank_p: float | None  # None when a group is empty (nothing to compare)
+    horizon: float  # the longest follow-up: the figure's time axis ends here
+    at_risk_times: np.ndarray  # evenly spaced from 0 to ``horizon``
+
+    @property
+    def groups(self) -> tuple[RiskGroup, RiskGroup]:
+        return self.high, self.low
+
+
+def compare_risk_groups(time, event, high, at_risk_points: int = 5) -> GroupComparison:
+    """Kaplan-Meier curve, median and numbers at risk of each group, and their log-rank p.
+
+    ``high`` is the boolean high-risk mask; numbers at risk are counted at
+    ``at_risk_points`` times evenly spaced from 0 to the longest follow-up.
+    """
+    time, event = _clean(time, event)
+    high = np.asarray(high).ravel().astype(bool)
+    if len(high) != len(time):
+        raise ValueError("the group mask must have one entry per patient")
+    horizon = float(time.max())
+    ticks = np.linspace(0.0, horizon, at_risk_points)
+
+    def group(name: str, mask: np.ndarray) -> RiskGroup:
+        curve = kaplan_meier(time[mask], event[mask]) if mask.any() else None
+        return RiskGroup(name, int(mask.sum()), curve, numbers_at_risk(time[mask], ticks))
+
+    p = logrank_p(time, event, high)
+    return GroupComparison(
+        high=group("high", high),
+        low=group("low", ~high),
+        logrank_p=None if np.isnan(p) else p,
+        horizon=horizon,
+        at_risk_times=ticks,
+    )
