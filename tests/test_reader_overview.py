@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_hila import _reader
-from napari_hila.slides import base, tiles
+from napari_hila.slides import base, tiff_tile_reads
 from napari_hila.slides.synthetic import write_test_slide
 
 
@@ -26,7 +26,7 @@ def test_flat_slide_overview_announced_once_then_read_from_disk(tmp_path, monkey
     def no_decoding(*args, **kwargs):
         raise AssertionError("the re-open decoded tiles for the overview")
 
-    monkeypatch.setattr(tiles.TiledLevel, "_decode_reduced_tile", no_decoding)
+    monkeypatch.setattr(tiff_tile_reads.TiledLevel, "_decode_reduced_tile", no_decoding)
     ((again, _, _),) = _reader.read_slide(str(path))
     assert len(infos) == 1  # nothing to announce: the overview is on disk
     np.testing.assert_array_equal(np.asarray(again[-1]), first)

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_hila.slides import base, open_slide, tiles
+from napari_hila.slides import base, open_slide, tiff_tile_reads
 from napari_hila.slides.jpeg import decode_jpeg_scaled, jpeg_segments, tiff_jpeg_stream
 from napari_hila.slides.synthetic import write_test_slide
 
@@ -48,7 +48,7 @@ def tissue(sample_slide):
 def _counting(monkeypatch) -> dict[str, list]:
     """Count full tile decodes and DCT-scaled decodes (by scale) from here on."""
     calls: dict[str, list] = {"full": [], "scaled": []}
-    full, scaled = tiles.TiledLevel._decode_tile, tiles.decode_jpeg_scaled
+    full, scaled = tiff_tile_reads.TiledLevel._decode_tile, tiff_tile_reads.decode_jpeg_scaled
 
     def counted_full(self, row, column):
         calls["full"].append((row, column))
@@ -58,8 +58,8 @@ def _counting(monkeypatch) -> dict[str, list]:
         calls["scaled"].append(scale)
         return scaled(stream, size, scale, colorspace)
 
-    monkeypatch.setattr(tiles.TiledLevel, "_decode_tile", counted_full)
-    monkeypatch.setattr(tiles, "decode_jpeg_scaled", counted_scaled)
+    monkeypatch.setattr(tiff_tile_reads.TiledLevel, "_decode_tile", counted_full)
+    monkeypatch.setattr(tiff_tile_reads, "decode_jpeg_scaled", counted_scaled)
     return calls
 
 

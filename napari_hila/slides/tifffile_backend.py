@@ -3,7 +3,7 @@
 This backend also sees pyramids OpenSlide reads as one level: OME-TIFF whose
 reduced levels are SubIFDs, and TIFF pyramids whose reduced levels are plain
 top-level pages without the reduced-resolution flag. Tiled RGB levels are
-read by decoding just the tiles a box touches (``tiles.py``); other layouts
+read by decoding just the tiles a box touches (``tiff_tile_reads.py``); other layouts
 (strips, planar, extra axes) go through tifffile's zarr store. Either way each
 level is a dask array chunked at the file's tiles.
 """
@@ -42,7 +42,7 @@ from napari_hila.slides.tiff_checks import (
     tifffile_log,
     walk_directories,
 )
-from napari_hila.slides.tiles import FileBytes, TiledLevel, is_fast_path_page
+from napari_hila.slides.tiff_tile_reads import FileBytes, TiledLevel, is_fast_path_page
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -170,7 +170,7 @@ class TiffSurvey:
 
     @property
     def fast(self) -> bool:
-        """Every level is tiled 8-bit and decodable tile by tile (``tiles.py``)."""
+        """Every level is tiled 8-bit and decodable tile by tile (``tiff_tile_reads.py``)."""
         return self.decode_problem is None and all(
             s.axes in ("YX", "YXS") and is_fast_path_page(s.keyframe) for s in self.levels
         )

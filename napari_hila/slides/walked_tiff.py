@@ -7,7 +7,7 @@ open). The walk of the IFD chain that checks the file is whole
 pyramid of JPEG tiles needs: sizes, tiles, colour, JPEG tables, description.
 :func:`aperio_layout` (Aperio SVS) and :func:`generic_layout` (a tiled TIFF
 whose pages are its levels, as vips writes them) turn it into the levels the
-tile reader decodes (``tiles.TiledLevel``), JPEG tiles decoded by imagecodecs
+tile reader decodes (``tiff_tile_reads.TiledLevel``), JPEG tiles decoded by imagecodecs
 exactly as tifffile decodes them, grouped as tifffile's series would group
 them. Anything else (other compressions, focal planes, damage, odd samples,
 private tags, special descriptions) returns None and goes through tifffile as
