@@ -124,7 +124,7 @@ def test_predict_into_unwritable_out_fails_before_any_work(sample_slide, tmp_pat
         raise PermissionError(errno.EACCES, "Permission denied", str(out))
 
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    from napari_hila import predict
+    from napari_hila.commands import predict
 
     monkeypatch.setattr(predict, "predict_slide", lambda *a, **k: pytest.fail("did the work"))
     code = main(["predict", str(sample_slide), "--out", str(out)])

@@ -19,8 +19,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from napari_hila.commands.cluster import add_cluster_arguments, wants_cluster
+from napari_hila.commands.cluster import add_cluster_arguments, cluster_client, wants_cluster
 from napari_hila.commands.options import add_mpp_argument, add_slide_search_arguments, at_least
+from napari_hila.errors import HilaError
+from napari_hila.io_utils import write_failure
+from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
+from napari_hila.slides.opener import slide_warnings_printed
+
+# Imported where used, not here: every command builds the whole parser, which imports
+# this module (0.25 s; tests/test_startup_imports.py). napari_hila.encoders and
+# features.extract / extract_many load torch (0.9-1.4 s on top of the parser, measured
+# here), and tqdm.auto adds 24 ms (a tenth of the parser) for extract's progress bars.
 
 #: ``--precision`` choices (encoders.vit.resolve_precision; named here so --help loads no torch)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -75,10 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bfloat16 or float16 on a GPU, float32 on the CPU); one set explicitly is part of "
         "the cache key and the feature files' names, so it gets its own files",
     )
-    # the grid's one definition (slides.grids); importing it costs ~0.1 s of --help
-    from napari_hila.slides.grids import PATCH_PX, REGION_PX, TARGET_MPP
-
-    parser.add_argument(
+    parser.add_argument(  # the grid's one definition: slides.grids
         "--patch-px", type=int, default=PATCH_PX, help=f"patch side at target mpp ({PATCH_PX})"
     )
     parser.add_argument(
@@ -133,8 +139,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 def _check_options(options: dict) -> None:
     """Fail once, before any slide, on settings that would fail every slide."""
-    from napari_hila.encoders import get_encoder_spec
-    from napari_hila.errors import HilaError
+    from napari_hila.encoders import get_encoder_spec  # torch: see the imports above
 
     for key in ("encoder", "region_encoder"):
         if options[key]:
@@ -149,7 +154,7 @@ def _check_options(options: dict) -> None:
                 f"--{key.replace('_', '-')} {options[key]}: no such file or folder; give the "
                 "path of the encoder's local weights"
             )
-    from napari_hila.features.extract import check_encoders_load
+    from napari_hila.features.extract import check_encoders_load  # torch
 
     check_encoders_load(
         *(options[k] for k in ("encoder", "weights", "region_encoder", "region_weights")),
@@ -161,12 +166,10 @@ def _check_options(options: dict) -> None:
 
 def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
     """A command's ``run`` that prints each slide's warnings once (pixel size assumed,
-    levels left out), however often it opens the slide; slides are imported only when it runs."""
+    levels left out), however often it opens the slide."""
 
     @functools.wraps(run)
     def run_printing(args: argparse.Namespace) -> int:
-        from napari_hila.slides.opener import slide_warnings_printed
-
         with slide_warnings_printed():
             return run(args)
 
@@ -174,7 +177,7 @@ def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # 24 ms, and torch below: see the imports above
 
     from napari_hila.features.extract_many import (
         extract_many,
@@ -182,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
         format_summary,
         write_summary_csv,
     )
-    from napari_hila.slides.opener import slide_warnings_printed
 
     options = options_from_args(args)
     _check_options(options)
@@ -248,15 +250,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"summary: {write_summary_csv(Path(args.out) / 'summary.csv', rows)}")
     except OSError as err:  # a read-only cache that had every slide: the table above is it
-        from napari_hila.io_utils import write_failure
-
         print(f"note: {write_failure(args.out, err, 'summary.csv')}", file=sys.stderr)
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 def _run_on_cluster(slides, args, options, on_row) -> list[dict]:
-    from napari_hila.commands.cluster import cluster_client
-    from napari_hila.features.extract_many import extract_on_cluster
+    from napari_hila.features.extract_many import extract_on_cluster  # torch
 
     with cluster_client(args, len(slides)) as client:
         return extract_on_cluster(slides, args.out, options, client, on_row)

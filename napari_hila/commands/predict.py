@@ -26,14 +26,33 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from napari_hila.commands.cluster import add_cluster_arguments
+from napari_hila.commands.cluster import add_cluster_arguments, cluster_client, wants_cluster
 from napari_hila.commands.extract import printing_slide_warnings
 from napari_hila.commands.options import (
     add_mpp_argument,
     add_slide_search_arguments,
     add_threads_argument,
 )
+from napari_hila.devices import configure_torch_threads
+from napari_hila.errors import HilaError, ModelFileError
+from napari_hila.export import NO_PIXELS_NOTE, write_prediction_folder
+from napari_hila.io_utils import check_writable_folder
+from napari_hila.predict import FEATURE_SUFFIXES, predict_features, predict_slide
+from napari_hila.predict_many import (
+    LIST_SUFFIXES,
+    items_in_cohort,
+    items_in_folder,
+    items_in_list,
+    predict_many,
+)
+from napari_hila.resources import demo_model_path
+from napari_hila.slides import SLIDE_SUFFIXES
+
+# All light: predict, predict_many and export load torch only when a model runs. Every
+# command builds the whole parser, which imports this module; these add 3 ms to it
+# (predict_many; the rest it already loads). tests/test_startup_imports.py holds it.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,9 +159,6 @@ def result_summary(result, top: int = 3) -> str:
 
 def default_model_path():
     """The shipped demo model directory."""
-    from napari_hila.errors import ModelFileError
-    from napari_hila.resources import demo_model_path
-
     try:
         return demo_model_path()
     except FileNotFoundError:
@@ -154,13 +170,6 @@ def default_model_path():
 def input_kind(path: str) -> str:
     """ "slide", "features", "folder", "list" (.txt: one file per line) or "cohort" (.csv),
     from what ``path`` is; anything else is one clear error."""
-    from pathlib import Path
-
-    from napari_hila.errors import HilaError
-    from napari_hila.predict import FEATURE_SUFFIXES
-    from napari_hila.predict_many import LIST_SUFFIXES
-    from napari_hila.slides import SLIDE_SUFFIXES
-
     p = Path(path)
     suffix = p.suffix.lower()
     if p.is_file() and suffix in FEATURE_SUFFIXES:
@@ -182,15 +191,6 @@ def input_kind(path: str) -> str:
 
 def predict_several(args: argparse.Namespace, kind: str, model) -> int:
     """Many slides into one folder each; the tables; exit 1 when any slide failed."""
-    from napari_hila.commands.cluster import cluster_client, wants_cluster
-    from napari_hila.errors import HilaError
-    from napari_hila.predict_many import (
-        items_in_cohort,
-        items_in_folder,
-        items_in_list,
-        predict_many,
-    )
-
     if kind == "folder":
         items = items_in_folder(args.slide, recursive=args.recursive, pattern=args.pattern)
     elif kind == "list":
@@ -223,11 +223,6 @@ def predict_several(args: argparse.Namespace, kind: str, model) -> int:
 
 @printing_slide_warnings
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from napari_hila.devices import configure_torch_threads
-    from napari_hila.io_utils import check_writable_folder
-
     kind = input_kind(args.slide)
     check_writable_folder(args.out, "the prediction's outputs")  # before any work, not after
     configure_torch_threads(args.threads)
@@ -236,22 +231,14 @@ def run(args: argparse.Namespace) -> int:
     if kind in ("folder", "list", "cohort"):
         return predict_several(args, kind, model)
     if args.scheduler or args.workers:
-        from napari_hila.errors import HilaError
-
         raise HilaError(
             "--scheduler/--workers spread many slides over a cluster; for one slide leave them "
             "out (or give a folder, a list file or a cohort CSV)"
         )
-    from napari_hila.export import NO_PIXELS_NOTE, write_prediction_folder
-
     progress = None if args.quiet else StageProgress()
     if kind == "features":
-        from napari_hila.predict import predict_features
-
         result = predict_features(args.slide, model, device=args.device, progress=progress)
     else:
-        from napari_hila.predict import predict_slide
-
         result = predict_slide(
             args.slide,
             model,
