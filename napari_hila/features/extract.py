@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -371,6 +372,252 @@ def encode_regions(
     return np.concatenate(parts).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One extraction's arguments, checked once: what keys the cache and how to encode."""
+
+    slide_path: Path
+    encoder: str
+    region_encoder: str | None
+    weights: str | os.PathLike | None
+    region_weights: str | os.PathLike | None
+    device: str
+    precision: str | None  # asked for explicitly (networks only); None: auto
+    region_mode: str
+    patch_px: int
+    region_px: int
+    target_mpp: float
+    scales: tuple[str, ...] | None  # extra magnifications, coarsest first
+    settings: dict  # what names the cache file (features.cache.cache_path)
+    version: str  # the patch encoder's weights digest (or its own version)
+    networks: bool  # the patch encoder has weights
+
+    @property
+    def region_name(self) -> str:
+        """The ``region_encoder`` a feature file records."""
+        if self.region_mode != "view":
+            return f"mean({self.encoder})"
+        return self.settings["region_encoder"] or self.encoder
+
+    def load_encoders(self):
+        """(patch encoder, region encoder or None for "mean" regions), loaded once per process."""
+        patch = vision_encoder(self.encoder, self.weights, self.device, self.precision)
+        if self.region_mode != "view":
+            return patch, None
+        if not self.settings["region_encoder"]:
+            return patch, patch
+        region_weights = self.region_weights or self.weights
+        return patch, vision_encoder(
+            self.region_encoder, region_weights, self.device, self.precision
+        )
+
+    def expected_attrs(self, fingerprint: str, slide_mpp: float) -> dict:
+        """The attributes a cached file must have to be reused for this request."""
+        expected = {
+            "encoder": self.encoder,
+            "encoder_version": self.version,
+            "region_encoder": self.region_name,
+            "patch_px": self.patch_px,
+            "region_px": self.region_px,
+            "target_mpp": self.target_mpp,
+            "slide_fingerprint": fingerprint,
+            "mpp": float(slide_mpp),
+        }
+        if self.networks:  # files from before the owners' preprocessing (bilinear) are not reused
+            expected["preprocess_version"] = PREPROCESS_VERSION
+        if self.precision:
+            expected["encoder_dtype"] = self.precision
+        return expected
+
+
+def _request(
+    slide_path,
+    *,
+    encoder,
+    region_encoder,
+    weights,
+    region_weights,
+    device,
+    patch_px,
+    region_px,
+    target_mpp,
+    region_mode,
+    magnifications,
+    mpp,
+    encoder_version,
+    precision,
+) -> _Request:
+    """Check the arguments (before any slide is opened) and work out the cache settings."""
+    from napari_hila.encoders.registry import get_encoder_spec
+    from napari_hila.slides import check_mpp
+
+    if region_mode not in REGION_MODES:
+        raise ValueError(f"region_mode must be one of {REGION_MODES}, not {region_mode!r}")
+    scales = None
+    if magnifications:
+        from napari_hila.features.multiscale import check_magnifications, parse_magnification
+
+        scales = tuple(sorted(set(magnifications), key=parse_magnification))
+        check_magnifications(scales, target_mpp)
+    settings = {
+        "patch_px": int(patch_px),
+        "region_px": int(region_px),
+        "target_mpp": float(target_mpp),
+        "region_encoder": region_encoder if region_encoder not in (None, encoder) else None,
+        "region_mode": region_mode,
+        "magnifications": ",".join(scales) if scales else None,
+        # a user's pixel size: None keeps the file's (or the assumed) one and its cache name
+        "mpp": check_mpp(mpp, f"{slide_path}: mpp") if mpp is not None else None,
+    }
+    # the weights' digest keys the cache, so the encoder loads only on a miss
+    version = _weights_version(encoder, weights, device, encoder_version)
+    networks = get_encoder_spec(encoder).needs_weights
+    settings["weights"] = version if networks else None
+    precision = requested_precision(precision) if networks else None
+    if precision:  # asked for: its own file; auto keeps the name (and reuses either dtype)
+        settings["precision"] = precision
+    if (
+        region_mode == "view"
+        and settings["region_encoder"]
+        and get_encoder_spec(region_encoder).needs_weights
+    ):
+        settings["region_weights"] = _weights_version(
+            region_encoder, region_weights or weights, device, None
+        )
+    return _Request(
+        slide_path=Path(slide_path),
+        encoder=encoder,
+        region_encoder=region_encoder,
+        weights=weights,
+        region_weights=region_weights,
+        device=device,
+        precision=precision,
+        region_mode=region_mode,
+        patch_px=int(patch_px),
+        region_px=int(region_px),
+        target_mpp=float(target_mpp),
+        scales=scales,
+        settings=settings,
+        version=version,
+        networks=networks,
+    )
+
+
+def _cached_file(target: Path, fingerprint: str, expected: dict) -> Path | None:
+    """A complete file for ``expected`` at ``target`` or under a renamed copy's stem.
+
+    A complete file is only ever renamed into place, so it is read without a
+    lock or a write probe (a read-only cache serves); a renamed copy's file is
+    adopted under ``target``'s name.
+    """
+    for found in cached_copies(target, fingerprint):
+        if _cache_is_valid(found, expected):
+            return adopt_cached(found, target)
+    return None
+
+
+def _tissue_grids(slide, request: _Request, progress, cancel):
+    """The slide's patch and region grids over its tissue; no tissue is one clear error."""
+    from napari_hila.slides import detect_tissue, make_grids
+
+    _report(progress, "tissue", 0.0)
+    grids = make_grids(
+        slide, detect_tissue(slide), request.patch_px, request.region_px, request.target_mpp
+    )
+    _report(progress, "tissue", 1.0)
+    if grids.num_patches == 0:
+        raise SlideError(
+            f"{slide.path}: no tissue found (0 patches at {request.target_mpp} um/px); check that "
+            "the slide is a stained tissue section, or lower --target-mpp for tiny samples"
+        )
+    _check_cancel(cancel, f"{slide.path}: extraction cancelled")
+    return grids
+
+
+def _encode_slide(
+    slide, request: _Request, target: Path, expected: dict, batch_size, progress, cancel, started
+) -> SlideFeatures:
+    """Load the encoders, find the tissue, encode patches, regions and extra magnifications.
+
+    ``started`` (``time.perf_counter()`` when the extraction began) times it in the file.
+    """
+    patch_enc, region_enc = request.load_encoders()
+    grids = _tissue_grids(slide, request, progress, cancel)
+    ran = ran_in(patch_enc)
+    # a partial file of another dtype (a GPU run resumed on a CPU) is not resumed
+    key = settings_key({**expected, **request.settings, "dtype": ran["dtype"]})
+    features = encode_patches(slide, grids, patch_enc, target, key, batch_size, progress, cancel)
+    if region_enc is None:
+        region_features = mean_per_region(features, grids.patch_to_region, grids.num_regions)
+    else:
+        region_features = encode_regions(slide, grids, region_enc, batch_size, progress, cancel)
+    feats = SlideFeatures(
+        features=features,
+        coords=grids.patch_coords,
+        region_features=region_features,
+        region_coords=grids.region_coords,
+        patch_to_region=grids.patch_to_region,
+        attrs=_file_attrs(
+            expected, request, slide, grids, (patch_enc, region_enc), (features, region_features)
+        ),
+    )
+    feats.attrs["extraction_seconds"] = round(time.perf_counter() - started, 3)
+    feats.extras["patch_tissue"] = grids.patch_tissue
+    if request.scales:
+        from napari_hila.features.multiscale import add_magnifications
+
+        add_magnifications(feats, slide, grids, patch_enc, request.scales, batch_size, cancel)
+    return feats
+
+
+def _file_attrs(expected, request: _Request, slide, grids, encoders, features) -> dict:
+    """What a feature file records: the cache's attributes, how the encoders ran, the grid.
+
+    ``encoders`` and ``features`` are (patch, region) pairs; the region encoder is
+    None for regions averaged from their patches.
+    """
+    (patch_enc, region_enc), (patch_features, region_features) = encoders, features
+    ran = ran_in(patch_enc)
+    separate_region_encoder = region_enc is not None and region_enc is not patch_enc
+    return {
+        **expected,
+        "region_encoder_version": str(getattr(region_enc, "version", patch_enc.version)),
+        "region_mode": request.region_mode,
+        "encoder_dtype": ran["dtype"],
+        "encoder_device": ran["device"],
+        "encoder_preprocessing": ran["preprocessing"],
+        **(
+            {"region_encoder_dtype": ran_in(region_enc)["dtype"]} if separate_region_encoder else {}
+        ),
+        "feature_dim": int(patch_features.shape[1]),
+        "region_feature_dim": int(region_features.shape[1]),
+        "patch_size": int(grids.patch_size),
+        "region_size": int(grids.region_size),
+        "mpp": float(grids.mpp),
+        "mpp_is_assumed": bool(slide.mpp_is_assumed),
+        "mpp_source": slide.mpp_source,
+        "min_tissue": float(grids.min_tissue),
+        "slide_path": str(request.slide_path.resolve()),
+        "feature_names": json.dumps(list(getattr(patch_enc, "feature_names", ()))),
+    }
+
+
+def _save(target: Path, feats: SlideFeatures) -> None:
+    """Write the feature file and drop the partial one; a failed write frees what it took."""
+    try:
+        save_features(target, feats)
+    except HilaError:  # a full or read-only disk: free what this run took there
+        PartialFeatures.discard(target)
+        raise
+    except OSError as err:
+        PartialFeatures.discard(target)
+        raise FeatureFileError(
+            f"{target}: cannot write the feature file ({err}); free disk space or "
+            "choose another output folder"
+        ) from err
+    PartialFeatures.discard(target)
+
+
 def extract_slide(
     slide_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -412,160 +659,44 @@ def extract_slide(
     reused under auto whatever dtype it ran in (a GPU's bfloat16 file on a laptop), as
     the embeddings agree within the measured tolerance (tests/test_encoders_vl.py).
     """
-    from napari_hila.encoders.registry import get_encoder_spec
-    from napari_hila.slides import check_mpp, detect_tissue, make_grids, open_slide
+    from napari_hila.slides import open_slide  # looked up when run: tests guard against reads
 
-    if region_mode not in REGION_MODES:
-        raise ValueError(f"region_mode must be one of {REGION_MODES}, not {region_mode!r}")
-    scales = None
-    if magnifications:
-        from napari_hila.features.multiscale import check_magnifications, parse_magnification
-
-        scales = tuple(sorted(set(magnifications), key=parse_magnification))
-        check_magnifications(scales, target_mpp)
-    settings = {
-        "patch_px": int(patch_px),
-        "region_px": int(region_px),
-        "target_mpp": float(target_mpp),
-        "region_encoder": region_encoder if region_encoder not in (None, encoder) else None,
-        "region_mode": region_mode,
-        "magnifications": ",".join(scales) if scales else None,
-        # a user's pixel size: None keeps the file's (or the assumed) one and its cache name
-        "mpp": check_mpp(mpp, f"{slide_path}: mpp") if mpp is not None else None,
-    }
-    # the weights' digest keys the cache, so the encoder loads only on a miss
-    version = _weights_version(encoder, weights, device, encoder_version)
-    networks = get_encoder_spec(encoder).needs_weights
-    settings["weights"] = version if networks else None
-    precision = requested_precision(precision) if networks else None
-    if precision:  # asked for: its own file; auto keeps the name (and reuses either dtype)
-        settings["precision"] = precision
-    if (
-        region_mode == "view"
-        and settings["region_encoder"]
-        and get_encoder_spec(region_encoder).needs_weights
-    ):
-        settings["region_weights"] = _weights_version(
-            region_encoder, region_weights or weights, device, None
-        )
-
-    def load_encoders():
-        patch = vision_encoder(encoder, weights, device, precision)
-        if region_mode != "view":
-            return patch, None
-        if not settings["region_encoder"]:
-            return patch, patch
-        return patch, vision_encoder(region_encoder, region_weights or weights, device, precision)
-
-    region_name = (
-        (settings["region_encoder"] or encoder) if region_mode == "view" else f"mean({encoder})"
+    request = _request(
+        slide_path,
+        encoder=encoder,
+        region_encoder=region_encoder,
+        weights=weights,
+        region_weights=region_weights,
+        device=device,
+        patch_px=patch_px,
+        region_px=region_px,
+        target_mpp=target_mpp,
+        region_mode=region_mode,
+        magnifications=magnifications,
+        mpp=mpp,
+        encoder_version=encoder_version,
+        precision=precision,
     )
-    t0 = time.perf_counter()
-    with open_slide(slide_path, mpp=settings["mpp"]) as slide:
+    started = time.perf_counter()
+    with open_slide(slide_path, mpp=request.settings["mpp"]) as slide:
         fingerprint = slide.fingerprint()
-        target = cache_path(
-            out_dir, Path(slide_path).stem.removesuffix(".ome"), fingerprint, encoder, settings
-        )
-        expected = {
-            "encoder": encoder,
-            "encoder_version": version,
-            "region_encoder": region_name,
-            "patch_px": int(patch_px),
-            "region_px": int(region_px),
-            "target_mpp": float(target_mpp),
-            "slide_fingerprint": fingerprint,
-            "mpp": float(slide.mpp),
-        }
-        if networks:  # files from before the owners' preprocessing (bilinear) are not reused
-            expected["preprocess_version"] = PREPROCESS_VERSION
-        if precision:
-            expected["encoder_dtype"] = precision
-        # a complete file is only ever renamed into place: read it without a lock or
-        # a write probe, so a read-only cache serves; a renamed copy's file is reused
-        for found in cached_copies(target, fingerprint):
-            if _cache_is_valid(found, expected):
-                _report(progress, "features", 1.0)
-                return adopt_cached(found, target)
+        stem = Path(slide_path).stem.removesuffix(".ome")
+        target = cache_path(out_dir, stem, fingerprint, encoder, request.settings)
+        expected = request.expected_attrs(fingerprint, slide.mpp)
+        cached = _cached_file(target, fingerprint, expected)
+        if cached is not None:
+            _report(progress, "features", 1.0)
+            return cached
         _check_writable(Path(out_dir))
         with slide_lock(target):
             if _cache_is_valid(target, expected):  # another process just finished it
                 _report(progress, "features", 1.0)
                 return target
-            patch_enc, region_enc = load_encoders()
-            _report(progress, "tissue", 0.0)
-            grids = make_grids(slide, detect_tissue(slide), patch_px, region_px, target_mpp)
-            _report(progress, "tissue", 1.0)
-            if grids.num_patches == 0:
-                raise SlideError(
-                    f"{slide.path}: no tissue found (0 patches at {target_mpp} um/px); check that "
-                    "the slide is a stained tissue section, or lower --target-mpp for tiny samples"
-                )
-            _check_cancel(cancel, f"{slide.path}: extraction cancelled")
-            ran = ran_in(patch_enc)
-            # a partial file of another dtype (a GPU run resumed on a CPU) is not resumed
-            key = settings_key({**expected, **settings, "dtype": ran["dtype"]})
-            features = encode_patches(
-                slide, grids, patch_enc, target, key, batch_size, progress, cancel
+            feats = _encode_slide(
+                slide, request, target, expected, batch_size, progress, cancel, started
             )
-            if region_enc is None:
-                region_features = mean_per_region(
-                    features, grids.patch_to_region, grids.num_regions
-                )
-            else:
-                region_features = encode_regions(
-                    slide, grids, region_enc, batch_size, progress, cancel
-                )
-            feats = SlideFeatures(
-                features=features,
-                coords=grids.patch_coords,
-                region_features=region_features,
-                region_coords=grids.region_coords,
-                patch_to_region=grids.patch_to_region,
-                attrs={
-                    **expected,
-                    "region_encoder_version": str(
-                        getattr(region_enc, "version", patch_enc.version)
-                    ),
-                    "region_mode": region_mode,
-                    "encoder_dtype": ran["dtype"],
-                    "encoder_device": ran["device"],
-                    "encoder_preprocessing": ran["preprocessing"],
-                    **(
-                        {"region_encoder_dtype": ran_in(region_enc)["dtype"]}
-                        if region_enc is not None and region_enc is not patch_enc
-                        else {}
-                    ),
-                    "feature_dim": int(features.shape[1]),
-                    "region_feature_dim": int(region_features.shape[1]),
-                    "patch_size": int(grids.patch_size),
-                    "region_size": int(grids.region_size),
-                    "mpp": float(grids.mpp),
-                    "mpp_is_assumed": bool(slide.mpp_is_assumed),
-                    "mpp_source": slide.mpp_source,
-                    "min_tissue": float(grids.min_tissue),
-                    "slide_path": str(Path(slide_path).resolve()),
-                    "feature_names": json.dumps(list(getattr(patch_enc, "feature_names", ()))),
-                    "extraction_seconds": round(time.perf_counter() - t0, 3),
-                },
-            )
-            feats.extras["patch_tissue"] = grids.patch_tissue
-            if scales:
-                from napari_hila.features.multiscale import add_magnifications
-
-                add_magnifications(feats, slide, grids, patch_enc, scales, batch_size, cancel)
             _check_cancel(cancel, f"{slide.path}: extraction cancelled before saving")
-            try:
-                save_features(target, feats)
-            except HilaError:  # a full or read-only disk: free what this run took there
-                PartialFeatures.discard(target)
-                raise
-            except OSError as err:
-                PartialFeatures.discard(target)
-                raise FeatureFileError(
-                    f"{target}: cannot write the feature file ({err}); free disk space or "
-                    "choose another output folder"
-                ) from err
-            PartialFeatures.discard(target)
+            _save(target, feats)
             _report(progress, "features", 1.0)
     return target
 
