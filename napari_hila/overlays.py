@@ -42,6 +42,8 @@ __all__ = [
     "MAP_LIMITS",
     "below_threshold_hidden",
     "blend_map",
+    "CellPaint",
+    "paint_cells",
     "heatmap_grid",
     "heatmap_layer",
     "heatmap_values",
@@ -207,6 +209,34 @@ def map_colours(
     return np.asarray(cmap(norm(filled)))[..., :3]
 
 
+def _map_paint(
+    values: np.ndarray, colormap: Any, limits: tuple[float, float], opacity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep, add)`` of a map drawn at ``opacity``: a pixel ``p`` becomes ``p * keep + add``.
+
+    napari's translucent blending: where a value is NaN (no token, or below a
+    threshold) the slide is kept (1, 0); elsewhere ``1 - opacity`` of it, plus
+    ``opacity`` of the map's colour (0..255).
+    """
+    values = np.asarray(values, np.float32)
+    keep = np.ones(values.shape, np.float32)
+    add = np.zeros((*values.shape, 3), np.float32)
+    shown = np.isfinite(values)
+    if shown.any():
+        keep[shown] = 1.0 - opacity
+        add[shown] = opacity * 255.0 * map_colours(values[shown], colormap, limits)
+    return keep, add
+
+
+def _paint(pixels: np.ndarray, keep: Any, add: Any) -> np.ndarray:
+    """``pixels * keep + add`` rounded to uint8 (``keep`` and ``add`` broadcast over them)."""
+    out = np.asarray(pixels)[..., :3].astype(np.float32)
+    out *= np.asarray(keep, np.float32)[..., None] if np.ndim(keep) else np.float32(keep)
+    out += add
+    np.rint(out, out=out)
+    return out.astype(np.uint8)
+
+
 def blend_map(
     pixels: np.ndarray,
     values: np.ndarray,
@@ -218,14 +248,141 @@ def blend_map(
 
     Pixels whose value is NaN (no token there) keep the slide's colour; the
     others are ``opacity`` of the map's colour over the tissue, as napari's
-    translucent blending draws the heatmap layer.
+    translucent blending draws the heatmap layer. :class:`CellPaint` draws
+    the same per grid cell (exports at any resolution).
     """
-    out = np.asarray(pixels)[..., :3].astype(np.float32)
-    shown = np.isfinite(values)
-    if shown.any():
-        colours = map_colours(values[shown], colormap, limits) * 255.0
-        out[shown] = (1.0 - opacity) * out[shown] + opacity * colours
-    return out.round().astype(np.uint8)
+    return _paint(pixels, *_map_paint(values, colormap, limits, opacity))
+
+
+@dataclass(frozen=True)
+class CellPaint:
+    """What a layer paints over each cell of a lattice: a pixel ``p`` becomes ``p * keep + add``.
+
+    ``keep`` is (rows, cols) in 0..1 and ``add`` (rows, cols, 3) in 0..255:
+    napari's translucent blending with the colour and opacity fixed per cell.
+    Layers on one lattice compose per cell (:meth:`under`), so a figure is
+    blended once, at its output size (:func:`paint_cells`), however many
+    layers it shows and whatever the slide's size.
+    """
+
+    layout: GridLayout
+    keep: np.ndarray
+    add: np.ndarray
+
+    @classmethod
+    def of_map(
+        cls,
+        layout: GridLayout,
+        grid_values: np.ndarray,
+        colormap: Any = MAP_COLORMAP,
+        limits: tuple[float, float] = MAP_LIMITS,
+        opacity: float = MAP_OPACITY,
+    ) -> CellPaint:
+        """A (rows, cols) map image (NaN: nothing drawn), as :func:`blend_map` draws it."""
+        return cls(layout, *_map_paint(grid_values, colormap, limits, opacity))
+
+    @classmethod
+    def of_mask(cls, layout: GridLayout, mask: np.ndarray, rgba: tuple[float, ...]) -> CellPaint:
+        """Colour ``rgba`` (0..1, its alpha the opacity) over the cells where ``mask`` is true."""
+        mask = np.asarray(mask, bool)
+        alpha = float(rgba[3])
+        keep = np.where(mask, np.float32(1.0 - alpha), np.float32(1.0)).astype(np.float32)
+        colour = (alpha * 255.0 * np.asarray(rgba[:3], np.float32)).astype(np.float32)
+        add = np.where(mask[..., None], colour, np.float32(0.0)).astype(np.float32)
+        return cls(layout, keep, add)
+
+    def same_lattice(self, other: CellPaint) -> bool:
+        a, b = self.layout, other.layout
+        return (a.origin, a.step, a.shape) == (b.origin, b.step, b.shape)
+
+    def under(self, above: CellPaint) -> CellPaint:
+        """This paint with ``above`` drawn over it, on the same lattice, as one paint."""
+        if not self.same_lattice(above):
+            raise ValueError("only paints on one lattice compose per cell")
+        return CellPaint(
+            self.layout,
+            self.keep * above.keep,
+            self.add * above.keep[..., None] + above.add,
+        )
+
+
+#: :func:`paint_cells` blends block by block (one numpy call per cell in view) when the
+#: cells in view average at least this many output px, else row band by row band through
+#: a per-pixel lookup: 3000 x 3000 px under 1600 cells take 0.02 s by block, 0.2 s by band.
+BLOCK_MIN_PX = 1024
+
+
+def _cells_along(n: int, lo: float, hi: float, origin: int, step: int, cells: int) -> np.ndarray:
+    """The lattice cell under each of ``n`` output px spanning level-0 ``lo``..``hi``
+    (by its centre: exact tile edges); ``cells`` (one past the last) off the lattice."""
+    centres = lo + (np.arange(n) + 0.5) * ((hi - lo) / n)
+    index = np.floor((centres - origin) / step).astype(np.int64)
+    index[(index < 0) | (index >= cells)] = cells
+    return index
+
+
+def _runs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, start, stop) of each run of equal entries of ``index``."""
+    cuts = np.flatnonzero(np.diff(index)) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [len(index)]])
+    return index[starts], starts, stops
+
+
+def paint_cells(
+    pixels: np.ndarray, bbox: tuple[int, int, int, int], paints: list[CellPaint]
+) -> np.ndarray:
+    """``paints`` drawn in order over (h, w, 3) ``pixels`` that show level-0 box ``bbox``.
+
+    Each output pixel takes the cell its centre falls in, so cell edges land
+    on tile edges at any scale. Consecutive paints on one lattice are composed
+    per cell first; the pixels are then blended once per lattice, only inside
+    painted cells. Returns (h, w, 3) uint8; the cost follows the output, not the slide.
+    """
+    out = np.array(np.asarray(pixels)[..., :3], np.uint8)
+    groups: list[CellPaint] = []
+    for paint in paints:
+        if groups and groups[-1].same_lattice(paint):
+            groups[-1] = groups[-1].under(paint)
+        else:
+            groups.append(paint)
+    x0, y0, x1, y1 = bbox
+    height, width = out.shape[:2]
+    for paint in groups:
+        rows, cols = paint.layout.shape
+        if rows == 0 or cols == 0:
+            continue
+        row_of = _cells_along(height, y0, y1, paint.layout.origin[1], paint.layout.step, rows)
+        col_of = _cells_along(width, x0, x1, paint.layout.origin[0], paint.layout.step, cols)
+        keep = np.ones((rows + 1, cols + 1), np.float32)  # a last row and column that keep
+        add = np.zeros((rows + 1, cols + 1, 3), np.float32)
+        keep[:rows, :cols], add[:rows, :cols] = paint.keep, paint.add
+        row_runs, col_runs = _runs(row_of), _runs(col_of)
+        if height * width >= BLOCK_MIN_PX * len(row_runs[0]) * len(col_runs[0]):
+            _paint_blocks(out, keep, add, row_runs, col_runs)
+        else:
+            for top in range(0, height, 256):
+                band = row_of[top : top + 256, None]
+                out[top : top + 256] = _paint(
+                    out[top : top + 256], keep[band, col_of], add[band, col_of]
+                )
+    return out
+
+
+def _paint_blocks(
+    out: np.ndarray,
+    keep: np.ndarray,
+    add: np.ndarray,
+    row_runs: tuple[np.ndarray, ...],
+    col_runs: tuple[np.ndarray, ...],
+) -> None:
+    """Blend ``out`` in place, one block of output px per painted cell."""
+    painted = (keep != 1.0) | (add != 0.0).any(axis=2)
+    for row, top, bottom in zip(*row_runs, strict=True):
+        for col, left, right in zip(*col_runs, strict=True):
+            if painted[row, col]:
+                block = out[top:bottom, left:right]
+                block[:] = _paint(block, keep[row, col], add[row, col])
 
 
 def _meta(result: PredictionResult, kind: str, level: str, **extra: Any) -> dict[str, Any]:

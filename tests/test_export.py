@@ -94,11 +94,16 @@ def make_card(seed=1, n=60):
 
 def test_geojson_has_every_tile_with_its_selection_and_the_shown_values(tmp_path):
     from napari_hila import overlays
+    from napari_hila.export import geojson_features
 
     result = make_result()
     path = write_geojson(result, tmp_path / "p.geojson")
+    features = geojson_features(result)
+    assert len(features) == sum(len(lv.coords) for lv in result.explanation.levels.values())
     data = json.loads(path.read_text())
     assert data["type"] == "FeatureCollection"
+    # written feature by feature, the text of the whole collection in one json.dumps
+    assert path.read_text() == json.dumps({"type": "FeatureCollection", "features": features})
     det = [f for f in data["features"] if f["properties"]["objectType"] == "detection"]
     ann = [f for f in data["features"] if f["properties"]["objectType"] == "annotation"]
     patch = result.explanation.levels["patch"]

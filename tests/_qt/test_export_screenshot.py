@@ -43,7 +43,7 @@ def test_compose_annotated_burns_text_and_scale_bar():
     annotated = qt_export.compose_annotated(
         image, 1.0, "HiLa demo - risk -2.1", "prompt: necrosis", "viridis", (0.0, 2.0), "alignment"
     )
-    assert annotated.shape[1:] == (400, 4) and annotated.shape[0] > 300 + 40
+    assert annotated.shape[1:] == (400, 3) and annotated.shape[0] > 300 + 40
     np.testing.assert_array_equal(annotated[:300, :, :3], image)  # the image keeps its pixels
     band = annotated[300:, :, :3]
     band_plain = np.full_like(band, 255)
@@ -74,6 +74,43 @@ def test_heatmap_over_paints_exact_tiles():
     assert out[114, 100].tolist() == [0, 0, 0]  # tile 2: value 0 -> black
     assert out[114, 164].tolist() == [255, 255, 255]  # the hole keeps the slide
     assert out[49, 100].tolist() == [255, 255, 255]  # just above the grid
+
+
+class TwoLevelSlide:
+    """A slide of two levels held in memory: level 1 is level 0's 4 x 4 block means."""
+
+    path = "two-level.svs"
+
+    def __init__(self, width: int, height: int) -> None:
+        rng = np.random.default_rng(0)
+        self.levels = [rng.integers(0, 256, (height // 4, width // 4, 3)).astype(np.uint8)]
+        self.level_dimensions = [(width, height), (width // 4, height // 4)]
+        self.level_downsamples = [1.0, 4.0]
+        self.reads = []
+
+    def read_region(self, location, level, size):
+        assert level == 1, "the export reads the level that matches its size"
+        self.reads.append((location, level, size))
+        x, y = location[0] // 4, location[1] // 4
+        return self.levels[0][y : y + size[1], x : x + size[0]]
+
+
+def test_read_view_reduces_by_a_whole_factor_when_that_keeps_the_size():
+    slide = TwoLevelSlide(4004, 3000)  # level 1: 1001 x 750 px
+    level = slide.levels[0].astype(float)
+    view, box = qt_export.read_view(slide, (0, 0, 4004, 3000), 600)
+    # 1001 px to at most 600: halved (500 px, 5/6 of it) rather than resampled
+    assert view.shape == (375, 500, 3)
+    assert box == (0, 0, 4000, 3000)  # what the pixels show: whole 2 x 2 blocks only
+    means = level[:750, :1000].reshape(375, 2, 500, 2, 3).mean(axis=(1, 3))
+    assert np.abs(view - means).max() <= 0.5 + 1e-9
+    # halving would keep only 500 of 900 px: resampled to 900 instead, the whole read shown
+    view, box = qt_export.read_view(slide, (0, 0, 4004, 3000), 900)
+    assert view.shape == (674, 900, 3) and box == (0, 0, 4004, 3000)
+    # a read within the size is returned as read
+    view, box = qt_export.read_view(slide, (400, 800, 2400, 2000), 500)
+    assert view.shape == (300, 500, 3) and box == (400, 800, 2400, 2000)
+    np.testing.assert_array_equal(view, slide.levels[0][200:500, 100:600])
 
 
 def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
