@@ -165,11 +165,30 @@ def build_card(
     inputs = inputs or {}
     spec = get_model_spec(settings.model)
     config = config_to_dict(config)
-    oof = out_of_fold(folds)
-    times = dict(zip(cohort.patient_ids, cohort.patient_times.tolist(), strict=True))
-    events = dict(zip(cohort.patient_ids, cohort.patient_events.tolist(), strict=True))
     final = dict(zip(patient_ids, np.asarray(final_risk, float).tolist(), strict=True))
-    ids = [p for p in cohort.patient_ids if p in oof]
+    return {
+        "model": settings.model,
+        "config": config,
+        "label": settings.label or f"{spec.name} trained on {cohort.path.name}",
+        "cancer_type": settings.cancer_type,
+        "description": spec.description,
+        "encoders": inputs.get("encoders") or _encoders(example_feats),
+        "prompts": _prompts(prompt_set, config),
+        "time_bin_edges": edges_to_json(edges),
+        "time_unit": settings.time_unit,
+        "risk_threshold": float(np.median(list(final.values()))),
+        "risk_threshold_method": THRESHOLD_NOTE,
+        "cohort": _cohort_record(cohort, folds, final),
+        "metrics": metrics,
+        "grid": inputs.get("grid") or _grid(example_feats),
+        "training": _training_record(settings, cohort, edges, losses),
+        "version": __version__,
+    }
+
+
+def _prompts(prompt_set: dict | None, config: dict) -> dict[str, Any]:
+    """The prompt set's name and encoders, and the levels the model's config uses."""
+    prompt_set = prompt_set or {}
     used_levels = {
         level: {
             "names": list(v["names"]),
@@ -177,56 +196,52 @@ def build_card(
             # per prompt: the vocabulary terms that ground it, or None (not grounded)
             **({"grounding": list(v["grounding"])} if v.get("grounding") is not None else {}),
         }
-        for level, v in (prompt_set or {}).get("levels", {}).items()
+        for level, v in prompt_set.get("levels", {}).items()
         if f"{level}_prompt_texts" in config
     }
-    label = settings.label or f"{spec.name} trained on {cohort.path.name}"
     return {
-        "model": settings.model,
-        "config": config,
-        "label": label,
-        "cancer_type": settings.cancer_type,
-        "description": spec.description,
-        "encoders": inputs.get("encoders") or _encoders(example_feats),
-        "prompts": {
-            "set": (prompt_set or {}).get("name"),
-            "text_encoder": (prompt_set or {}).get("text_encoder"),
-            "embedding_encoder": (prompt_set or {}).get("embedding_encoder"),
-            **used_levels,
-        },
-        "time_bin_edges": edges_to_json(edges),
-        "time_unit": settings.time_unit,
-        "risk_threshold": float(np.median(list(final.values()))),
-        "risk_threshold_method": THRESHOLD_NOTE,
-        "cohort": {
-            "patient_id": ids,
-            "time": [float(times[p]) for p in ids],
-            "event": [int(events[p]) for p in ids],
-            "risk": [oof[p]["risk"] for p in ids],
-            "risk_group": ["high" if oof[p]["high"] else "low" for p in ids],
-            "fold": [oof[p]["fold"] for p in ids],
-            "final_model_risk": [final[p] for p in ids],
-            "note": KM_NOTE + "; 'final_model_risk' is the final model's in-sample risk, "
-            "the scale new slides' risk percentiles are read on",
-        },
-        "metrics": metrics,
-        "grid": inputs.get("grid") or _grid(example_feats),
-        "training": {
-            "epochs": settings.epochs,
-            "lr": settings.lr,
-            "weight_decay": settings.weight_decay,
-            "optimiser": "Adam",
-            "seed": settings.seed,
-            "n_bins": len(edges) - 1,
-            "n_patients": len(cohort.patient_ids),
-            "n_slides": len(cohort.rows),
-            "cohort_file": cohort.path.name,
-            "final_model": "trained on all patients after cross-validation; the metrics are the "
-            "cross-validated fold models', not this model's",
-            "final_epoch_losses": losses,
-            "max_patches": settings.max_patches,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-        "version": __version__,
+        "set": prompt_set.get("name"),
+        "text_encoder": prompt_set.get("text_encoder"),
+        "embedding_encoder": prompt_set.get("embedding_encoder"),
+        **used_levels,
+    }
+
+
+def _cohort_record(cohort, folds: list[dict], final: dict[str, float]) -> dict[str, Any]:
+    """Per cross-validated patient: outcome, out-of-fold risk and group, fold, final-model risk."""
+    oof = out_of_fold(folds)
+    times = dict(zip(cohort.patient_ids, cohort.patient_times.tolist(), strict=True))
+    events = dict(zip(cohort.patient_ids, cohort.patient_events.tolist(), strict=True))
+    ids = [p for p in cohort.patient_ids if p in oof]
+    return {
+        "patient_id": ids,
+        "time": [float(times[p]) for p in ids],
+        "event": [int(events[p]) for p in ids],
+        "risk": [oof[p]["risk"] for p in ids],
+        "risk_group": ["high" if oof[p]["high"] else "low" for p in ids],
+        "fold": [oof[p]["fold"] for p in ids],
+        "final_model_risk": [final[p] for p in ids],
+        "note": KM_NOTE + "; 'final_model_risk' is the final model's in-sample risk, "
+        "the scale new slides' risk percentiles are read on",
+    }
+
+
+def _training_record(settings, cohort, edges: np.ndarray, losses: list[float]) -> dict[str, Any]:
+    """How the final model was trained: settings, cohort size, losses, library versions."""
+    return {
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "optimiser": "Adam",
+        "seed": settings.seed,
+        "n_bins": len(edges) - 1,
+        "n_patients": len(cohort.patient_ids),
+        "n_slides": len(cohort.rows),
+        "cohort_file": cohort.path.name,
+        "final_model": "trained on all patients after cross-validation; the metrics are the "
+        "cross-validated fold models', not this model's",
+        "final_epoch_losses": losses,
+        "max_patches": settings.max_patches,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }

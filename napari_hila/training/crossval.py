@@ -406,13 +406,7 @@ def run_training(
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     run_dir = Path(run_dir)
-    if force and run_dir.is_dir():
-        removed = clear_run_folder(run_dir)
-        if removed:
-            say(f"--force: removed the earlier run in {run_dir} ({len(removed)} files and folders)")
-    inputs = run_inputs(cohort, bags)
-    _prepare_run_dir(run_dir, settings)
-    check_run_inputs(run_dir, inputs)
+    inputs = _start_run(run_dir, settings, cohort, bags, force, say)
     splits = _choose_splits(cohort, run_dir, settings, splits_file)
     data = _Data(cohort, bags)
     region_note = region_level_warning(settings.model, settings.model_config, bags)
@@ -423,31 +417,78 @@ def run_training(
         f"{splits.n_folds}-fold cross-validation ({splits.method}), {settings.epochs} epochs each "
         f"(fixed, no model selection on the test fold); {PATIENT_RISK_NOTE}"
     )
-    folds = []
-    for k in range(splits.n_folds):
-        path = run_dir / f"fold_{k}.json"
+    run = _Run(run_dir, data, settings, prompt_set, device, show_progress, say)
+    folds = [run.fold(k, splits) for k in range(splits.n_folds)]
+    metrics = summarise_folds(folds, data.patient_time, data.patient_event)
+    metrics["patient_risk"] = PATIENT_RISK_NOTE
+    metrics["model"] = settings.model
+    if region_note:
+        metrics["warnings"] = [region_note]  # travels into the model card with the metrics
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    if settings.train_final:
+        run.final_model(cohort, metrics, folds, inputs)
+    return metrics
+
+
+def _start_run(run_dir: Path, settings: RunSettings, cohort: Cohort, bags, force: bool, say):
+    """The run's inputs, with ``run_dir`` ready for them: cleared with ``force``, else checked.
+
+    A run found there resumes only when its settings and inputs are the same (else a HilaError).
+    """
+    if force and run_dir.is_dir():
+        removed = clear_run_folder(run_dir)
+        if removed:
+            say(f"--force: removed the earlier run in {run_dir} ({len(removed)} files and folders)")
+    inputs = run_inputs(cohort, bags)
+    _prepare_run_dir(run_dir, settings)
+    check_run_inputs(run_dir, inputs)
+    return inputs
+
+
+@dataclass
+class _Run:
+    """One training run's fixed parts: where it writes, its data and how models are fitted."""
+
+    run_dir: Path
+    data: _Data
+    settings: RunSettings
+    prompt_set: dict[str, Any] | None
+    device: str
+    show_progress: bool
+    say: Callable[[str], None]
+
+    def fit(self, slides: list[int], seed_offset: int, desc: str, checkpoint: Path):
+        return _build_and_fit(
+            self.data,
+            slides,
+            self.settings,
+            self.prompt_set,
+            self.device,
+            seed_offset,
+            desc,
+            self.show_progress,
+            checkpoint,
+        )
+
+    def fold(self, k: int, splits) -> dict[str, Any]:
+        """Fold ``k``'s record: read back when done before, else trained, scored and written."""
+        path = self.run_dir / f"fold_{k}.json"
         if path.exists():
-            folds.append(json.loads(path.read_text()))
-            say(
-                f"fold {k + 1}/{splits.n_folds}: already done (C-index {folds[-1]['c_index']:.4f}), skipped"
+            record = json.loads(path.read_text())
+            self.say(
+                f"fold {k + 1}/{splits.n_folds}: already done (C-index {record['c_index']:.4f}), skipped"
             )
-            continue
+            return record
+        data = self.data
         train_slides = data.slide_indices(splits.train_patients(k))
         test_slides = data.slide_indices(splits.test_patients(k))
-        model, _, edges, losses, scaling = _build_and_fit(
-            data,
-            train_slides,
-            settings,
-            prompt_set,
-            device,
-            k,
-            f"fold {k + 1}/{splits.n_folds}",
-            show_progress,
-            run_dir / f"fold_{k}.checkpoint.pt",
+        checkpoint = self.run_dir / f"fold_{k}.checkpoint.pt"
+        model, _, edges, losses, scaling = self.fit(
+            train_slides, k, f"fold {k + 1}/{splits.n_folds}", checkpoint
         )
         transform = scaling.apply if scaling else None
-        train_ids, train_risk = data.patient_scores(model, train_slides, device, transform)
-        test_ids, test_risk = data.patient_scores(model, test_slides, device, transform)
+        _, train_risk = data.patient_scores(model, train_slides, self.device, transform)
+        test_ids, test_risk = data.patient_scores(model, test_slides, self.device, transform)
         times = np.array([data.patient_time[p] for p in test_ids])
         events = np.array([data.patient_event[p] for p in test_ids])
         record = {
@@ -462,57 +503,46 @@ def run_training(
             "test_risk": test_risk.tolist(),
         }
         write_json_atomic(path, record)
-        (run_dir / f"fold_{k}.checkpoint.pt").unlink(missing_ok=True)
-        folds.append(record)
-        say(
+        checkpoint.unlink(missing_ok=True)
+        self.say(
             f"fold {k + 1}/{splits.n_folds}: C-index {record['c_index']:.4f} on {len(test_ids)} patients"
         )
-    metrics = summarise_folds(folds, data.patient_time, data.patient_event)
-    metrics["patient_risk"] = PATIENT_RISK_NOTE
-    metrics["model"] = settings.model
-    if region_note:
-        metrics["warnings"] = [region_note]  # travels into the model card with the metrics
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    if settings.train_final:
-        final_dir = run_dir / "final_model"
+        return record
+
+    def final_model(self, cohort: Cohort, metrics, folds, inputs) -> None:
+        """The model on all patients, with its card, in RUN/final_model (kept when already there)."""
+        final_dir = self.run_dir / "final_model"
         if (final_dir / "card.json").exists():
-            say(f"final model: already in {final_dir}, skipped")
-        else:
-            say(
-                "final model: training on all patients (for the viewer; its C-index is not reported)"
-            )
-            all_slides = list(range(len(bags)))
-            model, config, edges, losses, scaling = _build_and_fit(
-                data,
-                all_slides,
-                settings,
-                prompt_set,
-                device,
-                1000,
-                "final model",
-                show_progress,
-                run_dir / "final_model.checkpoint.pt",
-            )
-            transform = scaling.apply if scaling else None
-            ids, risk = data.patient_scores(model, all_slides, device, transform)
-            baseline = fit_explanation_baseline(model, bags, device, transform)
-            card = build_card(
-                getattr(model, "config", config),  # a model may complete its config (VPTSurv's ViT)
-                settings,
-                cohort,
-                bags[0],
-                edges,
-                ids,
-                risk,
-                metrics,
-                folds,
-                prompt_set,
-                losses,
-                inputs=model.card_inputs() if isinstance(model, ReadsOwnInputs) else None,
-            )
-            card["feature_scaling"] = scaling.to_json() if scaling else None
-            card["explanation"] = explanation_card(model, baseline, risk)
-            save_model(final_dir, model, card)
-            (run_dir / "final_model.checkpoint.pt").unlink(missing_ok=True)
-            say(f"final model: written to {final_dir}")
-    return metrics
+            self.say(f"final model: already in {final_dir}, skipped")
+            return
+        self.say(
+            "final model: training on all patients (for the viewer; its C-index is not reported)"
+        )
+        bags = self.data.bags
+        all_slides = list(range(len(bags)))
+        checkpoint = self.run_dir / "final_model.checkpoint.pt"
+        model, config, edges, losses, scaling = self.fit(
+            all_slides, 1000, "final model", checkpoint
+        )
+        transform = scaling.apply if scaling else None
+        ids, risk = self.data.patient_scores(model, all_slides, self.device, transform)
+        baseline = fit_explanation_baseline(model, bags, self.device, transform)
+        card = build_card(
+            getattr(model, "config", config),  # a model may complete its config (VPTSurv's ViT)
+            self.settings,
+            cohort,
+            bags[0],
+            edges,
+            ids,
+            risk,
+            metrics,
+            folds,
+            self.prompt_set,
+            losses,
+            inputs=model.card_inputs() if isinstance(model, ReadsOwnInputs) else None,
+        )
+        card["feature_scaling"] = scaling.to_json() if scaling else None
+        card["explanation"] = explanation_card(model, baseline, risk)
+        save_model(final_dir, model, card)
+        checkpoint.unlink(missing_ok=True)
+        self.say(f"final model: written to {final_dir}")

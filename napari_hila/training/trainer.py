@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from napari_hila.encoders.pairing import shares_space
 from napari_hila.features.store import SlideFeatures
 from napari_hila.models.base import InitialisedFromData, ReadsOwnInputs, UsesPrompts
 from napari_hila.models.batch import collate
+from napari_hila.survival.losses import nll_loss
+from napari_hila.training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
     "FitSettings",
@@ -172,10 +175,6 @@ def fit_model(
     With ``checkpoint`` (a file path) the state is saved after every epoch and
     a run that finds one resumes after its last epoch, with identical results.
     """
-    from tqdm.auto import tqdm
-
-    from napari_hila.survival.losses import nll_loss
-
     device = torch.device(settings.device)
     model.to(device)
     optimiser = torch.optim.Adam(
@@ -183,63 +182,22 @@ def fit_model(
         lr=settings.lr,
         weight_decay=settings.weight_decay,
     )
-    alpha = _nll_alpha(model)
     rng = np.random.default_rng(settings.seed)
-    bins_t = torch.as_tensor(np.asarray(bins), dtype=torch.long)
-    events_t = torch.as_tensor(np.asarray(events), dtype=torch.float32)
-    losses = []
-    first_epoch = 0
-    if checkpoint is not None:
-        from napari_hila.training.checkpoint import load_checkpoint
-
-        resumed = load_checkpoint(checkpoint, model, optimiser, rng)
-        if resumed is not None:
-            first_epoch, losses = resumed
+    first_epoch, losses = _resume(checkpoint, model, optimiser, rng)
     if first_epoch == 0 and isinstance(model, InitialisedFromData):
-        model.eval()
-        with torch.no_grad():
-            model.initialise_from_data(
-                make_batch(model, [bag], None, None, train=False, transform=transform).to(device)
-                for bag in bags
-            )
-    step = max(1, settings.batch_size)
+        _initialise_from_data(model, bags, device, transform)
+    targets = _Targets(bins, events, _nll_alpha(model), device)
     for epoch in range(first_epoch, settings.epochs):
-        model.train()
-        order = rng.permutation(len(bags))
         started = time.perf_counter()
-        total, count = 0.0, 0
-        batches = [order[i : i + step] for i in range(0, len(order), step)]
-        bar = tqdm(
-            batches,
-            desc=f"{desc} epoch {epoch + 1}/{settings.epochs}".strip(),
-            unit="step",
-            leave=False,
-            file=sys.stderr,
-            disable=not settings.show_progress,
+        mean_loss = _train_epoch(
+            model, bags, targets, optimiser, rng, epoch, settings, desc, transform
         )
-        for idx in bar:
-            batch = make_batch(
-                model, [bags[i] for i in idx], settings.max_patches, rng, epoch, transform=transform
-            )
-            out = model(batch.to(device))
-            loss = nll_loss(out.logits, bins_t[idx].to(device), events_t[idx].to(device), alpha)
-            loss = loss + out.aux_loss
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        bar.close()
-        mean_loss = total / max(count, 1)
         if not np.isfinite(mean_loss):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch + 1} (loss {mean_loss}); lower --lr"
             )
         losses.append(mean_loss)
         if checkpoint is not None:
-            from napari_hila.training.checkpoint import save_checkpoint
-
             save_checkpoint(checkpoint, model, optimiser, epoch + 1, losses, rng)
         if on_epoch is not None:
             on_epoch(epoch, mean_loss)
@@ -251,6 +209,71 @@ def fit_model(
             )
     model.eval()
     return losses
+
+
+def _resume(checkpoint, model, optimiser, rng) -> tuple[int, list[float]]:
+    """(first epoch to run, losses so far): from ``checkpoint`` when there is one, else (0, [])."""
+    if checkpoint is not None:
+        resumed = load_checkpoint(checkpoint, model, optimiser, rng)
+        if resumed is not None:
+            return resumed
+    return 0, []
+
+
+def _initialise_from_data(model, bags, device, transform) -> None:
+    """Let an :class:`InitialisedFromData` model see every bag once before training."""
+    model.eval()
+    with torch.no_grad():
+        model.initialise_from_data(
+            make_batch(model, [bag], None, None, train=False, transform=transform).to(device)
+            for bag in bags
+        )
+
+
+class _Targets:
+    """Each bag's time bin and event as tensors, and the loss's uncensored weight."""
+
+    def __init__(self, bins, events, alpha: float, device: torch.device) -> None:
+        self.bins = torch.as_tensor(np.asarray(bins), dtype=torch.long)
+        self.events = torch.as_tensor(np.asarray(events), dtype=torch.float32)
+        self.alpha, self.device = alpha, device
+
+    def loss(self, out, idx) -> torch.Tensor:
+        """The discrete-time NLL of bags ``idx`` plus the model's own training loss (MCL)."""
+        bins, events = self.bins[idx].to(self.device), self.events[idx].to(self.device)
+        return nll_loss(out.logits, bins, events, self.alpha) + out.aux_loss
+
+
+def _train_epoch(
+    model, bags, targets: _Targets, optimiser, rng, epoch: int, settings, desc, transform
+) -> float:
+    """One pass over the bags in a random order, ``settings.batch_size`` at a time; the mean loss."""
+    model.train()
+    order = rng.permutation(len(bags))
+    total, count = 0.0, 0
+    step = max(1, settings.batch_size)
+    batches = [order[i : i + step] for i in range(0, len(order), step)]
+    bar = tqdm(
+        batches,
+        desc=f"{desc} epoch {epoch + 1}/{settings.epochs}".strip(),
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not settings.show_progress,
+    )
+    for idx in bar:
+        batch = make_batch(
+            model, [bags[i] for i in idx], settings.max_patches, rng, epoch, transform=transform
+        )
+        loss = targets.loss(model(batch.to(targets.device)), idx)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    return total / max(count, 1)
 
 
 @torch.no_grad()
