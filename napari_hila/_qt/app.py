@@ -45,7 +45,7 @@ def launch_viewer(
         viewer.open(str(Path(slide_path)), plugin=PLUGIN)
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "HiLa survival")
     if model is not None:
-        dock.model_picker.set_model(model)
+        dock.settings.model_picker.set_model(model)
     if mpp is not None and slide_path is not None:
         from napari_hila._qt.layers import slide_path_of
 

@@ -66,6 +66,7 @@ class MapLegend(QWidget):
         swatch = QLabel(self)
         swatch.setPixmap(pixmap)
         label = QLabel(text, self)
+        label.setWordWrap(True)  # a larger font wraps it rather than widening the dock
         label.setToolTip(
             "Tiles the model left out are veiled pale grey; selected regions are outlined "
             "yellow, the others grey"

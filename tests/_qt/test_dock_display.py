@@ -35,7 +35,7 @@ def overlay_layers(viewer, kind):
 def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide):
     viewer, dock = viewer_and_dock
     result = fake_result(str(sample_slide))
-    assert dock.slide_combo.count() == 1
+    assert dock.settings.slide_combo.count() == 1
     dock.show_result(result)
     heatmaps = overlay_layers(viewer, "heatmap")
     assert sorted(ly.metadata["level"] for ly in heatmaps) == ["patch", "region"]
@@ -45,14 +45,14 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     assert patch_heat.data.shape == (8, 6)  # one pixel per grid cell, not resampled
     assert len(overlay_layers(viewer, "selection")) == 1
     assert len(overlay_layers(viewer, "regions")) == 1
-    assert "Risk score" in dock.risk_label.text()
-    text = dock.risk_label.text()
+    assert "Risk score" in dock.result_panel.risk_label.text()
+    text = dock.result_panel.risk_label.text()
     assert "High-risk group: above the model" in text and "71st percentile" in text
     # survival read from the model's curve at 1, 3 and 5 years (edges 0, 12, 24, 48, 96 months)
     s12, s36, s60 = result.survival_at([12.0, 36.0, 60.0])
     assert f"1 year <b>{100 * s12:.0f}%</b>" in text and f"5 years <b>{100 * s60:.0f}%</b>" in text
     assert f"3 years <b>{100 * s36:.0f}%</b>" in text
-    assert "Slide:</b> CMU-1-Small-Region.svs" in dock.result_slide_label.text()
+    assert "Slide:</b> CMU-1-Small-Region.svs" in dock.result_panel.slide_label.text()
     # a second result replaces the first's layers instead of stacking them
     # the user's colormap survives, the layer is updated in place, the data is new
     first_heat = dock.layers.heatmaps["patch"]
@@ -72,7 +72,7 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     heat = dock.layers.heatmaps["patch"]
     heat.colormap = "magma"
     heat.opacity = 0.3
-    dock.prompt_combos["patch"].setCurrentText("necrosis")
+    dock.prompts.combos["patch"].setCurrentText("necrosis")
     assert dock.layers.heatmaps["patch"] is heat
     assert heat.metadata["prompt"] == "necrosis" and "necrosis" in heat.name
     assert heat.colormap.name == "magma" and heat.opacity == pytest.approx(0.3)
@@ -80,9 +80,9 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     expected = overlays.heatmap_values(level, "necrosis")
     layout = overlays.grid_layout(level.coords, 256)
     np.testing.assert_allclose(heat.data[layout.rows, layout.cols], expected)
-    assert "necrosis" in dock.prompt_text.text()
+    assert "necrosis" in dock.prompts.text.text()
     # the region level has its own prompt list
-    assert [dock.prompt_combos["region"].itemText(i) for i in range(3)] == REGION_NAMES
+    assert [dock.prompts.combos["region"].itemText(i) for i in range(3)] == REGION_NAMES
     dock.set_prompt("region", "glands")
     region_heat = dock.layers.heatmaps["region"]
     assert region_heat.metadata["prompt"] == "glands"
@@ -91,11 +91,11 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     assert viewer.layers.selection.active is region_heat
 
     # clicking a bar shows its prompt: simulate the pick on the "mitoses" bar
-    bar = next(b for b, c in dock.chart.bars if c.name == "mitoses")
-    dock.chart._on_pick(type("Pick", (), {"artist": bar})())
-    assert dock.prompt_combos["patch"].currentText() == "mitoses"
+    bar = next(b for b, c in dock.prompts.chart.bars if c.name == "mitoses")
+    dock.prompts.chart._on_pick(type("Pick", (), {"artist": bar})())
+    assert dock.prompts.combos["patch"].currentText() == "mitoses"
     # ranked by absolute contribution: the strongest is drawn on top (last)
-    assert dock.chart.bars[-1][1].name == PATCH_NAMES[0]
+    assert dock.prompts.chart.bars[-1][1].name == PATCH_NAMES[0]
     assert len(dock.gallery.buttons) == 9
     level = result.explanation.levels["patch"]
     best = int(overlays.top_tokens(level, "mitoses", 1)[0])
@@ -111,14 +111,16 @@ def test_show_result_layers_prompts_gallery_hover(viewer_and_dock, sample_slide)
     world = ((y0 + 10) * 0.499, (x0 + 10) * 0.499)
     dock.layers._on_mouse_move(viewer, type("Move", (), {"position": world})())
     # one short line: the map's value in its unit (x a uniform share), per level
-    text = dock.hover_label.text()
-    shown = dock.prompt_combos["patch"].currentText()
+    text = dock.prompts.hover_label.text()
+    shown = dock.prompts.combos["patch"].currentText()
     value = overlays.heatmap_values(level, shown)[4]
     kept = "selected" if level.selected[4] else "not selected"
     assert text.startswith(f"patch 4 {kept}: {shown[:17]}") and f"{value:.2f}x uniform" in text
     region = int(level.parent[4])
     assert f" | region {region} " in text and len(text) <= 100
-    full = dock.hover_label.toolTip()  # the long form: region, whole names, the unit spelled out
+    full = (
+        dock.prompts.hover_label.toolTip()
+    )  # the long form: region, whole names, the unit spelled out
     assert f"region {region}" in full and "a uniform share" in full
     for layer in (
         dock.layers.heatmaps["patch"],

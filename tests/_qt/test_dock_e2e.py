@@ -35,8 +35,8 @@ def dock(make_napari_viewer, sample_slide, model_dir, tmp_path):
     widget = HilaSurvivalDock(viewer)
     viewer.window.add_dock_widget(widget)
     widget.cache_dir = tmp_path / "cache"
-    widget.model_picker.set_model(model_dir)
-    assert widget.model_picker.error is None
+    widget.settings.model_picker.set_model(model_dir)
+    assert widget.settings.model_picker.error is None
     return widget
 
 
@@ -54,7 +54,7 @@ def test_run_sample_with_model(dock, qtbot, sample_slide):
     result = dock.result
     assert result is dock.job.outcome.result and np.isfinite(result.risk)
     assert result.risk_group in ("high", "low")
-    assert "Risk score" in dock.risk_label.text()
+    assert "Risk score" in dock.result_panel.risk_label.text()
     kinds = {
         (ly.metadata.get(overlays.OVERLAY_KEY), ly.metadata.get("level")) for ly in viewer.layers
     }
@@ -107,7 +107,7 @@ def test_cancel_mid_extraction_then_resume(dock, qtbot, tmp_path):
     viewer = dock.viewer
     n_layers = len(viewer.layers)
     assert dock.run() is True
-    qtbot.waitUntil(lambda: "patches" in dock.stage_label.text(), timeout=120_000)
+    qtbot.waitUntil(lambda: "patches" in dock.run_panel.stage_label.text(), timeout=120_000)
     dock.cancel()
     qtbot.waitUntil(lambda: dock.job.outcome is not None, timeout=30_000)
     assert dock.job.outcome.cancelled
@@ -142,7 +142,7 @@ def test_mismatched_model_and_blank_slide_notify(dock, qtbot, tmp_path, model_di
         card = json.loads((bad / "card.json").read_text())
         card["encoders"]["patch"]["dim"] = 100
         (bad / "card.json").write_text(json.dumps(card))
-        dock.model_picker.set_model(bad)
+        dock.settings.model_picker.set_model(bad)
         run_to_end_expecting_error(dock, qtbot)
         assert "the model expects 100" in errors[-1]
 
@@ -157,8 +157,10 @@ def test_mismatched_model_and_blank_slide_notify(dock, qtbot, tmp_path, model_di
             resolutionunit="CENTIMETER",
         )
         dock.viewer.open(str(blank), plugin="napari-hila")
-        dock.slide_combo.setCurrentIndex(dock.slide_combo.findText(dock.viewer.layers[-1].name))
-        dock.model_picker.set_model(model_dir)
+        dock.settings.slide_combo.setCurrentIndex(
+            dock.settings.slide_combo.findText(dock.viewer.layers[-1].name)
+        )
+        dock.settings.model_picker.set_model(model_dir)
         run_to_end_expecting_error(dock, qtbot)
         assert "no tissue found" in errors[-1] and "blank.tif" in errors[-1]
     finally:
@@ -169,4 +171,4 @@ def test_mismatched_model_and_blank_slide_notify(dock, qtbot, tmp_path, model_di
 def run_to_end_expecting_error(dock, qtbot):
     assert dock.run() is True
     qtbot.waitUntil(lambda: dock.job.outcome is not None, timeout=120_000)
-    assert dock.job.outcome.error and dock.stage_label.text() == "failed"
+    assert dock.job.outcome.error and dock.run_panel.stage_label.text() == "failed"

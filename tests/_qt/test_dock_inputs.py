@@ -54,22 +54,28 @@ def test_bad_inputs_notify(dock, notes, tmp_path, sample_slide):
     assert any("No slide layer" in text for _, text in notes)
 
     dock.viewer.add_image(np.zeros((10, 10)), name="cells")
-    assert dock.slide_combo.count() == 0
+    assert dock.settings.slide_combo.count() == 0
     assert dock.run() is False
     assert any("'cells' is not a whole-slide image" in text for _, text in notes)
 
     add_slide_layer(dock.viewer, sample_slide)
-    assert dock.slide_combo.count() == 1 and dock.slide_combo.currentText() == "slide"
+    assert (
+        dock.settings.slide_combo.count() == 1
+        and dock.settings.slide_combo.currentText() == "slide"
+    )
     second = add_slide_layer(dock.viewer, sample_slide)
     second.name = "second slide"
-    dock.slide_combo.setCurrentText("second slide")
+    dock.settings.slide_combo.setCurrentText("second slide")
     dock.viewer.add_points([[0, 0]], name="probe")  # layer changes keep the user's choice
-    assert dock.slide_combo.count() == 2 and dock.slide_combo.currentText() == "second slide"
+    assert (
+        dock.settings.slide_combo.count() == 2
+        and dock.settings.slide_combo.currentText() == "second slide"
+    )
     dock.viewer.layers.remove("probe")
     empty = tmp_path / "not_a_model"
     empty.mkdir()
-    dock.model_picker.set_model(empty)
-    assert "no card.json" in dock.model_picker.card_label.text()
+    dock.settings.model_picker.set_model(empty)
+    assert "no card.json" in dock.settings.model_picker.card_label.text()
     assert dock.run() is False
     assert any(sev == "error" and "no card.json" in text for sev, text in notes)
     assert dock.job is None  # nothing was started
@@ -84,7 +90,7 @@ def card_only_model(tmp_path, dock):
     folder.mkdir()
     card = {"model": "hila", "config": {}, "encoders": {}, "time_bin_edges": [0, 1], "label": "t"}
     (folder / "card.json").write_text(json.dumps(card))
-    dock.model_picker.set_model(folder)
+    dock.settings.model_picker.set_model(folder)
     return folder
 
 
@@ -114,8 +120,8 @@ def test_cancel_stops_within_a_second_and_adds_nothing(
     add_slide_layer(dock.viewer, sample_slide)
     layers_before = len(dock.viewer.layers)
     assert dock.run() is True
-    qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=5000)
-    assert "encoding regions (step 4 of 5)" in dock.stage_label.text()
+    qtbot.waitUntil(lambda: dock.run_panel.progress.value() > 0, timeout=5000)
+    assert "encoding regions (step 4 of 5)" in dock.run_panel.stage_label.text()
     assert slow_predict[0] != threading.main_thread().name  # ran off the GUI thread
     # the viewer stays usable while it runs
     dock.viewer.add_points([[1, 1]], name="probe")
@@ -124,11 +130,11 @@ def test_cancel_stops_within_a_second_and_adds_nothing(
     assert dock.run() is False
     assert any("already running" in text for _, text in notes)
     started = time.perf_counter()
-    dock.cancel_button.click()
+    dock.run_panel.cancel_button.click()
     qtbot.waitUntil(lambda: not dock.job.running, timeout=3000)
     assert time.perf_counter() - started < 3.0  # honoured mid-run, not after the 10 s job
-    assert dock.stage_label.text() == "cancelled"
-    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert dock.run_panel.stage_label.text() == "cancelled"
+    assert dock.run_panel.run_button.isEnabled() and not dock.run_panel.cancel_button.isEnabled()
     assert len(dock.viewer.layers) == layers_before
     assert not any(ly.metadata.get(overlays.OVERLAY_KEY) for ly in dock.viewer.layers)
     assert any("cancelled" in text for _, text in notes)
@@ -147,7 +153,7 @@ def test_failure_becomes_one_notification(
     errors = [text for sev, text in notes if sev == "error"]
     assert len(errors) == 1 and "ZeroDivisionError: boom" in errors[0]
     assert str(sample_slide) in errors[0]
-    assert dock.stage_label.text() == "failed"
+    assert dock.run_panel.stage_label.text() == "failed"
 
 
 def test_closed_dock_leaves_the_viewer_working(make_napari_viewer, qtbot):

@@ -40,8 +40,8 @@ def test_view_command_opens_slide_and_dock(monkeypatch, sample_slide, qtbot):
         viewer = napari.current_viewer()
         seen["layers"] = [ly.name for ly in viewer.layers]
         dock = survival_dock_of(viewer)
-        seen["slides"] = dock.slide_combo.count()
-        seen["model"] = dock.model_picker.model_path
+        seen["slides"] = dock.settings.slide_combo.count()
+        seen["model"] = dock.settings.model_picker.model_path
         viewer.close()
 
     monkeypatch.setattr(napari, "run", fake_run)

@@ -36,18 +36,18 @@ def test_spin_box_sets_the_scale_and_the_run_uses_it(
     dock = HilaSurvivalDock(viewer)
     viewer.window.add_dock_widget(dock)
     dock.cache_dir = tmp_path / "cache"
-    dock.model_picker.set_model(model_dir)
+    dock.settings.model_picker.set_model(model_dir)
     layer = slide_layer(viewer)
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
-    assert dock.mpp_spin.value() == 0.5 and dock.mpp_spin.isEnabled()
-    assert dock.mpp_note.isVisibleTo(dock)
-    assert "no pixel size; 0.5 um/px assumed" in dock.mpp_note.text()
-    assert "Why: the file does not record its pixel size." in dock.mpp_note.text()
+    assert dock.settings.mpp_spin.value() == 0.5 and dock.settings.mpp_spin.isEnabled()
+    assert dock.settings.mpp_note.isVisibleTo(dock)
+    assert "no pixel size; 0.5 um/px assumed" in dock.settings.mpp_note.text()
+    assert "Why: the file does not record its pixel size." in dock.settings.mpp_note.text()
 
-    dock.mpp_spin.setValue(0.25)  # as a user does: the scale bar is now true
+    dock.settings.mpp_spin.setValue(0.25)  # as a user does: the scale bar is now true
     np.testing.assert_allclose(layer.scale, (0.25, 0.25))
     assert layer.metadata["mpp"] == 0.25 and layer.metadata["mpp_source"] == "user"
-    assert not dock.mpp_note.isVisibleTo(dock)
+    assert not dock.settings.mpp_note.isVisibleTo(dock)
 
     assert dock.run() is True
     assert dock.job.mpp == 0.25
@@ -64,12 +64,12 @@ def test_spin_box_sets_the_scale_and_the_run_uses_it(
     np.testing.assert_allclose(layer.world_to_data(corner), patch.coords[0][::-1] - 0.5, atol=1e-6)
 
     # a new value after the run moves the overlays with the slide and asks for a new run
-    dock.mpp_spin.setValue(0.3)
+    dock.settings.mpp_spin.setValue(0.3)
     np.testing.assert_allclose(layer.scale, (0.3, 0.3))
     np.testing.assert_allclose(heat.scale, (512 * 0.3,) * 2)
     corner = heat.data_to_world((layout.rows[0] - 0.5, layout.cols[0] - 0.5))
     np.testing.assert_allclose(layer.world_to_data(corner), patch.coords[0][::-1] - 0.5, atol=1e-6)
-    assert "press Run" in dock.stage_label.text() and dock.result.mpp == 0.25
+    assert "press Run" in dock.run_panel.stage_label.text() and dock.result.mpp == 0.25
 
     # the saved result, shown over a freshly opened slide, brings its pixel size along
     result.save(tmp_path / "result")
@@ -85,5 +85,5 @@ def test_launch_viewer_mpp_reaches_the_layer_and_the_dock(make_napari_viewer, no
     viewer = launch_viewer(nompp_slide, viewer=make_napari_viewer(show=True), mpp=0.25)
     np.testing.assert_allclose(slide_layer(viewer).scale, (0.25, 0.25))
     dock = survival_dock_of(viewer)
-    assert dock.mpp_spin.value() == 0.25 and not dock.mpp_note.isVisibleTo(dock)
+    assert dock.settings.mpp_spin.value() == 0.25 and not dock.settings.mpp_note.isVisibleTo(dock)
     assert dock.slide_mpp(slide_layer(viewer)) == 0.25

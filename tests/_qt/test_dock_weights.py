@@ -28,7 +28,7 @@ def test_model_area_names_the_encoder_and_its_weights(make_napari_viewer, tmp_pa
     viewer = make_napari_viewer(show=True)
     dock = HilaSurvivalDock(viewer)
     viewer.window.add_dock_widget(dock)
-    picker = dock.model_picker
+    picker = dock.settings.model_picker
     uni = _model(tmp_path / "uni-model", "uni")
 
     # configured, but the file is not there: the path, the config file and red

@@ -60,20 +60,23 @@ def test_export_matches_the_screen_in_a_worker(make_napari_viewer, sample_slide,
     heat = dock.layers.heatmaps["patch"]
     heat.colormap = "viridis"
     heat.opacity = 0.8
-    dock.threshold_spin.setValue(1.0)
-    dock.threshold_check.setChecked(True)
+    dock.result_panel.threshold_spin.setValue(1.0)
+    dock.result_panel.threshold_check.setChecked(True)
     level = result.explanation.levels["patch"]
     values = overlays.heatmap_values(level, 0)
     dock.center_on_tile("patch", 10)
     viewer.camera.zoom /= 3  # several tiles at about a third of full resolution
 
     assert dock.start_export(tmp_path / "case.png")
-    assert dock.export_progress.isVisibleTo(dock)  # progress while the window stays live
+    assert dock.run_panel.export_progress.isVisibleTo(dock)  # progress while the window stays live
     qtbot.waitUntil(lambda: dock.export_job.outcome is not None, timeout=60_000)
     outcome = dock.export_job.outcome
     assert outcome.error is None and not outcome.cancelled
     assert set(outcome.written) == {"screenshot", "region", "geojson", "csv"}
-    assert not dock.export_progress.isVisibleTo(dock) and dock.export_button.isEnabled()
+    assert (
+        not dock.run_panel.export_progress.isVisibleTo(dock)
+        and dock.run_panel.export_button.isEnabled()
+    )
 
     from PIL import Image
 

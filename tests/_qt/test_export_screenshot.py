@@ -139,7 +139,7 @@ def test_launch_viewer_then_export(make_napari_viewer, sample_slide, tmp_path):
     assert any(ly.metadata.get(overlays.OVERLAY_KEY) == "tissue" for ly in viewer.layers)
     dock = survival_dock_of(viewer)
     assert isinstance(dock, HilaSurvivalDock)
-    card_text = dock.model_picker.card_label.text()
+    card_text = dock.settings.model_picker.card_label.text()
     assert "cross-validated C-index: 0.660 &plusmn; 0.040" in card_text
     assert "60 patients" in card_text and "Not for clinical use" in card_text
     # this card comes without weights: the view says the prompt statistics are unavailable

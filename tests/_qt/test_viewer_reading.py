@@ -65,13 +65,15 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
     dock.show_result(result)
     slide = dock.result_slide_layer()
     assert slide is not None and dock.result_is_current()
-    assert "CMU-1-Small-Region.svs" in dock.result_slide_label.text()
-    assert "case CMU-1" in dock.result_slide_label.text()  # Aperio's Filename field
-    assert not dock.stale_label.isVisible() and dock.risk_label.isEnabled()
+    assert "CMU-1-Small-Region.svs" in dock.result_panel.slide_label.text()
+    assert "case CMU-1" in dock.result_panel.slide_label.text()  # Aperio's Filename field
+    assert (
+        not dock.result_panel.stale_label.isVisible() and dock.result_panel.risk_label.isEnabled()
+    )
     # the tissue type the model and prompts are for; the Aperio sample records no organ
-    assert "Model and prompts for test;" in dock.result_slide_label.text()
-    assert "does not record the organ" in dock.result_slide_label.text()
-    assert "may not apply" not in dock.warnings_label.text()
+    assert "Model and prompts for test;" in dock.result_panel.slide_label.text()
+    assert "does not record the organ" in dock.result_panel.slide_label.text()
+    assert "may not apply" not in dock.result_panel.warnings_label.text()
     # a breast model on a slide whose file records skin: said, in the dock, naming the field
     from napari_hila.modelfile import ModelCard
 
@@ -81,9 +83,14 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
         "properties": {**slide_props, "dicom.BodyPartExamined": "SKIN"},
     }
     dock.show_result(result, card=ModelCard.of({**fake_card(), "cancer_type": "BRCA"}))
-    assert "records skin (dicom.BodyPartExamined: SKIN)" in dock.result_slide_label.text()
-    assert "for breast" in dock.warnings_label.text() and dock.warnings_label.isVisibleTo(dock)
-    assert "not for clinical use" in dock.warnings_label.text()  # the result's own stay
+    assert "records skin (dicom.BodyPartExamined: SKIN)" in dock.result_panel.slide_label.text()
+    assert (
+        "for breast" in dock.result_panel.warnings_label.text()
+        and dock.result_panel.warnings_label.isVisibleTo(dock)
+    )
+    assert (
+        "not for clinical use" in dock.result_panel.warnings_label.text()
+    )  # the result's own stay
     slide.metadata = {**slide.metadata, "properties": slide_props}
     # one state: result, mask and card are replaced together, never set one by one
     breast = dock.shown
@@ -104,24 +111,27 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
         name="second.svs",
         metadata={"slide_path": str(tmp_path / "second.svs")},
     )
-    dock.slide_combo.setCurrentIndex(dock.slide_combo.findData(other))
+    dock.settings.slide_combo.setCurrentIndex(dock.settings.slide_combo.findData(other))
     assert not dock.result_is_current()
-    assert dock.stale_label.isVisibleTo(dock) and "not for second.svs" in dock.stale_label.text()
-    assert not dock.risk_label.isEnabled() and not dock.prompt_box.isEnabled()
+    assert (
+        dock.result_panel.stale_label.isVisibleTo(dock)
+        and "not for second.svs" in dock.result_panel.stale_label.text()
+    )
+    assert not dock.result_panel.risk_label.isEnabled() and not dock.prompts.isEnabled()
     assert not any(ly.visible for ly in dock.layers.layers)
     with pytest.raises(HilaError, match="choose CMU-1-Small-Region.svs"):
         dock.export(tmp_path / "wrong.png")
     assert not (tmp_path / "wrong.png").exists()
 
     # choosing the result's slide again brings back exactly the layers that were shown
-    dock.slide_combo.setCurrentIndex(dock.slide_combo.findData(slide))
-    assert dock.result_is_current() and not dock.stale_label.isVisibleTo(dock)
+    dock.settings.slide_combo.setCurrentIndex(dock.settings.slide_combo.findData(slide))
+    assert dock.result_is_current() and not dock.result_panel.stale_label.isVisibleTo(dock)
     assert [ly for ly in dock.layers.layers if ly.visible] == overlays_shown
 
     # the result's slide is removed: greyed out, hidden, Export refused naming the file
     viewer.layers.remove(slide)
     assert dock.result_slide_layer() is None
-    assert "no longer open" in dock.stale_label.text()
+    assert "no longer open" in dock.result_panel.stale_label.text()
     assert not any(ly.visible for ly in dock.layers.layers if ly in viewer.layers)
     assert dock.start_export(tmp_path / "gone.png") is False  # refused, with a notification
     with pytest.raises(HilaError, match="no longer open"):
@@ -129,41 +139,82 @@ def test_result_is_tied_to_its_slide(make_napari_viewer, sample_slide, card_dir,
     assert not list(tmp_path.glob("gone*"))
 
 
-@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
-def test_result_visible_without_scrolling(make_napari_viewer, sample_slide, card_dir, size):
+LONG_NAME = "CMU-1-Small-Region_rescanned-2026-11-30_batch-0042_" * 2 + "x.svs"
+
+
+@pytest.mark.parametrize(
+    "size,font_size,slide_name",
+    [
+        ((1366, 768), None, None),
+        ((1920, 1080), None, None),
+        # a laptop with a larger font and a long file name: Run and Export stay in view
+        ((1366, 768), 13, LONG_NAME),
+    ],
+)
+def test_result_visible_without_scrolling(
+    make_napari_viewer, sample_slide, card_dir, tmp_path, size, font_size, slide_name
+):
+    from napari.settings import get_settings
+
+    appearance = get_settings().appearance
+    default_font = appearance.font_size
+    if slide_name is not None:
+        (tmp_path / slide_name).symlink_to(sample_slide)
+        sample_slide = tmp_path / slide_name
+    try:
+        if font_size is not None:
+            appearance.font_size = font_size  # napari's theme font, 9 pt by default
+        _check_result_visible(make_napari_viewer, sample_slide, card_dir, size, font_size)
+    finally:
+        appearance.font_size = default_font
+
+
+def _check_result_visible(make_napari_viewer, sample_slide, card_dir, size, font_size):
     viewer, dock, result = open_viewer(make_napari_viewer, sample_slide, card_dir, size)
     dock.show_result(result)
     settle(10)
     window = viewer.window._qt_window
     assert (window.width(), window.height()) == size
+    if font_size is not None:  # the larger font reached the dock
+        assert dock.result_panel.risk_label.fontInfo().pointSize() >= font_size
     viewport = window_rect(dock.scroll.viewport(), window)
     assert dock.scroll.verticalScrollBar().value() == 0
-    important = [
-        dock.result_slide_label,
-        dock.risk_label,
-        dock.warnings_label,
-        dock.legend,
-        dock.threshold_check,
-        *dock.prompt_combos.values(),
-        dock.chart,
-        dock.hover_label,
-        dock.export_button,
-    ]
+    # with a larger font and a long name the result's first lines stay in view (the
+    # rest scrolls); with the default font the whole result panel and chart fit too
+    important = [dock.result_panel.slide_label, dock.result_panel.risk_label]
+    if font_size is None:
+        important += [
+            dock.result_panel.warnings_label,
+            dock.result_panel.legend,
+            dock.result_panel.threshold_check,
+            *dock.prompts.combos.values(),
+            dock.prompts.chart,
+            dock.prompts.hover_label,
+        ]
     for widget in important:
         rect = window_rect(widget, window)
         assert widget.isVisible(), widget
         assert window.rect().contains(rect), (widget, rect, window.rect())
         assert viewport.contains(rect), (widget, rect, viewport)  # no scrolling needed
-    # Run, Cancel, the progress bar and its stage stay in view after a result, under it
+    # Run, Cancel, the progress bar, its stage and Export stay in view after a result,
+    # pinned under it (whatever the font and the slide's name)
     dock_rect = window_rect(dock, window)
-    result_bottom = window_rect(dock.risk_label, window).bottom()
-    for widget in (dock.run_button, dock.cancel_button, dock.progress, dock.stage_label):
+    result_bottom = window_rect(dock.result_panel.risk_label, window).bottom()
+    for widget in (
+        dock.run_panel.export_button,
+        dock.run_panel.run_button,
+        dock.run_panel.cancel_button,
+        dock.run_panel.progress,
+        dock.run_panel.stage_label,
+    ):
         rect = window_rect(widget, window)
         assert widget.isVisible() and window.rect().contains(rect), (widget, rect)
         assert dock_rect.contains(rect) and not viewport.intersects(rect), (widget, rect)
         assert rect.top() > result_bottom
-    # the result's lines are not cut on the right: the content fits the dock's width
+    # the result's lines are not cut on the right: the content fits the dock's width, and
+    # a long file name wraps rather than widening the dock
     assert dock.scroll.widget().width() <= dock.scroll.viewport().width()
+    assert dock.width() < 450, dock.width()
     # the Kaplan-Meier figure shows whole: beside the dock on a wide window, a tab on a laptop
     km = km_dock_for(dock.viewer, create=False)  # napari hands plugins a proxy of the viewer
     assert km is not None
@@ -184,40 +235,40 @@ def test_heatmap_colourbar_legend_threshold(make_napari_viewer, sample_slide, ca
     assert heat.colorbar.visible and dock.layers.heatmaps["region"].colorbar.visible
     assert "x uniform share" in heat.name
     assert tuple(heat.contrast_limits) == overlays.MAP_LIMITS
-    assert "x a uniform share" in dock.legend.unit.text()
-    assert dock.legend.limits.text() == "0 – 3+"
+    assert "x a uniform share" in dock.result_panel.legend.unit.text()
+    assert dock.result_panel.legend.limits.text() == "0 – 3+"
     # the legend's ramp is the layer's colormap: its ends are the colormap's ends
-    ramp = dock.legend.ramp.pixmap().toImage()
+    ramp = dock.result_panel.legend.ramp.pixmap().toImage()
     first, last = ramp.pixelColor(0, 5), ramp.pixelColor(ramp.width() - 1, 5)
     low, high = np.asarray(heat.colormap.map(np.array([0.0, 1.0])))[:, :3] * 255
     np.testing.assert_allclose([first.red(), first.green(), first.blue()], low, atol=4)
     np.testing.assert_allclose([last.red(), last.green(), last.blue()], high, atol=4)
-    assert "not selected" in dock.legend.unselected.text()
+    assert "not selected" in dock.result_panel.legend.unselected.text()
     # the contribution chart follows the theme, as the Kaplan-Meier dock does
     from matplotlib.colors import to_hex
 
     viewer.theme = "dark"
-    dark = to_hex(dock.chart.figure.get_facecolor())
+    dark = to_hex(dock.prompts.chart.figure.get_facecolor())
     viewer.theme = "light"
-    assert to_hex(dock.chart.figure.get_facecolor()) != dark
+    assert to_hex(dock.prompts.chart.figure.get_facecolor()) != dark
     viewer.theme = "dark"
 
     # only tiles at or above the threshold are drawn; the others become transparent
     level = result.explanation.levels["patch"]
     layout = overlays.grid_layout(level.coords, level.tile_size)
     values = overlays.heatmap_values(level, 0)
-    dock.threshold_spin.setValue(1.2)
-    dock.threshold_check.setChecked(True)
+    dock.result_panel.threshold_spin.setValue(1.2)
+    dock.result_panel.threshold_check.setChecked(True)
     drawn = heat.data[layout.rows, layout.cols]
     assert np.all(np.isnan(drawn[values < 1.2])) and np.all(np.isfinite(drawn[values >= 1.2]))
     np.testing.assert_allclose(drawn[values >= 1.2], values[values >= 1.2])
     assert heat.metadata["threshold"] == pytest.approx(1.2)
-    assert "below 1.2 hidden" in dock.legend.unit.text()
+    assert "below 1.2 hidden" in dock.result_panel.legend.unit.text()
     # a prompt switch keeps the threshold; unticking draws every tile again
     dock.set_prompt("patch", "necrosis")
     necrosis = overlays.heatmap_values(level, "necrosis")
     assert np.all(np.isnan(heat.data[layout.rows, layout.cols][necrosis < 1.2]))
-    dock.threshold_check.setChecked(False)
+    dock.result_panel.threshold_check.setChecked(False)
     np.testing.assert_allclose(heat.data[layout.rows, layout.cols], necrosis)
 
     # the region map lies on the patches: no colour where there is no tissue patch
