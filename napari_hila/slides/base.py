@@ -239,9 +239,15 @@ class Slide(abc.ABC):
             coarsest.compute(progress)
 
     def level_arrays(self) -> list[LevelArray]:
-        """The levels of :meth:`pyramid` as plain array-likes that read on slicing.
+        """The slide's pyramid, one (h, w, 3) uint8 array-like per level, finest first.
 
-        This is what napari gets: no task graph between a pan and a tile decode.
+        The one pyramid: the file's own levels first; a slide whose coarsest level
+        is wider than ``MAX_COARSEST_SIDE`` gets extra levels computed lazily (1/2,
+        1/4, 1/8 from reduced tile decodes where the backend can, coarser ones by
+        2x2 averaging), so napari and the tissue detector never load a
+        full-resolution image. Plain array-likes that read on slicing: this is
+        what napari gets, with no task graph between a pan and a tile decode.
+        :meth:`pyramid_downsamples` gives each level's downsample.
         """
         return list(self._level_views[0])
 
@@ -254,13 +260,10 @@ class Slide(abc.ABC):
         ]
 
     def pyramid(self) -> list[da.Array]:
-        """One lazy (h, w, 3) uint8 dask array per level, finest first.
+        """The same levels as :meth:`level_arrays`, as dask arrays chunked at the tile size.
 
-        The file's own levels come first, chunked at its tile size; a slide
-        whose coarsest level is wider than ``MAX_COARSEST_SIDE`` gets extra
-        levels computed lazily (1/2, 1/4, 1/8 from reduced tile decodes where
-        the backend can, coarser ones by 2x2 averaging), so napari and the
-        tissue detector never have to load a full-resolution image.
+        For dask users (map_blocks, distributed reads); napari is given
+        :meth:`level_arrays`, which skips the task graph.
         """
         return list(self._pyramid)
 
