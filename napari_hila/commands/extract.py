@@ -154,14 +154,6 @@ def _check_options(options: dict) -> None:
                 f"--{key.replace('_', '-')} {options[key]}: no such file or folder; give the "
                 "path of the encoder's local weights"
             )
-    from napari_hila.features.extract import check_encoders_load  # torch
-
-    check_encoders_load(
-        *(options[k] for k in ("encoder", "weights", "region_encoder", "region_weights")),
-        device=options["device"],
-        region_mode=options["region_mode"],
-        precision=options["precision"],
-    )
 
 
 def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
@@ -174,6 +166,22 @@ def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
             return run(args)
 
     return run_printing
+
+
+def _check_encoders_load(options: dict, on_cluster: bool) -> None:
+    """Load the encoders once, so weights that do not load fail before any slide.
+
+    Locally the loaded encoders stay cached for the extraction itself; for a cluster
+    the check loads them on the CPU, so this process holds no GPU memory it never uses.
+    """
+    from napari_hila.features.extract import check_encoders_load  # torch
+
+    check_encoders_load(
+        *(options[k] for k in ("encoder", "weights", "region_encoder", "region_weights")),
+        device="cpu" if on_cluster else options["device"],
+        region_mode=options["region_mode"],
+        precision=options["precision"],
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         hint = "" if args.recursive else " (sub-folders are searched with --recursive)"
         print(f"error: no slides found in {where}{hint}", file=sys.stderr)
         return 1
+    _check_encoders_load(options, on_cluster=wants_cluster(args))
     overall = tqdm(
         total=len(slides),
         desc="slides",
