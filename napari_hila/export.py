@@ -130,13 +130,6 @@ def iter_geojson_features(
             }
 
 
-def geojson_features(
-    result: PredictionResult, slide_size: tuple[int, int] | None = None
-) -> list[dict[str, Any]]:
-    """Every feature :func:`iter_geojson_features` gives, as a list."""
-    return list(iter_geojson_features(result, slide_size))
-
-
 def write_geojson(
     result: PredictionResult,
     path: str | os.PathLike,

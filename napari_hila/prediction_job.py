@@ -27,14 +27,13 @@ from napari_hila.slides import detect_tissue, open_slide
 log = logging.getLogger(__name__)
 
 # The stages predict_slide reports, in order, and how the progress bar names them.
-STAGES = ("model", "tissue", "tiles", "features", "explain", "export")
+STAGES = ("model", "tissue", "tiles", "features", "explain")
 STAGE_LABELS = {
     "model": "loading model",
     "tissue": "finding tissue",
     "tiles": "encoding patches",
     "features": "encoding regions",
     "explain": "running the model",
-    "export": "writing outputs",
 }
 
 
@@ -51,7 +50,7 @@ class JobOutcome:
 
 def overall_fraction(stage: str, fraction: float) -> float:
     """Progress over the whole run when ``stage`` is ``fraction`` done."""
-    shown = STAGES[:-1]  # the viewer never asks for exports
+    shown = STAGES
     order = shown.index(stage) if stage in shown else len(shown) - 1
     fraction = min(max(float(fraction), 0.0), 1.0)
     return min((order + fraction) / len(shown), 1.0)
@@ -63,7 +62,7 @@ def stage_text(stage: str, fraction: float) -> str:
     One number, the same as the bar's (:func:`overall_fraction`), e.g.
     "encoding patches (step 3 of 5): 47% done", never a stage's 0% beside a 40% bar.
     """
-    shown = STAGES[:-1]
+    shown = STAGES
     step = shown.index(stage) + 1 if stage in shown else len(shown)
     label = STAGE_LABELS.get(stage, stage)
     overall = 100 * overall_fraction(stage, fraction)

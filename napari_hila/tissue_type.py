@@ -98,7 +98,7 @@ def recorded_organ(properties: Mapping[str, str]) -> tuple[str, str] | None:
     for pattern in ORGAN_KEY_PATTERNS:
         for key in sorted(properties):
             value = str(properties[key]).strip()
-            if value and pattern.search(key) and not key.endswith("SpecimenLabelInImage"):
+            if value and pattern.search(key):
                 return key, value
     for key in DESCRIPTION_KEYS:
         value = str(properties.get(key, "")).strip()

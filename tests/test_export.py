@@ -94,11 +94,11 @@ def make_card(seed=1, n=60):
 
 def test_geojson_has_every_tile_with_its_selection_and_the_shown_values(tmp_path):
     from napari_hila import overlays
-    from napari_hila.export import geojson_features
+    from napari_hila.export import iter_geojson_features
 
     result = make_result()
     path = write_geojson(result, tmp_path / "p.geojson")
-    features = geojson_features(result)
+    features = list(iter_geojson_features(result))
     assert len(features) == sum(len(lv.coords) for lv in result.explanation.levels.values())
     data = json.loads(path.read_text())
     assert data["type"] == "FeatureCollection"

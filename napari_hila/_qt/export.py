@@ -378,25 +378,6 @@ def view_bbox(viewer: Any, mpp: float) -> tuple[int, int, int, int]:
     )
 
 
-def heatmap_over(
-    pixels: np.ndarray,
-    bbox: tuple[int, int, int, int],
-    layout: overlays.GridLayout,
-    grid_values: np.ndarray,
-    colormap: Any = overlays.MAP_COLORMAP,
-    limits: tuple[float, float] = overlays.MAP_LIMITS,
-    alpha: float = overlays.MAP_OPACITY,
-) -> np.ndarray:
-    """Blend a grid heatmap over slide pixels showing level-0 box ``bbox``.
-
-    Cells without a token (or below the threshold: NaN) leave the slide
-    untouched. The colours are :func:`napari_hila.overlays.blend_map`'s, the one
-    map renderer, drawn per cell at the output's size (:func:`overlays.paint_cells`).
-    """
-    paint = overlays.CellPaint.of_map(layout, grid_values, colormap, limits, alpha)
-    return overlays.paint_cells(pixels, bbox, [paint])
-
-
 def unselected_veil(result: PredictionResult, level: str = "patch") -> overlays.CellPaint:
     """The viewer's pale veil over tiles the model left out (:data:`overlays.UNSELECTED_RGBA`)."""
     lv = result.explanation.levels[level]

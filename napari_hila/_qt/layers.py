@@ -267,10 +267,6 @@ class ResultLayers:
         infos = self.tiles_at(world_yx)
         return hover_line(infos) if infos else ""
 
-    def describe_in_full(self, world_yx: tuple[float, float]) -> str:
-        """The same tiles in full: region, whole prompt names, the map's unit spelled out."""
-        return " | ".join(info.text() for info in self.tiles_at(world_yx))
-
     def _lookups(self) -> list[overlays.TileLookup]:
         """Per-level tile lookups for the shown prompts, rebuilt when they change."""
         key = (id(self.result), tuple(sorted(self.prompts.items())))
@@ -288,8 +284,8 @@ class ResultLayers:
     def _on_mouse_move(self, viewer: Any, event: Any) -> None:
         if self.result is None or self.on_hover is None:
             return
-        position = tuple(event.position)[-2:]
-        self.on_hover(self.describe(position), self.describe_in_full(position))
+        infos = self.tiles_at(tuple(event.position)[-2:])  # one lookup for both lines
+        self.on_hover(hover_line(infos) if infos else "", " | ".join(i.text() for i in infos))
 
 
 def _key(layer: Layer) -> tuple[Any, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from napari_hila._qt.layers import slide_path_of
@@ -28,14 +27,6 @@ class ShownResult:
     result: PredictionResult
     tissue: Any = None  # the slide's TissueMask, redrawn with the overlays
     card: ModelCard | None = None
-
-    @property
-    def slide_path(self) -> str:
-        return self.result.slide_path
-
-    @property
-    def slide_name(self) -> str:
-        return Path(self.result.slide_path).name
 
     def slide_layer(self, layers: Iterable[Any]) -> Any | None:
         """The layer among ``layers`` showing this result's slide file, or None when none does."""

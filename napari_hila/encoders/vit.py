@@ -221,11 +221,6 @@ class ViTEncoder:
             getattr(model, "weights_config", None),
         )
 
-    @property
-    def dtype_name(self) -> str:
-        """``float32``, ``bfloat16`` or ``float16``: what the matrix products run in."""
-        return str(self.dtype).removeprefix("torch.")
-
     def preprocess(self, tiles: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> normalised (N, 3, S, S) float32 on the device."""
         x = torch.from_numpy(np.ascontiguousarray(tiles))

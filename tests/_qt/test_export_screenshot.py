@@ -56,7 +56,7 @@ def test_compose_annotated_burns_text_and_scale_bar():
     assert 98 <= longest_dark_run(half[300:, :, :3]) <= 102
 
 
-def test_heatmap_over_paints_exact_tiles():
+def test_map_paint_covers_exact_tiles():
     import matplotlib
 
     from napari_hila import overlays
@@ -65,9 +65,8 @@ def test_heatmap_over_paints_exact_tiles():
     layout = overlays.grid_layout(coords, 64)
     grid = layout.paint(np.array([1.0, 2.0, 0.0]))
     pixels = np.full((200, 300, 3), 255, np.uint8)
-    out = qt_export.heatmap_over(
-        pixels, (0, 0, 300, 200), layout, grid, matplotlib.colormaps["gray"], (0.0, 2.0), alpha=1.0
-    )
+    paint = overlays.CellPaint.of_map(layout, grid, matplotlib.colormaps["gray"], (0.0, 2.0), 1.0)
+    out = overlays.paint_cells(pixels, (0, 0, 300, 200), [paint])
     assert out[50, 100].tolist() == [128, 128, 128]  # first pixel of tile 0: value 1 of 2
     assert out[113, 163].tolist() == [128, 128, 128]  # last pixel of tile 0
     assert out[50, 164].tolist() == [255, 255, 255]  # tile 1: value 2 -> white
