@@ -220,7 +220,7 @@ def _counted_reads(monkeypatch, path):
 
     with monkeypatch.context() as patch:
         patch.setattr(tiff_checks, "open", lambda *a: CountingFile(real_open(*a)), raising=False)
-        assert tiff_checks.directory_damage(path) == []
+        assert tiff_checks.walk_directories(path).damage == []
     return len(reads)
 
 
@@ -261,7 +261,7 @@ def test_classic_tiff_past_4gib_is_checked_through_tifffiles_offsets(tmp_path, t
     path = _tiff(tmp_path / "big.tif", tissue, photometric="rgb")
     with open(path, "r+b") as fh:
         fh.truncate((1 << 32) + 4096)  # sparse: no disk is used
-    assert tiff_checks.directory_damage(path) is None
+    assert tiff_checks.walk_directories(path) is None
     with open_slide(path) as slide:
         assert slide.backend == "tifffile" and slide.dimensions == (512, 512)
 

@@ -244,9 +244,13 @@ def _open_tiff(
     if judged_here and isinstance(layout, SlideError):
         raise layout
     if backend == "openslide" and survey.levels_lost:
+        cut = next(
+            (w for w in survey.warnings if "truncated" in w),
+            f"{path}: the file is truncated inside its pyramid",
+        )
         raise SlideError(
-            f"{next(w for w in survey.warnings if 'truncated' in w)}. OpenSlide cannot read a cut pyramid: open it with the "
-            "tifffile backend (the default), which reads its whole levels"
+            f"{cut}. OpenSlide cannot read a cut pyramid: open it with the tifffile backend "
+            "(the default), which reads its whole levels"
         )
     if backend == "openslide" and not isinstance(layout, SlideError) and layout.openslide_misreads:
         raise SlideError(

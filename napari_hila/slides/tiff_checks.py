@@ -93,12 +93,6 @@ class DirectoryWalk:
     cut_at: int | None = None
 
 
-def directory_damage(path: str | os.PathLike) -> list[Damage] | None:
-    """Damage in the top-level IFD chain (see :func:`walk_directories`); None if not walked."""
-    walk = walk_directories(path)
-    return None if walk is None else walk.damage
-
-
 def walk_directories(path: str | os.PathLike) -> DirectoryWalk | None:
     """The top-level IFD chain, read once: directories, tag values, and where the file is cut.
 
