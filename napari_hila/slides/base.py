@@ -81,6 +81,19 @@ def file_pixel_size(mpp: float | None, origin: str) -> tuple[float | None, str]:
     )
 
 
+def assumed_mpp_message(slide: Slide, fix: str) -> str | None:
+    """What to tell a user whose slide does not record its pixel size (None when it does).
+
+    ``fix`` says where to give the scanner's value: the dock's field or ``--mpp``.
+    """
+    if not slide.mpp_is_assumed:
+        return None
+    return (
+        f"{slide.path}: {slide.mpp_note}; assuming {slide.mpp} um/px (20x). Lengths, "
+        f"the scale bar and the patch grid depend on it: {fix}."
+    )
+
+
 class Slide(abc.ABC):
     """One whole-slide image opened read-only; see docs/ARCHITECTURE.md."""
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.base import Slide
+from napari_hila.slides.base import Slide, assumed_mpp_message
 from napari_hila.slides.grids import TilingGrids
 from napari_hila.slides.tissue import TissueMask
 
@@ -22,13 +22,11 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 
 def mpp_warning(slide: Slide) -> str | None:
-    """The message shown when the slide does not say its pixel size."""
-    if not slide.mpp_is_assumed:
-        return None
-    return (
-        f"{slide.path.name}: {slide.mpp_note}; assuming {slide.mpp} um/px "
-        "(20x). Lengths, the scale bar and the patch grid depend on it: set the scanner's "
-        "value in the HiLa survival dock's um/px field (or --mpp on the command line)."
+    """The message napari shows when the slide does not say its pixel size."""
+    return assumed_mpp_message(
+        slide,
+        "set the scanner's value in the HiLa survival dock's um/px field "
+        "(or --mpp on the command line)",
     )
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import openslide
 
 from napari_hila.errors import SlideError
-from napari_hila.slides.base import MPP_RANGE, Slide
+from napari_hila.slides.base import MPP_RANGE, Slide, assumed_mpp_message
 from napari_hila.slides.dicom import (
     DICOM_SUFFIXES,
     dicom_instances,
@@ -135,11 +135,9 @@ def open_slide(
         slide.mpp_note = "given by the user"
     for warning in slide.open_warnings:
         WARNINGS_LOG.warning(warning)
-    if slide.mpp_is_assumed:
-        WARNINGS_LOG.warning(
-            f"{slide.path}: {slide.mpp_note}; assuming {slide.mpp} um/px (20x): patch sizes "
-            "and lengths depend on it; give the scanner's value with --mpp"
-        )
+    assumed = assumed_mpp_message(slide, "give the scanner's value with --mpp")
+    if assumed:
+        WARNINGS_LOG.warning(assumed)
     return slide
 
 
