@@ -14,9 +14,7 @@ status is 1 when any failed.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from napari_hila.commands.cluster import add_cluster_arguments, cluster_client, wants_cluster
@@ -154,18 +152,6 @@ def _check_options(options: dict) -> None:
                 f"--{key.replace('_', '-')} {options[key]}: no such file or folder; give the "
                 "path of the encoder's local weights"
             )
-
-
-def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
-    """A command's ``run`` that prints each slide's warnings once (pixel size assumed,
-    levels left out), however often it opens the slide."""
-
-    @functools.wraps(run)
-    def run_printing(args: argparse.Namespace) -> int:
-        with slide_warnings_printed():
-            return run(args)
-
-    return run_printing
 
 
 def _check_encoders_load(options: dict, on_cluster: bool) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
+from collections.abc import Callable
 
 from napari_hila.devices import DEFAULT_TORCH_THREADS
 from napari_hila.errors import SlideError
-from napari_hila.slides.opener import check_mpp
+from napari_hila.slides.opener import check_mpp, slide_warnings_printed
 
 # features.extract (torch, 2.7 s) is imported where used: every napari-hila command builds
 # its parser with these options (tests/test_startup_imports.py).
@@ -135,3 +137,15 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=DEFAULT_TORCH_THREADS, metavar="N", help=threads_help()
     )
+
+
+def printing_slide_warnings(run: Callable[[argparse.Namespace], int]):
+    """A command's ``run`` that prints each slide's warnings once (pixel size assumed,
+    levels left out), however often it opens the slide."""
+
+    @functools.wraps(run)
+    def run_printing(args: argparse.Namespace) -> int:
+        with slide_warnings_printed():
+            return run(args)
+
+    return run_printing

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 from napari_hila.commands.cluster import add_cluster_arguments, cluster_client, wants_cluster
-from napari_hila.commands.extract import printing_slide_warnings
 from napari_hila.commands.options import (
     add_mpp_argument,
     add_slide_search_arguments,
     add_threads_argument,
+    printing_slide_warnings,
 )
 from napari_hila.devices import configure_torch_threads
 from napari_hila.errors import HilaError, ModelFileError
