@@ -44,7 +44,7 @@ def make_model(name: str, seed: int = 0, **settings) -> torch.nn.Module:
         dims.update(attention_dim=8)
     if name == "transmil":
         dims.update(n_heads=2, landmarks=8)  # bags of 9+ tokens take the Nystrom path
-    model = build_model(name, **dims, **settings)
+    model = build_model(name, **{**dims, **settings})
     if isinstance(model, UsesPrompts):
         gen = np.random.default_rng(seed + 100)
         for level in model.prompt_levels():

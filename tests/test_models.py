@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +13,13 @@ from _model_fixtures import (  # noqa: F401
     ALL_MODELS,
     PATCH_DIM,
     PROMPT_MODELS,
+    TEXT_DIM,
     make_model,
     make_slide,
     one_torch_thread,
 )
 
+import napari_hila
 from napari_hila.models import available_models, build_model, collate, get_model_spec
 from napari_hila.models.hila import HiLa
 
@@ -506,3 +510,44 @@ def test_region_peak_is_the_clearest_regions_detector_output(rng):
     torch.testing.assert_close(with_peak - without, expected, atol=1e-5, rtol=0)
     legacy = make_model("hila", region_peak_term=False)
     assert legacy.heads["region"].peak_weight is None
+
+
+def test_shared_space_head_reads_presence_not_transport_similarity(rng):
+    """In a shared space the head has no s_k term (prompt_similarity_term None -> off);
+    outside one, or when asked, it reads s_k, and its ridge covers those weights."""
+    shared = make_model("hila", shared_space=True, patch_dim=TEXT_DIM, region_dim=TEXT_DIM)
+    assert shared.heads["patch"].similarity_weight is None
+    assert shared.heads["region"].similarity_weight is None
+    slide = make_slide(rng, 30, 3)
+    slide = dataclasses.replace(
+        slide,
+        features=rng.normal(size=(30, TEXT_DIM)).astype(np.float32),
+        region_features=rng.normal(size=(3, TEXT_DIM)).astype(np.float32),
+    )
+    batch = collate([slide])
+    with torch.no_grad():
+        out = shared.eval()(batch)
+        head, align = shared.heads["patch"], out.details["levels"]["patch"]
+        expected = head.gain * (head.presence_weight * align.presence + head.bias)
+    torch.testing.assert_close(out.details["terms"]["patch"], expected, atol=1e-5, rtol=0)
+    asked = make_model(
+        "hila",
+        shared_space=True,
+        prompt_similarity_term=True,
+        patch_dim=TEXT_DIM,
+        region_dim=TEXT_DIM,
+    )
+    assert asked.heads["patch"].similarity_weight is not None
+    assert make_model("hila").heads["patch"].similarity_weight is not None
+
+
+def test_cards_saved_before_the_similarity_switch_keep_their_similarity_term():
+    """The shipped demo model (shared space, saved with s_k in its head) still loads."""
+    from napari_hila.modelfile import load_model
+    from napari_hila.modelfile.files import config_for_loading, read_card
+
+    folder = Path(napari_hila.__file__).parent / "resources" / "demo_model"
+    assert "prompt_similarity_term" not in read_card(folder).config
+    assert config_for_loading(read_card(folder))["prompt_similarity_term"] is True
+    loaded = load_model(folder, device="cpu")
+    assert loaded.model.heads["patch"].similarity_weight is not None

@@ -186,7 +186,7 @@ HEAD_GAIN = 10.0
 class AdditivePromptHead(nn.Module):
     """One scalar term per prompt; the risk's linear predictor is their sum.
 
-    term_k = a_k * presence_k + c_k * s_k / tau [+ p_k * peak_k] [+ w_k . z_k] + b_k.
+    term_k = a_k * presence_k [+ c_k * s_k / tau] [+ p_k * peak_k] [+ w_k . z_k] + b_k.
 
     presence_k is the share of the slide's tokens that show attribute k, in
     units of a uniform share (K times the fraction), each prompt judging every
@@ -196,7 +196,8 @@ class AdditivePromptHead(nn.Module):
     no cohort was given), so about 1/K of the tokens pass at first. Unlike the balanced plan (every prompt
     gets mass 1/K) or a softmax over prompts (a prompt resembling all tissue
     takes most tokens), it says how much of attribute k there is. s_k is the
-    prompt's transport-weighted similarity (PLOT) and z_k its feature,
+    prompt's transport-weighted similarity (PLOT; optional, off in shared spaces,
+    where it mostly repeats the slide's stain and mix) and z_k its feature,
     optional because the balanced plan spills an abundant attribute's tokens
     into other prompts' z (and so their terms). peak_k, the clearest single
     token's detector output, is for the region level: whether some region is
@@ -215,6 +216,7 @@ class AdditivePromptHead(nn.Module):
         temperature: float = 0.1,
         gain: float = HEAD_GAIN,
         peak_term: bool = False,
+        similarity_term: bool = True,
     ) -> None:
         super().__init__()
         self.feature_term = feature_term
@@ -224,7 +226,7 @@ class AdditivePromptHead(nn.Module):
         self.register_buffer("threshold_ready", torch.zeros((), dtype=torch.bool))
         self.weight = nn.Parameter(torch.zeros(n_prompts, width)) if feature_term else None
         self.presence_weight = nn.Parameter(torch.zeros(n_prompts))
-        self.similarity_weight = nn.Parameter(torch.zeros(n_prompts))
+        self.similarity_weight = nn.Parameter(torch.zeros(n_prompts)) if similarity_term else None
         self.bias = nn.Parameter(torch.zeros(n_prompts))
         self.peak_weight = nn.Parameter(torch.zeros(n_prompts)) if peak_term else None
         if self.peak_weight is not None:
@@ -233,7 +235,8 @@ class AdditivePromptHead(nn.Module):
             nn.init.normal_(self.weight, std=1.0 / math.sqrt(width) / math.sqrt(max(n_prompts, 1)))
         # Non-zero from the start, so the text side gets its gradient at the first step.
         nn.init.normal_(self.presence_weight, std=0.1 / gain)
-        nn.init.normal_(self.similarity_weight, std=0.1 / gain)
+        if self.similarity_weight is not None:
+            nn.init.normal_(self.similarity_weight, std=0.1 / gain)
         self.dropout = nn.Dropout(dropout)
 
     @torch.no_grad()
@@ -288,31 +291,34 @@ class AdditivePromptHead(nn.Module):
         (few prompts explain); ``feature_l2``: L2 on Z_k's weights.
         """
         loss = self.bias.new_zeros(())
-        presence_w = self.gain * self.presence_weight
-        similarity_w = self.gain * self.similarity_weight
+        scalars = self._scalar_weights()
         if ridge > 0:
-            loss = loss + ridge * (presence_w.pow(2) + similarity_w.pow(2)).sum()
+            loss = loss + ridge * (self.gain * scalars).pow(2).sum()
         if peak_ridge > 0 and self.peak_weight is not None:
             loss = loss + peak_ridge * (self.gain * self.peak_weight).pow(2).sum()
         if sparsity > 0:
-            loss = (
-                loss + sparsity * (self.presence_weight.abs() + self.similarity_weight.abs()).sum()
-            )
+            loss = loss + sparsity * scalars.abs().sum()
             if self.weight is not None:
                 loss = loss + sparsity * self.weight.norm(dim=-1).sum()
         if feature_l2 > 0 and self.weight is not None:
             loss = loss + feature_l2 * self.weight.pow(2).sum()
         return loss
 
+    def _scalar_weights(self) -> torch.Tensor:
+        """The presence weights, then the similarity weights where the head has them."""
+        if self.similarity_weight is None:
+            return self.presence_weight
+        return torch.cat([self.presence_weight, self.similarity_weight])
+
     def forward(self, alignment: LevelAlignment) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) per-prompt terms and (B, K) presence of one level."""
         shows = self.shows(alignment.similarity, alignment.mask)
         presence = self._presence(shows, alignment.mask)
-        terms = self.gain * (
-            self.presence_weight * presence
-            + self.similarity_weight * alignment.prompt_similarity / self.temperature
-            + self.bias
-        )
+        terms = self.gain * (self.presence_weight * presence + self.bias)
+        if self.similarity_weight is not None:
+            terms = terms + self.gain * (
+                self.similarity_weight * alignment.prompt_similarity / self.temperature
+            )
         if self.peak_weight is not None:
             # the token that shows prompt k most clearly (0 on a level with no token)
             terms = terms + self.gain * self.peak_weight * shows.amax(dim=1)
