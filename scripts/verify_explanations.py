@@ -722,7 +722,7 @@ def _finite(value):
 
 def main(argv=None) -> dict[str, Any]:
     """Run the verification; return (and print) the report."""
-    from napari_hila.demo.planted import oracle_c_index
+    from napari_hila.demo.planted import arrangement_blind_c_index, oracle_c_index
     from napari_hila.modelfile import read_card
 
     args = parse_args(argv)
@@ -733,6 +733,7 @@ def main(argv=None) -> dict[str, Any]:
     train, held = split_patients(cohort, args.train_fraction, args.seed)
     train_csv, held_dir = write_split(cohort, paths, root, train, held)
     oracle = oracle_c_index(cohort, held)
+    blind = arrangement_blind_c_index(cohort, held)
     report: dict[str, Any] = {
         "layout": args.layout,
         "settings": {
@@ -756,6 +757,11 @@ def main(argv=None) -> dict[str, Any]:
             },
         },
         "oracle_c_index_heldout": oracle,
+        # What the planted hazard without its spatial part reaches: about the most a model
+        # blind to how tiles are arranged (hila-patch, abmil) can. Near 1 x oracle, a
+        # comparison with them cannot show what the region level adds.
+        "arrangement_blind_c_index_heldout": blind,
+        "arrangement_blind_ratio_to_oracle": blind / oracle,
         "models": {},
         "seconds": {},
     }

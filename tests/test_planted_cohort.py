@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 from napari_hila.demo.planted import (
     ENCODER_NAME,
     PlantedSettings,
+    arrangement_blind_c_index,
     auc_score,
     make_planted_cohort,
     oracle_c_index,
@@ -144,3 +145,20 @@ def test_clam_layout_is_patch_only(tmp_path):
     np.testing.assert_allclose(
         np.sort(pooled.region_features[:, 0]), np.sort(sl.region_features[:, 0]), rtol=1e-5
     )
+
+
+def test_clam_cohort_hazard_is_spatial_enough_to_compare_with_patch_only_models():
+    """In the CLAM cohort, the hazard without its spatial part stays well below the oracle
+    (so hila-patch and abmil cannot match a model that sees the regions); in the extract
+    cohort the spatial part is smaller. Measured 0.88-0.92 and 0.97-0.99 on seeds 0-2."""
+    clam = make_planted_cohort(PlantedSettings(seed=0, layout="clam"))
+    extract = make_planted_cohort(PlantedSettings(seed=0))
+    assert clam.settings.beta_concentration == 4.0 and extract.settings.beta_concentration == 2.0
+    ratios = {
+        name: arrangement_blind_c_index(c) / oracle_c_index(c)
+        for name, c in (("clam", clam), ("extract", extract))
+    }
+    assert ratios["clam"] < 0.93 < ratios["extract"]
+    concentration = np.array([p.concentration for p in clam.patients])
+    spatial_share = np.var(4.0 * concentration) / np.var([p.log_hazard for p in clam.patients])
+    assert 0.3 < spatial_share < 0.6  # partly spatial: the abundances still carry the rest
