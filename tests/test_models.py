@@ -514,7 +514,7 @@ def test_region_peak_is_the_clearest_regions_detector_output(rng):
 
 def test_shared_space_head_reads_presence_not_transport_similarity(rng):
     """In a shared space the head has no s_k term (prompt_similarity_term None -> off);
-    outside one, or when asked, it reads s_k, and its ridge covers those weights."""
+    outside one, or when asked, it reads s_k. The ridge then covers the presence weights."""
     shared = make_model("hila", shared_space=True, patch_dim=TEXT_DIM, region_dim=TEXT_DIM)
     assert shared.heads["patch"].similarity_weight is None
     assert shared.heads["region"].similarity_weight is None
@@ -530,6 +530,8 @@ def test_shared_space_head_reads_presence_not_transport_similarity(rng):
         head, align = shared.heads["patch"], out.details["levels"]["patch"]
         expected = head.gain * (head.presence_weight * align.presence + head.bias)
     torch.testing.assert_close(out.details["terms"]["patch"], expected, atol=1e-5, rtol=0)
+    ridge = float(head.penalty(0.0, 0.0, ridge=2.0))
+    assert ridge == pytest.approx(2.0 * float((head.gain * head.presence_weight).pow(2).sum()))
     asked = make_model(
         "hila",
         shared_space=True,

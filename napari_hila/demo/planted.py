@@ -320,14 +320,7 @@ def make_planted_cohort(settings: PlantedSettings | None = None) -> PlantedCohor
                 pid, slide, abundance, concentration, "clustered" if clustered else "scattered"
             )
         )
-    raw = np.array(
-        [
-            s.beta_up * pt.abundance[s.raising_index]
-            + s.beta_concentration * pt.concentration
-            - s.beta_down * pt.abundance[s.lowering_index]
-            for pt in cohort.patients
-        ]
-    )
+    raw = np.array([_planted_log_hazard(s, pt) for pt in cohort.patients])
     raw -= raw.mean()
     for pt, log_hazard in zip(cohort.patients, raw, strict=True):
         pt.log_hazard = float(log_hazard)
@@ -337,8 +330,17 @@ def make_planted_cohort(settings: PlantedSettings | None = None) -> PlantedCohor
     return cohort
 
 
-def oracle_c_index(cohort: PlantedCohort, patient_ids=None) -> float:
-    """Harrell's C of the planted log-hazard (on ``patient_ids`` if given): the ceiling."""
+def _planted_log_hazard(s: PlantedSettings, patient: PlantedPatient, spatial: bool = True):
+    """The planted log-hazard before centring; ``spatial=False`` leaves out concentration."""
+    value = (
+        s.beta_up * patient.abundance[s.raising_index]
+        - s.beta_down * patient.abundance[s.lowering_index]
+    )
+    return value + s.beta_concentration * patient.concentration if spatial else value
+
+
+def _c_index_of(cohort: PlantedCohort, patient_ids, score) -> float:
+    """Harrell's C of ``score(patient)`` on ``patient_ids`` (all patients if None)."""
     from napari_hila.survival.metrics import concordance_index
 
     chosen = cohort.patients
@@ -346,8 +348,13 @@ def oracle_c_index(cohort: PlantedCohort, patient_ids=None) -> float:
         wanted = set(patient_ids)
         chosen = [p for p in cohort.patients if p.patient_id in wanted]
     return concordance_index(
-        [p.time for p in chosen], [p.event for p in chosen], [p.log_hazard for p in chosen]
+        [p.time for p in chosen], [p.event for p in chosen], [score(p) for p in chosen]
     )
+
+
+def oracle_c_index(cohort: PlantedCohort, patient_ids=None) -> float:
+    """Harrell's C of the planted log-hazard (on ``patient_ids`` if given): the ceiling."""
+    return _c_index_of(cohort, patient_ids, lambda p: p.log_hazard)
 
 
 def arrangement_blind_c_index(cohort: PlantedCohort, patient_ids=None) -> float:
@@ -357,18 +364,8 @@ def arrangement_blind_c_index(cohort: PlantedCohort, patient_ids=None) -> float:
     abmil) can reach; near the oracle, a comparison with them cannot show what
     a region level adds.
     """
-    from napari_hila.survival.metrics import concordance_index
-
     s = cohort.settings
-    chosen = cohort.patients
-    if patient_ids is not None:
-        wanted = set(patient_ids)
-        chosen = [p for p in cohort.patients if p.patient_id in wanted]
-    blind = [
-        s.beta_up * p.abundance[s.raising_index] - s.beta_down * p.abundance[s.lowering_index]
-        for p in chosen
-    ]
-    return concordance_index([p.time for p in chosen], [p.event for p in chosen], blind)
+    return _c_index_of(cohort, patient_ids, lambda p: _planted_log_hazard(s, p, spatial=False))
 
 
 def auc_score(scores: np.ndarray, positive: np.ndarray) -> float:
